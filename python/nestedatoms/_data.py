@@ -1,0 +1,180 @@
+"""Input validation and the one canonical data layout every backend trusts.
+
+Cells are sorted by group (stable), so each group's cells form a contiguous range
+``offsets[j]:offsets[j + 1]``; ``order`` maps the sorted layout back to the caller's order.
+Everything is copied to float64, C-contiguous arrays here, once: the caller's arrays are never
+modified and nothing below this module re-checks them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["NestedData", "prepare_data", "as_float_matrix"]
+
+
+@dataclass(frozen=True)
+class NestedData:
+    """Validated, group-sorted data.
+
+    Attributes
+    ----------
+    Y : (N, p) cells, sorted by group.
+    offsets : (J + 1,) int64, group j's cells are ``Y[offsets[j]:offsets[j + 1]]``.
+    X : (J, q) group-level covariates aligned with ``groups``, or None (CAM).
+    groups : (J,) the unique group labels, in the order of all group-level rows.
+    order : (N,) int64, ``Y = Y_caller[order]``.
+    """
+
+    Y: np.ndarray
+    offsets: np.ndarray
+    X: np.ndarray | None
+    groups: np.ndarray
+    order: np.ndarray
+
+    @property
+    def n_cells(self) -> int:
+        return self.Y.shape[0]
+
+    @property
+    def n_groups(self) -> int:
+        return self.offsets.shape[0] - 1
+
+    @property
+    def group_sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def cell_group(self) -> np.ndarray:
+        """Group index of every (sorted) cell."""
+        return np.repeat(np.arange(self.n_groups), self.group_sizes)
+
+    def to_caller_order(self, per_cell: np.ndarray) -> np.ndarray:
+        """Rows of a per-cell array, from the sorted layout back to the caller's order."""
+        out = np.empty_like(per_cell)
+        out[self.order] = per_cell
+        return out
+
+
+def _is_sparse(a) -> bool:
+    return hasattr(a, "tocsr") and hasattr(a, "nnz")
+
+
+def as_float_matrix(a, name: str) -> np.ndarray:
+    """A new float64, C-contiguous 2-D copy of ``a``, with a clear error for bad input."""
+    if _is_sparse(a):
+        raise TypeError(
+            f"{name} is a scipy sparse matrix; nestedatoms needs a dense, low-dimensional "
+            f"representation. Pass principal components instead (for AnnData, "
+            f"adata.obsm['X_pca'])."
+        )
+    if hasattr(a, "to_numpy") and not isinstance(a, np.ndarray):
+        a = a.to_numpy()
+    arr = np.asarray(a)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
+                                   or arr.dtype == np.bool_):
+        raise TypeError(
+            f"{name} must be numeric, got dtype {arr.dtype}; convert it with "
+            f"np.asarray({name}, dtype=float) after removing non-numeric columns."
+        )
+    if np.iscomplexobj(arr):
+        raise TypeError(f"{name} is complex; pass real-valued data.")
+    if arr.ndim == 1:
+        raise ValueError(
+            f"{name} must be 2-D (rows x features), got a 1-D array of length {arr.shape[0]}; "
+            f"use {name}.reshape(-1, 1) for a single feature."
+        )
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows x features), got shape {arr.shape}.")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape}); it needs at least one row "
+                         f"and one column.")
+    out = np.array(arr, dtype=np.float64, order="C", copy=True)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} NaN or infinite value(s), in row(s) "
+            f"{rows[:10].tolist()}{' ...' if rows.size > 10 else ''}; remove or impute them "
+            f"before fitting."
+        )
+    return out
+
+
+def _factorize_groups(groups, n_cells: int):
+    """Integer codes (N,) and unique labels (J,), labels sorted where they can be ordered."""
+    import pandas as pd
+
+    if groups is None:
+        return np.zeros(n_cells, dtype=np.int64), np.array([0])
+    if hasattr(groups, "to_numpy") and not isinstance(groups, np.ndarray):
+        values = groups
+    else:
+        values = np.asarray(groups)
+        if values.ndim != 1:
+            raise ValueError(f"groups must be 1-D (one label per cell), got shape "
+                             f"{values.shape}.")
+    if len(values) != n_cells:
+        raise ValueError(
+            f"groups has {len(values)} labels but Y has {n_cells} rows; give exactly one "
+            f"group label per cell."
+        )
+    try:
+        codes, uniques = pd.factorize(values, sort=True)
+    except TypeError:  # labels of mixed types cannot be ordered: keep first appearance
+        codes, uniques = pd.factorize(values, sort=False)
+    if (codes < 0).any():
+        bad = np.nonzero(codes < 0)[0]
+        raise ValueError(
+            f"groups has {bad.size} missing label(s) (NaN/None), at cell(s) "
+            f"{bad[:10].tolist()}; every cell needs a group label."
+        )
+    uniques = np.asarray(uniques)
+    return codes.astype(np.int64), uniques
+
+
+def _align_X(X, groups: np.ndarray) -> np.ndarray:
+    """X as a (J, q) float64 matrix whose rows follow ``groups``."""
+    import pandas as pd
+
+    if isinstance(X, pd.DataFrame):
+        if X.index.has_duplicates:
+            dup = X.index[X.index.duplicated()].unique().tolist()
+            raise ValueError(f"X has duplicate index labels {dup[:10]}; give one row per group.")
+        labels = pd.Index(groups)
+        missing = labels.difference(X.index)
+        if len(missing):
+            raise ValueError(
+                f"X has no row for group label(s) {missing.tolist()[:10]} that the cells carry; "
+                f"add their covariates to X (indexed by group label)."
+            )
+        extra = X.index.difference(labels)
+        if len(extra):
+            raise ValueError(
+                f"X has rows for group label(s) {extra.tolist()[:10]} that have no cells; drop "
+                f"those rows (X = X.loc[unique cell groups])."
+            )
+        return as_float_matrix(X.loc[labels], "X")
+    Xa = as_float_matrix(X, "X")
+    if Xa.shape[0] != groups.shape[0]:
+        raise ValueError(
+            f"X has {Xa.shape[0]} rows but the cells belong to {groups.shape[0]} groups; X must "
+            f"have one row per group, in the order of the sorted unique group labels, or be a "
+            f"pandas DataFrame indexed by group label."
+        )
+    return Xa
+
+
+def prepare_data(Y, groups=None, X=None) -> NestedData:
+    """Validate the inputs and build the group-sorted layout (copies; inputs untouched)."""
+    Ya = as_float_matrix(Y, "Y")
+    codes, uniques = _factorize_groups(groups, Ya.shape[0])
+    order = np.argsort(codes, kind="stable").astype(np.int64)
+    sizes = np.bincount(codes, minlength=uniques.shape[0])
+    offsets = np.zeros(uniques.shape[0] + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    Xa = None if X is None else _align_X(X, uniques)
+    return NestedData(Y=np.ascontiguousarray(Ya[order]), offsets=offsets, X=Xa,
+                      groups=uniques, order=order)

@@ -1,0 +1,135 @@
+"""Synthetic nested data drawn from the model itself (SPEC section 8), with the truth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Simulation", "simulate"]
+
+
+@dataclass
+class Simulation:
+    """A simulated cohort and the parameters that generated it.
+
+    Y (N, p) cells, ``groups`` (N,) the group label of each cell, X (J, q) one row per group in
+    the order of ``group_names`` (the sorted unique labels); ``group_truth`` (J,) and
+    ``cell_truth`` (N,) the true cluster labels; the remaining fields are the true weights and
+    atoms (means and precision matrices).
+    """
+
+    Y: np.ndarray
+    groups: np.ndarray
+    X: np.ndarray
+    group_names: np.ndarray
+    group_truth: np.ndarray
+    cell_truth: np.ndarray
+    group_weights: np.ndarray      # (T,) pi
+    cell_weights: np.ndarray       # (L_true, T) omega
+    x_means: np.ndarray
+    x_precisions: np.ndarray
+    y_means: np.ndarray
+    y_precisions: np.ndarray
+
+    def _gaussian_logpdf(self, Z, means, precisions):
+        from scipy.stats import multivariate_normal
+
+        return np.column_stack([
+            multivariate_normal(mean=m, cov=np.linalg.inv(P)).logpdf(Z).reshape(-1)
+            for m, P in zip(means, precisions)
+        ])
+
+    def bayes_posteriors(self):
+        """Exact posteriors P(S_j | data) (J, T) and P(M_ji | data) (N, L_true) under the truth.
+
+        The cell posterior marginalises the group's cluster, so it is the best any method can
+        do: its argmax is the Bayes classifier that recovery is judged against.
+        """
+        from scipy.special import logsumexp
+
+        log_omega = np.log(self.cell_weights)                    # (L, T)
+        ly = self._gaussian_logpdf(self.Y, self.y_means, self.y_precisions)     # (N, L)
+        lx = self._gaussian_logpdf(self.X, self.x_means, self.x_precisions)     # (J, T)
+        # per cell and candidate group cluster k: log sum_l omega_lk N(y | l)
+        joint = ly[:, :, None] + log_omega[None, :, :]             # (N, L, T)
+        per_cell = logsumexp(joint, axis=1)                        # (N, T)
+        codes = np.searchsorted(self.group_names, self.groups)
+        J = self.X.shape[0]
+        log_s = np.log(self.group_weights)[None, :] + lx
+        np.add.at(log_s, codes, per_cell)
+        post_s = np.exp(log_s - logsumexp(log_s, axis=1, keepdims=True))  # (J, T)
+        cond_m = np.exp(joint - per_cell[:, None, :])              # P(M = l | S = k, y)
+        post_m = np.einsum("nlk,nk->nl", cond_m, post_s[codes])
+        assert post_s.shape[0] == J
+        return post_s, post_m
+
+    def bayes_labels(self):
+        """(group labels, cell labels) of the Bayes classifier under the true parameters."""
+        post_s, post_m = self.bayes_posteriors()
+        return np.argmax(post_s, axis=1), np.argmax(post_m, axis=1)
+
+
+def _draw_atoms(rng, n_atoms, dim, lam, df):
+    """Lambda ~ Wishart(df, I), mu ~ N(0, (lam Lambda)^-1)."""
+    from scipy.stats import wishart
+
+    precisions = np.array([np.atleast_2d(wishart(df=df, scale=np.eye(dim)).rvs(random_state=rng))
+                           for _ in range(n_atoms)])
+    means = np.array([rng.multivariate_normal(np.zeros(dim), np.linalg.inv(lam * P))
+                      for P in precisions])
+    return means, precisions
+
+
+def simulate(n_groups=12, cells_per_group=100, n_group_clusters=3, n_cell_clusters=3,
+             n_group_features=5, n_cell_features=5, alpha0_x=25.0, alpha0_y=25.0,
+             lam_x=0.1, lam_y=0.1, random_state=None) -> Simulation:
+    """Draw a cohort from the Nested Atoms Model (SPEC section 8).
+
+    The defaults are the published toy design: J = 12 groups of 100 cells, 3 group clusters,
+    3 cell clusters, q = p = 5, alpha0 = 25, lam = 0.1 (smaller lam separates atoms more).
+
+    Parameters
+    ----------
+    n_groups : int
+        Number of groups (individuals) J.
+    cells_per_group : int or sequence of int
+        Cells per group: one number for all, or one per group.
+    n_group_clusters, n_cell_clusters : int
+        True numbers T of group clusters and L_true of cell clusters.
+    n_group_features, n_cell_features : int
+        Dimensions q of x and p of y.
+    alpha0_x, alpha0_y : float
+        Group-cluster weights ~ Dir(alpha0_x / T); each group cluster's cell-cluster weights
+        ~ Dir(alpha0_y / L_true).
+    lam_x, lam_y : float
+        Atom means ~ N(0, (lam Lambda)^-1) with Lambda ~ Wishart(dim + 5, I).
+    random_state : int or None
+
+    Returns
+    -------
+    Simulation
+    """
+    rng = np.random.default_rng(random_state)
+    J, T, Lt = int(n_groups), int(n_group_clusters), int(n_cell_clusters)
+    q, p = int(n_group_features), int(n_cell_features)
+    sizes = np.broadcast_to(np.asarray(cells_per_group, dtype=np.int64), (J,)).copy()
+    if (sizes < 1).any():
+        raise ValueError("cells_per_group must be >= 1 for every group.")
+    pi = rng.dirichlet(np.full(T, alpha0_x / T))
+    omega = np.column_stack([rng.dirichlet(np.full(Lt, alpha0_y / Lt)) for _ in range(T)])
+    x_means, x_prec = _draw_atoms(rng, T, q, lam_x, q + 5)
+    y_means, y_prec = _draw_atoms(rng, Lt, p, lam_y, p + 5)
+    S = rng.choice(T, size=J, p=pi)
+    X = np.array([rng.multivariate_normal(x_means[k], np.linalg.inv(x_prec[k])) for k in S])
+    M = np.concatenate([rng.choice(Lt, size=n, p=omega[:, S[j]]) for j, n in enumerate(sizes)])
+    Y = np.empty((M.size, p))
+    for l in range(Lt):
+        idx = np.nonzero(M == l)[0]
+        Y[idx] = rng.multivariate_normal(y_means[l], np.linalg.inv(y_prec[l]), size=idx.size)
+    width = len(str(J - 1))
+    names = np.array([f"ind{j:0{width}d}" for j in range(J)])
+    return Simulation(Y=Y, groups=np.repeat(names, sizes), X=X, group_names=names,
+                      group_truth=S, cell_truth=M, group_weights=pi, cell_weights=omega,
+                      x_means=x_means, x_precisions=x_prec, y_means=y_means,
+                      y_precisions=y_prec)

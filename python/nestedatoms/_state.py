@@ -1,0 +1,188 @@
+"""Priors, the problem being fit, and the variational state (SPEC sections 2 and 3).
+
+The state is a plain bag of NumPy arrays that Python owns; either backend reads it and writes
+it in place, which is what lets tests step one state with both backends block by block.
+Names follow SPEC's symbols.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._data import NestedData
+
+__all__ = ["NWPrior", "ConcentrationPrior", "Problem", "State", "resolve_nw_prior"]
+
+_SKLEARN_PRIOR_NAMES = {
+    "mean_prior": "m0",
+    "mean_precision_prior": "lam0",
+    "degrees_of_freedom_prior": "nu0",
+    "covariance_prior": "W0inv",
+}
+
+
+@dataclass
+class NWPrior:
+    """Normal-Wishart prior NW(m0, lam0, W0, nu0), stored with W0inv = W0^-1."""
+
+    m0: np.ndarray
+    lam0: float
+    W0inv: np.ndarray
+    nu0: float
+
+    @property
+    def dim(self) -> int:
+        return self.m0.shape[0]
+
+
+@dataclass
+class ConcentrationPrior:
+    """Gamma(shape, rate) prior on a DP concentration, or a fixed value when ``fixed``."""
+
+    shape: float
+    rate: float
+    fixed: float | None = None
+
+
+def _robust_covariance(Z: np.ndarray) -> np.ndarray:
+    """Covariance of the rows of Z; a singular one becomes its diagonal plus a small ridge."""
+    D = Z.shape[1]
+    if Z.shape[0] < 2:
+        return np.eye(D)
+    cov = np.atleast_2d(np.cov(Z, rowvar=False))
+    scale = float(np.trace(cov)) / D
+    if not np.isfinite(scale) or scale <= 0.0:
+        return np.eye(D)
+    try:
+        np.linalg.cholesky(cov)
+        if np.linalg.cond(cov) < 1e12:
+            return cov
+    except np.linalg.LinAlgError:
+        pass
+    diag = np.diag(cov).copy()
+    diag[diag <= 0.0] = scale
+    return np.diag(diag) + 1e-6 * scale * np.eye(D)
+
+
+def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
+                     overrides: dict | None) -> NWPrior:
+    """The Normal-Wishart prior of one layer (SPEC 2, 'Prior defaults').
+
+    ``"empirical"``: m0 = mean, lam0 = 0.01, nu0 = D + 5, W0^-1 = nu0 Cov / G^(2/D), so that a
+    priori E[Sigma] is about Cov / G^(2/D) (each of G clusters takes ~1/G of the volume).
+    ``"reference"``: m0 = 0, lam0 = 0.01, nu0 = D + 5, W0 = I.
+    ``overrides`` uses scikit-learn's names (mean_prior, mean_precision_prior,
+    degrees_of_freedom_prior, covariance_prior = W0^-1).
+    """
+    D = Z.shape[1]
+    nu0 = D + 5.0
+    if preset == "empirical":
+        m0 = Z.mean(axis=0)
+        W0inv = nu0 * _robust_covariance(Z) / n_clusters ** (2.0 / D)
+    elif preset == "reference":
+        m0 = np.zeros(D)
+        W0inv = np.eye(D)
+    else:
+        raise ValueError(f"prior must be 'empirical' or 'reference', got {preset!r}.")
+    values = {"m0": m0, "lam0": 0.01, "W0inv": W0inv, "nu0": nu0}
+    for key, val in (overrides or {}).items():
+        if key not in _SKLEARN_PRIOR_NAMES:
+            raise ValueError(
+                f"unknown prior key {key!r}; use {sorted(_SKLEARN_PRIOR_NAMES)}."
+            )
+        values[_SKLEARN_PRIOR_NAMES[key]] = val
+    m0 = np.array(values["m0"], dtype=np.float64).reshape(-1)
+    if m0.size == 1 and D > 1:
+        m0 = np.full(D, m0[0])
+    W0inv = np.array(values["W0inv"], dtype=np.float64)
+    if W0inv.ndim == 0:
+        W0inv = W0inv * np.eye(D)
+    elif W0inv.ndim == 1:
+        W0inv = np.diag(W0inv)
+    return NWPrior(m0=np.ascontiguousarray(m0), lam0=float(values["lam0"]),
+                   W0inv=np.ascontiguousarray(W0inv), nu0=float(values["nu0"]))
+
+
+@dataclass
+class Problem:
+    """Everything fixed during a fit: the data, truncation levels and priors."""
+
+    data: NestedData
+    K: int
+    L: int
+    y_prior: NWPrior
+    x_prior: NWPrior | None
+    alpha_prior: ConcentrationPrior
+    beta_prior: ConcentrationPrior
+    y_centre: np.ndarray = field(init=False)
+    x_centre: np.ndarray | None = field(init=False)
+
+    def __post_init__(self):
+        # Sufficient statistics are accumulated about the data mean: exact, and stable.
+        self.y_centre = np.ascontiguousarray(self.data.Y.mean(axis=0))
+        X = self.data.X
+        self.x_centre = None if X is None else np.ascontiguousarray(X.mean(axis=0))
+
+    @property
+    def Y(self):
+        return self.data.Y
+
+    @property
+    def X(self):
+        return self.data.X
+
+    @property
+    def offsets(self):
+        return self.data.offsets
+
+    @property
+    def has_x(self) -> bool:
+        return self.data.X is not None
+
+
+@dataclass
+class State:
+    """Variational parameters (SPEC 3) plus the statistics cached from the local factors.
+
+    ``N_jl, y_n, y_s1, y_s2, H_xi`` are functions of ``xi`` and ``H_rho`` of ``rho``; the steps
+    that change xi or rho refresh them, so the ELBO never needs another pass over the cells.
+    """
+
+    rho: np.ndarray            # (J, K) q(S_j)
+    xi: np.ndarray             # (N, L) q(M_ji), cells in the sorted layout
+    v_a: np.ndarray            # (K - 1, 1) group sticks
+    v_b: np.ndarray
+    u_a: np.ndarray            # (L - 1, K) cell sticks
+    u_b: np.ndarray
+    alpha_shape: float
+    alpha_rate: float
+    beta_shape: float
+    beta_rate: float
+    my: np.ndarray             # (L, p) y atoms
+    lamy: np.ndarray
+    Wy: np.ndarray
+    nuy: np.ndarray
+    mx: np.ndarray | None      # (K, q) x atoms, None for CAM
+    lamx: np.ndarray | None
+    Wx: np.ndarray | None
+    nux: np.ndarray | None
+    N_jl: np.ndarray           # (J, L) sum_i xi_jil
+    y_n: np.ndarray            # (L,) weighted y statistics about the y centre
+    y_s1: np.ndarray
+    y_s2: np.ndarray
+    H_xi: float                # -sum xi log xi
+    H_rho: float               # -sum rho log rho
+
+    def copy(self) -> "State":
+        return copy.deepcopy(self)
+
+    @property
+    def K(self) -> int:
+        return self.rho.shape[1]
+
+    @property
+    def L(self) -> int:
+        return self.xi.shape[1]
