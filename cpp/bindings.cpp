@@ -1,0 +1,609 @@
+// Python bindings of the core: argument conversion, shape checks, GIL release.  No maths here.
+//
+// Conventions (the contract is python/nestedatoms/reference.py, function by function):
+// * Read-only inputs are converted with forcecast + c_style, which is a no-op (no copy) for
+//   float64 C-contiguous arrays, the layout the data layer hands over.
+// * Output arrays passed in (xi_out, rho_out) are written in place and never copied: anything that
+//   is not a writeable, aligned, C-contiguous, native float64 array of the right shape is refused.
+// * Every shape is checked here; every failure is std::invalid_argument, i.e. ValueError, naming
+//   the argument and the expected shape.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <Eigen/Core>
+#include <cstdint>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cell_step.hpp"
+#include "common.hpp"
+#include "elbo_terms.hpp"
+#include "group_step.hpp"
+#include "normal_wishart.hpp"
+#include "parallel.hpp"
+#include "special.hpp"
+#include "sticks.hpp"
+
+namespace py = pybind11;
+using nam::fail;
+using nam::Index;
+
+namespace {
+
+using Arr = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+std::string shape_str(const py::array& a) {
+    std::ostringstream s;
+    s << "(";
+    for (py::ssize_t d = 0; d < a.ndim(); ++d) s << (d ? ", " : "") << a.shape(d);
+    if (a.ndim() == 1) s << ",";
+    s << ")";
+    return s.str();
+}
+
+std::string join(const std::vector<std::string>& parts) {
+    std::string out = "(";
+    for (size_t i = 0; i < parts.size(); ++i) out += (i ? ", " : "") + parts[i];
+    if (parts.size() == 1) out += ",";
+    return out + ")";
+}
+
+Arr as_array(const py::handle& obj, const std::string& name) {
+    Arr arr = Arr::ensure(obj);
+    if (!arr) fail(name + " must be convertible to a float64 array");
+    return arr;
+}
+
+// Symbolic shape checker: the first array that mentions a dimension fixes it, later arrays must
+// agree.  Messages spell the expected shape both symbolically and numerically.
+class Shapes {
+  public:
+    void check(const py::array& a, const std::string& name, const std::vector<std::string>& dims) {
+        const std::string want = join(dims);
+        if (a.ndim() != static_cast<py::ssize_t>(dims.size()))
+            fail(name + " must be " + std::to_string(dims.size()) + "-D with shape " + want +
+                 ", got shape " + shape_str(a));
+        for (size_t d = 0; d < dims.size(); ++d) {
+            auto it = known_.find(dims[d]);
+            if (it == known_.end()) {
+                known_[dims[d]] = a.shape(d);
+            } else if (it->second != a.shape(d)) {
+                fail(name + " must have shape " + want + " = " + numeric(dims) + ", got " +
+                     shape_str(a));
+            }
+        }
+    }
+    void define(const std::string& dim, Index value) { known_[dim] = value; }
+    Index operator[](const std::string& dim) const { return known_.at(dim); }
+    void at_least(const std::string& dim, Index minimum, const std::string& name) const {
+        if (known_.at(dim) < minimum)
+            fail(name + ": dimension " + dim + " must be at least " + std::to_string(minimum) +
+                 ", got " + std::to_string(known_.at(dim)));
+    }
+
+  private:
+    std::string numeric(const std::vector<std::string>& dims) const {
+        std::vector<std::string> parts;
+        for (const auto& d : dims) {
+            auto it = known_.find(d);
+            parts.push_back(it == known_.end() ? d : std::to_string(it->second));
+        }
+        return join(parts);
+    }
+    std::map<std::string, Index> known_;
+};
+
+void same_shape(const py::array& a, const py::array& b, const std::string& na,
+                const std::string& nb) {
+    bool same = a.ndim() == b.ndim();
+    for (py::ssize_t d = 0; same && d < a.ndim(); ++d) same = a.shape(d) == b.shape(d);
+    if (!same)
+        fail(nb + " must have the same shape as " + na + " " + shape_str(a) + ", got " +
+             shape_str(b));
+}
+
+const double* ptr(const Arr& a) { return a.data(); }
+
+bool overlaps(const py::array& a, const py::array& b) {
+    if (a.nbytes() == 0 || b.nbytes() == 0) return false;
+    const char* a0 = static_cast<const char*>(a.data());
+    const char* b0 = static_cast<const char*>(b.data());
+    return a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+}
+
+// An output buffer must be written where the caller will read it: refuse anything that would
+// need a converted copy.
+py::array_t<double> out_array(const py::handle& obj, const std::string& name,
+                              const std::vector<Index>& shape, const std::string& symbolic) {
+    if (!py::isinstance<py::array>(obj)) fail(name + " must be a numpy.ndarray (written in place)");
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (!a.dtype().is(py::dtype::of<double>()) && !a.dtype().equal(py::dtype::of<double>()))
+        fail(name + " must have dtype float64 (native byte order), got " +
+             std::string(py::str(a.dtype())));
+    if (!(a.flags() & py::array::c_style)) fail(name + " must be C-contiguous");
+    if (!a.writeable()) fail(name + " must be writeable");
+    if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(double) != 0)
+        fail(name + " must be aligned");
+    bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+    for (size_t d = 0; ok && d < shape.size(); ++d) ok = a.shape(d) == shape[d];
+    if (!ok) {
+        std::vector<std::string> parts;
+        for (Index s : shape) parts.push_back(std::to_string(s));
+        fail(name + " must have shape " + symbolic + " = " + join(parts) + ", got " +
+             shape_str(a));
+    }
+    return py::reinterpret_borrow<py::array_t<double>>(a);
+}
+
+template <class... Dims>
+py::array_t<double> new_array(Dims... dims) {
+    return py::array_t<double>(std::vector<py::ssize_t>{static_cast<py::ssize_t>(dims)...});
+}
+
+// ---- special functions --------------------------------------------------------------------
+
+template <double (*F)(double)>
+py::object elementwise(const py::object& x, const char* name) {
+    if (py::isinstance<py::float_>(x) || (py::isinstance<py::int_>(x) && !py::isinstance<py::bool_>(x)))
+        return py::float_(F(x.cast<double>()));
+    Arr a = as_array(x, name);
+    py::array_t<double> out(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+    const double* in = a.data();
+    double* o = out.mutable_data();
+    const py::ssize_t n = a.size();
+    {
+        py::gil_scoped_release release;
+        for (py::ssize_t i = 0; i < n; ++i) o[i] = F(in[i]);
+    }
+    return std::move(out);
+}
+
+double digamma_scalar(double x) { return nam::digamma(x); }
+double lgamma_scalar(double x) { return nam::lgamma(x); }
+
+// ---- sticks -------------------------------------------------------------------------------
+
+py::array_t<double> expected_log_stick_weights(const py::object& a_obj, const py::object& b_obj) {
+    Arr a = as_array(a_obj, "a"), b = as_array(b_obj, "b");
+    Shapes s;
+    s.check(a, "a", {"G-1", "C"});
+    s.check(b, "b", {"G-1", "C"});
+    const Index n_free = s["G-1"], C = s["C"];
+    auto out = new_array(n_free + 1, C);
+    nam::expected_log_stick_weights(ptr(a), ptr(b), n_free, C, out.mutable_data());
+    return out;
+}
+
+py::tuple update_sticks(const py::object& counts_obj, double concentration) {
+    Arr counts = as_array(counts_obj, "counts");
+    if (counts.ndim() != 1 && counts.ndim() != 2)
+        fail("counts must be 1-D (G,) or 2-D (G, C), got shape " + shape_str(counts));
+    const Index G = counts.shape(0), C = counts.ndim() == 2 ? counts.shape(1) : 1;
+    if (G < 1) fail("counts must have at least one row (G >= 1), got shape " + shape_str(counts));
+    py::array_t<double> a, b;
+    if (counts.ndim() == 2) {
+        a = new_array(G - 1, C);
+        b = new_array(G - 1, C);
+    } else {
+        a = new_array(G - 1);
+        b = new_array(G - 1);
+    }
+    nam::update_sticks(ptr(counts), G, C, concentration, a.mutable_data(), b.mutable_data());
+    return py::make_tuple(a, b);
+}
+
+py::tuple update_concentration(double prior_shape, double prior_rate, const py::object& a_obj,
+                               const py::object& b_obj) {
+    Arr a = as_array(a_obj, "a"), b = as_array(b_obj, "b");
+    same_shape(a, b, "a", "b");
+    const auto r = nam::update_concentration(prior_shape, prior_rate, ptr(a), ptr(b), a.size());
+    return py::make_tuple(r.first, r.second);
+}
+
+double stick_prior_term(const py::object& a_obj, const py::object& b_obj, double e_conc,
+                        double elog_conc) {
+    Arr a = as_array(a_obj, "a"), b = as_array(b_obj, "b");
+    same_shape(a, b, "a", "b");
+    return nam::stick_prior_term(ptr(a), ptr(b), a.size(), e_conc, elog_conc);
+}
+
+double beta_entropy(const py::object& a_obj, const py::object& b_obj) {
+    Arr a = as_array(a_obj, "a"), b = as_array(b_obj, "b");
+    same_shape(a, b, "a", "b");
+    return nam::beta_entropy(ptr(a), ptr(b), a.size());
+}
+
+double categorical_entropy(const py::object& r_obj) {
+    Arr r = as_array(r_obj, "r");
+    const double* p = ptr(r);
+    const Index n = r.size();
+    py::gil_scoped_release release;
+    return nam::categorical_entropy(p, n);
+}
+
+// ---- Normal-Wishart -----------------------------------------------------------------------
+
+// Holds the converted arrays of an NW factor so the view's pointers stay valid.
+struct NWArrays {
+    Arr m, lam, W, nu;
+    nam::NWView view() const { return {m.data(), lam.data(), W.data(), nu.data(), G, D}; }
+    Index G = 0, D = 0;
+};
+
+NWArrays nw_arrays(const py::object& m, const py::object& lam, const py::object& W,
+                   const py::object& nu, Shapes& s, const std::string& G, const std::string& D) {
+    NWArrays q{as_array(m, "m"), as_array(lam, "lam"), as_array(W, "W"), as_array(nu, "nu")};
+    s.check(q.m, "m", {G, D});
+    s.check(q.lam, "lam", {G});
+    s.check(q.W, "W", {G, D, D});
+    s.check(q.nu, "nu", {G});
+    s.at_least(D, 1, "m");
+    q.G = s[G];
+    q.D = s[D];
+    return q;
+}
+
+// W (G, D, D) and nu (G,) only.
+NWArrays wishart_arrays(const py::object& W, const py::object& nu, Shapes& s) {
+    NWArrays q;
+    q.W = as_array(W, "W");
+    q.nu = as_array(nu, "nu");
+    s.check(q.W, "W", {"G", "D", "D"});
+    s.check(q.nu, "nu", {"G"});
+    s.at_least("D", 1, "W");
+    q.G = s["G"];
+    q.D = s["D"];
+    return q;
+}
+
+struct PriorArrays {
+    Arr m0, W0inv;
+    double lam0, nu0;
+    nam::NWPrior prior(Index D) const { return {m0.data(), lam0, W0inv.data(), nu0, D}; }
+};
+
+PriorArrays prior_arrays(const py::object& m0, double lam0, const py::object& W0inv, double nu0,
+                         Shapes& s) {
+    PriorArrays p{as_array(m0, "m0"), as_array(W0inv, "W0inv"), lam0, nu0};
+    s.check(p.m0, "m0", {"D"});
+    s.check(p.W0inv, "W0inv", {"D", "D"});
+    return p;
+}
+
+py::array_t<double> expected_logdet(const py::object& W, const py::object& nu) {
+    Shapes s;
+    NWArrays q = wishart_arrays(W, nu, s);
+    auto out = new_array(q.G);
+    double* o = out.mutable_data();
+    nam::NWView v{nullptr, nullptr, q.W.data(), q.nu.data(), q.G, q.D};
+    py::gil_scoped_release release;
+    nam::expected_logdet(v, o);
+    return out;
+}
+
+py::array_t<double> log_wishart_norm(const py::object& W, const py::object& nu) {
+    Shapes s;
+    NWArrays q = wishart_arrays(W, nu, s);
+    auto out = new_array(q.G);
+    double* o = out.mutable_data();
+    nam::NWView v{nullptr, nullptr, q.W.data(), q.nu.data(), q.G, q.D};
+    py::gil_scoped_release release;
+    nam::log_wishart_norm(v, o);
+    return out;
+}
+
+py::array_t<double> expected_loglik(const py::object& Z_obj, const py::object& m,
+                                    const py::object& lam, const py::object& W,
+                                    const py::object& nu) {
+    Shapes s;
+    Arr Z = as_array(Z_obj, "Z");
+    s.check(Z, "Z", {"n", "D"});
+    NWArrays q = nw_arrays(m, lam, W, nu, s, "G", "D");
+    const Index n = s["n"];
+    auto out = new_array(n, q.G);
+    double* o = out.mutable_data();
+    const double* z = Z.data();
+    const auto v = q.view();
+    py::gil_scoped_release release;
+    nam::expected_loglik(z, n, v, o);
+    return out;
+}
+
+py::tuple weighted_stats(const py::object& Z_obj, const py::object& w_obj,
+                         const py::object& centre_obj) {
+    Shapes s;
+    Arr Z = as_array(Z_obj, "Z"), w = as_array(w_obj, "w"), centre = as_array(centre_obj, "centre");
+    s.check(Z, "Z", {"n", "D"});
+    s.check(w, "w", {"n", "G"});
+    s.check(centre, "centre", {"D"});
+    const Index n = s["n"], D = s["D"], G = s["G"];
+    auto n_out = new_array(G);
+    auto s1 = new_array(G, D);
+    auto s2 = new_array(G, D, D);
+    double *pn = n_out.mutable_data(), *p1 = s1.mutable_data(), *p2 = s2.mutable_data();
+    {
+        py::gil_scoped_release release;
+        nam::weighted_stats(Z.data(), n, D, w.data(), G, centre.data(), pn, p1, p2);
+    }
+    return py::make_tuple(n_out, s1, s2);
+}
+
+struct StatsArrays {
+    Arr n, s1, s2, centre;
+};
+
+StatsArrays stats_arrays(const py::object& n, const py::object& s1, const py::object& s2,
+                         const py::object& centre, Shapes& s) {
+    StatsArrays st{as_array(n, "n"), as_array(s1, "s1"), as_array(s2, "s2"),
+                   as_array(centre, "centre")};
+    s.check(st.n, "n", {"G"});
+    s.check(st.s1, "s1", {"G", "D"});
+    s.check(st.s2, "s2", {"G", "D", "D"});
+    s.check(st.centre, "centre", {"D"});
+    return st;
+}
+
+py::tuple nw_posterior(const py::object& n, const py::object& s1, const py::object& s2,
+                       const py::object& centre, const py::object& m0, double lam0,
+                       const py::object& W0inv, double nu0) {
+    Shapes s;
+    StatsArrays st = stats_arrays(n, s1, s2, centre, s);
+    PriorArrays pr = prior_arrays(m0, lam0, W0inv, nu0, s);
+    s.at_least("D", 1, "s1");
+    const Index G = s["G"], D = s["D"];
+    auto m = new_array(G, D);
+    auto lam = new_array(G);
+    auto W = new_array(G, D, D);
+    auto nu = new_array(G);
+    double *pm = m.mutable_data(), *pl = lam.mutable_data(), *pW = W.mutable_data(),
+           *pnu = nu.mutable_data();
+    {
+        py::gil_scoped_release release;
+        nam::nw_posterior(st.n.data(), st.s1.data(), st.s2.data(), G, st.centre.data(),
+                          pr.prior(D), pm, pl, pW, pnu);
+    }
+    return py::make_tuple(m, lam, W, nu);
+}
+
+double nw_loglik_from_stats(const py::object& n, const py::object& s1, const py::object& s2,
+                            const py::object& centre, const py::object& m, const py::object& lam,
+                            const py::object& W, const py::object& nu) {
+    Shapes s;
+    StatsArrays st = stats_arrays(n, s1, s2, centre, s);
+    NWArrays q = nw_arrays(m, lam, W, nu, s, "G", "D");
+    const auto v = q.view();
+    py::gil_scoped_release release;
+    return nam::nw_loglik_from_stats(st.n.data(), st.s1.data(), st.s2.data(), st.centre.data(), v);
+}
+
+double nw_prior_term(const py::object& m, const py::object& lam, const py::object& W,
+                     const py::object& nu, const py::object& m0, double lam0,
+                     const py::object& W0inv, double nu0) {
+    Shapes s;
+    NWArrays q = nw_arrays(m, lam, W, nu, s, "G", "D");
+    PriorArrays pr = prior_arrays(m0, lam0, W0inv, nu0, s);
+    const auto v = q.view();
+    const auto p = pr.prior(q.D);
+    py::gil_scoped_release release;
+    return nam::nw_prior_term(v, p);
+}
+
+double nw_entropy(const py::object& m, const py::object& lam, const py::object& W,
+                  const py::object& nu) {
+    Shapes s;
+    NWArrays q = nw_arrays(m, lam, W, nu, s, "G", "D");
+    const auto v = q.view();
+    py::gil_scoped_release release;
+    return nam::nw_entropy(v);
+}
+
+// ---- local steps --------------------------------------------------------------------------
+
+py::array_t<std::int64_t> as_offsets(const py::object& obj, Index N) {
+    py::array raw = py::array::ensure(obj);
+    if (!raw) fail("offsets must be convertible to an integer array");
+    const char kind = raw.dtype().kind();
+    if (kind != 'i' && kind != 'u')
+        fail("offsets must have an integer dtype, got " + std::string(py::str(raw.dtype())));
+    auto off = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(raw);
+    if (!off) fail("offsets must be convertible to int64");
+    if (off.ndim() != 1 || off.shape(0) < 1)
+        fail("offsets must be 1-D with shape (J + 1,), got shape " + shape_str(off));
+    const std::int64_t* o = off.data();
+    const Index J = off.shape(0) - 1;
+    if (o[0] != 0) fail("offsets[0] must be 0, got " + std::to_string(o[0]));
+    if (o[J] != N)
+        fail("offsets[-1] must equal the number of cells N = " + std::to_string(N) + ", got " +
+             std::to_string(o[J]));
+    for (Index j = 0; j < J; ++j)
+        if (o[j + 1] < o[j]) fail("offsets must be non-decreasing (cells sorted by group)");
+    return off;
+}
+
+py::tuple cell_step(const py::object& Y_obj, const py::object& offsets_obj,
+                    const py::object& rho_obj, const py::object& elog_omega_obj,
+                    const py::object& m, const py::object& lam, const py::object& W,
+                    const py::object& nu, const py::object& centre_obj,
+                    const py::object& xi_out_obj, int n_threads) {
+    Shapes s;
+    Arr Y = as_array(Y_obj, "Y");
+    s.check(Y, "Y", {"N", "p"});
+    const Index N = s["N"];
+    auto offsets = as_offsets(offsets_obj, N);
+    const Index J = offsets.shape(0) - 1;
+    Arr rho = as_array(rho_obj, "rho"), elog_omega = as_array(elog_omega_obj, "elog_omega");
+    s.define("J", J);  // J = len(offsets) - 1
+    s.check(rho, "rho", {"J", "K"});
+    s.check(elog_omega, "elog_omega", {"L", "K"});
+    NWArrays q = nw_arrays(m, lam, W, nu, s, "L", "p");
+    s.at_least("L", 1, "elog_omega");
+    Arr centre = as_array(centre_obj, "centre");
+    s.check(centre, "centre", {"p"});
+    const Index p = s["p"], K = s["K"], L = s["L"];
+    auto xi_out = out_array(xi_out_obj, "xi_out", {N, L}, "(N, L)");
+    for (const auto& [arr, name] :
+         std::vector<std::pair<py::array, const char*>>{{Y, "Y"}, {rho, "rho"},
+             {elog_omega, "elog_omega"}, {q.m, "m"}, {q.lam, "lam"}, {q.W, "W"}, {q.nu, "nu"},
+             {centre, "centre"}, {offsets, "offsets"}})
+        if (overlaps(xi_out, arr)) fail(std::string("xi_out must not share memory with ") + name);
+
+    auto N_jl = new_array(J, L);
+    auto n = new_array(L);
+    auto s1 = new_array(L, p);
+    auto s2 = new_array(L, p, p);
+    nam::CellStepInput in{Y.data(), N,         p,      offsets.data(), J, rho.data(), K,
+                          elog_omega.data(), L, q.view(), centre.data()};
+    nam::CellStepOutput out{xi_out.mutable_data(), N_jl.mutable_data(), n.mutable_data(),
+                            s1.mutable_data(), s2.mutable_data()};
+    double entropy;
+    {
+        py::gil_scoped_release release;
+        entropy = nam::cell_step(in, out, n_threads);
+    }
+    return py::make_tuple(N_jl, n, s1, s2, entropy);
+}
+
+double group_step(const py::object& N_jl_obj, const py::object& elog_pi_obj,
+                  const py::object& elog_omega_obj, const py::object& ell_x_obj,
+                  const py::object& rho_out_obj) {
+    Shapes s;
+    Arr N_jl = as_array(N_jl_obj, "N_jl"), elog_pi = as_array(elog_pi_obj, "elog_pi"),
+        elog_omega = as_array(elog_omega_obj, "elog_omega"), ell_x = as_array(ell_x_obj, "ell_x");
+    s.check(N_jl, "N_jl", {"J", "L"});
+    s.check(elog_pi, "elog_pi", {"K"});
+    s.check(elog_omega, "elog_omega", {"L", "K"});
+    s.check(ell_x, "ell_x", {"J", "K"});
+    s.at_least("K", 1, "elog_pi");
+    const Index J = s["J"], L = s["L"], K = s["K"];
+    auto rho_out = out_array(rho_out_obj, "rho_out", {J, K}, "(J, K)");
+    for (const auto& [arr, name] : std::vector<std::pair<py::array, const char*>>{
+             {N_jl, "N_jl"}, {elog_pi, "elog_pi"}, {elog_omega, "elog_omega"}, {ell_x, "ell_x"}})
+        if (overlaps(rho_out, arr)) fail(std::string("rho_out must not share memory with ") + name);
+    double* r = rho_out.mutable_data();
+    py::gil_scoped_release release;
+    return nam::group_step(N_jl.data(), elog_pi.data(), elog_omega.data(), ell_x.data(), J, L, K,
+                           r);
+}
+
+// ---- build information --------------------------------------------------------------------
+
+py::dict build_info() {
+    py::dict info;
+#if defined(__clang__)
+    info["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    info["compiler"] = std::string("gcc ") + __VERSION__;
+#elif defined(_MSC_VER)
+    info["compiler"] = std::string("msvc ") + std::to_string(_MSC_VER);
+#else
+    info["compiler"] = std::string("unknown");
+#endif
+    info["eigen_version"] = std::to_string(EIGEN_WORLD_VERSION) + "." +
+                            std::to_string(EIGEN_MAJOR_VERSION) + "." +
+                            std::to_string(EIGEN_MINOR_VERSION);
+    info["openmp"] = nam::openmp_enabled();
+#ifdef NESTEDATOMS_OPENMP
+    info["openmp_version"] = static_cast<long>(_OPENMP);
+#endif
+    info["simd"] = std::string(Eigen::SimdInstructionSetsInUse());
+    std::vector<std::string> isa;
+#ifdef EIGEN_VECTORIZE_SSE2
+    isa.push_back("SSE2");
+#endif
+#ifdef EIGEN_VECTORIZE_SSE4_2
+    isa.push_back("SSE4.2");
+#endif
+#ifdef EIGEN_VECTORIZE_AVX
+    isa.push_back("AVX");
+#endif
+#ifdef EIGEN_VECTORIZE_AVX2
+    isa.push_back("AVX2");
+#endif
+#ifdef EIGEN_VECTORIZE_FMA
+    isa.push_back("FMA");
+#endif
+#ifdef EIGEN_VECTORIZE_AVX512
+    isa.push_back("AVX512");
+#endif
+#ifdef EIGEN_VECTORIZE_NEON
+    isa.push_back("NEON");
+#endif
+    info["simd_flags"] = isa;
+#ifdef NESTEDATOMS_NATIVE
+    info["native"] = true;
+#else
+    info["native"] = false;
+#endif
+    info["cell_block"] = static_cast<long>(nam::kCellBlock);
+    return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, mod) {
+    mod.doc() =
+        "nestedatoms C++ core: the CAVI steps of the Nested Atoms Model (SPEC sections 4-7).\n"
+        "Same functions, arguments and results as nestedatoms.reference.";
+    mod.attr("NAME") = "cpp";
+    using py::arg;
+
+    mod.def("digamma", [](const py::object& x) { return elementwise<digamma_scalar>(x, "x"); },
+            arg("x"), "Digamma psi(x), elementwise.");
+    mod.def("lgamma", [](const py::object& x) { return elementwise<lgamma_scalar>(x, "x"); },
+            arg("x"), "log Gamma(x), elementwise.");
+
+    mod.def("expected_log_stick_weights", &expected_log_stick_weights, arg("a"), arg("b"),
+            "E log of stick-breaking weights: (G - 1, C) Beta parameters -> (G, C).");
+    mod.def("update_sticks", &update_sticks, arg("counts"), arg("concentration"),
+            "Beta posteriors (a, b) of the free sticks from expected counts (G, C).");
+    mod.def("update_concentration", &update_concentration, arg("prior_shape"), arg("prior_rate"),
+            arg("a"), arg("b"), "Gamma posterior (shape, rate) of a DP concentration.");
+    mod.def("stick_prior_term", &stick_prior_term, arg("a"), arg("b"), arg("e_conc"),
+            arg("elog_conc"), "E log p(sticks | concentration).");
+    mod.def("beta_entropy", &beta_entropy, arg("a"), arg("b"),
+            "Sum of the entropies of Beta(a, b) factors.");
+    mod.def("gamma_expectations",
+            [](double shape, double rate) {
+                const auto r = nam::gamma_expectations(shape, rate);
+                return py::make_tuple(r.first, r.second);
+            },
+            arg("shape"), arg("rate"), "(E x, E log x) for x ~ Gamma(shape, rate).");
+    mod.def("gamma_prior_term", &nam::gamma_prior_term, arg("prior_shape"), arg("prior_rate"),
+            arg("shape"), arg("rate"), "E_q log Gamma(x | prior_shape, prior_rate).");
+    mod.def("gamma_entropy", &nam::gamma_entropy, arg("shape"), arg("rate"),
+            "Entropy of Gamma(shape, rate).");
+    mod.def("categorical_entropy", &categorical_entropy, arg("r"), "-sum r log r, 0 log 0 = 0.");
+
+    mod.def("expected_logdet", &expected_logdet, arg("W"), arg("nu"),
+            "E log|Lambda| for Lambda ~ Wishart(W, nu), per atom.");
+    mod.def("log_wishart_norm", &log_wishart_norm, arg("W"), arg("nu"), "log B_W(W, nu), per atom.");
+    mod.def("expected_loglik", &expected_loglik, arg("Z"), arg("m"), arg("lam"), arg("W"),
+            arg("nu"), "ell_g(z) = E log N(z | mu_g, Lambda_g^-1): (n, G).");
+    mod.def("weighted_stats", &weighted_stats, arg("Z"), arg("w"), arg("centre"),
+            "Weighted sufficient statistics (n, s1, s2) about centre.");
+    mod.def("nw_posterior", &nw_posterior, arg("n"), arg("s1"), arg("s2"), arg("centre"),
+            arg("m0"), arg("lam0"), arg("W0inv"), arg("nu0"),
+            "Normal-Wishart posteriors (m, lam, W, nu); n <= 0 gives exactly the prior.");
+    mod.def("nw_loglik_from_stats", &nw_loglik_from_stats, arg("n"), arg("s1"), arg("s2"),
+            arg("centre"), arg("m"), arg("lam"), arg("W"), arg("nu"),
+            "E log p(Z | assignments, theta) summed over atoms, from weighted statistics.");
+    mod.def("nw_prior_term", &nw_prior_term, arg("m"), arg("lam"), arg("W"), arg("nu"),
+            arg("m0"), arg("lam0"), arg("W0inv"), arg("nu0"), "E_q log p(theta), summed.");
+    mod.def("nw_entropy", &nw_entropy, arg("m"), arg("lam"), arg("W"), arg("nu"),
+            "Entropy of the Normal-Wishart factors, summed.");
+
+    mod.def("cell_step", &cell_step, arg("Y"), arg("offsets"), arg("rho"), arg("elog_omega"),
+            arg("m"), arg("lam"), arg("W"), arg("nu"), arg("centre"), arg("xi_out"),
+            arg("n_threads") = 1,
+            "Update q(M) into xi_out; returns (N_jl, n, s1, s2, entropy).  n_threads <= 0 uses "
+            "all available threads; results are bitwise identical for every n_threads.");
+    mod.def("group_step", &group_step, arg("N_jl"), arg("elog_pi"), arg("elog_omega"),
+            arg("ell_x"), arg("rho_out"), "Update q(S) into rho_out; returns the entropy.");
+
+    mod.def("openmp_enabled", &nam::openmp_enabled, "Whether the core was built with OpenMP.");
+    mod.def("max_threads", &nam::max_threads, "Threads OpenMP would use by default (1 without).");
+    mod.def("build_info", &build_info, "Compiler, Eigen version, OpenMP and SIMD of this build.");
+}

@@ -1,0 +1,286 @@
+#include "normal_wishart.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "special.hpp"
+
+namespace nam {
+
+namespace {
+
+std::string atom_name(const std::string& name, Index g) {
+    return name + "[" + std::to_string(g) + "]";
+}
+
+CMapRowMat matrix_of(const double* W, Index g, Index D) { return CMapRowMat(W + g * D * D, D, D); }
+
+void check_dof(const NWView& q) {
+    for (Index g = 0; g < q.G; ++g) {
+        if (!(q.nu[g] > static_cast<double>(q.D) - 1.0))
+            fail("nu[" + std::to_string(g) + "] must exceed D - 1 = " + std::to_string(q.D - 1) +
+                 " (Wishart degrees of freedom), got " + std::to_string(q.nu[g]));
+    }
+}
+
+void check_lam(const NWView& q) {
+    for (Index g = 0; g < q.G; ++g)
+        if (!(q.lam[g] > 0.0))
+            fail("lam[" + std::to_string(g) + "] must be positive, got " +
+                 std::to_string(q.lam[g]));
+}
+
+void check_prior(const NWPrior& prior) {
+    if (!(prior.lam0 > 0.0)) fail("lam0 must be positive, got " + std::to_string(prior.lam0));
+    if (!(prior.nu0 > static_cast<double>(prior.D) - 1.0))
+        fail("nu0 must exceed D - 1 = " + std::to_string(prior.D - 1) + ", got " +
+             std::to_string(prior.nu0));
+}
+
+// sum_{d=1..D} psi((nu + 1 - d) / 2) + D log 2 + log|W|  (SPEC 4)
+double elogdet_one(double logdet_W, double nu, Index D) {
+    double s = 0.0;
+    for (Index d = 1; d <= D; ++d) s += digamma((nu + 1.0 - static_cast<double>(d)) / 2.0);
+    return s + static_cast<double>(D) * kLog2 + logdet_W;
+}
+
+// log B_W(W, nu) (SPEC 6), from log|W|.
+double log_wishart_norm_one(double logdet_W, double nu, Index D) {
+    const double Dd = static_cast<double>(D);
+    double s = 0.0;
+    for (Index d = 1; d <= D; ++d) s += lgamma((nu + 1.0 - static_cast<double>(d)) / 2.0);
+    return -0.5 * nu * logdet_W - 0.5 * nu * Dd * kLog2 - 0.25 * Dd * (Dd - 1.0) * kLogPi - s;
+}
+
+std::vector<double> logdets(const NWView& q, const std::string& name_W) {
+    std::vector<double> out(static_cast<size_t>(q.G));
+    for (Index g = 0; g < q.G; ++g)
+        out[g] = logdet_from_llt(checked_llt(matrix_of(q.W, g, q.D), atom_name(name_W, g)));
+    return out;
+}
+
+// Inverse of a symmetric positive-definite matrix through its Cholesky factor, made exactly
+// symmetric (the solve is not), so that later factorisations see a symmetric matrix.
+Mat spd_inverse(const Eigen::LLT<Mat>& llt, Index D) {
+    Mat inv = llt.solve(Mat::Identity(D, D));
+    return 0.5 * (inv + inv.transpose());
+}
+
+}  // namespace
+
+GaussianAtoms prepare_atoms(const NWView& q, const std::string& name_W) {
+    check_lam(q);
+    check_dof(q);
+    GaussianAtoms atoms;
+    atoms.G = q.G;
+    atoms.D = q.D;
+    atoms.m = q.m;
+    atoms.lam = q.lam;
+    atoms.nu = q.nu;
+    atoms.U.resize(static_cast<size_t>(q.G));
+    atoms.constant.resize(q.G);
+    for (Index g = 0; g < q.G; ++g) {
+        auto llt = checked_llt(matrix_of(q.W, g, q.D), atom_name(name_W, g));
+        atoms.U[g] = llt.matrixL();
+        const double elogdet = elogdet_one(logdet_from_llt(llt), q.nu[g], q.D);
+        atoms.constant[g] = 0.5 * elogdet - 0.5 * static_cast<double>(q.D) * kLog2Pi;
+    }
+    return atoms;
+}
+
+void loglik_block(const GaussianAtoms& atoms, const Eigen::Ref<const RowMat>& Z,
+                  Eigen::Ref<RowMat> out, RowMat& diff, RowMat& proj) {
+    const Index n = Z.rows(), D = atoms.D;
+    const double Dd = static_cast<double>(D);
+    auto dv = diff.topRows(n);
+    auto pv = proj.topRows(n);
+    for (Index g = 0; g < atoms.G; ++g) {
+        const Eigen::Map<const Eigen::RowVectorXd> mg(atoms.m + g * D, D);
+        dv = Z.rowwise() - mg;
+        pv.noalias() = dv * atoms.U[g];
+        const double c = atoms.constant[g], trace_term = Dd / atoms.lam[g], nu = atoms.nu[g];
+        for (Index i = 0; i < n; ++i)
+            out(i, g) = c - 0.5 * (trace_term + nu * pv.row(i).squaredNorm());
+    }
+}
+
+void expected_logdet(const NWView& q, double* out) {
+    check_dof(q);
+    const auto ld = logdets(q, "W");
+    for (Index g = 0; g < q.G; ++g) out[g] = elogdet_one(ld[g], q.nu[g], q.D);
+}
+
+void log_wishart_norm(const NWView& q, double* out) {
+    check_dof(q);
+    const auto ld = logdets(q, "W");
+    for (Index g = 0; g < q.G; ++g) out[g] = log_wishart_norm_one(ld[g], q.nu[g], q.D);
+}
+
+void expected_loglik(const double* Z, Index n, const NWView& q, double* out) {
+    const GaussianAtoms atoms = prepare_atoms(q, "W");
+    // Blocks bound the scratch to a few hundred rows whatever n is.
+    constexpr Index kRows = 512;
+    RowMat diff(std::min(n, kRows), q.D), proj(std::min(n, kRows), q.D);
+    for (Index start = 0; start < n; start += kRows) {
+        const Index nb = std::min(kRows, n - start);
+        loglik_block(atoms, CMapRowMat(Z + start * q.D, nb, q.D),
+                     MapRowMat(out + start * q.G, nb, q.G), diff, proj);
+    }
+}
+
+void accumulate_stats_block(const Eigen::Ref<const RowMat>& Z, const Eigen::Ref<const RowMat>& w,
+                            const double* centre, double* n_out, double* s1_out, double* s2_out,
+                            RowMat& Zc, RowMat& Zw, bool overwrite) {
+    const Index n = Z.rows(), D = Z.cols(), G = w.cols();
+    const Eigen::Map<const Eigen::RowVectorXd> c(centre, D);
+    auto zc = Zc.topRows(n);
+    auto zw = Zw.topRows(n);
+    zc = Z.rowwise() - c;
+    MapVec nv(n_out, G);
+    MapRowMat s1(s1_out, G, D);
+    if (overwrite) {
+        nv.noalias() = w.colwise().sum().transpose();
+        s1.noalias() = w.transpose() * zc;
+    } else {
+        nv.noalias() += w.colwise().sum().transpose();
+        s1.noalias() += w.transpose() * zc;
+    }
+    for (Index g = 0; g < G; ++g) {
+        // s2_g = Zc' diag(w_g) Zc as one product per block (a GEMM rather than n rank-1 updates).
+        zw = zc.array().colwise() * w.col(g).array();
+        MapRowMat s2(s2_out + g * D * D, D, D);
+        if (overwrite)
+            s2.noalias() = zc.transpose() * zw;
+        else
+            s2.noalias() += zc.transpose() * zw;
+    }
+}
+
+void symmetrise_stats(double* s2, Index G, Index D) {
+    // The product Zc' (w Zc) is symmetric in exact arithmetic but not bit for bit; mirror the lower
+    // triangle so downstream Cholesky factorisations see an exactly symmetric matrix.
+    for (Index g = 0; g < G; ++g) {
+        double* S = s2 + g * D * D;
+        for (Index d = 0; d < D; ++d)
+            for (Index e = d + 1; e < D; ++e) S[d * D + e] = S[e * D + d];
+    }
+}
+
+void weighted_stats(const double* Z, Index n, Index D, const double* w, Index G,
+                    const double* centre, double* n_out, double* s1_out, double* s2_out) {
+    std::fill(n_out, n_out + G, 0.0);
+    std::fill(s1_out, s1_out + G * D, 0.0);
+    std::fill(s2_out, s2_out + G * D * D, 0.0);
+    constexpr Index kRows = 512;
+    RowMat Zc(std::min(n, kRows), D), Zw(std::min(n, kRows), D);
+    for (Index start = 0; start < n; start += kRows) {
+        const Index nb = std::min(kRows, n - start);
+        accumulate_stats_block(CMapRowMat(Z + start * D, nb, D), CMapRowMat(w + start * G, nb, G),
+                               centre, n_out, s1_out, s2_out, Zc, Zw, false);
+    }
+    symmetrise_stats(s2_out, G, D);
+}
+
+void nw_posterior(const double* n, const double* s1, const double* s2, Index G,
+                  const double* centre, const NWPrior& prior, double* m, double* lam, double* W,
+                  double* nu) {
+    check_prior(prior);
+    const Index D = prior.D;
+    const CMapRowMat W0inv(prior.W0inv, D, D);
+    const Mat W0 = spd_inverse(checked_llt(W0inv, "W0inv"), D);
+    const CMapVec m0(prior.m0, D), c(centre, D);
+    const Vec m0c = m0 - c;
+    for (Index g = 0; g < G; ++g) {
+        MapVec mg(m + g * D, D);
+        MapRowMat Wg(W + g * D * D, D, D);
+        if (!(n[g] > 0.0)) {
+            // An empty cluster gets exactly the prior; never divide by n = 0 (SPEC 5.7).
+            mg = m0;
+            lam[g] = prior.lam0;
+            Wg = W0;
+            nu[g] = prior.nu0;
+            continue;
+        }
+        const CMapVec s1g(s1 + g * D, D);
+        const CMapRowMat s2g(s2 + g * D * D, D, D);
+        const Vec xbar_c = s1g / n[g];                         // weighted mean, centred
+        const Mat C = s2g - s1g * xbar_c.transpose();          // scatter about the weighted mean
+        const Vec diff = xbar_c - m0c;                         // xbar - m0
+        const double shrink = prior.lam0 * n[g] / (prior.lam0 + n[g]);
+        Mat Winv = W0inv + C + shrink * diff * diff.transpose();
+        Winv = 0.5 * (Winv + Winv.transpose());
+        lam[g] = prior.lam0 + n[g];
+        mg = c + (prior.lam0 * m0c + s1g) / lam[g];
+        nu[g] = prior.nu0 + n[g];
+        Wg = spd_inverse(checked_llt(Winv, "posterior W^-1 of atom " + std::to_string(g)), D);
+    }
+}
+
+double nw_loglik_from_stats(const double* n, const double* s1, const double* s2,
+                            const double* centre, const NWView& q) {
+    check_lam(q);
+    check_dof(q);
+    const Index D = q.D;
+    const double Dd = static_cast<double>(D);
+    const auto ld = logdets(q, "W");
+    const CMapVec c(centre, D);
+    double total = 0.0;
+    for (Index g = 0; g < q.G; ++g) {
+        const double elogdet = elogdet_one(ld[g], q.nu[g], D);
+        const CMapRowMat Wg = matrix_of(q.W, g, D);
+        const CMapRowMat s2g(s2 + g * D * D, D, D);
+        const CMapVec s1g(s1 + g * D, D);
+        const Vec mc = CMapVec(q.m + g * D, D) - c;
+        const Vec Wmc = Wg * mc;
+        // sum_i w_i (z_i - m)' W (z_i - m) = tr(s2 W) - 2 s1' W mc + n mc' W mc, mc = m - c
+        const double quad = (s2g.array() * Wg.array()).sum() - 2.0 * s1g.dot(Wmc) +
+                            n[g] * mc.dot(Wmc);
+        total += 0.5 * (n[g] * (elogdet - Dd / q.lam[g] - Dd * kLog2Pi) - q.nu[g] * quad);
+    }
+    return total;
+}
+
+double nw_prior_term(const NWView& q, const NWPrior& prior) {
+    check_prior(prior);
+    check_lam(q);
+    check_dof(q);
+    const Index D = q.D;
+    const double Dd = static_cast<double>(D);
+    const CMapRowMat W0inv(prior.W0inv, D, D);
+    // log|W0| = -log|W0^-1|: no need to form W0.
+    const double log_b0 =
+        log_wishart_norm_one(-logdet_from_llt(checked_llt(W0inv, "W0inv")), prior.nu0, D);
+    const auto ld = logdets(q, "W");
+    const CMapVec m0(prior.m0, D);
+    double total = 0.0;
+    for (Index g = 0; g < q.G; ++g) {
+        const double elogdet = elogdet_one(ld[g], q.nu[g], D);
+        const CMapRowMat Wg = matrix_of(q.W, g, D);
+        const Vec dm = CMapVec(q.m + g * D, D) - m0;
+        const double quad = dm.dot(Wg * dm);
+        total += 0.5 * (Dd * std::log(prior.lam0 / (2.0 * kPi)) + elogdet -
+                        Dd * prior.lam0 / q.lam[g] - prior.lam0 * q.nu[g] * quad) +
+                 log_b0 + 0.5 * (prior.nu0 - Dd - 1.0) * elogdet -
+                 0.5 * q.nu[g] * (W0inv.array() * Wg.array()).sum();
+    }
+    return total;
+}
+
+double nw_entropy(const NWView& q) {
+    check_lam(q);
+    check_dof(q);
+    const Index D = q.D;
+    const double Dd = static_cast<double>(D);
+    const auto ld = logdets(q, "W");
+    double total = 0.0;
+    for (Index g = 0; g < q.G; ++g) {
+        const double elogdet = elogdet_one(ld[g], q.nu[g], D);
+        const double h_wishart = -log_wishart_norm_one(ld[g], q.nu[g], D) -
+                                 0.5 * (q.nu[g] - Dd - 1.0) * elogdet + 0.5 * q.nu[g] * Dd;
+        total += -0.5 * elogdet - 0.5 * Dd * std::log(q.lam[g] / (2.0 * kPi)) + 0.5 * Dd +
+                 h_wishart;
+    }
+    return total;
+}
+
+}  // namespace nam
