@@ -21,9 +21,9 @@ struct Slot {
 
 // Per-thread scratch, allocated once per call.
 struct Scratch {
-    RowMat logits, xi, diff, proj, Yc, Yw;
+    RowMat logits, diff, proj, Yc, Yw;
     Scratch(Index rows, Index p, Index L)
-        : logits(rows, L), xi(rows, L), diff(rows, p), proj(rows, p), Yc(rows, p), Yw(rows, p) {}
+        : logits(rows, L), diff(rows, p), proj(rows, p), Yc(rows, p), Yw(rows, p) {}
 };
 
 }  // namespace
@@ -67,14 +67,18 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
     N_jl.setZero();
 
     std::exception_ptr error = nullptr;
-    const int threads = resolve_threads(n_threads);
+    // More threads than blocks would idle; the count never changes the results.
+    const int threads =
+        static_cast<int>(std::min<Index>(resolve_threads(n_threads), std::max<Index>(1, n_blocks)));
+    (void)threads;  // unused in a build without OpenMP
 
     auto process_block = [&](Index b, Slot& slot, Scratch& sc) {
         const Index start = b * kCellBlock;
         const Index nb = std::min(kCellBlock, N - start);
         const CMapRowMat Yb(in.Y + start * p, nb, p);
         auto logits = sc.logits.topRows(nb);
-        auto xi = sc.xi.topRows(nb);
+        // xi is written straight into the caller's array and read back from there for the sums.
+        MapRowMat xi(out.xi + start * L, nb, L);
         loglik_block(atoms, Yb, logits, sc.diff, sc.proj);
 
         double* ent = slot.dense.data();
@@ -95,12 +99,10 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
             double sum = 0.0;
             for (Index l = 0; l < L; ++l) sum += std::exp(row[l] - mx);
             const double lse = mx + std::log(sum);
-            double* xo = out.xi + cell * L;
             double h = 0.0;
             for (Index l = 0; l < L; ++l) {
                 const double t = row[l] - lse;  // log xi
                 const double x = std::exp(t);
-                xo[l] = x;
                 xi(i, l) = x;
                 if (x > 0.0) h -= x * t;  // 0 log 0 = 0 (t may be -inf there)
             }

@@ -193,8 +193,9 @@ void nw_posterior(const double* n, const double* s1, const double* s2, Index G,
     for (Index g = 0; g < G; ++g) {
         MapVec mg(m + g * D, D);
         MapRowMat Wg(W + g * D * D, D, D);
-        if (!(n[g] > 0.0)) {
-            // An empty cluster gets exactly the prior; never divide by n = 0 (SPEC 5.7).
+        if (n[g] <= 0.0) {
+            // An empty cluster gets exactly the prior; never divide by n = 0 (SPEC 5.7).  (A NaN
+            // count falls through and is refused by the Cholesky check below.)
             mg = m0;
             lam[g] = prior.lam0;
             Wg = W0;

@@ -122,9 +122,22 @@ def test_cell_step_matches_reference(shape, seed):
 def test_cell_step_bitwise_identical_across_threads(shape):
     prob = random_cell_problem(7, *shape)
     assert prob["Y"].shape[0] > 3 * 256  # several blocks
-    runs = [run_cell_step(core, prob, n_threads) for n_threads in (1, 2, 3, 0)]
+    runs = [run_cell_step(core, prob, n_threads) for n_threads in (1, 2, 3, 7, 0)]
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
+            assert np.array_equal(a, b)
+
+
+def test_cell_step_from_concurrent_python_threads():
+    # The GIL is released during the step: concurrent calls must not interfere.
+    from concurrent.futures import ThreadPoolExecutor
+
+    probs = [random_cell_problem(s, 3, 4, 2, 6) for s in range(4)]
+    serial = [run_cell_step(core, P) for P in probs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(lambda P: run_cell_step(core, P, 2), probs))
+    for a_run, b_run in zip(serial, concurrent):
+        for a, b in zip(a_run, b_run):
             assert np.array_equal(a, b)
 
 
