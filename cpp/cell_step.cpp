@@ -51,11 +51,17 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
     }
 
     const Index dense_size = 1 + L + L * p + L * p * p;
+    // More threads than blocks would idle; the count never changes the results.
+    const int threads =
+        static_cast<int>(std::min<Index>(resolve_threads(n_threads), std::max<Index>(1, n_blocks)));
     // A round processes up to `round` blocks in parallel, then folds their slots into the totals in
     // block order.  The fold order is block order whatever the round size, so the round size only
-    // bounds memory (about 64 MB of slots) and never affects the results.
+    // bounds memory (about 64 MB of slots, but at least one slot per thread) and never affects
+    // the results.
     const Index slot_bytes = 8 * (dense_size + std::min(J, kCellBlock) * L);
-    const Index round = std::max<Index>(1, std::min<Index>({64, n_blocks, (Index(64) << 20) / slot_bytes}));
+    const Index round = std::max<Index>(
+        {1, static_cast<Index>(threads),
+         std::min<Index>({64, n_blocks, (Index(64) << 20) / slot_bytes})});
     std::vector<Slot> slots(static_cast<size_t>(round));
     for (auto& s : slots) {
         s.dense.assign(static_cast<size_t>(dense_size), 0.0);
@@ -67,10 +73,6 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
     N_jl.setZero();
 
     std::exception_ptr error = nullptr;
-    // More threads than blocks would idle; the count never changes the results.
-    const int threads =
-        static_cast<int>(std::min<Index>(resolve_threads(n_threads), std::max<Index>(1, n_blocks)));
-    (void)threads;  // unused in a build without OpenMP
 
     auto process_block = [&](Index b, Slot& slot, Scratch& sc) {
         const Index start = b * kCellBlock;

@@ -59,9 +59,10 @@ void expected_logdet(const NWView& q, double* out);
 void log_wishart_norm(const NWView& q, double* out);
 void expected_loglik(const double* Z, Index n, const NWView& q, double* out);
 
-// Adds the statistics of one block with weights w (n x G) about the centre into n_out (G),
-// s1_out (G x D) and s2_out (G x D x D; only the lower triangle is summed, see
-// symmetrise_stats).  `Zc` and `Zw` are caller scratch of at least n x D.
+// Adds (or, with overwrite, writes) the statistics of one block with weights w (n x G) about the
+// centre into n_out (G), s1_out (G x D) and s2_out (G x D x D).  s2 is symmetric only up to
+// rounding until symmetrise_stats mirrors its lower triangle.  `Zc` and `Zw` are caller scratch of
+// at least n x D.
 void accumulate_stats_block(const Eigen::Ref<const RowMat>& Z, const Eigen::Ref<const RowMat>& w,
                             const double* centre, double* n_out, double* s1_out, double* s2_out,
                             RowMat& Zc, RowMat& Zw, bool overwrite);
