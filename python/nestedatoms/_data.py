@@ -62,8 +62,20 @@ def _is_sparse(a) -> bool:
     return hasattr(a, "tocsr") and hasattr(a, "nnz")
 
 
-def as_float_matrix(a, name: str) -> np.ndarray:
-    """A new float64, C-contiguous 2-D copy of ``a``, with a clear error for bad input."""
+# Centred values beyond this magnitude overflow when squared and summed over many rows (the
+# scatter matrices, k-means distances); values spread less than the reciprocal underflow.  Seen
+# in practice: scipy's k-means++ seeding crashes the interpreter on data scaled by 1e200.
+_MAX_SPREAD = 1e100
+_MIN_SPREAD = 1e-100
+
+
+def as_float_matrix(a, name: str, copy: bool = True) -> np.ndarray:
+    """``a`` as a float64, C-contiguous 2-D array, with a clear error for bad input.
+
+    With ``copy=True`` the result is always a new array; with ``copy=False`` it may be ``a``
+    itself when ``a`` is already float64 and C-contiguous (the caller must then copy before
+    writing to it).  Object arrays are converted when every entry is a number.
+    """
     if _is_sparse(a):
         raise TypeError(
             f"{name} is a scipy sparse matrix; nestedatoms needs a dense, low-dimensional "
@@ -73,14 +85,26 @@ def as_float_matrix(a, name: str) -> np.ndarray:
     if hasattr(a, "to_numpy") and not isinstance(a, np.ndarray):
         a = a.to_numpy()
     arr = np.asarray(a)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
-                                   or arr.dtype == np.bool_):
+    if np.iscomplexobj(arr):
+        # scikit-learn's wording ("Complex data not supported"), which its checks look for
+        raise ValueError(f"{name} is complex: Complex data not supported; pass real-valued "
+                         f"data (e.g. np.abs({name}) or its real and imaginary parts as "
+                         f"columns).")
+    if arr.dtype == object:
+        # Lists of numbers, or DataFrames of mixed numeric types, arrive as object arrays.
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"{name} must be numeric, but an entry could not be converted to a number "
+                f"({exc}); convert it with np.asarray({name}, dtype=float) after removing "
+                f"non-numeric columns."
+            ) from None
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise TypeError(
             f"{name} must be numeric, got dtype {arr.dtype}; convert it with "
             f"np.asarray({name}, dtype=float) after removing non-numeric columns."
         )
-    if np.iscomplexobj(arr):
-        raise TypeError(f"{name} is complex; pass real-valued data.")
     if arr.ndim == 1:
         raise ValueError(
             f"{name} must be 2-D (rows x features), got a 1-D array of length {arr.shape[0]}; "
@@ -88,10 +112,15 @@ def as_float_matrix(a, name: str) -> np.ndarray:
         )
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (rows x features), got shape {arr.shape}.")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape}); it needs at least one row "
-                         f"and one column.")
-    out = np.array(arr, dtype=np.float64, order="C", copy=True)
+    # Same wording as scikit-learn's check_array, which its estimator checks look for.
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty: 0 sample(s) (shape={arr.shape}) while a minimum "
+                         f"of 1 is required; it needs at least one row.")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty: 0 feature(s) (shape={arr.shape}) while a minimum "
+                         f"of 1 is required; it needs at least one column.")
+    # One conversion: no copy here when the caller asked for none and a is already float64 C.
+    out = np.array(arr, dtype=np.float64, order="C", copy=True if copy else None)
     bad = ~np.isfinite(out)
     if bad.any():
         rows = np.unique(np.nonzero(bad)[0])
@@ -100,7 +129,24 @@ def as_float_matrix(a, name: str) -> np.ndarray:
             f"{rows[:10].tolist()}{' ...' if rows.size > 10 else ''}; remove or impute them "
             f"before fitting."
         )
+    _check_spread(out, name)
     return out
+
+
+def _check_spread(a: np.ndarray, name: str) -> None:
+    """Refuse values whose squares overflow or underflow float64 (see _MAX_SPREAD)."""
+    spread = float(np.max(np.abs(a - a.mean(axis=0)))) if np.isfinite(a.mean()) else np.inf
+    if spread > _MAX_SPREAD:
+        raise ValueError(
+            f"{name} has values spread over {spread:.3g} about its column means, too large to "
+            f"square in float64; rescale it (e.g. standardise each column) before fitting."
+        )
+    if 0.0 < spread < _MIN_SPREAD:
+        raise ValueError(
+            f"{name} has values spread over only {spread:.3g} about its column means, too "
+            f"small to square in float64; rescale it (e.g. standardise each column) before "
+            f"fitting."
+        )
 
 
 def _factorize_groups(groups, n_cells: int):
@@ -169,7 +215,8 @@ def _align_X(X, groups: np.ndarray) -> np.ndarray:
 
 def prepare_data(Y, groups=None, X=None) -> NestedData:
     """Validate the inputs and build the group-sorted layout (copies; inputs untouched)."""
-    Ya = as_float_matrix(Y, "Y")
+    # No copy in the conversion: the group sort below makes the one copy of the cells.
+    Ya = as_float_matrix(Y, "Y", copy=False)
     codes, uniques = _factorize_groups(groups, Ya.shape[0])
     order = np.argsort(codes, kind="stable").astype(np.int64)
     sizes = np.bincount(codes, minlength=uniques.shape[0])

@@ -4,10 +4,22 @@ Backend-agnostic (in the spirit of scikit-learn's ``mixture/_base.py``): it only
 blocks of ``_steps.py``, which call the backend.  Moves are callables
 ``move(be, prob, state, n_threads) -> bool`` run after each sweep; each must keep the ELBO from
 falling and return whether it changed the state.
+
+Interrupts: Ctrl-C (KeyboardInterrupt) may arrive anywhere, e.g. after the cell step has
+rewritten xi but before the statistics derived from it are stored, which would leave the live
+state inconsistent.  So each run keeps a checkpoint of its last complete sweep (copied into
+preallocated buffers, with SIGINT deferred during the copy) and, when interrupted, returns
+that checkpoint instead, marked ``interrupted`` and not converged, after a warning.  This
+costs one extra N x L array and one copy of it per sweep (small next to the cell step), and
+lets the fit stop at once however long a sweep takes.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,44 +28,127 @@ from ._init import initial_state
 from ._state import Problem, State
 from ._steps import elbo, sweep
 
-__all__ = ["RunResult", "run_cavi", "fit_restarts", "restart_rngs"]
+__all__ = ["RunResult", "run_cavi", "fit_restarts", "restart_rngs", "FitInterruptedWarning"]
+
+
+class FitInterruptedWarning(UserWarning):
+    """A fit was stopped by KeyboardInterrupt; the model holds the best complete state."""
 
 
 @dataclass
 class RunResult:
-    """One CAVI run from one start."""
+    """One CAVI run from one start.
 
-    state: State
+    ``state`` is None for a restart that lost to a better one (each state holds an N x L
+    array; only the best is kept).  ``interrupted``: stopped by KeyboardInterrupt, in which
+    case ``state`` is the last complete sweep and ``converged`` is False.
+    """
+
+    state: State | None
     elbo: float
     trace: list = field(default_factory=list)   # ELBO after each sweep
     n_iter: int = 0
     converged: bool = False
     seed: int | None = None
+    interrupted: bool = False
+
+
+@contextmanager
+def _sigint_deferred():
+    """Hold back SIGINT for the duration of the block, then deliver it.
+
+    Only the main thread receives signals and may set handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    received = []
+    try:
+        signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    except (ValueError, TypeError):  # e.g. an embedded interpreter without signal support
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if previous is signal.default_int_handler or previous is None:
+                raise KeyboardInterrupt
+            if callable(previous):
+                previous(signal.SIGINT, None)
+
+
+class _Checkpoint:
+    """A copy of the last complete state of a run, refreshed in place after every sweep."""
+
+    def __init__(self, st: State, value: float):
+        self.state = st.copy()
+        self.elbo = value
+        self.n_iter = 0
+
+    def save(self, st: State, value: float, n_iter: int) -> None:
+        with _sigint_deferred():
+            for name, cur in vars(st).items():
+                old = getattr(self.state, name)
+                if (isinstance(cur, np.ndarray) and isinstance(old, np.ndarray)
+                        and old.shape == cur.shape and old.dtype == cur.dtype):
+                    np.copyto(old, cur)          # no new allocation in the steady state
+                elif isinstance(cur, np.ndarray):
+                    setattr(self.state, name, cur.copy())
+                else:
+                    setattr(self.state, name, cur)
+            self.elbo, self.n_iter = value, n_iter
 
 
 def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads: int = 1,
              moves=(), callback=None) -> RunResult:
     """Sweep until the relative ELBO change falls below ``tol`` (tol = 0: exactly max_iter).
 
-    ``callback(iteration, elbo)`` is called after every sweep.
+    ``callback(iteration, elbo)`` is called after every sweep.  On KeyboardInterrupt the run
+    ends with the state of its last complete sweep (see the module docstring) and a
+    :class:`FitInterruptedWarning`; an interrupt before the first ELBO is evaluated propagates.
     """
     prev = elbo(be, prob, st)
     result = RunResult(state=st, elbo=prev)
-    for it in range(1, max_iter + 1):
-        sweep(be, prob, st, n_threads)
-        moved = False
-        for move in moves:
-            moved |= bool(move(be, prob, st, n_threads))
-        cur = elbo(be, prob, st)
-        result.trace.append(cur)
-        result.n_iter = it
-        result.elbo = cur
-        if callback is not None:
-            callback(it, cur)
-        if tol > 0 and not moved and abs(cur - prev) <= tol * abs(cur):
-            result.converged = True
-            break
-        prev = cur
+    checkpoint = _Checkpoint(st, prev)
+    # Moves marked ``at_convergence`` are costly (a search or a split): they run only once the
+    # sweeps have converged, and the sweeps resume if one of them raised the ELBO.
+    final_moves = [m for m in moves if getattr(m, "at_convergence", False)]
+    moves = [m for m in moves if not getattr(m, "at_convergence", False)]
+    try:
+        for it in range(1, max_iter + 1):
+            sweep(be, prob, st, n_threads)
+            moved = False
+            for move in moves:
+                moved |= bool(move(be, prob, st, n_threads))
+            cur = elbo(be, prob, st)
+            if final_moves and tol > 0 and not moved and abs(cur - prev) <= tol * abs(cur):
+                for move in final_moves:
+                    moved |= bool(move(be, prob, st, n_threads))
+                if moved:
+                    cur = elbo(be, prob, st)
+            checkpoint.save(st, cur, it)
+            result.trace.append(cur)
+            result.n_iter = it
+            result.elbo = cur
+            if callback is not None:
+                callback(it, cur)
+            if tol > 0 and not moved and abs(cur - prev) <= tol * abs(cur):
+                result.converged = True
+                break
+            prev = cur
+    except KeyboardInterrupt:
+        result.state, result.elbo = checkpoint.state, checkpoint.elbo
+        result.n_iter = checkpoint.n_iter
+        del result.trace[checkpoint.n_iter:]
+        result.converged, result.interrupted = False, True
+        warnings.warn(
+            f"fit interrupted (KeyboardInterrupt) after {checkpoint.n_iter} complete sweep(s); "
+            f"keeping the state of the last complete one (ELBO {checkpoint.elbo:.6g}). The "
+            f"model is consistent but not converged (converged_ = False).",
+            FitInterruptedWarning, stacklevel=2)
     return result
 
 
@@ -74,15 +169,44 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
     """Run ``n_init`` starts; return the run with the highest final ELBO, and all runs.
 
     ``init_state(be, prob, rng) -> State`` overrides the default initialisation.
+
+    Only the best run keeps its state (the others' ``state`` is set to None as soon as they
+    are beaten, so memory holds at most two N x L states besides the checkpoint).  On
+    KeyboardInterrupt no further restart starts; the best complete run so far is returned
+    with ``converged = False`` and ``interrupted = True`` (an interrupt before any run has a
+    complete state propagates).
     """
     make_state = init_state or initial_state
     rngs, seeds = restart_rngs(random_state, n_init)
     runs = []
-    for r, (rng, seed) in enumerate(zip(rngs, seeds)):
-        st = make_state(be, prob, rng)
-        cb = None if callback is None else (lambda it, value, r=r: callback(r, it, value))
-        run = run_cavi(be, prob, st, max_iter, tol, n_threads, moves=moves, callback=cb)
-        run.seed = seed
-        runs.append(run)
-    best = max(runs, key=lambda run: run.elbo)
+    best = None
+    interrupted = False
+    try:
+        for r, (rng, seed) in enumerate(zip(rngs, seeds)):
+            st = make_state(be, prob, rng)
+            cb = None if callback is None else (lambda it, value, r=r: callback(r, it, value))
+            run = run_cavi(be, prob, st, max_iter, tol, n_threads, moves=moves, callback=cb)
+            run.seed = seed
+            runs.append(run)
+            if best is None or run.elbo > best.elbo:
+                beaten, best = best, run     # best first: an interrupt here keeps a state
+                if beaten is not None:
+                    beaten.state = None
+            else:
+                run.state = None
+            if run.interrupted:
+                interrupted = True
+                break
+    except KeyboardInterrupt:
+        if best is None:
+            raise
+        interrupted = True
+        warnings.warn(
+            f"fit interrupted (KeyboardInterrupt) while starting restart {len(runs) + 1} of "
+            f"{n_init}; keeping the best complete run (ELBO {best.elbo:.6g}). The model is "
+            f"consistent but not converged (converged_ = False).",
+            FitInterruptedWarning, stacklevel=2)
+    if interrupted:
+        # The search over restarts was cut short, so the fit as a whole has not converged.
+        best.converged, best.interrupted = False, True
     return best, runs

@@ -13,6 +13,7 @@ from ._fit import fit_restarts
 from ._moves import DEFAULT_MOVES
 from ._state import ConcentrationPrior, Problem, resolve_nw_prior
 from ._steps import expected_stick_weights
+from ._validation import check_data_size, check_estimator_params, check_memory
 
 __all__ = ["NestedAtomsModel"]
 
@@ -106,39 +107,24 @@ class NestedAtomsModel:
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self):
-        for name in ("n_group_clusters", "n_cell_clusters", "n_init", "max_iter"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-        if not isinstance(self.tol, numbers.Real) or not np.isfinite(self.tol) or self.tol < 0:
-            raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}.")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}.")
-        if self.prior not in ("empirical", "reference"):
-            raise ValueError(f"prior must be 'empirical' or 'reference', got {self.prior!r}.")
+        """Every constructor parameter, checked in fit (scikit-learn's convention)."""
+        check_estimator_params(self)
 
     def _concentration(self, fixed, name) -> ConcentrationPrior:
-        try:
-            shape, rate = (float(v) for v in self.concentration_prior)
-        except (TypeError, ValueError):
-            raise ValueError(f"concentration_prior must be a (shape, rate) pair, got "
-                             f"{self.concentration_prior!r}.") from None
-        if not (shape > 0 and rate > 0 and np.isfinite(shape) and np.isfinite(rate)):
-            raise ValueError(f"concentration_prior shape and rate must be positive, got "
-                             f"{self.concentration_prior!r}.")
-        if fixed is not None:
-            fixed = float(fixed)
-            if not (fixed > 0 and np.isfinite(fixed)):
-                raise ValueError(f"{name} must be a positive number or None, got {fixed!r}.")
-        return ConcentrationPrior(shape=shape, rate=rate, fixed=fixed)
+        # Values were checked by _check_params (Gamma shape and rate > 0, fixed value > 0).
+        shape, rate = (float(v) for v in self.concentration_prior)
+        return ConcentrationPrior(shape=shape, rate=rate,
+                                  fixed=None if fixed is None else float(fixed))
 
     def _problem(self, data) -> Problem:
         K, L = int(self.n_group_clusters), int(self.n_cell_clusters)
         x_prior = (None if data.X is None
-                   else resolve_nw_prior(data.X, K, self.prior, self.group_prior))
+                   else resolve_nw_prior(data.X, K, self.prior, self.group_prior,
+                                         name="group_prior"))
         return Problem(
             data=data, K=K, L=L,
-            y_prior=resolve_nw_prior(data.Y, L, self.prior, self.cell_prior),
+            y_prior=resolve_nw_prior(data.Y, L, self.prior, self.cell_prior,
+                                     name="cell_prior"),
             x_prior=x_prior,
             alpha_prior=self._concentration(self.group_concentration, "group_concentration"),
             beta_prior=self._concentration(self.cell_concentration, "cell_concentration"),
@@ -169,6 +155,8 @@ class NestedAtomsModel:
         data = prepare_data(Y, groups, X)
         prob = self._problem(data)
         n_threads = resolve_n_threads(self.n_threads)
+        check_data_size(data.n_cells, data.n_groups, prob.L)
+        check_memory(data.n_cells, data.Y.shape[1], prob.L, int(self.n_init), self.backend)
         callback = None
         if self.verbose:
             def callback(restart, it, value):

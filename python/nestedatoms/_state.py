@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._data import NestedData
+from ._validation import InvalidParameterError, check_nw_prior
 
 __all__ = ["NWPrior", "ConcentrationPrior", "Problem", "State", "resolve_nw_prior"]
 
@@ -68,14 +69,15 @@ def _robust_covariance(Z: np.ndarray) -> np.ndarray:
 
 
 def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
-                     overrides: dict | None) -> NWPrior:
+                     overrides: dict | None, name: str = "prior") -> NWPrior:
     """The Normal-Wishart prior of one layer (SPEC 2, 'Prior defaults').
 
     ``"empirical"``: m0 = mean, lam0 = 0.01, nu0 = D + 5, W0^-1 = nu0 Cov / G^(2/D), so that a
     priori E[Sigma] is about Cov / G^(2/D) (each of G clusters takes ~1/G of the volume).
     ``"reference"``: m0 = 0, lam0 = 0.01, nu0 = D + 5, W0 = I.
     ``overrides`` uses scikit-learn's names (mean_prior, mean_precision_prior,
-    degrees_of_freedom_prior, covariance_prior = W0^-1).
+    degrees_of_freedom_prior, covariance_prior = W0^-1).  ``name`` is the estimator argument
+    the overrides came from, for error messages; every value is checked against its domain.
     """
     D = Z.shape[1]
     nu0 = D + 5.0
@@ -91,17 +93,23 @@ def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
     for key, val in (overrides or {}).items():
         if key not in _SKLEARN_PRIOR_NAMES:
             raise ValueError(
-                f"unknown prior key {key!r}; use {sorted(_SKLEARN_PRIOR_NAMES)}."
+                f"unknown {name} key {key!r}; use {sorted(_SKLEARN_PRIOR_NAMES)}."
             )
         values[_SKLEARN_PRIOR_NAMES[key]] = val
-    m0 = np.array(values["m0"], dtype=np.float64).reshape(-1)
+    try:
+        m0 = np.array(values["m0"], dtype=np.float64).reshape(-1)
+        W0inv = np.array(values["W0inv"], dtype=np.float64)
+        values["lam0"], values["nu0"] = float(values["lam0"]), float(values["nu0"])
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"{name} values must be numbers or numeric arrays ({exc}); "
+                                    f"got {overrides!r}.") from None
     if m0.size == 1 and D > 1:
         m0 = np.full(D, m0[0])
-    W0inv = np.array(values["W0inv"], dtype=np.float64)
     if W0inv.ndim == 0:
         W0inv = W0inv * np.eye(D)
     elif W0inv.ndim == 1:
         W0inv = np.diag(W0inv)
+    check_nw_prior(m0, values["lam0"], W0inv, values["nu0"], D, name)
     return NWPrior(m0=np.ascontiguousarray(m0), lam0=float(values["lam0"]),
                    W0inv=np.ascontiguousarray(W0inv), nu0=float(values["nu0"]))
 
