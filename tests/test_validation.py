@@ -45,7 +45,8 @@ def test_non_finite_values_are_refused_with_their_rows(data, name, bad):
 
 
 @pytest.mark.parametrize("Y, msg", [
-    (np.zeros(10), r"Y must be 2-D .* got a 1-D array of length 10; use Y.reshape\(-1, 1\)"),
+    (np.zeros(10), r"Y must be 2-D .* got a 1-D array of length 10. Reshape your data with "
+            r"Y.reshape\(-1, 1\)"),
     (np.zeros((2, 3, 4)), r"Y must be 2-D \(rows x features\), got shape \(2, 3, 4\)"),
     (np.zeros((0, 3)), r"Y is empty: 0 sample\(s\)"),
     (np.zeros((5, 0)), r"Y is empty: 0 feature\(s\)"),

@@ -106,9 +106,10 @@ def as_float_matrix(a, name: str, copy: bool = True) -> np.ndarray:
             f"np.asarray({name}, dtype=float) after removing non-numeric columns."
         )
     if arr.ndim == 1:
+        # "reshape your data": scikit-learn's wording, which its estimator checks look for
         raise ValueError(
-            f"{name} must be 2-D (rows x features), got a 1-D array of length {arr.shape[0]}; "
-            f"use {name}.reshape(-1, 1) for a single feature."
+            f"{name} must be 2-D (rows x features), got a 1-D array of length {arr.shape[0]}. "
+            f"Reshape your data with {name}.reshape(-1, 1) if it is a single feature."
         )
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (rows x features), got shape {arr.shape}.")

@@ -98,6 +98,31 @@ class NestedAtomsModel:
             setattr(self, key, value)
         return self
 
+    def __sklearn_tags__(self):
+        """scikit-learn's estimator tags: a clusterer of the rows of Y, no target needed.
+
+        Written out rather than inherited from ``sklearn.base.BaseEstimator`` so that
+        scikit-learn stays an optional (test) dependency: only scikit-learn calls this.
+        """
+        from sklearn.utils import InputTags, Tags, TargetTags
+
+        return Tags(estimator_type="clusterer", target_tags=TargetTags(required=False),
+                    input_tags=InputTags(allow_nan=False, sparse=False))
+
+    @property
+    def labels_(self):
+        """Cell-cluster label of each row of Y, i.e. ``cell_labels_`` (scikit-learn's
+        clusterer name)."""
+        try:
+            return self.cell_labels_
+        except AttributeError:
+            raise AttributeError("labels_ is set by fit; this NestedAtomsModel is not "
+                                 "fitted yet.") from None
+
+    def fit_predict(self, Y, groups=None, X=None, y=None):
+        """Fit, then return ``labels_`` (the cell-cluster label of each row of Y)."""
+        return self.fit(Y, groups, X).labels_
+
     def __repr__(self):
         defaults = {p.name: p.default
                     for p in inspect.signature(type(self).__init__).parameters.values()}
