@@ -54,7 +54,8 @@ class NestedAtomsModel:
     backend : {"cpp", "numpy"}, default "cpp"
         The compiled core or the pure-NumPy reference (same results, slower).
     verbose : int, default 0
-        Print the ELBO of each sweep when > 0.
+        1: a tqdm progress bar per restart (sweeps, current ELBO) on stderr; 2: also print
+        the ELBO of every sweep.
     """
 
     def __init__(self, n_group_clusters=30, n_cell_clusters=30, prior="empirical",
@@ -182,21 +183,28 @@ class NestedAtomsModel:
         n_threads = resolve_n_threads(self.n_threads)
         check_data_size(data.n_cells, data.n_groups, prob.L)
         check_memory(data.n_cells, data.Y.shape[1], prob.L, int(self.n_init), self.backend)
-        callback = None
-        if self.verbose:
-            def callback(restart, it, value):
-                print(f"[nestedatoms] restart {restart} sweep {it}: ELBO {value:.6f}")
-        from threadpoolctl import threadpool_limits
-
-        # The C++ core parallelises itself: keep BLAS to one thread so nothing
-        # oversubscribes; the NumPy backend gets its threads through BLAS instead.
-        blas_threads = 1 if self.backend == "cpp" else n_threads
-        with threadpool_limits(limits=blas_threads, user_api="blas"):
+        with self._blas_limits(n_threads), self._progress(int(self.n_init)) as callback:
             best, runs = fit_restarts(be, prob, int(self.n_init), int(self.max_iter),
                                       float(self.tol), self.random_state, n_threads,
                                       moves=DEFAULT_MOVES, callback=callback)
         self._set_results(prob, best, runs)
         return self
+
+    def _blas_limits(self, n_threads):
+        from threadpoolctl import threadpool_limits
+
+        # The C++ core parallelises itself: keep BLAS to one thread so nothing
+        # oversubscribes; the NumPy backend gets its threads through BLAS instead.
+        blas_threads = 1 if self.backend == "cpp" else n_threads
+        return threadpool_limits(limits=blas_threads, user_api="blas")
+
+    def _progress(self, n_init, max_iter=None):
+        """verbose >= 1: a tqdm bar per restart; verbose >= 2: also print every sweep's ELBO."""
+        from ._progress import FitProgress
+
+        verbose = int(self.verbose or 0)
+        return FitProgress(n_init, int(self.max_iter if max_iter is None else max_iter),
+                           enabled=verbose >= 1, print_sweeps=verbose >= 2)
 
     def _set_results(self, prob: Problem, best, runs):
         st, data = best.state, prob.data
@@ -221,8 +229,145 @@ class NestedAtomsModel:
         self.elbo_ = best.elbo
         self.elbo_trace_ = np.asarray(best.trace)
         self.elbo_traces_ = [np.asarray(r.trace) for r in runs]
+        self.best_restart_ = next(i for i, r in enumerate(runs) if r is best)
         self.n_iter_ = best.n_iter
         self.converged_ = best.converged
+
+    # ------------------------------------------------------------------ resuming
+    def resume(self, n_iter=None):
+        """Continue the kept run for up to ``n_iter`` more sweeps (default ``max_iter``).
+
+        The run goes on from ``state_`` with the same moves and ``tol`` as ``fit``, on the
+        training data the model holds (also after ``load``), so ``fit(max_iter=a)`` followed
+        by ``resume(b)`` with ``tol=0`` reproduces ``fit(max_iter=a + b)`` bit for bit.
+        ``elbo_trace_``, ``elbo_traces_[best_restart_]``, ``n_iter_`` (the total) and every
+        fitted attribute are updated.  Returns self.
+        """
+        from ._fit import run_cavi
+
+        self._check_fitted()
+        n_iter = int(self.max_iter if n_iter is None else n_iter)
+        if n_iter < 1:
+            raise ValueError(f"n_iter must be an integer >= 1, got {n_iter!r}.")
+        be = get_backend(self.backend)
+        n_threads = resolve_n_threads(self.n_threads)
+        prob, st = self.problem_, self.state_.copy()
+        with self._blas_limits(n_threads), self._progress(1, n_iter) as progress:
+            run = run_cavi(be, prob, st, n_iter, float(self.tol), n_threads,
+                           moves=DEFAULT_MOVES,
+                           callback=lambda it, value: progress(0, it, value))
+        traces = [np.asarray(t) for t in self.elbo_traces_]
+        best = self.best_restart_
+        run.trace = list(traces[best]) + list(run.trace)
+        run.n_iter = self.n_iter_ + run.n_iter
+        runs = [_Run(t) for t in traces]
+        runs[best] = run
+        self._set_results(prob, run, runs)
+        self.best_restart_ = best
+        return self
+
+    # ------------------------------------------------------------------ new data
+    def _check_fitted(self):
+        if not hasattr(self, "state_"):
+            raise AttributeError(  # scikit-learn's NotFittedError is an AttributeError too
+                "this NestedAtomsModel is not fitted yet; call fit(Y, groups, X) first.")
+
+    def _local(self, Y, groups=None, X=None):
+        from ._predict import local_fit
+
+        self._check_fitted()
+        be = get_backend(self.backend)
+        n_threads = resolve_n_threads(self.n_threads)
+        with self._blas_limits(n_threads):
+            return local_fit(be, self.problem_, self.state_, self.groups_, Y, groups, X,
+                             n_threads=n_threads)
+
+    def predict_proba(self, Y, groups=None, X=None):
+        """q(M) of new cells, (N, L), with the global factors held fixed.
+
+        Cells of a group seen in training use that group's fitted q(S).  Cells of a new group
+        (a label not in ``groups_``) need that group's covariates in ``X`` when the model was
+        fit with X: a DataFrame indexed by group label (other rows are ignored) or an array
+        with one row per new group in sorted label order.  The new groups' q(S) and their
+        cells' q(M) are then optimised together (cell and group steps alternate to
+        convergence).  ``groups`` may be omitted only for a model fit on one group.
+        """
+        return self._local(Y, groups, X).xi
+
+    def predict(self, Y, groups=None, X=None):
+        """Cell-cluster label (argmax of :meth:`predict_proba`) of each new cell, (N,)."""
+        return np.argmax(self.predict_proba(Y, groups, X), axis=1)
+
+    def predict_group_proba(self, Y, groups, X=None):
+        """q(S) of the groups in ``groups``: a DataFrame (groups x K) indexed by group label.
+
+        Known groups keep their fitted rows; new groups are fit from their cells ``Y`` and
+        their covariates ``X`` with the global factors held fixed (see :meth:`predict_proba`).
+        """
+        import pandas as pd
+
+        res = self._local(Y, groups, X)
+        return pd.DataFrame(res.rho, index=pd.Index(res.groups, name="group"),
+                            columns=pd.RangeIndex(res.rho.shape[1], name="group_cluster"))
+
+    def predict_groups(self, Y, groups, X=None):
+        """Group-cluster label of each group in ``groups``: a Series indexed by group label."""
+        proba = self.predict_group_proba(Y, groups, X)
+        return _series(np.argmax(proba.to_numpy(), axis=1), proba.index, "group_cluster")
+
+    def score_samples(self, Y, groups=None, X=None):
+        """Per-cell local ELBO, (N,): log sum_l exp(ell_l(y_i) + sum_k rho_jk E log omega_lk).
+
+        This is cell i's contribution to the ELBO with the global factors fixed and q(M_i) at
+        its optimum, i.e. E_q[log p(y_i, M_i | S_j, theta^y, u)] + H[q(M_i)], a lower bound on
+        the cell's log predictive density under q.  Higher is better.  The group-level terms of
+        new groups (x likelihood, q(S) prior and entropy) are not included.
+        """
+        return self._local(Y, groups, X).cell_score
+
+    def score(self, Y, groups=None, X=None, y=None):
+        """Mean of :meth:`score_samples` over the cells (scikit-learn's convention)."""
+        return float(np.mean(self.score_samples(Y, groups, X)))
+
+    # ------------------------------------------------------------------ results
+    def summary(self, n_samples=4000, level=0.95, random_state=0):
+        """Posterior summaries (:class:`nestedatoms.Summary`): weights with credible
+        intervals, compositions, co-clustering of individuals, atoms, differential abundance.
+
+        Credible intervals are Monte Carlo (``n_samples`` draws of the Beta sticks); clusters
+        are renumbered by size (largest first); see ``Summary`` for every table.
+        """
+        from ._summary import summarize
+
+        self._check_fitted()
+        return summarize(self, n_samples=n_samples, level=level, random_state=random_state)
+
+    def save(self, path):
+        """Write the fitted model to ``path`` (``.npz``; open format, no pickle; see
+        ``nestedatoms._io``).  The file holds the training data, so a loaded model can resume."""
+        from ._io import save_model
+
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by :meth:`save`; every fitted attribute is bitwise equal."""
+        from ._io import load_model
+
+        return load_model(cls, path)
+
+
+class _Run:
+    """A finished restart that only contributes its trace after a resume."""
+
+    def __init__(self, trace):
+        self.trace = trace
+
+
+def _series(values, index, name):
+    import pandas as pd
+
+    return pd.Series(values, index=index, name=name)
 
 
 def _expected_covariances(W, nu):

@@ -1,0 +1,186 @@
+"""Local steps with the global factors held fixed: assignments for new cells and new groups.
+
+A fitted model's global factors (sticks, concentrations, atoms) stay as they are; only q(M) of
+the new cells and q(S) of the new groups are optimised.  Cells of a group seen in training keep
+that group's fitted q(S) (one cell step is then exact).  Cells of a new group alternate the cell
+step and the group step, each an exact coordinate-ascent update of the local part of the ELBO,
+until its relative change falls below ``tol``.  The maths lives in the backend's step functions;
+this module only arranges the calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._data import as_float_matrix, prepare_data
+from ._state import Problem, State
+
+__all__ = ["LocalResult", "local_fit"]
+
+
+@dataclass
+class LocalResult:
+    """Local factors for new data, in the caller's cell order.
+
+    ``groups`` (J,) are the unique labels of the new data (sorted where sortable); ``rho``
+    (J, K) their q(S) (the fitted rows for known groups); ``known`` (J,) whether each group was
+    seen in training; ``xi`` (N, L) q(M) of each cell; ``cell_score`` (N,) each cell's term of
+    the local ELBO (see ``cell_scores``); ``group_score`` (J,) each new group's group-level
+    terms (0 for known groups); ``n_iter`` / ``converged`` of the alternation.
+    """
+
+    groups: np.ndarray
+    known: np.ndarray
+    rho: np.ndarray
+    xi: np.ndarray
+    cell_score: np.ndarray
+    group_score: np.ndarray
+    n_iter: int
+    converged: bool
+
+
+def _group_codes(fitted_groups: np.ndarray, new_groups: np.ndarray) -> np.ndarray:
+    """Index of each new label among the fitted labels, -1 where it is new."""
+    import pandas as pd
+
+    return pd.Index(fitted_groups).get_indexer(pd.Index(new_groups))
+
+
+def _new_group_x(X, labels: np.ndarray, q: int) -> np.ndarray:
+    """x of the new groups (rows follow ``labels``): a DataFrame indexed by label (extra rows
+    ignored) or an array with one row per new group in the order of ``labels``."""
+    import pandas as pd
+
+    if isinstance(X, pd.DataFrame):
+        missing = pd.Index(labels).difference(X.index)
+        if len(missing):
+            raise ValueError(
+                f"X has no row for the new group label(s) {missing.tolist()[:10]}; the model "
+                f"was fit with group covariates, so new groups need theirs (a DataFrame "
+                f"indexed by group label)."
+            )
+        Xa = as_float_matrix(X.loc[list(labels)], "X")
+    else:
+        Xa = as_float_matrix(X, "X")
+        if Xa.shape[0] != len(labels):
+            raise ValueError(
+                f"X has {Xa.shape[0]} rows but there are {len(labels)} new group(s) "
+                f"{list(labels)[:10]}; give one row per new group in the order of their sorted "
+                f"labels, or a DataFrame indexed by group label."
+            )
+    if Xa.shape[1] != q:
+        raise ValueError(f"X has {Xa.shape[1]} columns but the model was fit with {q} group "
+                         f"covariates.")
+    return np.ascontiguousarray(Xa)
+
+
+def _local_elbo(be, prob: Problem, st: State, elog_pi, elog_omega, ell_x, rho, new, stats):
+    """The terms of the ELBO that involve the new local factors (globals fixed).
+
+    Cells: E log p(y | M, theta^y) + E log p(M | S, u) + H[q(M)]; new groups:
+    E log p(S | v) + E log p(x | S, theta^x) + H[q(S)].
+    """
+    N_jl, n, s1, s2, H_xi = stats
+    total = be.nw_loglik_from_stats(n, s1, s2, prob.y_centre, st.my, st.lamy, st.Wy, st.nuy)
+    total += float(np.sum((N_jl @ elog_omega) * rho)) + H_xi
+    if new.any():
+        r = np.ascontiguousarray(rho[new])
+        total += float(np.sum(r * (elog_pi[None, :] + ell_x[new])))
+        total += be.categorical_entropy(r)
+    return float(total)
+
+
+def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups=None, X=None,
+              max_iter: int = 200, tol: float = 1e-8, n_threads: int = 1) -> LocalResult:
+    """Optimise q(M) of the cells in ``Y`` and q(S) of their groups not seen in training.
+
+    ``fitted_groups`` are the training labels (``model.groups_``); ``groups=None`` is allowed
+    only when the model was fit on a single group.
+    """
+    from ._steps import _elog_omega, _elog_pi
+
+    Ya = as_float_matrix(Y, "Y")
+    p = prob.Y.shape[1]
+    if Ya.shape[1] != p:
+        raise ValueError(f"Y has {Ya.shape[1]} features but the model was fit with {p}.")
+    if groups is None:
+        if fitted_groups.shape[0] != 1:
+            raise ValueError(
+                f"groups is required: the model was fit on {fitted_groups.shape[0]} groups, so "
+                f"each new cell needs a group label (a training label, or a new one together "
+                f"with that group's X)."
+            )
+        groups = np.repeat(fitted_groups[:1], Ya.shape[0])
+    data = prepare_data(Ya, groups, None)
+    codes = _group_codes(fitted_groups, data.groups)
+    known = codes >= 0
+    new = ~known
+    K = st.K
+    J = data.n_groups
+    elog_pi = _elog_pi(be, st)
+    elog_omega = _elog_omega(be, st)
+
+    ell_x = np.zeros((J, K))
+    if prob.has_x and new.any():
+        if X is None:
+            raise ValueError(
+                f"X is required for the new group(s) {data.groups[new].tolist()[:10]}: the "
+                f"model was fit with group covariates. Pass their rows (a DataFrame indexed by "
+                f"group label, or one row per new group in sorted label order)."
+            )
+        Xn = _new_group_x(X, data.groups[new], prob.X.shape[1])
+        ell_x[new] = be.expected_loglik(Xn, st.mx, st.lamx, st.Wx, st.nux)
+
+    rho = np.empty((J, K))
+    rho[known] = st.rho[codes[known]]
+    # New groups start from the expected weights pi: the cells' first step then sees the
+    # prior mixture of the group clusters' compositions.
+    pi = np.exp(elog_pi - elog_pi.max())
+    rho[new] = pi / pi.sum()
+    rho = np.ascontiguousarray(rho)
+    xi = np.zeros((data.n_cells, st.L))
+
+    def cell_step():
+        return be.cell_step(data.Y, data.offsets, rho, elog_omega, st.my, st.lamy, st.Wy,
+                            st.nuy, prob.y_centre, xi, n_threads)
+
+    stats = cell_step()
+    n_iter, converged = 1, not new.any()
+    if new.any():
+        prev = _local_elbo(be, prob, st, elog_pi, elog_omega, ell_x, rho, new, stats)
+        for n_iter in range(1, max_iter + 1):
+            fixed_rows = rho[known].copy()
+            be.group_step(stats[0], elog_pi, elog_omega, ell_x, rho)
+            rho[known] = fixed_rows
+            stats = cell_step()
+            cur = _local_elbo(be, prob, st, elog_pi, elog_omega, ell_x, rho, new, stats)
+            if abs(cur - prev) <= tol * abs(cur):
+                converged = True
+                break
+            prev = cur
+
+    cell_score = _cell_scores(be, st, data, rho, elog_omega)
+    group_score = np.zeros(J)
+    if new.any():
+        r = rho[new]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ent = -np.sum(np.where(r > 0, r * np.log(r), 0.0), axis=1)
+        group_score[new] = np.sum(r * (elog_pi[None, :] + ell_x[new]), axis=1) + ent
+    return LocalResult(groups=data.groups, known=known, rho=rho,
+                       xi=data.to_caller_order(xi), cell_score=data.to_caller_order(cell_score),
+                       group_score=group_score, n_iter=n_iter, converged=converged)
+
+
+def _cell_scores(be, st: State, data, rho, elog_omega) -> np.ndarray:
+    """Each cell's local ELBO term at its optimal q(M), sorted layout.
+
+    For cell i of group j: max over q(M_i) of E[log p(y_i | M_i, theta^y) + log p(M_i | S_j, u)]
+    + H[q(M_i)] = log sum_l exp(ell_l(y_i) + sum_k rho_jk E log omega_lk).
+    """
+    from scipy.special import logsumexp
+
+    ell = be.expected_loglik(data.Y, st.my, st.lamy, st.Wy, st.nuy)
+    ell += np.repeat(rho @ elog_omega.T, data.group_sizes, axis=0)
+    return logsumexp(ell, axis=1)

@@ -1,0 +1,56 @@
+"""A tqdm progress bar driven by the fitting loop's per-sweep callback.
+
+The loop only knows ``callback(restart, sweep, elbo)``; this turns that into one bar per
+restart (sweeps out of ``max_iter``, the current ELBO as postfix).  A restart that converges
+early simply ends its bar short.  Always use it as a context manager so the bar closes even
+when the fit is interrupted.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FitProgress"]
+
+
+class FitProgress:
+    """Callable ``(restart, sweep, elbo)`` that draws a bar per restart; also prints each sweep
+    when ``print_sweeps``."""
+
+    def __init__(self, n_init: int, max_iter: int, enabled: bool = True,
+                 print_sweeps: bool = False, file=None):
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.enabled = enabled
+        self.print_sweeps = print_sweeps
+        self.file = file
+        self._bar = None
+        self._restart = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __call__(self, restart: int, sweep: int, value: float) -> None:
+        if self.print_sweeps:
+            print(f"[nestedatoms] restart {restart} sweep {sweep}: ELBO {value:.6f}",
+                  file=self.file)
+        if not self.enabled:
+            return
+        if restart != self._restart:
+            from tqdm.auto import tqdm
+
+            self.close()
+            self._restart = restart
+            label = (f"restart {restart + 1}/{self.n_init}" if self.n_init > 1
+                     else "CAVI sweeps")
+            self._bar = tqdm(total=self.max_iter, desc=label, unit="sweep", leave=True,
+                             file=self.file, dynamic_ncols=True)
+        self._bar.update(sweep - self._bar.n)
+        self._bar.set_postfix_str(f"ELBO {value:.6g}", refresh=False)

@@ -1,0 +1,138 @@
+"""The estimator API: scikit-learn protocol, predict / predict_proba / predict_groups, score."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import nestedatoms as na
+from nestedatoms._backend import get_backend
+from nestedatoms._metrics import adjusted_rand_index
+from nestedatoms._steps import elbo_terms, update_cells
+
+
+def _sim(seed=3, n_groups=24):
+    # well separated, so the Bayes classifier is (near) perfect and recovery is checkable
+    return na.simulate(n_groups=n_groups, cells_per_group=60, n_group_clusters=2,
+                       n_cell_clusters=3, n_group_features=3, n_cell_features=3, lam_x=0.02,
+                       lam_y=0.05, random_state=seed)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return _sim()
+
+
+@pytest.fixture(scope="module")
+def split(sim):
+    """Fit on the first 18 individuals; the last 6 are held out as new groups."""
+    train_groups = sim.group_names[:18]
+    cell_in = np.isin(sim.groups, train_groups)
+    model = na.NestedAtomsModel(n_group_clusters=6, n_cell_clusters=6, n_init=2, tol=1e-10,
+                                random_state=0).fit(sim.Y[cell_in], sim.groups[cell_in],
+                                                    sim.X[:18])
+    return model, cell_in
+
+
+def test_sklearn_protocol_and_clone():
+    sklearn_base = pytest.importorskip("sklearn.base")
+    model = na.NestedAtomsModel(n_group_clusters=5, tol=1e-4)
+    params = model.get_params()
+    assert params["n_group_clusters"] == 5 and params["tol"] == 1e-4
+    clone = sklearn_base.clone(model)
+    assert clone.get_params() == params and clone is not model
+    assert model.set_params(n_cell_clusters=7) is model and model.n_cell_clusters == 7
+    with pytest.raises(ValueError, match="invalid parameter"):
+        model.set_params(n_clusters=3)
+    assert "n_group_clusters=5" in repr(model)
+
+
+def test_unfitted_model_says_so():
+    with pytest.raises(AttributeError, match="not fitted"):
+        na.NestedAtomsModel().predict(np.zeros((3, 2)))
+
+
+def test_predict_known_groups_is_the_fixed_point(split, sim):
+    """At convergence one more cell step reproduces the fitted q(M)."""
+    model, cell_in = split
+    assert model.converged_
+    proba = model.predict_proba(sim.Y[cell_in], sim.groups[cell_in])
+    np.testing.assert_allclose(proba, model.cell_probs_, atol=1e-6)
+    np.testing.assert_array_equal(model.predict(sim.Y[cell_in], sim.groups[cell_in]),
+                                  model.cell_labels_)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+
+
+def test_new_groups_are_recovered(split, sim):
+    """Held-out individuals land in the cluster of their true cluster-mates (vs Bayes)."""
+    model, cell_in = split
+    bayes_groups, bayes_cells = sim.bayes_labels()
+    new = ~cell_in
+    X_new = pd.DataFrame(sim.X, index=sim.group_names)     # extra (training) rows are ignored
+    pred_groups = model.predict_groups(sim.Y[new], sim.groups[new], X_new)
+    assert list(pred_groups.index) == list(sim.group_names[18:])
+    all_groups = np.concatenate([model.group_labels_, pred_groups.to_numpy()])
+    assert adjusted_rand_index(bayes_groups, all_groups) == pytest.approx(1.0)
+    # the array form of X (one row per new group) gives the same answer
+    proba = model.predict_group_proba(sim.Y[new], sim.groups[new], sim.X[18:])
+    np.testing.assert_allclose(proba.to_numpy().sum(axis=1), 1.0)
+    np.testing.assert_array_equal(np.argmax(proba.to_numpy(), axis=1), pred_groups.to_numpy())
+    # new cells: as good as the training cells against the Bayes classifier
+    cells = model.predict(sim.Y[new], sim.groups[new], X_new)
+    ari_new = adjusted_rand_index(bayes_cells[new], cells)
+    ari_train = adjusted_rand_index(bayes_cells[cell_in], model.cell_labels_)
+    assert ari_new >= ari_train - 0.02
+
+
+def test_renamed_training_group_gets_its_own_cluster(split, sim):
+    """A training individual presented as a new group is assigned where it was fitted."""
+    model, cell_in = split
+    j = 4
+    mask = sim.groups == sim.group_names[j]
+    renamed = np.full(mask.sum(), "someone-new")
+    pred = model.predict_groups(sim.Y[mask], renamed, sim.X[j:j + 1])
+    assert pred["someone-new"] == model.group_labels_[j]
+
+
+def test_new_group_needs_x_and_groups(split, sim):
+    model, cell_in = split
+    new = ~cell_in
+    with pytest.raises(ValueError, match="X is required"):
+        model.predict(sim.Y[new], sim.groups[new])
+    with pytest.raises(ValueError, match="groups is required"):
+        model.predict(sim.Y[new])
+    with pytest.raises(ValueError, match="features"):
+        model.predict(sim.Y[new][:, :2], sim.groups[new], sim.X[18:])
+    with pytest.raises(ValueError, match="rows"):
+        model.predict(sim.Y[new], sim.groups[new], sim.X[18:20])
+
+
+def test_score_samples_equals_the_elbo_cell_terms(split, sim):
+    """sum_i score_i (logsumexp form) = E log p(Y|M) + E log p(M|S) + H[q(M)] after a cell
+    step with the fitted globals (closed form from the sufficient statistics)."""
+    model, cell_in = split
+    scores = model.score_samples(sim.Y[cell_in], sim.groups[cell_in])
+    be = get_backend(model.backend)
+    st = model.state_.copy()
+    update_cells(be, model.problem_, st)
+    t = elbo_terms(be, model.problem_, st)
+    assert scores.sum() == pytest.approx(t["loglik_y"] + t["log_p_M"] + t["H_M"], rel=1e-10)
+    assert model.score(sim.Y[cell_in], sim.groups[cell_in]) == pytest.approx(scores.mean())
+    # data far from every atom scores lower
+    far = model.score(sim.Y[cell_in] + 10.0, sim.groups[cell_in])
+    assert far < model.score(sim.Y[cell_in], sim.groups[cell_in])
+
+
+def test_flat_model_predicts_without_groups():
+    sim = _sim(seed=5, n_groups=4)
+    model = na.NestedAtomsModel(n_group_clusters=1, n_cell_clusters=6, n_init=1,
+                                random_state=0).fit(sim.Y)
+    labels = model.predict(sim.Y[:50])
+    np.testing.assert_array_equal(labels, model.cell_labels_[:50])
+
+
+def test_verbose_shows_a_progress_bar(capsys):
+    sim = _sim(seed=1, n_groups=6)
+    na.NestedAtomsModel(n_group_clusters=3, n_cell_clusters=4, n_init=2, max_iter=5, tol=0,
+                        random_state=0, verbose=1).fit(sim.Y, sim.groups, sim.X)
+    err = capsys.readouterr().err
+    assert "restart 1/2" in err and "restart 2/2" in err and "5/5" in err
