@@ -1,0 +1,223 @@
+"""Saving and loading fitted models in an open format (no pickle).
+
+A model file is a NumPy ``.npz`` archive (a zip of ``.npy`` arrays, readable from any language
+with an ``.npy`` reader) holding
+
+* ``metadata.json`` (stored as a uint8 array of UTF-8 bytes): the format name and version, the
+  package version, the estimator's parameters, the scalar parts of the priors and of the
+  variational state, and the scalar fitted attributes;
+* ``data/*``: the training data in the fit's group-sorted layout (``Y``, ``offsets``, ``X``,
+  ``groups``, ``order``), which is what lets a loaded model resume fitting;
+* ``prior/*``: the Normal-Wishart prior arrays (m0, W0^-1) of each layer and the data centres;
+* ``state/*``: every array of the variational state (SPEC section 3) and its cached statistics;
+* ``fitted/*``: the fitted attributes ending in ``_`` and every restart's ELBO trace.
+
+Every float is stored in binary (arrays) or as a shortest round-trip decimal (JSON), so a
+loaded model is bitwise identical to the saved one.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import zipfile
+from dataclasses import fields
+
+import numpy as np
+
+from ._data import NestedData
+from ._state import ConcentrationPrior, NWPrior, Problem, State
+
+__all__ = ["save_model", "load_model", "FORMAT_NAME", "FORMAT_VERSION"]
+
+FORMAT_NAME = "nestedatoms-model"
+FORMAT_VERSION = 1
+
+_FITTED_ARRAYS = ("group_probs_", "group_labels_", "cell_probs_", "cell_labels_",
+                  "group_weights_", "cell_weights_", "cell_means_", "cell_covariances_",
+                  "group_means_", "group_covariances_", "elbo_trace_")
+_FITTED_SCALARS = ("n_features_in_", "elbo_", "n_iter_", "converged_", "best_restart_")
+
+
+def _json_safe(value):
+    """Parameters as JSON: arrays become lists; anything else JSON cannot hold becomes None."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return None
+
+
+def _labels_to_store(groups: np.ndarray):
+    """Group labels as an array np.load reads without pickle, or as a JSON list."""
+    if groups.dtype != object:
+        return groups, None
+    as_list = [g.item() if isinstance(g, np.generic) else g for g in groups.tolist()]
+    try:
+        json.dumps(as_list)
+    except TypeError:
+        raise TypeError(
+            "cannot save group labels of type "
+            f"{sorted({type(g).__name__ for g in as_list})}: use str or int labels."
+        ) from None
+    return None, as_list
+
+
+def save_model(model, path) -> None:
+    """Write a fitted ``NestedAtomsModel`` to ``path`` (``.npz`` is appended if missing)."""
+    from . import __version__
+
+    if not hasattr(model, "state_"):
+        raise ValueError("this NestedAtomsModel is not fitted yet; call fit before save.")
+    prob: Problem = model.problem_
+    st: State = model.state_
+    data = prob.data
+    arrays = {}
+    arrays["data/Y"] = data.Y
+    arrays["data/offsets"] = data.offsets
+    arrays["data/order"] = data.order
+    if data.X is not None:
+        arrays["data/X"] = data.X
+    stored_groups, json_groups = _labels_to_store(data.groups)
+    if stored_groups is not None:
+        arrays["data/groups"] = stored_groups
+    arrays["prior/y_m0"] = prob.y_prior.m0
+    arrays["prior/y_W0inv"] = prob.y_prior.W0inv
+    arrays["prior/y_centre"] = prob.y_centre
+    if prob.has_x:
+        arrays["prior/x_m0"] = prob.x_prior.m0
+        arrays["prior/x_W0inv"] = prob.x_prior.W0inv
+        arrays["prior/x_centre"] = prob.x_centre
+    state_scalars = {}
+    for f in fields(State):
+        value = getattr(st, f.name)
+        if isinstance(value, np.ndarray):
+            arrays[f"state/{f.name}"] = value
+        elif value is not None:
+            state_scalars[f.name] = float(value)
+    for name in _FITTED_ARRAYS:
+        value = getattr(model, name)
+        if value is not None:
+            arrays[f"fitted/{name}"] = np.asarray(value)
+    for r, trace in enumerate(model.elbo_traces_):
+        arrays[f"fitted/elbo_traces_/{r}"] = np.asarray(trace)
+
+    def nw(prior):
+        return {"lam0": prior.lam0, "nu0": prior.nu0}
+
+    def conc(prior):
+        return {"shape": prior.shape, "rate": prior.rate, "fixed": prior.fixed}
+
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "nestedatoms_version": __version__,
+        "params": _json_safe(model.get_params()),
+        "problem": {
+            "K": prob.K, "L": prob.L, "has_x": prob.has_x,
+            "y_prior": nw(prob.y_prior),
+            "x_prior": nw(prob.x_prior) if prob.has_x else None,
+            "alpha_prior": conc(prob.alpha_prior),
+            "beta_prior": conc(prob.beta_prior),
+        },
+        "groups_json": json_groups,
+        "state_scalars": state_scalars,
+        "fitted": {name: _json_safe(getattr(model, name)) for name in _FITTED_SCALARS},
+        "n_restarts": len(model.elbo_traces_),
+    }
+    arrays["metadata.json"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    np.savez_compressed(os.fspath(path), **arrays)
+
+
+def _read_metadata(npz, path) -> dict:
+    if "metadata.json" not in npz.files:
+        raise ValueError(f"{path} is not a nestedatoms model file (no metadata.json entry).")
+    meta = json.loads(npz["metadata.json"].tobytes().decode("utf-8"))
+    if meta.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path} is not a nestedatoms model file (format "
+                         f"{meta.get('format')!r}).")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} uses model format version {version}, newer than this nestedatoms reads "
+            f"({FORMAT_VERSION}); upgrade nestedatoms (pip install -U nestedatoms)."
+        )
+    return meta
+
+
+def _restore_params(cls, params: dict) -> dict:
+    """JSON turned tuples into lists: give back tuples where the default is a tuple."""
+    import inspect
+
+    defaults = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()}
+    out = {}
+    for key, value in params.items():
+        if key not in defaults:
+            continue
+        if isinstance(value, list) and isinstance(defaults[key], tuple):
+            value = tuple(value)
+        out[key] = value
+    return out
+
+
+def load_model(cls, path):
+    """Read a model written by :func:`save_model`; returns a fitted ``cls`` instance."""
+    path = os.fspath(path)
+    if not os.path.exists(path) and os.path.exists(path + ".npz"):
+        path = path + ".npz"
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise ValueError(f"cannot read {path} as a nestedatoms model file: {exc}") from exc
+    with npz:
+        meta = _read_metadata(npz, path)
+        arr = {name: npz[name] for name in npz.files if name != "metadata.json"}
+    pm = meta["problem"]
+    if meta["groups_json"] is not None:
+        groups = np.empty(len(meta["groups_json"]), dtype=object)
+        groups[:] = meta["groups_json"]
+    else:
+        groups = arr["data/groups"]
+    data = NestedData(Y=arr["data/Y"], offsets=arr["data/offsets"], X=arr.get("data/X"),
+                      groups=groups, order=arr["data/order"])
+
+    def nw(layer):
+        return NWPrior(m0=arr[f"prior/{layer}_m0"], lam0=pm[f"{layer}_prior"]["lam0"],
+                       W0inv=arr[f"prior/{layer}_W0inv"], nu0=pm[f"{layer}_prior"]["nu0"])
+
+    prob = Problem(data=data, K=pm["K"], L=pm["L"], y_prior=nw("y"),
+                   x_prior=nw("x") if pm["has_x"] else None,
+                   alpha_prior=ConcentrationPrior(**pm["alpha_prior"]),
+                   beta_prior=ConcentrationPrior(**pm["beta_prior"]))
+    # The centres are a deterministic function of the data, but keep the saved bits anyway.
+    prob.y_centre = arr["prior/y_centre"]
+    if pm["has_x"]:
+        prob.x_centre = arr["prior/x_centre"]
+    state_kwargs = {}
+    for f in fields(State):
+        key = f"state/{f.name}"
+        if key in arr:
+            state_kwargs[f.name] = arr[key]
+        else:
+            state_kwargs[f.name] = meta["state_scalars"].get(f.name)
+    st = State(**state_kwargs)
+
+    model = cls(**_restore_params(cls, meta["params"]))
+    model.problem_ = prob
+    model.state_ = st
+    model.groups_ = data.groups
+    for name in _FITTED_ARRAYS:
+        setattr(model, name, arr.get(f"fitted/{name}"))
+    for name in _FITTED_SCALARS:
+        setattr(model, name, meta["fitted"][name])
+    model.elbo_traces_ = [arr[f"fitted/elbo_traces_/{r}"] for r in range(meta["n_restarts"])]
+    return model
