@@ -5,8 +5,28 @@ The heavy lifting lives in a C++ core (``nestedatoms._core``); a pure-NumPy refe
 """
 
 from ._model import NestedAtomsModel
-from ._simulate import Simulation, simulate
+from ._simulate import Simulation, simulate, simulate_cohort
 
 __version__ = "0.1.0"
 
-__all__ = ["NestedAtomsModel", "Simulation", "simulate", "__version__"]
+__all__ = ["NestedAtomsModel", "Simulation", "Summary", "simulate", "simulate_cohort", "tl",
+           "pl", "__version__"]
+
+# ``tl`` (AnnData) and ``pl`` (matplotlib) load on first use, so ``import nestedatoms`` stays
+# light and works without the optional extras.
+_LAZY = {"tl": ".tl", "pl": ".pl", "Summary": "._summary"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(_LAZY[name], __name__)
+        value = module if name in ("tl", "pl") else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'nestedatoms' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

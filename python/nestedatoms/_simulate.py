@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Simulation", "simulate"]
+__all__ = ["Simulation", "simulate", "simulate_cohort"]
 
 
 @dataclass
@@ -68,6 +68,45 @@ class Simulation:
         """(group labels, cell labels) of the Bayes classifier under the true parameters."""
         post_s, post_m = self.bayes_posteriors()
         return np.argmax(post_s, axis=1), np.argmax(post_m, axis=1)
+
+    def covariate_table(self, prefix="x"):
+        """X as a DataFrame indexed by group label, columns ``{prefix}0, {prefix}1, ...``."""
+        import pandas as pd
+
+        return pd.DataFrame(self.X, index=pd.Index(self.group_names, name="group"),
+                            columns=[f"{prefix}{d}" for d in range(self.X.shape[1])])
+
+    def to_anndata(self, group_key="donor_id", use_rep="X_pca", covariate_prefix="x"):
+        """The cohort as an AnnData (no expression matrix), truth included.
+
+        ``obsm[use_rep]`` = Y; ``obs``: ``group_key`` (categorical), the group covariates as
+        columns ``{covariate_prefix}0, ...`` (constant within each group), ``true_cell_cluster``
+        and ``true_group_cluster``; ``uns["truth"]``: the true weights and atoms, the
+        covariate table and each group's true cluster.
+        """
+        import anndata
+        import pandas as pd
+
+        codes = np.searchsorted(self.group_names, self.groups)
+        cov = self.covariate_table(covariate_prefix)
+        obs = pd.DataFrame({group_key: pd.Categorical(self.groups,
+                                                      categories=self.group_names)},
+                           index=pd.Index([f"cell{i}" for i in range(self.Y.shape[0])]))
+        for col in cov.columns:
+            obs[col] = cov[col].to_numpy()[codes]
+        obs["true_cell_cluster"] = pd.Categorical(self.cell_truth.astype(str))
+        obs["true_group_cluster"] = pd.Categorical(self.group_truth[codes].astype(str))
+        adata = anndata.AnnData(obs=obs)
+        adata.obsm[use_rep] = self.Y.copy()
+        adata.uns["truth"] = {
+            "group_weights": self.group_weights, "cell_weights": self.cell_weights,
+            "x_means": self.x_means, "x_precisions": self.x_precisions,
+            "y_means": self.y_means, "y_precisions": self.y_precisions,
+            "group_covariates": cov,
+            "group_clusters": pd.DataFrame({"true_group_cluster": self.group_truth},
+                                           index=cov.index),
+        }
+        return adata
 
 
 def _draw_atoms(rng, n_atoms, dim, lam, df):
@@ -133,3 +172,26 @@ def simulate(n_groups=12, cells_per_group=100, n_group_clusters=3, n_cell_cluste
                       group_truth=S, cell_truth=M, group_weights=pi, cell_weights=omega,
                       x_means=x_means, x_precisions=x_prec, y_means=y_means,
                       y_precisions=y_prec)
+
+
+def simulate_cohort(n_groups=200, median_cells=150, cells_sd=0.6, min_cells=20,
+                    n_group_clusters=4, n_cell_clusters=8, n_group_features=5,
+                    n_cell_features=10, alpha0_x=25.0, alpha0_y=25.0, lam_x=0.1, lam_y=0.1,
+                    random_state=None) -> Simulation:
+    """A OneK1K-shaped cohort: many individuals with a variable number of cells each.
+
+    Cells per individual are log-normal (median ``median_cells``, log-sd ``cells_sd``, at least
+    ``min_cells``), as in single-cell cohorts such as OneK1K (~1,000 donors, a few hundred to a
+    few thousand cells each); x plays genotype principal components (q = 5) and y expression
+    principal components (p = 10) of ``n_cell_clusters`` cell types.  Everything else is
+    :func:`simulate` (SPEC section 8).
+    """
+    rng = np.random.default_rng(random_state)
+    sizes = np.maximum(np.round(rng.lognormal(np.log(median_cells), cells_sd, int(n_groups))),
+                       min_cells).astype(np.int64)
+    seed = int(rng.integers(2**63))
+    return simulate(n_groups=n_groups, cells_per_group=sizes,
+                    n_group_clusters=n_group_clusters, n_cell_clusters=n_cell_clusters,
+                    n_group_features=n_group_features, n_cell_features=n_cell_features,
+                    alpha0_x=alpha0_x, alpha0_y=alpha0_y, lam_x=lam_x, lam_y=lam_y,
+                    random_state=seed)
