@@ -1,0 +1,85 @@
+"""The command line, run in-process through ``nestedatoms.cli.main`` on tiny problems."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import nestedatoms as na
+from nestedatoms._metrics import adjusted_rand_index
+from nestedatoms.cli import main
+
+anndata = pytest.importorskip("anndata")
+
+SMALL_MODEL = ["--n-group-clusters", "4", "--n-cell-clusters", "5", "--n-init", "1", "--quiet"]
+SMALL_COHORT = ["--n-groups", "24", "--median-cells", "25", "--true-group-clusters", "2",
+                "--true-cell-clusters", "3", "--n-group-features", "2", "--n-cell-features",
+                "3", "--lam-x", "0.01", "--lam-y", "0.03"]
+
+
+def test_simulate_then_fit(tmp_path, capsys):
+    sim_path, out_path = tmp_path / "sim.h5ad", tmp_path / "out.h5ad"
+    cov_path = tmp_path / "x.csv"
+    assert main(["simulate", str(sim_path), *SMALL_COHORT, "--seed", "1",
+                 "--covariates-out", str(cov_path)]) == 0
+    sim = anndata.read_h5ad(sim_path)
+    assert {"donor_id", "x0", "x1", "true_cell_cluster", "true_group_cluster"} <= set(
+        sim.obs.columns)
+    assert sim.obsm["X_pca"].shape == (sim.n_obs, 3) and "truth" in sim.uns
+    table = pd.read_csv(cov_path, index_col=0)
+    assert table.shape == (24, 2)
+
+    summary_path, model_path = tmp_path / "summary.tsv", tmp_path / "model.npz"
+    assert main(["fit", str(sim_path), str(out_path), "--group-key", "donor_id",
+                 "--covariates", str(cov_path), "--summary", str(summary_path),
+                 "--model", str(model_path), *SMALL_MODEL]) == 0
+    printed = capsys.readouterr().out
+    assert "group cluster(s)" in printed and "Results written" in printed
+    out = anndata.read_h5ad(out_path)
+    # the truth columns came through untouched and the clusters match them
+    pd.testing.assert_series_equal(out.obs["true_cell_cluster"], sim.obs["true_cell_cluster"])
+    ari = adjusted_rand_index
+    assert ari(out.obs["true_group_cluster"], out.obs["nam_group_cluster"]) > 0.85
+    assert ari(out.obs["true_cell_cluster"], out.obs["nam_cell_cluster"]) > 0.95
+    model = na.NestedAtomsModel.load(model_path)
+    assert model.elbo_ == out.uns["nam"]["elbo"]
+    assert ari(model.cell_labels_, out.obs["nam_cell_cluster"]) == 1.0
+    summary = pd.read_csv(summary_path, sep="\t", index_col=0)
+    expected = model.summary().table()
+    assert summary["n_groups"].tolist() == expected["n_groups"].tolist()
+    assert summary["n_groups"].sum() == 24 and "cell_cluster_0" in summary.columns
+
+    # covariates from obs columns give the same fit as from the file
+    out2 = tmp_path / "out2.h5ad"
+    assert main(["fit", str(sim_path), str(out2), "--group-key", "donor_id",
+                 "--covariate-columns", "x0", "x1", *SMALL_MODEL]) == 0
+    assert anndata.read_h5ad(out2).uns["nam"]["elbo"] == out.uns["nam"]["elbo"]
+
+
+def test_fit_errors_are_reported_not_raised(tmp_path, capsys):
+    sim_path = tmp_path / "sim.h5ad"
+    assert main(["simulate", str(sim_path), *SMALL_COHORT]) == 0
+    code = main(["fit", str(sim_path), str(tmp_path / "o.h5ad"), "--group-key", "donor",
+                 *SMALL_MODEL])
+    assert code == 2
+    assert "donor" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path / "missing.h5ad"), str(tmp_path / "o.h5ad"),
+                 "--group-key", "donor_id"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_demo_reports_recovery_and_writes_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert main(["demo", "--outdir", str(tmp_path), "--n-groups", "30", "--median-cells", "30",
+                 *SMALL_MODEL]) == 0
+    out = capsys.readouterr().out
+    assert "ARI vs truth" in out and "Bayes classifier" in out and "Composition" in out
+    for name in ("elbo", "composition", "coclustering", "cells"):
+        png = tmp_path / f"nestedatoms_{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_without_plots(tmp_path, capsys):
+    assert main(["demo", "--outdir", str(tmp_path), "--n-groups", "12", "--median-cells", "20",
+                 "--no-plots", *SMALL_MODEL]) == 0
+    assert "Plots skipped" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
