@@ -13,6 +13,7 @@
 
 #include <Eigen/Core>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <string>
@@ -26,6 +27,15 @@
 #include "parallel.hpp"
 #include "special.hpp"
 #include "sticks.hpp"
+
+// The same sources build one extension module per instruction set (see CMakeLists.txt); each
+// gets its own module name and reports the instruction set it was compiled for.
+#ifndef NESTEDATOMS_MODULE_NAME
+#define NESTEDATOMS_MODULE_NAME _core
+#endif
+#ifndef NESTEDATOMS_ISA
+#define NESTEDATOMS_ISA "baseline"
+#endif
 
 namespace py = pybind11;
 using nam::fail;
@@ -458,10 +468,23 @@ py::tuple cell_step(const py::object& Y_obj, const py::object& offsets_obj,
                           elog_omega.data(), L, q.view(), centre.data()};
     nam::CellStepOutput out{xi_out.mutable_data(), N_jl.mutable_data(), n.mutable_data(),
                             s1.mutable_data(), s2.mutable_data()};
+    // Ctrl-C: signals are only delivered to the main thread, so only a call from it polls.
+    auto threading = py::module_::import("threading");
+    const bool main_thread =
+        threading.attr("get_ident")().equal(threading.attr("main_thread")().attr("ident"));
+    std::function<bool()> interrupted;
+    if (main_thread)
+        interrupted = [] {
+            py::gil_scoped_acquire gil;
+            return PyErr_CheckSignals() != 0;  // leaves KeyboardInterrupt pending
+        };
     double entropy;
-    {
+    try {
         py::gil_scoped_release release;
-        entropy = nam::cell_step(in, out, n_threads);
+        entropy = nam::cell_step(in, out, n_threads, interrupted);
+    } catch (const nam::Interrupted&) {
+        // The GIL is held again here; raise the exception the signal handler left pending.
+        throw py::error_already_set();
     }
     return py::make_tuple(N_jl, n, s1, s2, entropy);
 }
@@ -538,16 +561,34 @@ py::dict build_info() {
     info["native"] = false;
 #endif
     info["cell_block"] = static_cast<long>(nam::kCellBlock);
+    info["isa"] = std::string(NESTEDATOMS_ISA);
     return info;
+}
+
+// What this CPU (and its operating system) supports, for picking a module at import.  GCC's and
+// Clang's __builtin_cpu_supports also check that the OS saves the AVX / AVX-512 registers.
+py::dict cpu_features() {
+    py::dict f;
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    f["avx2"] = static_cast<bool>(__builtin_cpu_supports("avx2"));
+    f["fma"] = static_cast<bool>(__builtin_cpu_supports("fma"));
+    f["avx512f"] = static_cast<bool>(__builtin_cpu_supports("avx512f"));
+    f["avx512dq"] = static_cast<bool>(__builtin_cpu_supports("avx512dq"));
+    f["avx512bw"] = static_cast<bool>(__builtin_cpu_supports("avx512bw"));
+    f["avx512vl"] = static_cast<bool>(__builtin_cpu_supports("avx512vl"));
+#endif
+    return f;
 }
 
 }  // namespace
 
-PYBIND11_MODULE(_core, mod) {
+PYBIND11_MODULE(NESTEDATOMS_MODULE_NAME, mod) {
     mod.doc() =
         "nestedatoms C++ core: the CAVI steps of the Nested Atoms Model (SPEC sections 4-7).\n"
         "Same functions, arguments and results as nestedatoms.reference.";
     mod.attr("NAME") = "cpp";
+    mod.attr("ISA") = NESTEDATOMS_ISA;
     using py::arg;
 
     mod.def("digamma", [](const py::object& x) { return elementwise<digamma_scalar>(x, "x"); },
@@ -605,5 +646,7 @@ PYBIND11_MODULE(_core, mod) {
 
     mod.def("openmp_enabled", &nam::openmp_enabled, "Whether the core was built with OpenMP.");
     mod.def("max_threads", &nam::max_threads, "Threads OpenMP would use by default (1 without).");
+    mod.def("cpu_features", &cpu_features,
+            "Instruction-set extensions this CPU and OS support ({} off x86).");
     mod.def("build_info", &build_info, "Compiler, Eigen version, OpenMP and SIMD of this build.");
 }

@@ -1,6 +1,8 @@
 #include "cell_step.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <exception>
 #include <vector>
@@ -11,28 +13,70 @@ namespace nam {
 
 namespace {
 
-// Partial sums of one block.  N_jl is kept sparse: a block only touches the groups of its own
-// cells, recorded in `groups` with one row of `Nrows` each.
-struct Slot {
-    std::vector<double> dense;  // [entropy | n (L) | s1 (L p) | s2 (L p p)]
-    std::vector<Index> groups;
-    RowMat Nrows;
+// The kernel works on one feature row per cell, phi(y) = [packed upper triangle of zc zc' | zc | 1]
+// with zc = y - centre (F = p(p+1)/2 + p + 1 columns).  Both halves of the cell step are then one
+// GEMM per block of cells:
+//   * logits (nb x L) = Phi (nb x F) * A (F x L), because the expected log-likelihood
+//     ell_l(y) = c_l - 1/2 (zc - mc_l)' Q_l (zc - mc_l), Q_l = nu_l W_l, mc_l = m_l - centre,
+//     is linear in phi(y) (A holds -Q/2 on the diagonal, -Q off it, Q mc and the constant);
+//   * the statistics (L x F) = xi' (L x nb) * Phi hold n, s1 and the packed s2 at once.
+// Using the packed symmetric outer product halves the flops of the dense formulation (4 N L p^2
+// per sweep) and turns everything into two well-shaped products.  Expanding the quadratic form
+// about the data centre loses ~eps |zc|^2 |Q| in absolute terms, far below anything that moves xi.
+Index packed_size(Index p) { return p * (p + 1) / 2; }
+
+RowMat loglik_coefficients(const GaussianAtoms& atoms, const NWView& q, const double* centre) {
+    const Index p = q.D, L = q.G, P = packed_size(p), F = P + p + 1;
+    const double Dd = static_cast<double>(p);
+    RowMat A(F, L);
+    Mat Q(p, p);
+    Vec mc(p);
+    for (Index l = 0; l < L; ++l) {
+        const double* W = q.W + l * p * p;
+        // Lower triangle, as the Cholesky factorisation that validated W reads it.
+        for (Index d = 0; d < p; ++d)
+            for (Index e = 0; e <= d; ++e) Q(d, e) = Q(e, d) = q.nu[l] * W[d * p + e];
+        for (Index d = 0; d < p; ++d) mc[d] = q.m[l * p + d] - centre[d];
+        const Vec Qmc = Q * mc;
+        Index k = 0;
+        for (Index d = 0; d < p; ++d) {
+            A(k++, l) = -0.5 * Q(d, d);
+            for (Index e = d + 1; e < p; ++e) A(k++, l) = -Q(d, e);
+        }
+        for (Index d = 0; d < p; ++d) A(P + d, l) = Qmc[d];
+        A(P + p, l) = atoms.constant[l] - 0.5 * Dd / q.lam[l] - 0.5 * mc.dot(Qmc);
+    }
+    return A;
+}
+
+// Partial sums of one chunk (a fixed run of consecutive blocks, summed in cell order by the one
+// thread that owns it).  N_jl rows are kept for the groups the chunk's cells belong to only.
+struct Chunk {
+    std::vector<double> dense;  // [entropy | statistics (L x F), row-major]
+    Index first_group = 0;
+    RowMat Nrows;               // (last group - first group + 1, L)
 };
 
-// Per-thread scratch, allocated once per call.
+// Per-thread scratch, allocated before the parallel region so nothing in it allocates.
 struct Scratch {
-    RowMat logits, diff, proj, Yc, Yw;
-    Scratch(Index rows, Index p, Index L)
-        : logits(rows, L), diff(rows, p), proj(rows, p), Yc(rows, p), Yw(rows, p) {}
+    RowMat Phi, logits;
+    Eigen::RowVectorXd expo;
+    Scratch(Index rows, Index F, Index L) : Phi(rows, F), logits(rows, L), expo(L) {}
 };
+
+// Seconds between two polls of the interruption callback.
+constexpr double kPollSeconds = 0.1;
 
 }  // namespace
 
-double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threads) {
+double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threads,
+                 const std::function<bool()>& interrupted) {
     const Index N = in.N, p = in.p, J = in.J, L = in.L;
+    const Index P = packed_size(p), F = P + p + 1;
     // Everything that can fail (Cholesky of W, value checks) happens here, before the parallel
     // region and before any output is written.
     const GaussianAtoms atoms = prepare_atoms(in.atoms, "W");
+    const RowMat A = loglik_coefficients(atoms, in.atoms, in.centre);
     // The prior part of the logits depends only on the group: (rho @ elog_omega')[j, l].
     RowMat bias(J, L);
     if (in.K > 0)
@@ -41,79 +85,112 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
         bias.setZero();
 
     const Index n_blocks = (N + kCellBlock - 1) / kCellBlock;
-    // Group of each block's first cell (upper_bound over offsets; empty groups are skipped).
-    std::vector<Index> first_group(static_cast<size_t>(n_blocks));
-    for (Index b = 0; b < n_blocks; ++b) {
-        const std::int64_t first_cell = b * kCellBlock;
-        first_group[b] =
-            static_cast<Index>(std::upper_bound(in.offsets, in.offsets + J + 1, first_cell) -
-                               in.offsets) - 1;
-    }
+    auto group_of = [&](Index cell) {  // upper_bound over offsets: empty groups are skipped
+        return static_cast<Index>(std::upper_bound(in.offsets, in.offsets + J + 1,
+                                                   static_cast<std::int64_t>(cell)) -
+                                  in.offsets) - 1;
+    };
 
-    const Index dense_size = 1 + L + L * p + L * p * p;
-    // More threads than blocks would idle; the count never changes the results.
+    // Chunks of consecutive blocks are the unit of work and of summation: a chunk is summed in cell
+    // order by one thread and the chunk totals are then added in chunk order, so the results do
+    // not depend on the number of threads (SPEC 7).  Their count depends on N, L and p only: at most
+    // ~64 MB of chunk totals (and 16..1024 chunks), so a thread preempted on a shared machine holds
+    // up little work and nothing waits at a barrier until the end.
+    const Index dense_size = 1 + L * F;
+    const Index max_chunks =
+        std::clamp<Index>((Index(64) << 20) / (8 * dense_size), Index(16), Index(1024));
+    const Index chunk_blocks = std::max<Index>(1, (n_blocks + max_chunks - 1) / max_chunks);
+    const Index n_chunks = (n_blocks + chunk_blocks - 1) / chunk_blocks;
+    std::vector<Chunk> chunks(static_cast<size_t>(n_chunks));
+    for (Index c = 0; c < n_chunks; ++c) {
+        Chunk& ch = chunks[c];
+        const Index first = c * chunk_blocks * kCellBlock;
+        const Index last = std::min(N, (c + 1) * chunk_blocks * kCellBlock) - 1;
+        ch.dense.assign(static_cast<size_t>(dense_size), 0.0);
+        ch.first_group = group_of(first);
+        ch.Nrows = RowMat::Zero(group_of(last) - ch.first_group + 1, L);
+    }
+    // More threads than chunks would idle; the count never changes the results.
     const int threads =
-        static_cast<int>(std::min<Index>(resolve_threads(n_threads), std::max<Index>(1, n_blocks)));
-    // A round processes up to `round` blocks in parallel, then folds their slots into the totals in
-    // block order.  The fold order is block order whatever the round size, so the round size only
-    // bounds memory (about 64 MB of slots, but at least one slot per thread) and never affects
-    // the results.
-    const Index slot_bytes = 8 * (dense_size + std::min(J, kCellBlock) * L);
-    const Index round = std::max<Index>(
-        {1, static_cast<Index>(threads),
-         std::min<Index>({64, n_blocks, (Index(64) << 20) / slot_bytes})});
-    std::vector<Slot> slots(static_cast<size_t>(round));
-    for (auto& s : slots) {
-        s.dense.assign(static_cast<size_t>(dense_size), 0.0);
-        s.groups.reserve(static_cast<size_t>(std::min(J, kCellBlock)));
-        s.Nrows.resize(std::min(J, kCellBlock), L);
-    }
-    std::vector<double> total(static_cast<size_t>(dense_size), 0.0);
-    MapRowMat N_jl(out.N_jl, J, L);
-    N_jl.setZero();
+        static_cast<int>(std::min<Index>(resolve_threads(n_threads), std::max<Index>(1, n_chunks)));
+    std::vector<Scratch> scratch;
+    scratch.reserve(static_cast<size_t>(threads));
+    for (int t = 0; t < threads; ++t) scratch.emplace_back(std::min(N, kCellBlock), F, L);
 
+    // An exception must never leave an OpenMP region (that is std::terminate): every throwing
+    // call inside it is wrapped, the first exception is kept and rethrown after the region.
     std::exception_ptr error = nullptr;
+    std::atomic<bool> stop{false};  // an error or an interruption: skip the remaining work
+    bool was_interrupted = false;    // written by the calling thread only
+    auto last_poll = std::chrono::steady_clock::now();
+    auto record_error = [&] {
+#ifdef NESTEDATOMS_OPENMP
+#pragma omp critical(nestedatoms_error)
+#endif
+        if (!error) error = std::current_exception();
+        stop.store(true);
+    };
+    // Ctrl-C: only the calling thread (thread 0 of the team) may talk to Python.
+    auto poll = [&](int thread) {
+        if (thread != 0 || !interrupted) return;
+        const auto now = std::chrono::steady_clock::now();
+        if (std::chrono::duration<double>(now - last_poll).count() < kPollSeconds) return;
+        last_poll = now;
+        if (interrupted()) {
+            was_interrupted = true;
+            stop.store(true);
+        }
+    };
 
-    auto process_block = [&](Index b, Slot& slot, Scratch& sc) {
+    auto process_block = [&](Index b, Chunk& ch, Scratch& sc) {
         const Index start = b * kCellBlock;
         const Index nb = std::min(kCellBlock, N - start);
-        const CMapRowMat Yb(in.Y + start * p, nb, p);
+        auto Phi = sc.Phi.topRows(nb);
+        for (Index i = 0; i < nb; ++i) {
+            const double* y = in.Y + (start + i) * p;
+            double* row = Phi.row(i).data();
+            double* zc = row + P;
+            for (Index d = 0; d < p; ++d) zc[d] = y[d] - in.centre[d];
+            Index k = 0;
+            for (Index d = 0; d < p; ++d) {
+                const double zd = zc[d];
+                for (Index e = d; e < p; ++e) row[k++] = zd * zc[e];
+            }
+            row[F - 1] = 1.0;
+        }
         auto logits = sc.logits.topRows(nb);
+        logits.noalias() = Phi * A;
+
         // xi is written straight into the caller's array and read back from there for the sums.
         MapRowMat xi(out.xi + start * L, nb, L);
-        loglik_block(atoms, Yb, logits, sc.diff, sc.proj);
-
-        double* ent = slot.dense.data();
-        *ent = 0.0;
-        slot.groups.clear();
-        Index j = first_group[b];
+        double entropy = 0.0;
+        Index j = group_of(start);
         for (Index i = 0; i < nb; ++i) {
             const Index cell = start + i;
             while (in.offsets[j + 1] <= cell) ++j;
-            if (slot.groups.empty() || slot.groups.back() != j) {
-                slot.groups.push_back(j);
-                slot.Nrows.row(static_cast<Index>(slot.groups.size()) - 1).setZero();
-            }
             auto row = logits.row(i);
             row += bias.row(j);
-            // log-sum-exp normalisation over the L cell clusters
+            // Normalised exp over the L cell clusters (log-sum-exp), vectorised by Eigen.  The
+            // exp and the sum run on thread-local scratch whose alignment is fixed: Eigen peels
+            // unaligned leading elements off to scalar code, so working in the caller's xi (of
+            // arbitrary alignment) would change the last bits from call to call.
             const double mx = row.maxCoeff();
-            double sum = 0.0;
-            for (Index l = 0; l < L; ++l) sum += std::exp(row[l] - mx);
-            const double lse = mx + std::log(sum);
-            double h = 0.0;
-            for (Index l = 0; l < L; ++l) {
-                const double t = row[l] - lse;  // log xi
-                const double x = std::exp(t);
-                xi(i, l) = x;
-                if (x > 0.0) h -= x * t;  // 0 log 0 = 0 (t may be -inf there)
-            }
-            *ent += h;
-            slot.Nrows.row(static_cast<Index>(slot.groups.size()) - 1) += xi.row(i);
+            row.array() -= mx;
+            sc.expo = row.array().exp().matrix();
+            const double sum = sc.expo.sum();
+            // -sum x log x = log(sum) - sum_l x_l t_l, t = logit - max, x = exp(t) / sum;
+            // 0 log 0 = 0.
+            double dot = 0.0;
+            for (Index l = 0; l < L; ++l)
+                if (sc.expo[l] > 0.0) dot += sc.expo[l] * row[l];
+            entropy += std::log(sum) - dot / sum;
+            auto xrow = xi.row(i);
+            xrow = sc.expo / sum;  // elementwise: identical whatever the alignment
+            ch.Nrows.row(j - ch.first_group) += xrow;
         }
-        accumulate_stats_block(Yb, xi, in.centre, slot.dense.data() + 1,
-                               slot.dense.data() + 1 + L, slot.dense.data() + 1 + L + L * p,
-                               sc.Yc, sc.Yw, true);
+        ch.dense[0] += entropy;
+        MapRowMat stats(ch.dense.data() + 1, L, F);
+        stats.noalias() += xi.transpose() * Phi;
     };
 
     {
@@ -122,51 +199,52 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
 #pragma omp parallel num_threads(threads)
 #endif
         {
-            Scratch sc(std::min(N, kCellBlock), p, L);
-            for (Index r0 = 0; r0 < n_blocks; r0 += round) {
-                const Index nr = std::min(round, n_blocks - r0);
+#ifdef NESTEDATOMS_OPENMP
+            const int thread = omp_get_thread_num();
+#else
+            const int thread = 0;
+#endif
+            Scratch& sc = scratch[static_cast<size_t>(thread)];
 #ifdef NESTEDATOMS_OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-                for (Index r = 0; r < nr; ++r) {
+            for (Index c = 0; c < n_chunks; ++c) {
+                const Index b_end = std::min(n_blocks, (c + 1) * chunk_blocks);
+                for (Index b = c * chunk_blocks; b < b_end; ++b) {
+                    if (stop.load(std::memory_order_relaxed)) break;
                     try {
-                        process_block(r0 + r, slots[r], sc);
+                        process_block(b, chunks[c], sc);
+                        poll(thread);
                     } catch (...) {
-#ifdef NESTEDATOMS_OPENMP
-#pragma omp critical(nestedatoms_error)
-#endif
-                        if (!error) error = std::current_exception();
-                    }
-                }
-                // Fold the dense partials in block order; each element's sum is independent, so
-                // the elements can be shared among threads without changing any result.
-#ifdef NESTEDATOMS_OPENMP
-#pragma omp for schedule(static)
-#endif
-                for (Index e = 0; e < dense_size; ++e) {
-                    double acc = total[e];
-                    for (Index r = 0; r < nr; ++r) acc += slots[r].dense[e];
-                    total[e] = acc;
-                }
-#ifdef NESTEDATOMS_OPENMP
-#pragma omp single
-#endif
-                {
-                    for (Index r = 0; r < nr; ++r) {
-                        const Slot& s = slots[r];
-                        for (size_t k = 0; k < s.groups.size(); ++k)
-                            N_jl.row(s.groups[k]) += s.Nrows.row(static_cast<Index>(k));
+                        record_error();
                     }
                 }
             }
         }
     }
     if (error) std::rethrow_exception(error);
+    if (was_interrupted) throw Interrupted();
 
-    std::copy(total.begin() + 1, total.begin() + 1 + L, out.n);
-    std::copy(total.begin() + 1 + L, total.begin() + 1 + L + L * p, out.s1);
-    std::copy(total.begin() + 1 + L + L * p, total.end(), out.s2);
-    symmetrise_stats(out.s2, L, p);
+    // Fold the chunks in chunk order.
+    std::vector<double> total(static_cast<size_t>(dense_size), 0.0);
+    MapRowMat N_jl(out.N_jl, J, L);
+    N_jl.setZero();
+    for (const Chunk& ch : chunks) {
+        for (Index e = 0; e < dense_size; ++e) total[e] += ch.dense[e];
+        N_jl.middleRows(ch.first_group, ch.Nrows.rows()) += ch.Nrows;
+    }
+
+    // Unpack the statistics: n is the last column, s1 the p before it, s2 the packed triangle
+    // (mirrored, so s2 is exactly symmetric).
+    const CMapRowMat S(total.data() + 1, L, F);
+    for (Index l = 0; l < L; ++l) {
+        out.n[l] = S(l, F - 1);
+        for (Index d = 0; d < p; ++d) out.s1[l * p + d] = S(l, P + d);
+        double* s2 = out.s2 + l * p * p;
+        Index k = 0;
+        for (Index d = 0; d < p; ++d)
+            for (Index e = d; e < p; ++e) s2[d * p + e] = s2[e * p + d] = S(l, k++);
+    }
     return total[0];
 }
 

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <stdexcept>
 
 #include "common.hpp"
 #include "normal_wishart.hpp"
@@ -12,6 +14,8 @@ namespace nam {
 // Cells per work unit.  Blocks are the unit of parallelism *and* of summation: every block's
 // partial sums are formed independently and then added in block order, so the results do not
 // depend on the number of threads (SPEC 7).  Changing it changes results in the last bits.
+// 256 cells keep a block's feature matrix (256 x (p(p+1)/2 + p + 1) doubles, ~1 MB at p = 30)
+// inside a core's L2 cache while giving the two GEMMs a deep enough inner dimension.
 constexpr Index kCellBlock = 256;
 
 struct CellStepInput {
@@ -36,8 +40,17 @@ struct CellStepOutput {
     double* s2;    // (L, p, p)
 };
 
+// Thrown by cell_step when `interrupted` returned true.  xi_out then holds the new
+// responsibilities for the blocks finished before the stop and the old values elsewhere; the other
+// outputs are unspecified.  The caller is expected to raise the pending Python exception.
+struct Interrupted : std::runtime_error {
+    Interrupted() : std::runtime_error("cell step interrupted") {}
+};
+
 // Returns -sum xi log xi.  Throws std::invalid_argument (before any output is touched) if the
-// atoms are invalid; offsets are assumed validated by the caller.
-double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threads);
+// atoms are invalid; offsets are assumed validated by the caller.  `interrupted` (optional) is
+// polled by the calling thread between rounds of blocks, at most every ~0.1 s.
+double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threads,
+                 const std::function<bool()>& interrupted = {});
 
 }  // namespace nam

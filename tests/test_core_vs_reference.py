@@ -1,4 +1,4 @@
-"""The compiled core (nestedatoms._core) against the NumPy reference, function by function.
+"""The compiled core (nestedatoms._core and its AVX2 / AVX-512 builds) against the NumPy reference.
 
 Every function of ``reference.py`` has a namesake in ``_core`` with the same arguments and the same
 results (relative 1e-9; in practice ~1e-13).  Random states cover the edge shapes of a fit: p = 1,
@@ -10,8 +10,31 @@ refused with a ValueError that names it.
 import numpy as np
 import pytest
 
-from nestedatoms import _core as core
 from nestedatoms import reference as ref
+from nestedatoms._backend import ISA_MODULES, available_isas, core_module
+
+ISAS = available_isas()
+
+
+@pytest.fixture(params=ISAS, scope="module")
+def core(request):
+    """Every instruction-set build of the core this CPU can run (baseline, AVX2, AVX-512)."""
+    return core_module(request.param)
+
+
+def test_every_isa_build_is_tested_here():
+    # The builds this machine can run are all exercised by the tests of this file.
+    import nestedatoms._core as baseline
+
+    features = baseline.cpu_features()
+    assert "baseline" in ISAS
+    if features.get("avx512f") and features.get("avx512bw"):
+        for isa in ISA_MODULES:  # a wheel built with the variants installs all three
+            try:
+                core_module(isa)
+            except ImportError:
+                pytest.skip(f"the {isa} build is not installed")
+        assert ISAS == ["baseline", "avx2", "avx512"]
 
 RTOL = 1e-9
 
@@ -98,7 +121,7 @@ def run_cell_step(backend, prob, n_threads=1):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_cell_step_matches_reference(shape, seed):
+def test_cell_step_matches_reference(core, shape, seed):
     prob = random_cell_problem(seed, *shape)
     got = run_cell_step(core, prob)
     want = run_cell_step(ref, prob)
@@ -119,7 +142,7 @@ def test_cell_step_matches_reference(shape, seed):
 
 
 @pytest.mark.parametrize("shape", [(1, 2, 1, 8), (4, 6, 3, 40)])
-def test_cell_step_bitwise_identical_across_threads(shape):
+def test_cell_step_bitwise_identical_across_threads(core, shape):
     prob = random_cell_problem(7, *shape)
     assert prob["Y"].shape[0] > 3 * 256  # several blocks
     runs = [run_cell_step(core, prob, n_threads) for n_threads in (1, 2, 3, 7, 0)]
@@ -128,7 +151,7 @@ def test_cell_step_bitwise_identical_across_threads(shape):
             assert np.array_equal(a, b)
 
 
-def test_cell_step_from_concurrent_python_threads():
+def test_cell_step_from_concurrent_python_threads(core):
     # The GIL is released during the step: concurrent calls must not interfere.
     from concurrent.futures import ThreadPoolExecutor
 
@@ -141,12 +164,14 @@ def test_cell_step_from_concurrent_python_threads():
             assert np.array_equal(a, b)
 
 
-def test_cell_step_many_rounds_of_blocks():
-    # More blocks than one round of slots (64 blocks): the fold over rounds keeps block order.
+def test_cell_step_many_chunks_of_blocks(core):
+    # More blocks than the chunk cap (1024 chunks): chunks then hold several blocks each, and the
+    # fold over chunks keeps block order; groups straddle block and chunk boundaries.
     rng = np.random.default_rng(3)
-    N, p, L, K = 20000, 2, 3, 2
-    offsets = np.array([0, 1, 7000, 7001, 20000], dtype=np.int64)
-    prob = dict(Y=rng.normal(size=(N, p)), offsets=offsets, rho=rng.dirichlet(np.ones(K), 4),
+    N, p, L, K = 300_000, 1, 2, 2
+    assert N > 1024 * core.build_info()["cell_block"]
+    offsets = np.array([0, 1, 7000, 7001, 150_000, N], dtype=np.int64)
+    prob = dict(Y=rng.normal(size=(N, p)), offsets=offsets, rho=rng.dirichlet(np.ones(K), 5),
                 elog_omega=ref.expected_log_stick_weights(*random_sticks(rng, L, K)),
                 centre=np.zeros(p))
     prob.update(zip(["m", "lam", "W", "nu"], random_atoms(rng, L, p)))
@@ -157,7 +182,36 @@ def test_cell_step_many_rounds_of_blocks():
         close(a, w)
 
 
-def test_cell_step_accepts_empty_groups_and_int32_offsets():
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cell_step_far_from_centre_and_sharp_atoms(core, seed):
+    # The kernel expands (y - m)' W (y - m) about the data centre: data far from the origin, atoms
+    # far from the centre and very sharp atoms must still agree with the direct form.
+    rng = np.random.default_rng(seed)
+    p, L, K, J = 6, 5, 2, 4
+    prob = random_cell_problem(seed, p, L, K, J)
+    shift = 1e4 * rng.normal(size=p)
+    prob["Y"] = prob["Y"] * 0.01 + shift
+    prob["centre"] = prob["Y"].mean(axis=0)
+    picks = rng.integers(prob["Y"].shape[0], size=L)
+    prob["m"] = prob["Y"][picks] + 0.01 * rng.normal(size=(L, p))
+    prob["W"] = prob["W"] * 1e3
+    got, want = run_cell_step(core, prob), run_cell_step(ref, prob)
+    s1_scale = float(np.abs(prob["Y"] - prob["centre"]).sum())
+    for name, g, w in zip(["xi", "N_jl", "n", "s1", "s2", "entropy"], got, want):
+        close(g, w, scale=s1_scale if name == "s1" else None, rtol=1e-8)
+
+
+def test_isa_builds_agree_with_each_other():
+    # Same problem through every build: results agree to rounding (not bitwise: FMA and vector
+    # widths change the last bits).
+    prob = random_cell_problem(5, 30, 30, 4, 12)
+    runs = [run_cell_step(core_module(isa), prob) for isa in ISAS]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            close(b, a, rtol=1e-10)
+
+
+def test_cell_step_accepts_empty_groups_and_int32_offsets(core):
     prob = random_cell_problem(4, 2, 3, 2, 3)
     sizes = np.diff(prob["offsets"])
     offsets = np.concatenate([[0, 0], np.cumsum(sizes)]).astype(np.int32)  # group 0 is empty
@@ -170,7 +224,7 @@ def test_cell_step_accepts_empty_groups_and_int32_offsets():
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_group_step_matches_reference(seed):
+def test_group_step_matches_reference(core, seed):
     rng = np.random.default_rng(seed)
     J, L, K = rng.integers(1, 30), rng.integers(1, 8), rng.integers(1, 6)
     N_jl = rng.gamma(1.0, 100.0, size=(J, L))
@@ -189,7 +243,7 @@ def test_group_step_matches_reference(seed):
 # Sticks, concentrations, categorical entropy
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("G,C", [(1, 1), (1, 3), (2, 1), (6, 1), (7, 4)])
-def test_stick_functions_match_reference(G, C):
+def test_stick_functions_match_reference(core, G, C):
     rng = np.random.default_rng(G * 10 + C)
     counts = rng.gamma(0.5, 200.0, size=(G, C))
     counts[rng.random(size=counts.shape) < 0.2] = 0.0
@@ -219,7 +273,7 @@ def test_stick_functions_match_reference(G, C):
     close(core.beta_entropy(a_c, b_c), ref.beta_entropy(a_r, b_r))
 
 
-def test_beta_entropy_large_parameters():
+def test_beta_entropy_large_parameters(core):
     # Stick parameters reach the number of cells; log B must not lose digits there.
     a = np.array([1.0, 2.5, 1e3, 1e5, 1e7, 3.0, 1e6, 12.0, 0.3])
     b = np.array([1.0, 7.0, 1e3, 2e5, 0.5, 1e6, 1e6, 9.0, 1e4])
@@ -229,7 +283,7 @@ def test_beta_entropy_large_parameters():
               ref.beta_entropy(np.array([ai]), np.array([bi])))
 
 
-def test_gamma_and_categorical_terms_match_reference():
+def test_gamma_and_categorical_terms_match_reference(core):
     for shape, rate in [(0.1, 0.1), (3.0, 0.5), (250.0, 31.0), (1e6, 2e5)]:
         close(core.gamma_expectations(shape, rate), ref.gamma_expectations(shape, rate))
         close(core.gamma_prior_term(0.1, 0.1, shape, rate),
@@ -247,7 +301,7 @@ def test_gamma_and_categorical_terms_match_reference():
 # Normal-Wishart
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("D,G", [(1, 1), (1, 4), (3, 2), (6, 5)])
-def test_normal_wishart_functions_match_reference(D, G):
+def test_normal_wishart_functions_match_reference(core, D, G):
     rng = np.random.default_rng(D * 100 + G)
     m, lam, W, nu = random_atoms(rng, G, D, spread=3.0, shift=2.0)
     close(core.expected_logdet(W, nu), ref.expected_logdet(W, nu))
@@ -284,7 +338,7 @@ def test_normal_wishart_functions_match_reference(D, G):
     close(core.nw_entropy(m, lam, W, nu), ref.nw_entropy(m, lam, W, nu))
 
 
-def test_inputs_are_not_copied_or_modified():
+def test_inputs_are_not_copied_or_modified(core):
     rng = np.random.default_rng(1)
     prob = random_cell_problem(1, 2, 3, 2, 4)
     before = {k: v.copy() for k, v in prob.items()}
@@ -342,13 +396,13 @@ def small_prob():
     ("xi_out", lambda P: P["W"], "xi_out must have shape"),
     ("Y", lambda P: np.array([["a", "b", "c"]]), "Y must be convertible"),
 ])
-def test_cell_step_refuses_bad_arguments(small_prob, name, make, match):
+def test_cell_step_refuses_bad_arguments(core, small_prob, name, make, match):
     args = cell_args(small_prob, **{name: make(small_prob)})
     with pytest.raises(ValueError, match=match):
         core.cell_step(*args)
 
 
-def test_cell_step_refuses_readonly_or_aliased_output(small_prob):
+def test_cell_step_refuses_readonly_or_aliased_output(core, small_prob):
     xi = np.empty((small_prob["Y"].shape[0], 4))
     xi.setflags(write=False)
     with pytest.raises(ValueError, match="writeable"):
@@ -364,7 +418,7 @@ def test_cell_step_refuses_readonly_or_aliased_output(small_prob):
     del Y
 
 
-def test_group_step_refuses_bad_arguments():
+def test_group_step_refuses_bad_arguments(core):
     J, L, K = 4, 3, 2
     good = dict(N_jl=np.ones((J, L)), elog_pi=np.zeros(K), elog_omega=np.zeros((L, K)),
                 ell_x=np.zeros((J, K)), rho_out=np.empty((J, K)))
@@ -391,7 +445,7 @@ def test_group_step_refuses_bad_arguments():
         core.group_step(*[dict(good, rho_out=ro)[k] for k in order])
 
 
-def test_other_functions_refuse_bad_shapes():
+def test_other_functions_refuse_bad_shapes(core):
     rng = np.random.default_rng(0)
     m, lam, W, nu = random_atoms(rng, 3, 2)
     with pytest.raises(ValueError, match="nu must have shape"):
@@ -431,16 +485,42 @@ def test_other_functions_refuse_bad_shapes():
         core.update_sticks(np.ones((2, 2, 2)), 1.0)
 
 
-def test_build_flags():
+def test_build_flags(core):
     info = core.build_info()
     assert {"compiler", "eigen_version", "openmp", "simd"} <= set(info)
     assert info["eigen_version"].startswith("3.4")
     assert info["openmp"] == core.openmp_enabled()
     assert core.max_threads() >= 1
     assert core.NAME == "cpp"
+    # each build really uses the instructions it is named after
+    flags = set(info["simd_flags"])
+    assert info["isa"] == core.ISA
+    if core.ISA == "avx512":
+        assert {"AVX512", "AVX2", "FMA"} <= flags
+    elif core.ISA == "avx2":
+        assert {"AVX2", "FMA"} <= flags and "AVX512" not in flags
+    else:
+        assert not {"AVX", "AVX2", "AVX512"} & flags or info["native"]
     # every reference function has a namesake in the core
     public = {n for n in dir(ref) if callable(getattr(ref, n)) and not n.startswith("_")
               and getattr(getattr(ref, n), "__module__", "") == ref.__name__}
     renamed = {"digamma_": "digamma", "lgamma_": "lgamma"}
     missing = {n for n in public if not hasattr(core, renamed.get(n, n))}
     assert not missing
+
+
+def test_cell_step_bitwise_identical_whatever_the_alignment_of_xi_out(core):
+    # numpy only guarantees 8-byte alignment of a view; vector code must not change the last bits
+    # with the address of xi_out (bitwise reproducible fits, SPEC 7).
+    prob = random_cell_problem(2, 5, 7, 3, 20)
+    N, L = prob["Y"].shape[0], 7
+    runs = []
+    for shift in range(8):
+        buf = np.empty(N * L + 8)
+        xi = buf[shift:shift + N * L].reshape(N, L)
+        out = core.cell_step(prob["Y"], prob["offsets"], prob["rho"], prob["elog_omega"],
+                             prob["m"], prob["lam"], prob["W"], prob["nu"], prob["centre"], xi, 2)
+        runs.append((xi.copy(),) + tuple(out))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert np.array_equal(a, b)

@@ -8,27 +8,84 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["get_backend", "resolve_n_threads", "BACKENDS"]
+__all__ = ["get_backend", "resolve_n_threads", "BACKENDS", "core_module", "available_isas"]
 
 BACKENDS = ("cpp", "numpy")
 
 
 def get_backend(name: str):
-    """The backend module called ``name``."""
+    """The backend module called ``name`` (for ``"cpp"``: the best build for this CPU)."""
     if name == "numpy":
         from . import reference
 
         return reference
     if name == "cpp":
-        try:
-            from . import _core
-        except ImportError as exc:  # pragma: no cover - only without a compiled build
-            raise ImportError(
-                "the C++ core nestedatoms._core is not built; reinstall with "
-                "`pip install .` (a C++17 compiler is needed) or pass backend='numpy'."
-            ) from exc
-        return _core
+        return core_module()
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}.")
+
+
+# The C++ core is built once per instruction set, as separate extension modules (see
+# CMakeLists.txt): the baseline ``_core`` runs everywhere; the others only where the CPU (and the
+# OS) support their instructions.  NESTEDATOMS_ISA forces one, e.g. to test every path.
+ISA_MODULES = {"baseline": "_core", "avx2": "_core_avx2", "avx512": "_core_avx512"}
+ISA_FEATURES = {"baseline": (), "avx2": ("avx2", "fma"),
+                "avx512": ("avx512f", "avx512dq", "avx512bw", "avx512vl", "avx2", "fma")}
+ISA_ENV = "NESTEDATOMS_ISA"
+_CORE_CACHE: dict = {}
+
+
+def _import_core(isa: str):
+    import importlib
+
+    return importlib.import_module(f".{ISA_MODULES[isa]}", __package__)
+
+
+def available_isas() -> list:
+    """The instruction-set builds of the core that are installed and run on this CPU."""
+    try:
+        features = _import_core("baseline").cpu_features()
+    except ImportError:
+        return []
+    out = []
+    for isa in ISA_MODULES:
+        if not all(features.get(f, False) for f in ISA_FEATURES[isa]):
+            continue
+        try:
+            _import_core(isa)
+        except ImportError:  # not built (non-x86 platform, or built without the variants)
+            continue
+        out.append(isa)
+    return out
+
+
+def core_module(isa: str | None = None):
+    """The compiled core for ``isa``; by default $NESTEDATOMS_ISA or the best one available."""
+    if isa is None:
+        isa = os.environ.get(ISA_ENV, "").strip().lower() or None
+    key = isa or "best"
+    if key in _CORE_CACHE:
+        return _CORE_CACHE[key]
+    try:
+        _import_core("baseline")
+    except ImportError as exc:  # pragma: no cover - only without a compiled build
+        raise ImportError(
+            "the C++ core nestedatoms._core is not built; reinstall with "
+            "`pip install .` (a C++17 compiler is needed) or pass backend='numpy'."
+        ) from exc
+    usable = available_isas()
+    if isa is None:
+        module = _import_core(usable[-1])
+    elif isa not in ISA_MODULES:
+        raise ValueError(f"{ISA_ENV}={isa!r} is not an instruction set of the core; use one of "
+                         f"{sorted(ISA_MODULES)} or leave it unset to pick the best.")
+    elif isa not in usable:
+        raise ImportError(f"{ISA_ENV}={isa!r}: that build of the core is not installed or this "
+                          f"CPU cannot run it (usable here: {usable}); unset {ISA_ENV} to pick "
+                          f"the best automatically.")
+    else:
+        module = _import_core(isa)
+    _CORE_CACHE[key] = module
+    return module
 
 
 def resolve_n_threads(n_threads) -> int:
