@@ -1,6 +1,7 @@
 """The command line, run in-process through ``nestedatoms.cli.main`` on tiny problems."""
 
-import numpy as np
+import sys
+
 import pandas as pd
 import pytest
 
@@ -78,8 +79,13 @@ def test_demo_reports_recovery_and_writes_plots(tmp_path, capsys):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_without_plots(tmp_path, capsys):
+def test_demo_without_matplotlib_skips_the_plots(tmp_path, capsys, monkeypatch):
+    """`pip install . && nestedatoms demo` has no matplotlib: the demo still runs."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     assert main(["demo", "--outdir", str(tmp_path), "--n-groups", "12", "--median-cells", "20",
-                 "--no-plots", *SMALL_MODEL]) == 0
-    assert "Plots skipped" in capsys.readouterr().out
+                 *SMALL_MODEL]) == 0
+    out = capsys.readouterr().out
+    assert "ARI vs truth" in out and "Plots skipped" in out and "nestedatoms[plot]" in out
     assert not list(tmp_path.iterdir())

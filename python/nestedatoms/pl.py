@@ -65,7 +65,7 @@ def elbo_traces(model, ax=None):
         gap = np.maximum(best_final - trace, floor)
         is_kept = r == kept
         ax.plot(sweeps, gap, lw=2.2 if is_kept else 1.0, alpha=1.0 if is_kept else 0.7,
-                label=f"restart {r + 1}: final ELBO {trace[-1]:.6g}" + (" (kept)" if is_kept
+                label=f"restart {r + 1}: final ELBO {trace[-1]:,.2f}" + (" (kept)" if is_kept
                                                                       else ""))
     ax.set_yscale("log")
     ax.set_xlabel("CAVI sweep")
