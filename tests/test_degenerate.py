@@ -26,6 +26,7 @@ def fit(Y, groups=None, X=None, backend="cpp", **kw):
 
 def assert_sound(model):
     """Finite fitted arrays, normalised responsibilities, a non-decreasing ELBO."""
+    assert np.all(np.isfinite(model.cell_probs_))       # may be a property, not in vars
     for name, value in vars(model).items():
         if isinstance(value, np.ndarray) and value.dtype.kind == "f":
             assert np.all(np.isfinite(value)), name

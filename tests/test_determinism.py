@@ -13,7 +13,8 @@ core = get_backend("cpp")
 
 def fitted_arrays(model):
     """Every fitted attribute that is an array or a number, by name."""
-    out = {}
+    # cell_probs_ may be a property derived on first access (issue 3): read it explicitly
+    out = {"cell_probs_": model.cell_probs_}
     for name, value in vars(model).items():
         if not name.endswith("_"):
             continue

@@ -67,6 +67,7 @@ def _is_sparse(a) -> bool:
 # in practice: scipy's k-means++ seeding crashes the interpreter on data scaled by 1e200.
 _MAX_SPREAD = 1e100
 _MIN_SPREAD = 1e-100
+_MAX_OFFSET_TO_SPREAD = 1e10
 
 
 def as_float_matrix(a, name: str, copy: bool = True) -> np.ndarray:
@@ -135,19 +136,41 @@ def as_float_matrix(a, name: str, copy: bool = True) -> np.ndarray:
 
 
 def _check_spread(a: np.ndarray, name: str) -> None:
-    """Refuse values whose squares overflow or underflow float64 (see _MAX_SPREAD)."""
-    spread = float(np.max(np.abs(a - a.mean(axis=0)))) if np.isfinite(a.mean()) else np.inf
-    if spread > _MAX_SPREAD:
+    """Refuse values whose squares overflow or underflow float64 (see _MAX_SPREAD), and
+    columns whose offset leaves too few significant digits for their variation.
+
+    Spreads are column ranges (max - min), so an exactly constant column has none, whatever
+    rounding its mean carries.
+    """
+    col_range = a.max(axis=0) - a.min(axis=0)
+    spread = float(np.max(col_range))
+    if not np.isfinite(spread) or spread > _MAX_SPREAD:
         raise ValueError(
-            f"{name} has values spread over {spread:.3g} about its column means, too large to "
-            f"square in float64; rescale it (e.g. standardise each column) before fitting."
+            f"{name} has values spread over {spread:.3g}, too large to square in float64; "
+            f"rescale it (e.g. standardise each column) before fitting."
         )
     if 0.0 < spread < _MIN_SPREAD:
         raise ValueError(
-            f"{name} has values spread over only {spread:.3g} about its column means, too "
-            f"small to square in float64; rescale it (e.g. standardise each column) before "
-            f"fitting."
+            f"{name} has values spread over only {spread:.3g}, too small to square in "
+            f"float64; rescale it (e.g. standardise each column) before fitting."
         )
+    # The cluster means are stored in the data's own coordinates, so each carries an error of
+    # ~1e-16 |offset|; against a variation 1e10 times smaller that error is 1e-6 of a
+    # cluster's width and the ELBO is no longer computed to the precision coordinate ascent
+    # needs (found by tests/test_fuzz.py: values near -1e6 varying by 1e-7 made the ELBO fall).
+    varying = col_range > 0
+    if varying.any():
+        offset = np.maximum(np.abs(a.max(axis=0)), np.abs(a.min(axis=0)))
+        ratio = offset[varying] / col_range[varying]
+        worst = int(np.argmax(ratio))
+        if ratio[worst] > _MAX_OFFSET_TO_SPREAD:
+            col = int(np.nonzero(varying)[0][worst])
+            raise ValueError(
+                f"{name}[:, {col}] varies by only {col_range[col]:.3g} around "
+                f"{a[0, col]:.6g}: float64 keeps too few significant digits of that variation "
+                f"to fit it. Centre {name} first ({name} - {name}.mean(axis=0)), or "
+                f"standardise its columns."
+            )
 
 
 def _factorize_groups(groups, n_cells: int):

@@ -28,11 +28,32 @@ from ._init import initial_state
 from ._state import Problem, State
 from ._steps import elbo, sweep
 
-__all__ = ["RunResult", "run_cavi", "fit_restarts", "restart_rngs", "FitInterruptedWarning"]
+__all__ = ["RunResult", "run_cavi", "fit_restarts", "restart_rngs", "FitInterruptedWarning",
+           "NumericalError"]
 
 
 class FitInterruptedWarning(UserWarning):
     """A fit was stopped by KeyboardInterrupt; the model holds the best complete state."""
+
+
+class NumericalError(ValueError):
+    """A posterior became numerically singular in float64 (see ``_explain_singular``)."""
+
+
+def _is_singular_posterior(exc: Exception) -> bool:
+    return isinstance(exc, np.linalg.LinAlgError) or "positive definite" in str(exc)
+
+
+def _explain_singular(exc: Exception) -> NumericalError:
+    # W^-1 = W0^-1 + C + c (xbar - m0)(xbar - m0)' is positive definite in exact arithmetic;
+    # in float64 it stops being so when the data's spread or offset dwarfs the prior's scale
+    # by ~1e16 in some direction, e.g. prior='reference' (made for standardised data) on raw
+    # values, or a covariance_prior far smaller than the data's spread.
+    return NumericalError(
+        f"a cluster's posterior scale matrix became numerically singular ({exc}): the data are "
+        f"too large or too far from the prior mean for the prior's scale. Standardise Y (and "
+        f"X), use prior='empirical' (scaled to the data), or widen covariance_prior / move "
+        f"mean_prior in cell_prior or group_prior.")
 
 
 @dataclass
@@ -197,6 +218,10 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
             if run.interrupted:
                 interrupted = True
                 break
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        if _is_singular_posterior(exc):
+            raise _explain_singular(exc) from exc
+        raise
     except KeyboardInterrupt:
         if best is None:
             raise
