@@ -214,8 +214,10 @@ class NestedAtomsModel:
         self.n_features_in_ = data.Y.shape[1]
         self.group_probs_ = st.rho.copy()
         self.group_labels_ = np.argmax(st.rho, axis=1)
-        self.cell_probs_ = data.to_caller_order(st.xi)
-        self.cell_labels_ = np.argmax(self.cell_probs_, axis=1)
+        # cell_probs_ is derived from state_.xi on first access (see the property): the fit
+        # does not hold a second N x L array just to return it.
+        self.__dict__.pop("_cell_probs", None)
+        self.cell_labels_ = data.to_caller_order(np.argmax(st.xi, axis=1))
         self.group_weights_ = expected_stick_weights(st.v_a, st.v_b)[:, 0]
         self.cell_weights_ = expected_stick_weights(st.u_a, st.u_b)
         self.cell_means_ = st.my.copy()
@@ -232,6 +234,29 @@ class NestedAtomsModel:
         self.best_restart_ = next(i for i, r in enumerate(runs) if r is best)
         self.n_iter_ = best.n_iter
         self.converged_ = best.converged
+
+    # ------------------------------------------------------------------ cell probabilities
+    @property
+    def cell_probs_(self):
+        """(N, L) posterior cell-cluster probabilities xi, rows in the caller's cell order.
+
+        Computed from ``state_.xi`` (kept in the group-sorted layout) on first access and then
+        cached, so a fit only holds this second N x L float64 array (8 N L bytes; 305 MB for
+        1.27 million cells and L = 30) if it is asked for.  ``cell_labels_`` never needs it.
+        """
+        cached = self.__dict__.get("_cell_probs")
+        if cached is not None:
+            return cached
+        if "state_" not in self.__dict__ or "problem_" not in self.__dict__:
+            raise AttributeError("'NestedAtomsModel' object has no attribute 'cell_probs_' "
+                                 "(not fitted yet; call fit first)")
+        probs = self.problem_.data.to_caller_order(self.state_.xi)
+        self.__dict__["_cell_probs"] = probs
+        return probs
+
+    @cell_probs_.setter
+    def cell_probs_(self, value):
+        self.__dict__["_cell_probs"] = value
 
     # ------------------------------------------------------------------ resuming
     def resume(self, n_iter=None):
@@ -272,7 +297,7 @@ class NestedAtomsModel:
             raise AttributeError(  # scikit-learn's NotFittedError is an AttributeError too
                 "this NestedAtomsModel is not fitted yet; call fit(Y, groups, X) first.")
 
-    def _local(self, Y, groups=None, X=None):
+    def _local(self, Y, groups=None, X=None, with_scores=False):
         from ._predict import local_fit
 
         self._check_fitted()
@@ -280,7 +305,7 @@ class NestedAtomsModel:
         n_threads = resolve_n_threads(self.n_threads)
         with self._blas_limits(n_threads):
             return local_fit(be, self.problem_, self.state_, self.groups_, Y, groups, X,
-                             n_threads=n_threads)
+                             n_threads=n_threads, with_scores=with_scores)
 
     def predict_proba(self, Y, groups=None, X=None):
         """q(M) of new cells, (N, L), with the global factors held fixed.
@@ -323,7 +348,7 @@ class NestedAtomsModel:
         the cell's log predictive density under q.  Higher is better.  The group-level terms of
         new groups (x likelihood, q(S) prior and entropy) are not included.
         """
-        return self._local(Y, groups, X).cell_score
+        return self._local(Y, groups, X, with_scores=True).cell_score
 
     def score(self, Y, groups=None, X=None, y=None):
         """Mean of :meth:`score_samples` over the cells (scikit-learn's convention)."""

@@ -93,11 +93,13 @@ def _local_elbo(be, prob: Problem, st: State, elog_pi, elog_omega, ell_x, rho, n
 
 
 def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups=None, X=None,
-              max_iter: int = 200, tol: float = 1e-8, n_threads: int = 1) -> LocalResult:
+              max_iter: int = 200, tol: float = 1e-8, n_threads: int = 1,
+              with_scores: bool = False) -> LocalResult:
     """Optimise q(M) of the cells in ``Y`` and q(S) of their groups not seen in training.
 
     ``fitted_groups`` are the training labels (``model.groups_``); ``groups=None`` is allowed
-    only when the model was fit on a single group.
+    only when the model was fit on a single group.  ``with_scores`` also computes the per-cell
+    scores (one more pass over the cells); otherwise ``cell_score`` is None.
     """
     from ._steps import _elog_omega, _elog_pi
 
@@ -161,7 +163,8 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
                 break
             prev = cur
 
-    cell_score = _cell_scores(be, st, data, rho, elog_omega)
+    cell_score = (data.to_caller_order(_cell_scores(be, st, data, rho, elog_omega))
+                  if with_scores else None)
     group_score = np.zeros(J)
     if new.any():
         r = rho[new]
@@ -169,7 +172,7 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
             ent = -np.sum(np.where(r > 0, r * np.log(r), 0.0), axis=1)
         group_score[new] = np.sum(r * (elog_pi[None, :] + ell_x[new]), axis=1) + ent
     return LocalResult(groups=data.groups, known=known, rho=rho,
-                       xi=data.to_caller_order(xi), cell_score=data.to_caller_order(cell_score),
+                       xi=data.to_caller_order(xi), cell_score=cell_score,
                        group_score=group_score, n_iter=n_iter, converged=converged)
 
 

@@ -98,9 +98,10 @@ def _fit(args) -> int:
                       **_model_kwargs(args))
     seconds = time.perf_counter() - start
     summary = model.summary()
+    status = ("converged" if model.converged_
+              else "NOT converged: interrupted, or raise --max-iter")
     print(f"Fit {model.problem_.data.n_cells} cells of {len(model.groups_)} groups in "
-          f"{seconds:.1f} s ({model.n_iter_} sweeps, ELBO {model.elbo_:.6g}, "
-          f"{'converged' if model.converged_ else 'NOT converged: raise --max-iter'}).")
+          f"{seconds:.1f} s ({model.n_iter_} sweeps, ELBO {model.elbo_:.6g}, {status}).")
     print(summary)
     adata.write_h5ad(args.output)   # a backed input's X is copied across from disk
     print(f"Results written to {args.output} (obs/obsm/uns keys '{args.key_added}...').")
