@@ -19,6 +19,7 @@ def _sim(seed=0):
 
 def _assert_identical(a, b):
     """Every fitted attribute, the state and the problem bitwise equal."""
+    np.testing.assert_array_equal(a.cell_probs_, b.cell_probs_)   # derived from state_.xi
     for name, value in vars(a).items():
         other = getattr(b, name)
         if name in ("problem_", "state_"):
@@ -90,7 +91,9 @@ def test_file_is_open_format(tmp_path):
     with np.load(path, allow_pickle=False) as npz:
         meta = json.loads(npz["metadata.json"].tobytes().decode())
         assert all(npz[k].dtype != object for k in npz.files)
-        np.testing.assert_array_equal(npz["fitted/cell_probs_"], model.cell_probs_)
+        np.testing.assert_array_equal(npz["fitted/group_probs_"], model.group_probs_)
+        np.testing.assert_array_equal(npz["state/xi"][np.argsort(npz["data/order"])],
+                                      model.cell_probs_)
     assert meta["format"] == "nestedatoms-model" and meta["format_version"] == 1
     assert meta["params"]["n_cell_clusters"] == 4
     # the suffix is optional on load, as numpy adds it on save

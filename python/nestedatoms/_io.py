@@ -34,7 +34,9 @@ __all__ = ["save_model", "load_model", "FORMAT_NAME", "FORMAT_VERSION"]
 FORMAT_NAME = "nestedatoms-model"
 FORMAT_VERSION = 1
 
-_FITTED_ARRAYS = ("group_probs_", "group_labels_", "cell_probs_", "cell_labels_",
+# cell_probs_ is not stored: the model derives it from state/xi (the same N x L array, in the
+# group-sorted order), so storing both would double the file for nothing.
+_FITTED_ARRAYS = ("group_probs_", "group_labels_", "cell_labels_",
                   "group_weights_", "cell_weights_", "cell_means_", "cell_covariances_",
                   "group_means_", "group_covariances_", "elbo_trace_")
 _FITTED_SCALARS = ("n_features_in_", "elbo_", "n_iter_", "converged_", "best_restart_")
