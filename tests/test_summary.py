@@ -7,7 +7,7 @@ from scipy import stats
 
 import nestedatoms as na
 from nestedatoms._metrics import adjusted_rand_index
-from nestedatoms._summary import _stick_draws
+from nestedatoms._summary import _MAX_OPTIMAL_LEAF_ORDERING, _coclustering_order, _stick_draws
 from nestedatoms._steps import expected_stick_weights
 
 
@@ -144,3 +144,17 @@ def test_bad_arguments():
         model.summary(n_samples=1)
     s = model.summary(n_samples=200)
     assert s.group_means is None and s.group_covariances is None   # CAM: no x atoms
+
+
+@pytest.mark.parametrize("J", [40, _MAX_OPTIMAL_LEAF_ORDERING + 50])
+def test_coclustering_order_keeps_clusters_together(J):
+    """Below and above the optimal-leaf-ordering cut-off, each cluster stays contiguous."""
+    rng = np.random.default_rng(J)
+    labels = rng.integers(5, size=J)
+    rho = np.full((J, 5), 0.01)
+    rho[np.arange(J), labels] = 0.96
+    P = rho @ rho.T
+    np.fill_diagonal(P, 1.0)
+    order = _coclustering_order(P)
+    assert sorted(order) == list(range(J))
+    assert np.count_nonzero(np.diff(labels[order])) == np.unique(labels).size - 1
