@@ -10,7 +10,8 @@ with an ``.npy`` reader) holding
   ``groups``, ``order``), which is what lets a loaded model resume fitting;
 * ``prior/*``: the Normal-Wishart prior arrays (m0, W0^-1) of each layer and the data centres;
 * ``state/*``: every array of the variational state (SPEC section 3) and its cached statistics;
-* ``fitted/*``: the fitted attributes ending in ``_`` and every restart's ELBO trace.
+* ``fitted/*``: the fitted attributes ending in ``_`` and every restart's ELBO trace
+  (``cell_probs_`` is ``state/xi`` put back in the caller's cell order, so it is not stored).
 
 Every float is stored in binary (arrays) or as a shortest round-trip decimal (JSON), so a
 loaded model is bitwise identical to the saved one.
