@@ -524,3 +524,31 @@ def test_cell_step_bitwise_identical_whatever_the_alignment_of_xi_out(core):
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             assert np.array_equal(a, b)
+
+
+def test_cell_step_cuts_negligible_responsibilities_and_restores_the_fp_mode(core):
+    # Well-separated atoms make most responsibilities astronomically small; the core sets those
+    # below exp(-600) of a cell's largest to exactly 0 (they would be subnormal numbers, which
+    # slow x86 arithmetic ~100x) and agrees with the reference everywhere else.
+    rng = np.random.default_rng(8)
+    p, L, J = 3, 4, 5
+    prob = random_cell_problem(8, p, L, 2, J)
+    prob["m"] = rng.normal(scale=1.0, size=(L, p))
+    prob["Y"] = prob["m"][rng.integers(L, size=prob["Y"].shape[0])] + 0.05 * rng.normal(
+        size=prob["Y"].shape)
+    prob["nu"] = np.full(L, p + 2.0)
+    prob["centre"] = prob["Y"].mean(axis=0)
+    for scale in np.geomspace(10.0, 1e4, 40):  # the precision at which some land in the gap
+        prob["W"] = np.tile(np.eye(p) * scale, (L, 1, 1))
+        want = run_cell_step(ref, prob)
+        tiny = want[0] < np.exp(-600.0) * want[0].max(axis=1, keepdims=True)
+        if (want[0][tiny] > 0).sum() > 20:  # the reference keeps them
+            break
+    else:
+        raise AssertionError("no precision puts responsibilities between 0 and exp(-600)")
+    got = run_cell_step(core, prob)
+    assert np.all(got[0][tiny] == 0.0)
+    for g, w in zip(got, want):
+        close(g, w)
+    # the caller's floating-point mode is restored: subnormals still exist afterwards
+    assert np.float64(1e-300) * np.float64(1e-10) > 0.0
