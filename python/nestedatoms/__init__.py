@@ -10,11 +10,11 @@ from ._simulate import Simulation, simulate, simulate_cohort
 __version__ = "0.1.0"
 
 __all__ = ["NestedAtomsModel", "Simulation", "Summary", "simulate", "simulate_cohort", "tl",
-           "pl", "__version__"]
+           "pl", "show_config", "__version__"]
 
 # ``tl`` (AnnData) and ``pl`` (matplotlib) load on first use, so ``import nestedatoms`` stays
 # light and works without the optional extras.
-_LAZY = {"tl": ".tl", "pl": ".pl", "Summary": "._summary"}
+_LAZY = {"tl": ".tl", "pl": ".pl", "Summary": "._summary", "show_config": "._config"}
 
 
 def __getattr__(name):
