@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from nestedatoms._moves import merge_cell_atoms, merge_group_clusters, sort_clusters
+from nestedatoms._moves import (merge_cell_atoms, merge_group_clusters, search_group_partition,
+                                sort_clusters, split_cell_atoms)
 from nestedatoms._steps import BLOCKS, elbo
 
 from conftest import make_problem, random_state_for
@@ -32,7 +33,8 @@ def test_every_block_raises_the_elbo(backend, kind, fixed, seed):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("move", [merge_cell_atoms, merge_group_clusters, sort_clusters])
+@pytest.mark.parametrize("move", [merge_cell_atoms, merge_group_clusters, sort_clusters,
+                                  split_cell_atoms, search_group_partition])
 def test_moves_never_lower_the_elbo(backend, kind, move):
     prob = make_problem(kind, seed=3, K=5, L=6)
     st = random_state_for(backend, prob, 3)

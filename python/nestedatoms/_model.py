@@ -146,7 +146,7 @@ class NestedAtomsModel:
         K, L = int(self.n_group_clusters), int(self.n_cell_clusters)
         x_prior = (None if data.X is None
                    else resolve_nw_prior(data.X, K, self.prior, self.group_prior,
-                                         name="group_prior"))
+                                         name="group_prior", layer="groups"))
         return Problem(
             data=data, K=K, L=L,
             y_prior=resolve_nw_prior(data.Y, L, self.prior, self.cell_prior,

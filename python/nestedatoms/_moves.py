@@ -9,6 +9,19 @@ the old state back.  So no move can lower the ELBO.
 * ``merge_group_clusters``: fold one group cluster into another.
 * ``merge_cell_atoms``: fold one cell atom into another.  The merged statistics are sums of the
   two atoms' statistics; only the entropy of q(M) needs the two columns of xi.
+* ``split_cell_atoms``: cut an atom in two by 2-means on its cells, move one half to an empty
+  atom, let those cells re-choose among all atoms for a few local sweeps; keep if the ELBO rises.
+* ``search_group_partition``: with the cells held fixed, every group-level factor can be
+  re-optimised in O(J K L) without touching the cells; so try many group partitions (k-means
+  on the group features for every k up to ~10, merges and 2-means splits of clusters), refine
+  each by group-only coordinate ascent and keep the best if it beats the current state.
+
+Empty clusters need no deletion move: an empty cluster sits exactly at its prior, and
+``sort_clusters`` moves it behind every occupied one, where stick-breaking makes it free.
+
+Scheduling: moves that run after every sweep are cheap (no pass over the cells, or a few
+column operations); moves marked ``at_convergence = True`` (the splits and the group search)
+run only when the sweeps have converged, and the sweeps resume if one of them succeeds.
 """
 
 from __future__ import annotations
@@ -20,8 +33,9 @@ import numpy as np
 from ._state import Problem, State
 from ._steps import GLOBAL_BLOCKS, elbo, update_groups
 
-__all__ = ["sort_clusters", "merge_group_clusters", "merge_cell_atoms", "DEFAULT_MOVES",
-           "refresh_without_cells"]
+__all__ = ["sort_clusters", "merge_group_clusters", "merge_cell_atoms", "split_cell_atoms",
+           "search_group_partition", "DEFAULT_MOVES", "refresh_without_cells",
+           "optimise_groups"]
 
 # A proposal must beat the current ELBO by this relative margin, so rounding noise never
 # flips a decision back and forth.
@@ -113,23 +127,36 @@ def _group_pairs(st: State, max_pairs: int):
 
 def merge_group_clusters(be, prob: Problem, st: State, n_threads: int = 1,
                          max_pairs: int = 30) -> bool:
-    """Try folding group cluster k2 into k1 for the most similar pairs; keep the first gain."""
+    """Fold group cluster k2 into k1 for the pair (among the most similar) that raises the
+    ELBO most; repeat while some merge gains.
+
+    Taking the best pair, not the first that gains, matters: a first-gain greedy search from an
+    over-split start merges distinct clusters that happen to be tried early and overshoots.
+    """
     changed = False
     while True:  # ends: every accepted merge empties one more cluster
         before = elbo(be, prob, st)
-        accepted = False
+        saved = _snapshot(st)
+        best_value, best_rho = before, None
         for k1, k2 in _group_pairs(st, max_pairs):
-            saved = _snapshot(st)
             st.rho[:, k1] += st.rho[:, k2]
             st.rho[:, k2] = 0.0
             st.H_rho = be.categorical_entropy(st.rho)
             refresh_without_cells(be, prob, st, n_threads)
-            if _gain_ok(elbo(be, prob, st), before):
-                accepted = changed = True
-                break
+            value = elbo(be, prob, st)
+            if _gain_ok(value, best_value):
+                best_value, best_rho = value, st.rho.copy()
             _restore(st, saved)
-        if not accepted:
+            saved = _snapshot(st)
+        if best_rho is None:
             return changed
+        st.rho = best_rho
+        st.H_rho = be.categorical_entropy(st.rho)
+        refresh_without_cells(be, prob, st, n_threads)
+        if not _gain_ok(elbo(be, prob, st), before):
+            _restore(st, saved)
+            return changed
+        changed = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,4 +219,211 @@ def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
             return changed
 
 
-DEFAULT_MOVES = (merge_cell_atoms, merge_group_clusters, sort_clusters)
+# ---------------------------------------------------------------------------------------------
+# With q(M) fixed, the y atoms depend on nothing that changes here: leave them out.
+_GROUP_LEVEL_BLOCKS = tuple(b for b in GLOBAL_BLOCKS if b[0] != "y_atoms")
+
+
+def optimise_groups(be, prob: Problem, st: State, n_threads: int = 1, max_iter: int = 200,
+                    tol: float = 1e-7) -> float:
+    """Group-only coordinate ascent (cells fixed) until rho settles; returns the ELBO.
+
+    Convergence is judged on rho itself (no ELBO per iteration, which costs more than a step).
+    """
+    for _, update in GLOBAL_BLOCKS:
+        update(be, prob, st, n_threads)
+    for _ in range(max_iter):
+        old = st.rho.copy()
+        update_groups(be, prob, st, n_threads)
+        for _, update in _GROUP_LEVEL_BLOCKS:
+            update(be, prob, st, n_threads)
+        if np.max(np.abs(st.rho - old)) < tol:
+            break
+    return elbo(be, prob, st)
+
+
+def _hard_rho(labels: np.ndarray, K: int) -> np.ndarray:
+    rho = np.zeros((labels.shape[0], K))
+    rho[np.arange(labels.shape[0]), labels] = 1.0
+    return rho
+
+
+def _set_rho(be, st: State, rho: np.ndarray) -> None:
+    st.rho = np.ascontiguousarray(rho)
+    st.H_rho = be.categorical_entropy(st.rho)
+
+
+def _group_candidates(prob: Problem, st: State, max_clusters: int, n_seeds: int):
+    """Hard group partitions to try: k-means on the group features for k = 1..max_clusters."""
+    from ._init import group_features, kmeans_labels
+
+    J = prob.data.n_groups
+    feats = group_features(prob, st.N_jl)
+    out = []
+    for k in range(1, min(prob.K, J, max_clusters) + 1):
+        seeds = 1 if k == 1 else n_seeds
+        for s in range(seeds):
+            # fixed seeds: the move is a deterministic function of the state
+            labels = kmeans_labels(feats, k, np.random.default_rng(1000 * k + s))
+            out.append(labels)
+    return out
+
+
+def adjusted_partition_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two labelings define the same partition (up to renaming the labels)."""
+    pairs = np.unique(np.stack([a, b]), axis=1)
+    return pairs.shape[1] == np.unique(a).size == np.unique(b).size
+
+
+def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
+                           max_clusters: int = 10, n_seeds: int = 3,
+                           max_rounds: int = 5) -> bool:
+    """Search the group partition at fixed cells; keep the best one if the ELBO rises.
+
+    Candidates: the current partition, k-means partitions of the group features (composition
+    and standardised x) for k = 1..min(K, J, max_clusters) with ``n_seeds`` seeds each; the best
+    is then improved greedily by merging two clusters or splitting one by 2-means, every
+    candidate refined by group-only coordinate ascent.  O(J K L) per refinement step: no pass
+    over the cells.
+    """
+    from ._init import group_features, kmeans_labels
+
+    if prob.K < 2 or prob.data.n_groups < 2:
+        return False
+    before = elbo(be, prob, st)
+    saved = _snapshot(st)
+
+    def evaluate(rho):
+        _set_rho(be, st, rho)
+        value = optimise_groups(be, prob, st, n_threads, max_iter=50, tol=1e-5)
+        return value, st.rho.copy()
+
+    best_value, best_rho = evaluate(saved.rho.copy())
+    for labels in _group_candidates(prob, st, max_clusters, n_seeds):
+        value, rho = evaluate(_hard_rho(labels, prob.K))
+        if value > best_value:
+            best_value, best_rho = value, rho
+    feats = group_features(prob, st.N_jl)
+    for _ in range(max_rounds):  # greedy merges and splits of the best partition so far
+        improved = False
+        labels = best_rho.argmax(axis=1)
+        used = np.unique(labels)
+        proposals = []
+        for a in range(used.size):
+            for b in range(a + 1, used.size):
+                proposals.append(np.where(labels == used[b], used[a], labels))
+        free = np.setdiff1d(np.arange(prob.K), used)
+        if free.size:
+            for k in used:
+                members = np.nonzero(labels == k)[0]
+                if members.size < 2:
+                    continue
+                halves = kmeans_labels(feats[members], 2, np.random.default_rng(int(k)))
+                split = labels.copy()
+                split[members[halves == 1]] = free[0]
+                proposals.append(split)
+        for proposal in proposals:
+            value, rho = evaluate(_hard_rho(proposal, prob.K))
+            if value > best_value + _MIN_RELATIVE_GAIN * abs(best_value):
+                best_value, best_rho, improved = value, rho, True
+        if not improved:
+            break
+    _restore(st, saved)
+    # Only a different partition counts: polishing the current one is the sweeps' job, and
+    # reporting it as a move would keep the run from ever converging.
+    same = adjusted_partition_equal(best_rho.argmax(axis=1), saved.rho.argmax(axis=1))
+    if same or not _gain_ok(best_value, before):
+        return False
+    _set_rho(be, st, best_rho)
+    optimise_groups(be, prob, st, n_threads)
+    if _gain_ok(elbo(be, prob, st), before):
+        return True
+    _restore(st, saved)   # the re-run differs from the search only by rounding; be safe
+    return False
+
+
+search_group_partition.at_convergence = True
+
+
+# ---------------------------------------------------------------------------------------------
+def _local_cell_sweep(be, prob: Problem, st: State, rows: np.ndarray, cell_group: np.ndarray):
+    """Exact coordinate update of q(M_ji) for the given cells only, with the cached statistics
+    (N_jl, y statistics, entropy of q(M)) corrected by the change of those rows."""
+    from scipy.special import logsumexp
+
+    Y = prob.Y[rows]
+    elog_omega = be.expected_log_stick_weights(st.u_a, st.u_b)          # (L, K)
+    logits = (be.expected_loglik(Y, st.my, st.lamy, st.Wy, st.nuy)
+              + st.rho[cell_group[rows]] @ elog_omega.T)
+    logits -= logsumexp(logits, axis=1, keepdims=True)
+    new = np.exp(logits)
+    old = st.xi[rows]
+    delta = new - old
+    n, s1, s2 = be.weighted_stats(Y, np.ascontiguousarray(delta), prob.y_centre)
+    st.y_n, st.y_s1, st.y_s2 = st.y_n + n, st.y_s1 + s1, st.y_s2 + s2
+    np.add.at(st.N_jl, cell_group[rows], delta)
+    st.H_xi += be.categorical_entropy(new) - be.categorical_entropy(np.ascontiguousarray(old))
+    st.xi[rows] = new
+
+
+def _recompute_cell_stats(be, prob: Problem, st: State, cols) -> None:
+    """Exact y statistics and N_jl of the given atoms from xi (the moved atoms only)."""
+    cols = list(cols)
+    w = np.ascontiguousarray(st.xi[:, cols])
+    n, s1, s2 = be.weighted_stats(prob.Y, w, prob.y_centre)
+    st.y_n[cols], st.y_s1[cols], st.y_s2[cols] = n, s1, s2
+    st.N_jl[:, cols] = np.add.reduceat(w, prob.offsets[:-1], axis=0)
+
+
+def split_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1, max_atoms: int = 8,
+                     n_local_sweeps: int = 3, min_cells: int | None = None) -> bool:
+    """Try splitting the largest atoms in two; keep each split that raises the ELBO.
+
+    The cells mostly assigned to atom l are cut by 2-means; one half moves (with its xi mass)
+    to an empty atom, and the cells of the atom then get ``n_local_sweeps`` exact updates of
+    their q(M), each followed by the cheap global refresh.  Costs O(size of the atom) per try.
+    """
+    from ._init import kmeans_labels
+
+    p = prob.Y.shape[1]
+    min_cells = 2 * (p + 2) if min_cells is None else min_cells
+    cell_group = prob.data.cell_group
+    changed = False
+    tried = 0
+    for l in [int(l) for l in np.argsort(-st.y_n, kind="stable")]:
+        if tried >= max_atoms:
+            break
+        empty = np.nonzero(st.y_n < 1e-8)[0]
+        if empty.size == 0:
+            break
+        rows = np.nonzero(st.xi[:, l] > 0.5)[0]
+        if rows.size < min_cells:
+            continue
+        tried += 1
+        halves = kmeans_labels(prob.Y[rows], 2, np.random.default_rng(l))
+        if halves.min() == halves.max():
+            continue
+        target = int(empty[0])
+        before = elbo(be, prob, st)
+        saved = _snapshot(st)
+        saved_rows = st.xi[rows].copy()
+        moved = rows[halves == 1]
+        st.xi[moved, target] = st.xi[moved, l]       # moving mass between columns leaves the
+        st.xi[moved, l] = 0.0                        # entropy of q(M) unchanged
+        _recompute_cell_stats(be, prob, st, (l, target))
+        refresh_without_cells(be, prob, st, n_threads)
+        for _ in range(n_local_sweeps):
+            _local_cell_sweep(be, prob, st, rows, cell_group)
+            refresh_without_cells(be, prob, st, n_threads)
+        if _gain_ok(elbo(be, prob, st), before):
+            changed = True
+            continue
+        _restore(st, saved)
+        st.xi[rows] = saved_rows
+    return changed
+
+
+split_cell_atoms.at_convergence = True
+
+
+DEFAULT_MOVES = (merge_cell_atoms, sort_clusters, split_cell_atoms, search_group_partition)

@@ -1,0 +1,102 @@
+"""Each move repairs a constructed bad start: two true clusters started merged, or one true
+cluster started split, at both levels.  The truth comes from the simulator; a repair means the
+partition after the move equals the true one (ARI 1) and the ELBO rose."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score as ari
+
+import nestedatoms as na
+from nestedatoms._data import prepare_data
+from nestedatoms._init import state_from_labels
+from nestedatoms._moves import (adjusted_partition_equal, merge_cell_atoms,
+                                merge_group_clusters, optimise_groups, search_group_partition,
+                                split_cell_atoms)
+from nestedatoms._steps import elbo
+
+
+def _separated(seed=0, **kwargs):
+    """Well separated clusters at both levels, so the true partition is the clear optimum."""
+    args = dict(n_groups=30, cells_per_group=40, n_group_clusters=3, n_cell_clusters=3,
+                n_group_features=2, n_cell_features=2, lam_x=0.005, lam_y=0.005,
+                alpha0_x=1e6, random_state=seed)
+    args.update(kwargs)
+    sim = na.simulate(**args)
+    model = na.NestedAtomsModel(n_group_clusters=6, n_cell_clusters=6)
+    prob = model._problem(prepare_data(sim.Y, sim.groups, sim.X))
+    return sim, prob, sim.cell_truth[prob.data.order]
+
+
+def _cell_labels(st):
+    return st.xi.argmax(axis=1)
+
+
+def test_split_cell_atoms_separates_two_atoms_started_merged(backend):
+    sim, prob, cells = _separated(seed=1)
+    start = np.where(cells == 1, 0, cells)              # true atoms 0 and 1 share one label
+    st = state_from_labels(backend, prob, start, sim.group_truth)
+    before = elbo(backend, prob, st)
+    assert split_cell_atoms(backend, prob, st)
+    assert elbo(backend, prob, st) > before
+    assert ari(cells, _cell_labels(st)) == 1.0
+    np.testing.assert_allclose(st.y_n, st.xi.sum(axis=0), rtol=1e-9, atol=1e-8)
+    np.testing.assert_allclose(
+        st.N_jl, np.add.reduceat(st.xi, prob.offsets[:-1], axis=0), rtol=1e-9, atol=1e-8)
+
+
+def test_merge_cell_atoms_joins_one_atom_started_split(backend):
+    sim, prob, cells = _separated(seed=2)
+    rng = np.random.default_rng(0)
+    start = cells.copy()
+    half = (cells == 0) & (rng.random(cells.size) < 0.5)
+    start[half] = 4                                      # true atom 0 cut at random in two
+    st = state_from_labels(backend, prob, start, sim.group_truth)
+    before = elbo(backend, prob, st)
+    assert merge_cell_atoms(backend, prob, st)
+    assert elbo(backend, prob, st) > before
+    assert ari(cells, _cell_labels(st)) == 1.0
+
+
+@pytest.mark.parametrize("move", [search_group_partition, merge_group_clusters])
+def test_group_moves_join_one_group_cluster_started_split(backend, move):
+    sim, prob, cells = _separated(seed=3)
+    start = sim.group_truth.copy()
+    members = np.nonzero(start == start[0])[0]
+    start[members[::2]] = 5                              # one true cluster cut in two
+    st = state_from_labels(backend, prob, cells, start)
+    assert ari(sim.group_truth, st.rho.argmax(axis=1)) < 1.0
+    before = elbo(backend, prob, st)
+    assert move(backend, prob, st)
+    assert elbo(backend, prob, st) > before
+    assert ari(sim.group_truth, st.rho.argmax(axis=1)) == 1.0
+
+
+def test_search_group_partition_separates_two_group_clusters_started_merged(backend):
+    sim, prob, cells = _separated(seed=0)
+    truth = sim.group_truth
+    start = np.where(truth == truth[-1], truth[0], truth)   # two true clusters merged
+    assert np.unique(start).size == 2
+    st = state_from_labels(backend, prob, cells, start)
+    optimise_groups(backend, prob, st)
+    assert ari(truth, st.rho.argmax(axis=1)) < 1.0
+    before = elbo(backend, prob, st)
+    assert search_group_partition(backend, prob, st)
+    assert elbo(backend, prob, st) > before
+    assert ari(truth, st.rho.argmax(axis=1)) == 1.0
+
+
+def test_search_group_partition_leaves_an_optimal_partition_alone(backend):
+    sim, prob, cells = _separated(seed=0)
+    st = state_from_labels(backend, prob, cells, sim.group_truth)
+    optimise_groups(backend, prob, st)
+    before = elbo(backend, prob, st)
+    rho = st.rho.copy()
+    assert not search_group_partition(backend, prob, st)
+    assert elbo(backend, prob, st) == before
+    np.testing.assert_array_equal(st.rho, rho)
+
+
+def test_partition_equality_ignores_label_names():
+    assert adjusted_partition_equal(np.array([0, 0, 1, 2]), np.array([5, 5, 3, 1]))
+    assert not adjusted_partition_equal(np.array([0, 0, 1, 2]), np.array([5, 5, 3, 3]))
+    assert not adjusted_partition_equal(np.array([0, 0, 1, 1]), np.array([5, 4, 3, 3]))

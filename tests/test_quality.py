@@ -1,0 +1,94 @@
+"""Statistical quality of the default fit: the default prior in closed form, its invariance to
+the scale of the data, escaping local optima (the fit scores at least as high as a run started
+at the truth), recovery with enough individuals per cluster, and x mattering where the cell
+compositions alone cannot separate the individual clusters."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score as ari
+
+import nestedatoms as na
+from nestedatoms._backend import get_backend
+from nestedatoms._fit import run_cavi
+from nestedatoms._init import state_from_labels
+from nestedatoms._state import resolve_nw_prior
+
+
+@pytest.mark.parametrize("D, G", [(1, 30), (2, 6), (5, 30)])
+def test_empirical_group_prior_expects_each_cluster_to_take_one_gth_of_the_volume(D, G):
+    rng = np.random.default_rng(D)
+    Z = rng.normal(size=(400, D)) @ rng.normal(size=(D, D)) + 3.0
+    prior = resolve_nw_prior(Z, G, "empirical", None, layer="groups")
+    cov = np.atleast_2d(np.cov(Z, rowvar=False))
+    # E[Sigma] = W0^-1 / (nu0 - D - 1) for Lambda ~ Wishart(W0, nu0)
+    expected_sigma = prior.W0inv / (prior.nu0 - D - 1)
+    np.testing.assert_allclose(expected_sigma, cov / G ** (2.0 / D), rtol=1e-12)
+    # the prior spread of the atom means, E[Sigma] / lam0, is the spread of the data
+    np.testing.assert_allclose(expected_sigma / prior.lam0, cov, rtol=1e-12)
+    np.testing.assert_allclose(prior.m0, Z.mean(axis=0), rtol=1e-12)
+    cells = resolve_nw_prior(Z, G, "empirical", None, layer="cells")
+    np.testing.assert_allclose(cells.W0inv / cells.nu0, cov / G ** (2.0 / D), rtol=1e-12)
+
+
+def test_default_fit_is_invariant_to_the_scale_of_the_data():
+    sim = na.simulate(random_state=3)
+    kwargs = dict(n_init=1, random_state=0, n_threads=1)
+    a = na.NestedAtomsModel(**kwargs).fit(sim.Y, sim.groups, sim.X)
+    b = na.NestedAtomsModel(**kwargs).fit(250.0 * sim.Y - 40.0, sim.groups, 0.01 * sim.X + 7.0)
+    assert ari(a.cell_labels_, b.cell_labels_) == 1.0
+    assert ari(a.group_labels_, b.group_labels_) == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_default_fit_scores_at_least_as_high_as_a_run_started_at_the_truth(seed):
+    """The moves escape the local optima of the k-means start: on the published toy design
+    the default fit's ELBO is no lower than that of CAVI started from the true partition."""
+    sim = na.simulate(random_state=seed)
+    model = na.NestedAtomsModel(n_init=1, random_state=seed, n_threads=1)
+    model.fit(sim.Y, sim.groups, sim.X)
+    be = get_backend("cpp")
+    prob = model.problem_
+    st = state_from_labels(be, prob, sim.cell_truth[prob.data.order], sim.group_truth)
+    from_truth = run_cavi(be, prob, st, max_iter=500, tol=1e-8).elbo
+    assert model.elbo_ >= from_truth - 1e-6 * abs(from_truth)
+    _, bayes_cells = sim.bayes_labels()
+    assert ari(sim.cell_truth, model.cell_labels_) >= ari(sim.cell_truth, bayes_cells) - 0.015
+
+
+@pytest.mark.parametrize("seed", [7, 1007])
+def test_with_enough_individuals_per_cluster_groups_match_the_bayes_classifier(seed):
+    sim = na.simulate(n_groups=60, cells_per_group=50, random_state=seed)
+    bayes_groups, bayes_cells = sim.bayes_labels()
+    model = na.NestedAtomsModel(n_init=1, random_state=seed, n_threads=1)
+    model.fit(sim.Y, sim.groups, sim.X)
+    assert ari(sim.group_truth, model.group_labels_) >= ari(sim.group_truth, bayes_groups)
+    assert ari(sim.cell_truth, model.cell_labels_) >= ari(sim.cell_truth, bayes_cells) - 0.01
+
+
+def _same_composition(seed):
+    """Two individual clusters that share one cell-type composition and differ only in x."""
+    sim = na.simulate(n_groups=30, cells_per_group=40, n_group_clusters=2, alpha0_x=1e6,
+                      random_state=seed)
+    rng = np.random.default_rng(seed)
+    omega = sim.cell_weights[:, 0]
+    M = rng.choice(omega.size, size=sim.Y.shape[0], p=omega)
+    Y = np.empty_like(sim.Y)
+    for l in range(omega.size):
+        idx = np.nonzero(M == l)[0]
+        Y[idx] = rng.multivariate_normal(sim.y_means[l], np.linalg.inv(sim.y_precisions[l]),
+                                         size=idx.size)
+    weights = np.repeat(omega[:, None], sim.cell_weights.shape[1], axis=1)
+    return dataclasses.replace(sim, Y=Y, cell_truth=M, cell_weights=weights)
+
+
+def test_x_separates_individual_clusters_that_compositions_cannot():
+    sim = _same_composition(seed=5)
+    bayes_groups, _ = sim.bayes_labels()
+    assert ari(sim.group_truth, bayes_groups) == 1.0
+    kwargs = dict(n_init=1, random_state=0, n_threads=1)
+    nam = na.NestedAtomsModel(**kwargs).fit(sim.Y, sim.groups, sim.X)
+    cam = na.NestedAtomsModel(**kwargs).fit(sim.Y, sim.groups, None)
+    assert ari(sim.group_truth, nam.group_labels_) == 1.0
+    assert ari(sim.group_truth, cam.group_labels_) < 0.5
