@@ -122,6 +122,23 @@ def test_score_samples_equals_the_elbo_cell_terms(split, sim):
     assert far < model.score(sim.Y[cell_in], sim.groups[cell_in])
 
 
+def test_cam_places_new_groups_by_their_cells():
+    """Without x, held-out individuals are placed by their cells' composition alone."""
+    sim = na.simulate(n_groups=24, cells_per_group=60, n_group_clusters=2, n_cell_clusters=3,
+                      n_group_features=3, n_cell_features=3, alpha0_y=1.5, lam_y=0.05,
+                      random_state=1)   # compositions 0.05/0.56/0.39 vs 0.50/0.42/0.08
+    train = np.isin(sim.groups, sim.group_names[:18])
+    model = na.NestedAtomsModel(n_group_clusters=6, n_cell_clusters=6, n_init=1,
+                                random_state=0).fit(sim.Y[train], sim.groups[train])
+    pred = model.predict_groups(sim.Y[~train], sim.groups[~train])
+    bayes_groups, _ = sim.bayes_labels()
+    both = np.concatenate([model.group_labels_, pred.to_numpy()])
+    assert np.unique(bayes_groups[18:]).size == 2          # both clusters are held out
+    assert adjusted_rand_index(bayes_groups, both) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="without group covariates"):
+        model.predict(sim.Y[~train], sim.groups[~train], sim.X[18:])
+
+
 def test_flat_model_predicts_without_groups():
     sim = _sim(seed=5, n_groups=4)
     model = na.NestedAtomsModel(n_group_clusters=1, n_cell_clusters=6, n_init=1,

@@ -125,6 +125,9 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
     elog_omega = _elog_omega(be, st)
 
     ell_x = np.zeros((J, K))
+    if X is not None and not prob.has_x:
+        raise ValueError("the model was fit without group covariates (X=None, the common atoms "
+                         "model), so new groups are placed by their cells alone; pass X=None.")
     if prob.has_x and new.any():
         if X is None:
             raise ValueError(
