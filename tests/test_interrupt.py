@@ -192,3 +192,33 @@ def test_sigint_interrupts_the_cpp_cell_loop(sim):
         pytest.xfail("the C++ cell loop does not poll for signals yet (issue 4)")
     # every row of xi is a distribution: new rows for finished blocks, old ones elsewhere
     np.testing.assert_allclose(xi.sum(axis=1), 1.0, rtol=1e-12)
+
+
+@needs_main_thread_signals
+def test_sigint_during_the_checkpoint_copy_is_delivered_after_it(sim):
+    """The checkpoint copy defers SIGINT (a half-copied checkpoint would be inconsistent) and
+    then delivers it to whatever handler was installed."""
+    m = na.NestedAtomsModel(max_iter=2, tol=0, **FAST).fit(sim.Y, sim.groups, sim.X)
+    checkpoint = _fit._Checkpoint(m.state_, m.elbo_)
+    calls = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+    try:
+        real_copyto = np.copyto
+
+        def copyto_with_signal(dst, src, **kw):
+            if not hasattr(copyto_with_signal, "seen_during_copy"):
+                signal.raise_signal(signal.SIGINT)     # arrives in the middle of the copy
+                copyto_with_signal.seen_during_copy = list(calls)
+            return real_copyto(dst, src, **kw)
+
+        _fit.np.copyto = copyto_with_signal
+        try:
+            checkpoint.save(m.state_, m.elbo_, 2)
+        finally:
+            _fit.np.copyto = real_copyto
+        assert copyto_with_signal.seen_during_copy == []   # held back during the copy ...
+        assert calls == [signal.SIGINT]                    # ... and delivered once after it
+        assert checkpoint.n_iter == 2
+        np.testing.assert_array_equal(checkpoint.state.xi, m.state_.xi)
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -97,8 +97,11 @@ def _sigint_deferred():
         if received:
             if previous is signal.default_int_handler or previous is None:
                 raise KeyboardInterrupt
-            if callable(previous):
+            if previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)     # the default action, now it may run
+            elif callable(previous):
                 previous(signal.SIGINT, None)
+            # SIG_IGN: the signal was to be ignored anyway
 
 
 class _Checkpoint:
