@@ -67,7 +67,10 @@ def elbo_traces(model, ax=None):
         ax.plot(sweeps, gap, lw=2.2 if is_kept else 1.0, alpha=1.0 if is_kept else 0.7,
                 label=f"restart {r + 1}: final ELBO {trace[-1]:,.2f}" + (" (kept)" if is_kept
                                                                       else ""))
+    from matplotlib.ticker import MaxNLocator
+
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("CAVI sweep")
     ax.set_ylabel("best final ELBO − ELBO")
     ax.set_title("ELBO traces of all restarts")
