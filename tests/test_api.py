@@ -83,6 +83,22 @@ def test_new_groups_are_recovered(split, sim):
     assert ari_new >= ari_train - 0.02
 
 
+def test_local_steps_never_lower_the_local_elbo(split, sim):
+    """Each group step and each cell step is exact coordinate ascent on the local ELBO."""
+    model, cell_in = split
+    new = ~cell_in
+    res = model._local(sim.Y[new], sim.groups[new], sim.X[18:])
+    assert res.converged and len(res.trace) >= 3
+    trace = np.asarray(res.trace)
+    assert np.all(np.diff(trace) >= -1e-10 * np.abs(trace[1:]))
+    # a mix of known and new groups: known rows keep their fitted q(S) exactly
+    mixed = np.isin(sim.groups, sim.group_names[15:21])
+    res = model._local(sim.Y[mixed], sim.groups[mixed], sim.X[18:21])
+    np.testing.assert_array_equal(res.known, [True, True, True, False, False, False])
+    np.testing.assert_array_equal(res.rho[:3], model.group_probs_[15:18])
+    assert np.all(np.diff(res.trace) >= -1e-10 * np.abs(np.asarray(res.trace[1:])))
+
+
 def test_renamed_training_group_gets_its_own_cluster(split, sim):
     """A training individual presented as a new group is assigned where it was fitted."""
     model, cell_in = split

@@ -28,7 +28,8 @@ class LocalResult:
     (J, K) their q(S) (the fitted rows for known groups); ``known`` (J,) whether each group was
     seen in training; ``xi`` (N, L) q(M) of each cell; ``cell_score`` (N,) each cell's term of
     the local ELBO (see ``cell_scores``); ``group_score`` (J,) each new group's group-level
-    terms (0 for known groups); ``n_iter`` / ``converged`` of the alternation.
+    terms (0 for known groups); ``n_iter`` / ``converged`` of the alternation and ``trace``, the
+    local ELBO after each of its steps (empty when every group is known).
     """
 
     groups: np.ndarray
@@ -39,6 +40,7 @@ class LocalResult:
     group_score: np.ndarray
     n_iter: int
     converged: bool
+    trace: list
 
 
 def _group_codes(fitted_groups: np.ndarray, new_groups: np.ndarray) -> np.ndarray:
@@ -152,15 +154,18 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
                             st.nuy, prob.y_centre, xi, n_threads)
 
     stats = cell_step()
-    n_iter, converged = 1, not new.any()
+    n_iter, converged, trace = 1, not new.any(), []
     if new.any():
         prev = _local_elbo(be, prob, st, elog_pi, elog_omega, ell_x, rho, new, stats)
+        trace.append(prev)
         for n_iter in range(1, max_iter + 1):
             fixed_rows = rho[known].copy()
             be.group_step(stats[0], elog_pi, elog_omega, ell_x, rho)
             rho[known] = fixed_rows
+            trace.append(_local_elbo(be, prob, st, elog_pi, elog_omega, ell_x, rho, new, stats))
             stats = cell_step()
             cur = _local_elbo(be, prob, st, elog_pi, elog_omega, ell_x, rho, new, stats)
+            trace.append(cur)
             if abs(cur - prev) <= tol * abs(cur):
                 converged = True
                 break
@@ -176,7 +181,8 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
         group_score[new] = np.sum(r * (elog_pi[None, :] + ell_x[new]), axis=1) + ent
     return LocalResult(groups=data.groups, known=known, rho=rho,
                        xi=data.to_caller_order(xi), cell_score=cell_score,
-                       group_score=group_score, n_iter=n_iter, converged=converged)
+                       group_score=group_score, n_iter=n_iter, converged=converged,
+                       trace=trace)
 
 
 def _cell_scores(be, st: State, data, rho, elog_omega) -> np.ndarray:
