@@ -1,7 +1,8 @@
 """One OneK1K-shaped fit in this process: sweep time, fit time, peak memory (JSON on stdout).
 
-Run by bench/run.py in a fresh interpreter, so that the peak resident memory is that of one fit
-(simulation of the data included: the data are the user's, the rest is the fit's).
+Run by bench/run.py in fresh interpreters: one simulates the cohort and saves it (--make-data),
+another loads it (--data) and fits, so the peak resident memory is that of the data plus one
+fit.  Without --data the cohort is simulated in-process (then the simulation's peak counts).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ def main():
     ap.add_argument("--max-iter", type=int, default=1000)
     ap.add_argument("--tol", type=float, default=1e-6)
     ap.add_argument("--sweeps", type=int, default=3, help="sweeps timed on their own")
-    ap.add_argument("--labels-only", action="store_true",
-                    help="store_cell_probs=False: keep labels, not the (N, L) probabilities")
+    ap.add_argument("--make-data", metavar="PATH",
+                    help="only simulate the cohort and save it to PATH (.npz), then exit")
+    ap.add_argument("--data", metavar="PATH",
+                    help="fit the cohort saved by --make-data (so the peak memory is the fit's)")
     args = ap.parse_args()
 
     import numpy as np
@@ -37,18 +40,25 @@ def main():
     from nestedatoms._steps import elbo, sweep
 
     t0 = time.perf_counter()
-    sim = bc.simulate_cohort(args.groups, args.cells, args.p, args.q)
-    Y, groups, X = sim.Y, sim.groups, sim.X
-    del sim
+    if args.data:
+        with np.load(args.data) as saved:
+            Y, groups, X = saved["Y"], saved["groups"], saved["X"]
+    else:
+        sim = bc.simulate_cohort(args.groups, args.cells, args.p, args.q)
+        # integer labels (as a user's codes would be), one row of X per individual
+        Y, X = sim.Y, sim.X
+        groups = np.repeat(np.arange(args.groups), bc.cohort_sizes(args.groups, args.cells))
+        del sim
+        if args.make_data:
+            np.savez(args.make_data, Y=Y, groups=groups, X=X)
+            print(json.dumps({"saved": args.make_data, "n_cells": int(Y.shape[0])}))
+            return
     t_sim = time.perf_counter() - t0
     rss_data = bc.peak_rss_mb()
 
     kw = dict(n_group_clusters=args.K, n_cell_clusters=args.L, n_init=1, random_state=0,
               n_threads=args.threads, max_iter=args.max_iter, tol=args.tol)
-    if args.labels_only:
-        kw["store_cell_probs"] = False
     model = na.NestedAtomsModel(**kw)
-    trace_times = []
     t0 = time.perf_counter()
     model.fit(Y, groups, X)
     t_fit = time.perf_counter() - t0
@@ -68,10 +78,11 @@ def main():
             elbo_times.append(time.perf_counter() - t1)
     print(json.dumps(dict(
         n_cells=int(Y.shape[0]), n_groups=args.groups, p=args.p, q=args.q, K=args.K, L=args.L,
-        threads=args.threads, simulate_s=t_sim, fit_s=t_fit, n_iter=int(model.n_iter_),
+        threads=args.threads, fit_s=t_fit, n_iter=int(model.n_iter_),
         converged=bool(model.converged_), sweep_best_s=min(sweep_times),
         sweep_median_s=float(np.median(sweep_times)), elbo_s=float(np.median(elbo_times)),
-        peak_rss_data_mb=rss_data, peak_rss_mb=rss_fit, isa=be.ISA, trace_len=len(trace_times))))
+        peak_rss_data_mb=rss_data, peak_rss_mb=rss_fit, isa=be.ISA,
+        data_s=t_sim)))
 
 
 if __name__ == "__main__":
