@@ -265,7 +265,7 @@ def test_memory_estimate_is_close_to_the_measured_peak(backend, n_init):
 
 def test_fit_larger_than_memory_is_refused_before_allocating(data, monkeypatch):
     Y, groups, X = data
-    monkeypatch.setattr(_validation, "available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(_validation, "available_memory_bytes", lambda: 4000)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the fit started although memory was short")
@@ -273,8 +273,15 @@ def test_fit_larger_than_memory_is_refused_before_allocating(data, monkeypatch):
     monkeypatch.setattr("nestedatoms._model.fit_restarts", must_not_run)
     need = estimate_fit_bytes(40, 3, 4, 1, "cpp")["total"]
     with pytest.raises(MemoryError, match=rf"this fit needs about {need / 1e3:.1f} kB but only "
-                                          rf"1.0 kB is available.*N x L = 40 x 4 float64.*"
-                                          rf"Reduce n_cell_clusters.*subsample"):
+                                          rf"4.0 kB is available.*N x L = 40 x 4 float64.*"
+                                          rf"Reduce n_cell_clusters \(at most 1 would fit\), or "
+                                          rf"fit a subsample"):
+        fit(Y, groups, X)
+    # the suggestion is right: L = 1 fits in 4 kB, L = 2 does not
+    assert estimate_fit_bytes(40, 3, 1, 1, "cpp")["total"] <= 4000
+    assert estimate_fit_bytes(40, 3, 2, 1, "cpp")["total"] > 4000
+    monkeypatch.setattr(_validation, "available_memory_bytes", lambda: 1000)
+    with pytest.raises(MemoryError, match=r"is available.*\)\. Fit a subsample of the cells"):
         fit(Y, groups, X)
     monkeypatch.setenv(_validation.SKIP_MEMORY_CHECK_ENV, "1")
     with pytest.raises(AssertionError, match="the fit started"):

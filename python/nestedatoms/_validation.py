@@ -238,12 +238,16 @@ def check_memory(n_cells: int, p: int, L: int, n_init: int, backend: str) -> Non
     if need["total"] <= avail:
         return
     per_xi = 8 * n_cells * L
-    max_L = max(1, int(L * avail / need["total"]))
+    held = [k for k, v in need.items() if v and k not in ("total", "data copies")]
+    copies = (need["total"] - need["data copies"]) // per_xi
+    # the largest L whose N x L arrays fit beside the data copies
+    max_L = int((avail - need["data copies"]) // (copies * 8 * n_cells))
+    smaller_L = (f"Reduce n_cell_clusters (at most {max_L} would fit), or f" if max_L >= 1
+                 else "F")
     raise MemoryError(
         f"this fit needs about {_gb(need['total'])} but only {_gb(avail)} is available: the "
         f"cell responsibilities xi are N x L = {n_cells:,} x {L} float64 ({_gb(per_xi)}), held "
-        f"{(need['total'] - need['data copies']) // per_xi} times (state, checkpoint, best "
-        f"restart, cell_probs_, scratch). Reduce n_cell_clusters (about {max_L} would fit), or "
-        f"fit a subsample of the cells; single precision is not supported yet. Set "
+        f"{copies} times ({', '.join(held)}). {smaller_L}"
+        f"it a subsample of the cells; single precision is not supported yet. Set "
         f"{SKIP_MEMORY_CHECK_ENV}=1 to skip this check if the estimate of available memory is "
         f"wrong.")
