@@ -227,7 +227,7 @@ def _figure(runs):
     fig, axes = plt.subplots(2, len(cells), figsize=(3.2 * len(cells), 6), squeeze=False,
                              sharey=True)
     for c, (J, n_j, T) in enumerate(cells):
-        sub = model[(model.J == J) & (model.n_j == n_j) & (model.T == T)]
+        sub = model[(model["J"] == J) & (model["n_j"] == n_j) & (model["T"] == T)]
         for r, level in enumerate(("group_ari", "cell_ari")):
             ax = axes[r, c]
             for method in METHODS:
