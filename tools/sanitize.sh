@@ -30,15 +30,23 @@ fi
 . "$venv/bin/activate"
 python -m pip install --quiet --upgrade pip
 # A regular (not editable) install, built into its own directory with the sanitizer option of
-# CMakeLists.txt; debug info keeps the reports readable.  The second command rebuilds the core
-# on later runs (the build directory is kept, so that is incremental).
-sanitize_flags=(-Ccmake.define.NESTEDATOMS_SANITIZE=ON -Ccmake.build-type=RelWithDebInfo
-                -Cbuild-dir="$build_dir")
-python -m pip install --quiet ".[test]" "${sanitize_flags[@]}"
+# CMakeLists.txt; debug info keeps the reports readable.  The build requirements are installed
+# into the venv and the build is not isolated, so include paths stay the same from run to run
+# and a rerun only recompiles what changed.
+python -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" "cmeel-eigen>=3.4" \
+  cmake ninja
+sanitize_flags=(--no-build-isolation -Ccmake.define.NESTEDATOMS_SANITIZE=ON
+                -Ccmake.build-type=RelWithDebInfo -Cbuild-dir="$build_dir")
+if ! python -c "import nestedatoms" 2>/dev/null; then
+  python -m pip install --quiet ".[test]" "${sanitize_flags[@]}"       # dependencies too
+fi
 python -m pip install --quiet --force-reinstall --no-deps . "${sanitize_flags[@]}"
 
-# The interpreter is not built with ASan, so its runtime must be loaded first.
-export LD_PRELOAD="$libasan${LD_PRELOAD:+:$LD_PRELOAD}"
+# The interpreter is not built with ASan, so its runtime must be loaded first; libstdc++ right
+# after it, or ASan cannot intercept C++ exceptions thrown by extensions (pybind11 turns ours
+# into ValueError; matplotlib's ft2font throws at import) and aborts.
+libstdcxx="$("$cxx" -print-file-name=libstdc++.so)"
+export LD_PRELOAD="$libasan:$libstdcxx${LD_PRELOAD:+:$LD_PRELOAD}"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_init_order=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 
