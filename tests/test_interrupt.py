@@ -161,7 +161,7 @@ def test_sigint_interrupts_the_cpp_cell_loop(sim):
     raises KeyboardInterrupt long before the step would have finished."""
     core = get_backend("cpp")
     rng = np.random.default_rng(0)
-    N, p, L = 300_000, 24, 40
+    N, p, L = 300_000, 48, 40       # ~100 MB each for Y and xi; the cost grows as N L p^2
 
     def step_args(n):
         offsets = np.array([0, n], dtype=np.int64)
