@@ -17,6 +17,8 @@ namespace nam {
 // 256 cells keep a block's feature matrix (256 x (p(p+1)/2 + p + 1) doubles, ~1 MB at p = 30)
 // inside a core's L2 cache while giving the two GEMMs a deep enough inner dimension.
 constexpr Index kCellBlock = 256;
+// Fewest blocks of cells (4,096 cells) that justify one more thread in the cell step.
+constexpr Index kMinBlocksPerThread = 16;
 
 // Responsibilities below exp(kLogTiny) ~ 2.6e-261 of a cell's largest one are set to exactly 0
 // (sparse xi).  Their effect on the ELBO is below L * 1e-256 per cell, far under the 1e-9 |ELBO|

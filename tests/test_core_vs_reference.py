@@ -141,10 +141,12 @@ def test_cell_step_matches_reference(core, shape, seed):
     assert np.array_equal(got[4], np.swapaxes(got[4], 1, 2))  # exactly symmetric
 
 
-@pytest.mark.parametrize("shape", [(1, 2, 1, 8), (4, 6, 3, 40)])
+@pytest.mark.parametrize("shape", [(1, 2, 1, 120), (4, 6, 3, 150)])
 def test_cell_step_bitwise_identical_across_threads(core, shape):
     prob = random_cell_problem(7, *shape)
-    assert prob["Y"].shape[0] > 3 * 256  # several blocks
+    # enough blocks of 256 cells that the core really starts 3 threads (it gives each thread
+    # at least kMinBlocksPerThread = 16 blocks)
+    assert prob["Y"].shape[0] > 3 * 16 * 256
     runs = [run_cell_step(core, prob, n_threads) for n_threads in (1, 2, 3, 7, 0)]
     for other in runs[1:]:
         for a, b in zip(runs[0], other):

@@ -82,7 +82,9 @@ def test_show_config_names_the_forced_build():
 
 
 def test_a_fit_is_bitwise_identical_for_any_thread_count():
-    sim = na.simulate(n_groups=6, cells_per_group=[300, 5, 700, 40, 260, 900], random_state=2)
+    # ~22k cells: enough blocks that the core really runs 2 threads (see kMinBlocksPerThread)
+    sim = na.simulate(n_groups=6, cells_per_group=[3000, 5, 7000, 400, 2600, 9000],
+                      random_state=2)
     fits = [na.NestedAtomsModel(n_group_clusters=3, n_cell_clusters=6, n_init=1, max_iter=15,
                                 random_state=0, n_threads=t).fit(sim.Y, sim.groups, sim.X)
             for t in (1, 2, -1)]

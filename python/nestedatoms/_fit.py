@@ -153,8 +153,10 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
                     moved |= bool(move(be, prob, st, n_threads))
                 if moved:
                     cur = elbo(be, prob, st)
-            checkpoint.save(st, cur, it)
+            # The trace grows before the checkpoint moves on, so an interrupt between the two
+            # only trims the trace back to the checkpoint (trace and n_iter always agree).
             result.trace.append(cur)
+            checkpoint.save(st, cur, it)
             result.n_iter = it
             result.elbo = cur
             if callback is not None:

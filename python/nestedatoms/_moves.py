@@ -66,10 +66,6 @@ def refresh_without_cells(be, prob: Problem, st: State, n_threads: int = 1) -> N
         update(be, prob, st, n_threads)
 
 
-def _entropy(be, column: np.ndarray) -> float:
-    return be.categorical_entropy(np.ascontiguousarray(column[:, None]))
-
-
 def _gain_ok(new: float, old: float) -> bool:
     return new > old + _MIN_RELATIVE_GAIN * abs(old)
 
@@ -90,7 +86,7 @@ def sort_clusters(be, prob: Problem, st: State, n_threads: int = 1) -> bool:
         st.mx, st.lamx, st.Wx, st.nux = (st.mx[g_perm], st.lamx[g_perm], st.Wx[g_perm],
                                          st.nux[g_perm])
     if not identity_c:
-        st.xi[...] = st.xi[:, c_perm]
+        _permute_columns(st.xi, c_perm)
         st.N_jl = np.ascontiguousarray(st.N_jl[:, c_perm])
         st.y_n, st.y_s1, st.y_s2 = st.y_n[c_perm], st.y_s1[c_perm], st.y_s2[c_perm]
         st.my, st.lamy, st.Wy, st.nuy = (st.my[c_perm], st.lamy[c_perm], st.Wy[c_perm],
@@ -102,9 +98,16 @@ def sort_clusters(be, prob: Problem, st: State, n_threads: int = 1) -> bool:
         return True
     _restore(st, saved)
     if not identity_c:
-        inverse = np.argsort(c_perm)
-        st.xi[...] = st.xi[:, inverse]
+        _permute_columns(st.xi, np.argsort(c_perm))
     return False
+
+
+def _permute_columns(xi: np.ndarray, perm: np.ndarray, rows: int = 1 << 15) -> None:
+    """xi[:, :] = xi[:, perm] in place, a slab of rows at a time: a whole-array temporary
+    would be another N x L array at the fit's memory peak."""
+    for start in range(0, xi.shape[0], rows):
+        slab = xi[start:start + rows]
+        slab[...] = slab[:, perm]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,13 +199,13 @@ def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
         before = elbo(be, prob, st)
         accepted = False
         for l1, l2 in _cell_pairs(be, prob, st, max_pairs):
+            # The proposal is judged on the statistics alone (nothing below reads xi), so xi
+            # is rewritten only for an accepted merge: one (N, 2) read per proposal.
             saved = _snapshot(st)
-            col1, col2 = st.xi[:, l1].copy(), st.xi[:, l2].copy()
-            merged = col1 + col2
-            st.H_xi = (st.H_xi - _entropy(be, col1) - _entropy(be, col2)
-                       + _entropy(be, merged))
-            st.xi[:, l1] = merged
-            st.xi[:, l2] = 0.0
+            pair = st.xi[:, [l1, l2]]
+            merged = pair.sum(axis=1, keepdims=True)
+            st.H_xi = (st.H_xi - be.categorical_entropy(pair)
+                       + be.categorical_entropy(merged))
             st.N_jl[:, l1] += st.N_jl[:, l2]
             st.N_jl[:, l2] = 0.0
             for name in ("y_n", "y_s1", "y_s2"):
@@ -211,10 +214,11 @@ def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
                 arr[l2] = 0.0
             refresh_without_cells(be, prob, st, n_threads)
             if _gain_ok(elbo(be, prob, st), before):
+                st.xi[:, l1] = merged[:, 0]
+                st.xi[:, l2] = 0.0
                 accepted = changed = True
                 break
             _restore(st, saved)
-            st.xi[:, l1], st.xi[:, l2] = col1, col2
         if not accepted:
             return changed
 
