@@ -56,8 +56,10 @@ def main():
     t_sim = time.perf_counter() - t0
     rss_data = bc.peak_rss_mb()
 
+    # copy=False: the cells arrive grouped by individual (as a concatenation of per-donor
+    # AnnData objects does), so the model keeps a read-only view of Y instead of a sorted copy.
     kw = dict(n_group_clusters=args.K, n_cell_clusters=args.L, n_init=1, random_state=0,
-              n_threads=args.threads, max_iter=args.max_iter, tol=args.tol)
+              n_threads=args.threads, max_iter=args.max_iter, tol=args.tol, copy=False)
     model = na.NestedAtomsModel(**kw)
     t0 = time.perf_counter()
     model.fit(Y, groups, X)

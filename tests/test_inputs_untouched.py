@@ -148,3 +148,24 @@ def test_anndata_copy_leaves_the_original_alone(adata):
     out = tl.fit(adata, group_key="donor_id", copy=True, rank_genes=False, **FAST)
     _assert_adata_unchanged_except(adata, before)
     assert "nam_cell_cluster" in out.obs and "nam_cell_cluster" not in adata.obs
+
+
+def test_copy_false_keeps_a_read_only_view_of_sorted_cells_and_changes_no_result():
+    sim = na.simulate(n_groups=5, cells_per_group=[40, 10, 70, 25, 55], random_state=3)
+    Y = np.ascontiguousarray(sim.Y)           # grouped by individual, labels sorted
+    before = Y.copy()
+    kw = dict(n_group_clusters=3, n_cell_clusters=5, n_init=1, max_iter=20, random_state=0)
+    copied = na.NestedAtomsModel(**kw).fit(Y, sim.groups, sim.X)
+    viewed = na.NestedAtomsModel(copy=False, **kw).fit(Y, sim.groups, sim.X)
+    assert np.shares_memory(viewed.problem_.Y, Y)
+    assert not np.shares_memory(copied.problem_.Y, Y)
+    assert not viewed.problem_.Y.flags.writeable
+    assert Y.flags.writeable                  # the caller's array keeps its own flags
+    np.testing.assert_array_equal(Y, before)
+    np.testing.assert_array_equal(viewed.cell_probs_, copied.cell_probs_)
+    assert viewed.elbo_ == copied.elbo_
+    # cells not grouped in label order: copy=False still copies (the layout needs sorting)
+    perm = np.random.default_rng(0).permutation(Y.shape[0])
+    shuffled = np.ascontiguousarray(Y[perm])
+    m = na.NestedAtomsModel(copy=False, **kw).fit(shuffled, sim.groups[perm], sim.X)
+    assert not np.shares_memory(m.problem_.Y, shuffled)

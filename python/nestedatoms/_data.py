@@ -237,8 +237,12 @@ def _align_X(X, groups: np.ndarray) -> np.ndarray:
     return Xa
 
 
-def prepare_data(Y, groups=None, X=None) -> NestedData:
-    """Validate the inputs and build the group-sorted layout (copies; inputs untouched)."""
+def prepare_data(Y, groups=None, X=None, copy: bool = True) -> NestedData:
+    """Validate the inputs and build the group-sorted layout (inputs untouched).
+
+    ``copy=False`` keeps a read-only view of Y instead of a copy when Y is already float64,
+    C-contiguous and sorted by group (the cells are the largest input: N x p x 8 bytes).
+    """
     # No copy in the conversion: the group sort below makes the one copy of the cells.
     Ya = as_float_matrix(Y, "Y", copy=False)
     codes, uniques = _factorize_groups(groups, Ya.shape[0])
@@ -247,5 +251,9 @@ def prepare_data(Y, groups=None, X=None) -> NestedData:
     offsets = np.zeros(uniques.shape[0] + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
     Xa = None if X is None else _align_X(X, uniques)
-    return NestedData(Y=np.ascontiguousarray(Ya[order]), offsets=offsets, X=Xa,
-                      groups=uniques, order=order)
+    if not copy and Ya is Y and bool(np.all(codes[1:] >= codes[:-1])):
+        Ys = Y.view()
+        Ys.flags.writeable = False   # we never write Y; the view makes sure of it
+    else:
+        Ys = np.ascontiguousarray(Ya[order])
+    return NestedData(Y=Ys, offsets=offsets, X=Xa, groups=uniques, order=order)

@@ -56,13 +56,19 @@ class NestedAtomsModel:
     verbose : int, default 0
         1: a tqdm progress bar per restart (sweeps, current ELBO) on stderr; 2: also print
         the ELBO of every sweep.
+    copy : bool, default True
+        False: when Y is already float64, C-contiguous and its cells are grouped by individual
+        in sorted label order (as after concatenating per-donor AnnData objects), the model
+        keeps a read-only view of Y instead of a group-sorted copy, saving N x p x 8 bytes.
+        Y itself is never written; do not change it in place before ``resume``/``save``.
+        Any other Y is copied as usual.
     """
 
     def __init__(self, n_group_clusters=30, n_cell_clusters=30, prior="empirical",
                  group_prior=None, cell_prior=None, group_concentration=None,
                  cell_concentration=None, concentration_prior=(0.1, 0.1), n_init=3,
                  max_iter=500, tol=1e-6, random_state=None, n_threads=None, backend="cpp",
-                 verbose=0):
+                 verbose=0, copy=True):
         self.n_group_clusters = n_group_clusters
         self.n_cell_clusters = n_cell_clusters
         self.prior = prior
@@ -78,6 +84,7 @@ class NestedAtomsModel:
         self.n_threads = n_threads
         self.backend = backend
         self.verbose = verbose
+        self.copy = copy
 
     # ------------------------------------------------------------------ scikit-learn protocol
     @classmethod
@@ -178,7 +185,7 @@ class NestedAtomsModel:
         """
         self._check_params()
         be = get_backend(self.backend)
-        data = prepare_data(Y, groups, X)
+        data = prepare_data(Y, groups, X, copy=bool(self.copy))
         prob = self._problem(data)
         n_threads = resolve_n_threads(self.n_threads)
         check_data_size(data.n_cells, data.n_groups, prob.L)

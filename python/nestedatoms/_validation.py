@@ -107,6 +107,8 @@ def check_estimator_params(est) -> None:
             f"got {rs!r}.")
     if isinstance(rs, numbers.Integral) and not isinstance(rs, bool) and rs < 0:
         raise InvalidParameterError(f"random_state must be a non-negative int, got {rs!r}.")
+    if not isinstance(getattr(est, "copy", True), (bool, np.bool_)):
+        raise InvalidParameterError(f"copy must be True or False, got {est.copy!r}.")
     if isinstance(est.verbose, bool) or not isinstance(est.verbose, numbers.Integral) or (
             est.verbose < 0):
         raise InvalidParameterError(f"verbose must be an integer >= 0, got {est.verbose!r}.")
