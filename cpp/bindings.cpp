@@ -283,26 +283,25 @@ PriorArrays prior_arrays(const py::object& m0, double lam0, const py::object& W0
     return p;
 }
 
-py::array_t<double> expected_logdet(const py::object& W, const py::object& nu) {
+// One value per Wishart factor (W, nu), computed by `kernel` with the GIL released.
+py::array_t<double> per_wishart(const py::object& W, const py::object& nu,
+                                void (*kernel)(const nam::NWView&, double*)) {
     Shapes s;
     NWArrays q = wishart_arrays(W, nu, s);
     auto out = new_array(q.G);
     double* o = out.mutable_data();
     nam::NWView v{nullptr, nullptr, q.W.data(), q.nu.data(), q.G, q.D};
     py::gil_scoped_release release;
-    nam::expected_logdet(v, o);
+    kernel(v, o);
     return out;
 }
 
+py::array_t<double> expected_logdet(const py::object& W, const py::object& nu) {
+    return per_wishart(W, nu, &nam::expected_logdet);
+}
+
 py::array_t<double> log_wishart_norm(const py::object& W, const py::object& nu) {
-    Shapes s;
-    NWArrays q = wishart_arrays(W, nu, s);
-    auto out = new_array(q.G);
-    double* o = out.mutable_data();
-    nam::NWView v{nullptr, nullptr, q.W.data(), q.nu.data(), q.G, q.D};
-    py::gil_scoped_release release;
-    nam::log_wishart_norm(v, o);
-    return out;
+    return per_wishart(W, nu, &nam::log_wishart_norm);
 }
 
 py::array_t<double> expected_loglik(const py::object& Z_obj, const py::object& m,
