@@ -86,7 +86,6 @@ def main(argv=None):
                     help="leave out some measurements")
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else FULL
-    py = sys.executable
     t_start = time.perf_counter()
     raw = {"command": "python bench/run.py " + " ".join(map(shlex.quote, argv or sys.argv[1:])),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import inspect
-import numbers
 
 import numpy as np
 
-from ._backend import BACKENDS, get_backend, resolve_n_threads
+from ._backend import get_backend, resolve_n_threads
 from ._data import prepare_data
 from ._fit import fit_restarts
 from ._moves import DEFAULT_MOVES

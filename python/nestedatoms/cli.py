@@ -153,7 +153,7 @@ def _demo(args) -> int:
     sim = simulate_cohort(n_groups=args.n_groups, median_cells=args.median_cells, lam_y=1.0,
                           random_state=args.seed)
     sizes = np.bincount(np.searchsorted(sim.group_names, sim.groups))
-    T, Lt = sim.group_weights.size, sim.y_means.shape[0]
+    T = sim.group_weights.size
     print("nestedatoms demo: a simulated cohort shaped like OneK1K (many donors, a variable "
           "number of cells each)")
     print(f"  {sim.X.shape[0]} individuals, {sim.Y.shape[0]:,} cells ({sizes.min()}-"
