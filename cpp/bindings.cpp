@@ -475,15 +475,17 @@ py::tuple cell_step(const py::object& Y_obj, const py::object& offsets_obj,
     if (main_thread)
         interrupted = [] {
             py::gil_scoped_acquire gil;
-            return PyErr_CheckSignals() != 0;  // leaves KeyboardInterrupt pending
+            // A signal handler that raised (KeyboardInterrupt, or whatever a custom handler
+            // raises) becomes a C++ exception thrown inside the OpenMP region; the core catches
+            // it there and rethrows it after the region, the path every error inside it takes
+            // (tests/test_interrupt.py raises through it), and pybind11 restores it in Python.
+            if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+            return false;
         };
     double entropy;
-    try {
+    {
         py::gil_scoped_release release;
         entropy = nam::cell_step(in, out, n_threads, interrupted);
-    } catch (const nam::Interrupted&) {
-        // The GIL is held again here; raise the exception the signal handler left pending.
-        throw py::error_already_set();
     }
     return py::make_tuple(N_jl, n, s1, s2, entropy);
 }

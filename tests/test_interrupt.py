@@ -222,3 +222,49 @@ def test_sigint_during_the_checkpoint_copy_is_delivered_after_it(sim):
         np.testing.assert_array_equal(checkpoint.state.xi, m.state_.xi)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@needs_main_thread_signals
+def test_an_exception_inside_the_openmp_region_reaches_python():
+    """Issue 5, item 8: an exception thrown inside the cell step's OpenMP region is caught
+    there and rethrown after it, never std::terminate.  A SIGINT handler that raises makes the
+    core's signal poll (thread 0, inside the region, with 2 threads running) throw."""
+    core = get_backend("cpp")
+    rng = np.random.default_rng(1)
+    p, L = 48, 40
+
+    def step_args(n):
+        Y = rng.normal(size=(n, p))
+        return (Y, np.array([0, n], dtype=np.int64), np.ones((1, 1)),
+                np.full((L, 1), -np.log(L)), rng.normal(size=(L, p)), np.ones(L),
+                np.tile(np.eye(p), (L, 1, 1)), np.full(L, p + 2.0), np.zeros(p),
+                np.empty((n, L)), 2)
+
+    # Size the step to take about 2 s here: the signal comes after 0.2 s.
+    n0 = 20_000
+    t0 = time.perf_counter()
+    core.cell_step(*step_args(n0))
+    per_cell = (time.perf_counter() - t0) / n0
+    n = int(min(1_500_000, max(n0, 2.0 / per_cell)))  # at most ~1 GB of Y and xi
+    args = step_args(n)
+
+    class HandlerError(RuntimeError):
+        pass
+
+    def handler(signum, frame):
+        raise HandlerError("raised by a SIGINT handler during the cell step")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        thread = _send_sigint_after(0.2, [])
+        t0 = time.perf_counter()
+        with pytest.raises(HandlerError):
+            core.cell_step(*args)
+        elapsed = time.perf_counter() - t0
+        thread.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    # raised from inside the loop, not once the whole step had finished
+    assert elapsed < 0.75 * per_cell * n + 0.2
+    # the module still works afterwards
+    core.cell_step(*step_args(1000))
