@@ -114,12 +114,75 @@ def test_new_group_needs_x_and_groups(split, sim):
     new = ~cell_in
     with pytest.raises(ValueError, match="X is required"):
         model.predict(sim.Y[new], sim.groups[new])
-    with pytest.raises(ValueError, match="groups is required"):
-        model.predict(sim.Y[new])
+    with pytest.raises(ValueError, match="groups is None"):
+        model.predict(sim.Y[new], X=sim.X[18:])
     with pytest.raises(ValueError, match="features"):
         model.predict(sim.Y[new][:, :2], sim.groups[new], sim.X[18:])
     with pytest.raises(ValueError, match="rows"):
         model.predict(sim.Y[new], sim.groups[new], sim.X[18:20])
+
+
+def _elog_sticks(a, b):
+    """E log of stick-breaking weights from Beta(a, b) sticks (G - 1, C) -> (G, C), scipy."""
+    from scipy.special import digamma
+
+    elog_v = digamma(a) - digamma(a + b)
+    elog_1mv = digamma(b) - digamma(a + b)
+    C = a.shape[1]
+    head = np.vstack([elog_v, np.zeros((1, C))])
+    tail = np.vstack([np.zeros((1, C)), np.cumsum(elog_1mv, axis=0)])
+    return head + tail
+
+
+def _expected_gaussian_loglik(Y, m, lam, W, nu):
+    """E_q log N(y | mu, Lambda^-1) under Normal-Wishart factors, from scipy's digamma."""
+    from scipy.special import digamma
+
+    D = Y.shape[1]
+    out = np.empty((Y.shape[0], m.shape[0]))
+    for l in range(m.shape[0]):
+        elogdet = (digamma((nu[l] + 1 - np.arange(1, D + 1)) / 2).sum() + D * np.log(2)
+                   + np.linalg.slogdet(W[l])[1])
+        d = Y - m[l]
+        out[:, l] = 0.5 * (elogdet - D * np.log(2 * np.pi) - D / lam[l]
+                           - nu[l] * np.einsum("ni,ij,nj->n", d, W[l], d))
+    return out
+
+
+def test_predict_without_groups_treats_each_cell_as_a_new_individual(split, sim):
+    """groups=None on a multi-group model: each cell is a new individual with x unknown.
+
+    Independent check: the returned q(M) must be a fixed point of that two-factor local
+    problem, rho_k ~ exp(E log pi_k + sum_l xi_l E log w_lk) and
+    xi_l ~ exp(sum_k rho_k E log w_lk + E log N(y | theta_l)), with every expectation
+    recomputed here from scipy's digamma rather than the backend.
+    """
+    from scipy.special import softmax
+
+    model, cell_in = split
+    st = model.state_
+    Y = sim.Y[~cell_in]
+    xi = model.predict_proba(Y)
+    elog_pi = _elog_sticks(st.v_a, st.v_b)[:, 0]
+    elog_w = _elog_sticks(st.u_a, st.u_b)                              # (L, K)
+    ell = _expected_gaussian_loglik(Y, st.my, st.lamy, st.Wy, st.nuy)  # (n, L)
+    rho = softmax(elog_pi[None, :] + xi @ elog_w, axis=1)
+    np.testing.assert_allclose(xi, softmax(rho @ elog_w.T + ell, axis=1), atol=1e-6)
+    # the population-level labels still find the cells' clusters (well separated data)
+    bayes_cells = sim.bayes_labels()[1][~cell_in]
+    assert adjusted_rand_index(bayes_cells, model.predict(Y)) > 0.9
+    # order of the rows does not matter: each cell is on its own
+    perm = np.random.default_rng(0).permutation(Y.shape[0])
+    np.testing.assert_allclose(model.predict_proba(Y[perm]), xi[perm], atol=1e-12)
+
+
+def test_cam_predict_without_groups_equals_one_new_group_per_cell():
+    sim = _sim(seed=5)
+    model = na.NestedAtomsModel(n_group_clusters=4, n_cell_clusters=5, n_init=1,
+                                random_state=0).fit(sim.Y, sim.groups)
+    Y = sim.Y[:50]
+    labels = np.array([f"new-{i:03d}" for i in range(50)])
+    np.testing.assert_array_equal(model.predict_proba(Y), model.predict_proba(Y, labels))
 
 
 def test_score_samples_equals_the_elbo_cell_terms(split, sim):

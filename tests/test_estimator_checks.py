@@ -20,12 +20,6 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 from nestedatoms import NestedAtomsModel  # noqa: E402
 
-_GROUPLESS_PREDICT = (
-    "fits with the check's y passed positionally, which NestedAtomsModel takes as the groups, "
-    "then calls predict/predict_proba/score_samples(X) without groups; new cells of a model "
-    "fit on several groups need their group label (issue 3's predict refuses to guess it). "
-    "Checked: with group-less cells taken as singleton new groups, all eight pass")
-
 EXPECTED_FAILED = {
     "check_fit_score_takes_y": (
         "requires y as the second parameter of fit; NestedAtomsModel.fit(Y, groups=None, X=None,"
@@ -36,10 +30,6 @@ EXPECTED_FAILED = {
     "check_n_features_in_after_fitting": (
         "requires the message 'X has 1 features, but ... is expecting 4'; the cells are the "
         "argument Y here and X means the group covariates, so the message names Y"),
-    **{name: _GROUPLESS_PREDICT for name in (
-        "check_estimators_dtypes", "check_dtype_object", "check_estimators_pickle",
-        "check_f_contiguous_array_estimator", "check_methods_sample_order_invariance",
-        "check_methods_subset_invariance", "check_dict_unchanged", "check_fit_idempotent")},
 }
 
 

@@ -321,7 +321,13 @@ class NestedAtomsModel:
         fit with X: a DataFrame indexed by group label (other rows are ignored) or an array
         with one row per new group in sorted label order.  The new groups' q(S) and their
         cells' q(M) are then optimised together (cell and group steps alternate to
-        convergence).  ``groups`` may be omitted only for a model fit on one group.
+        convergence).
+
+        Without ``groups``, a model fit on one group puts the cells in it; a model fit on
+        several treats each cell as an individual of its own, not seen in training, whose x
+        is unknown: the population-level prediction (scikit-learn's ``predict(Y)``), which
+        mixes the group clusters' compositions.  Cells of a known individual are placed more
+        sharply with its label, since they then use its fitted composition.
         """
         return self._local(Y, groups, X).xi
 

@@ -99,9 +99,12 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
               with_scores: bool = False) -> LocalResult:
     """Optimise q(M) of the cells in ``Y`` and q(S) of their groups not seen in training.
 
-    ``fitted_groups`` are the training labels (``model.groups_``); ``groups=None`` is allowed
-    only when the model was fit on a single group.  ``with_scores`` also computes the per-cell
-    scores (one more pass over the cells); otherwise ``cell_score`` is None.
+    ``fitted_groups`` are the training labels (``model.groups_``).  ``groups=None``: for a
+    model fit on one group the cells join it; otherwise each cell is taken as an individual of
+    its own, not seen in training, whose x is unknown (integrated out, so it adds nothing):
+    the population-level prediction, which mixes the group clusters' compositions by their
+    weights.  ``with_scores`` also computes the per-cell scores (one more pass over the
+    cells); otherwise ``cell_score`` is None.
     """
     from ._steps import _elog_omega, _elog_pi
 
@@ -109,16 +112,17 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
     p = prob.Y.shape[1]
     if Ya.shape[1] != p:
         raise ValueError(f"Y has {Ya.shape[1]} features but the model was fit with {p}.")
+    singletons = groups is None and fitted_groups.shape[0] != 1
+    if singletons and X is not None:
+        raise ValueError("X holds covariates of new groups, but groups is None (each cell is "
+                         "then an individual of its own with unknown x); pass groups with X, "
+                         "or drop X.")
     if groups is None:
-        if fitted_groups.shape[0] != 1:
-            raise ValueError(
-                f"groups is required: the model was fit on {fitted_groups.shape[0]} groups, so "
-                f"each new cell needs a group label (a training label, or a new one together "
-                f"with that group's X)."
-            )
-        groups = np.repeat(fitted_groups[:1], Ya.shape[0])
+        groups = (np.arange(Ya.shape[0]) if singletons
+                  else np.repeat(fitted_groups[:1], Ya.shape[0]))
     data = prepare_data(Ya, groups, None)
-    codes = _group_codes(fitted_groups, data.groups)
+    codes = (np.full(data.n_groups, -1) if singletons
+             else _group_codes(fitted_groups, data.groups))
     known = codes >= 0
     new = ~known
     K = st.K
@@ -130,7 +134,7 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
     if X is not None and not prob.has_x:
         raise ValueError("the model was fit without group covariates (X=None, the common atoms "
                          "model), so new groups are placed by their cells alone; pass X=None.")
-    if prob.has_x and new.any():
+    if prob.has_x and new.any() and not singletons:
         if X is None:
             raise ValueError(
                 f"X is required for the new group(s) {data.groups[new].tolist()[:10]}: the "
