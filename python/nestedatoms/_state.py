@@ -68,16 +68,42 @@ def _robust_covariance(Z: np.ndarray) -> np.ndarray:
     return np.diag(diag) + 1e-6 * scale * np.eye(D)
 
 
+# How much narrower than its share of the volume each individual cluster is expected to be
+# (x layer, "empirical" prior); bench/study_recovery.py --prior-ablation measures the choice.
+GROUP_SEPARATION = 4.0
+
+
+def _feature_variances(Z: np.ndarray) -> np.ndarray:
+    """Per-column variances; a constant column borrows the mean of the others (or 1).
+
+    Column by column, so the result scales exactly with each feature's units (a ridge shared
+    across columns, as in ``_robust_covariance``, would not).
+    """
+    if Z.shape[0] < 2:
+        return np.ones(Z.shape[1])
+    var = Z.var(axis=0, ddof=1)
+    ok = np.isfinite(var) & (var > 0.0)
+    var[~ok] = var[ok].mean() if ok.any() else 1.0
+    return var
+
+
 def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
                      overrides: dict | None, name: str = "prior",
                      layer: str = "cells") -> NWPrior:
     """The Normal-Wishart prior of one layer (SPEC 2, 'Prior defaults').
 
     ``"empirical"``: m0 = mean, nu0 = D + 5, and a scale invariant to the scale of the data:
-      * ``layer="groups"`` (x): W0^-1 = (nu0 - D - 1) Cov / G^(2/D) and lam0 = G^(-2/D), so
-        that a priori E[Sigma] = Cov / G^(2/D) exactly (each of G clusters takes ~1/G of the
-        volume) and the atom means spread like the data, E[Sigma] / lam0 = Cov.  A group
-        cluster holds few individuals, so this prior weighs as much as the data there.
+      * ``layer="groups"`` (x): W0^-1 = (nu0 - D - 1) diag(Cov) / (4 G^(2/D)) and
+        lam0 = 1 / (4 G^(2/D)), so that a priori E[Sigma] = diag(Cov) / (4 G^(2/D)) exactly
+        and the atom means spread like the data, E[Sigma] / lam0 = diag(Cov).  A group
+        cluster holds few individuals, so this prior weighs as much as the data there, and
+        two choices matter (bench/STUDY.md measures both):
+        - the diagonal: the off-diagonal part of Cov comes from where the cluster centres
+          lie, so a prior shaped like Cov stretches every cluster along the directions that
+          separate clusters and makes wrong merges cheap.  The diagonal keeps the invariance
+          that matters (to the units of each feature) and drops rotation invariance;
+        - the 4: G^(2/D) shares the volume as if the clusters tiled it; clusters worth
+          finding are separated, so each is expected narrower than its share.
       * ``layer="cells"`` (y): W0^-1 = nu0 Cov / G^(2/D), lam0 = 0.01 (E[Sigma] 2.5 times
         broader at D = 5; with hundreds of cells per atom the difference is small, and on the
         toy design this one tracks the Bayes classifier more closely).
@@ -96,8 +122,9 @@ def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
         m0 = Z.mean(axis=0)
         shrink = float(n_clusters) ** (-2.0 / D)
         if layer == "groups":
-            # E[Sigma] = W0^-1 / (nu0 - D - 1): the factor makes it Cov / G^(2/D) exactly
-            W0inv = (nu0 - D - 1.0) * _robust_covariance(Z) * shrink
+            # E[Sigma] = W0^-1 / (nu0 - D - 1): the factor makes it exactly the target
+            shrink /= GROUP_SEPARATION
+            W0inv = (nu0 - D - 1.0) * np.diag(_feature_variances(Z)) * shrink
             lam0 = shrink
         else:
             W0inv = nu0 * _robust_covariance(Z) * shrink
