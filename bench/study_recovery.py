@@ -230,35 +230,44 @@ def markdown_table(df) -> str:
 
 
 def _figure(runs):
+    """recovery.png (individual ARI) and recovery_cells.png (cell ARI): rows J x n_j, columns
+    the numbers of true clusters (T, L), median over replicates against lam."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     model = runs[runs.scenario == "model"]
-    cells = sorted(model.groupby(["J", "n_j", "T", "L"]).groups)
-    fig, axes = plt.subplots(2, len(cells), figsize=(3.2 * len(cells), 6), squeeze=False,
-                             sharey=True)
-    for c, (J, n_j, T, L) in enumerate(cells):
-        sub = model[(model["J"] == J) & (model["n_j"] == n_j) & (model["T"] == T)
-                    & (model["L"] == L)]
-        for r, level in enumerate(("group_ari", "cell_ari")):
-            ax = axes[r, c]
-            for method in METHODS:
-                med = sub[sub.method == method].groupby("lam")[level].median()
-                ax.plot(med.index, med.values, marker="o", label=method)
-            if level == "cell_ari":
-                med = sub.groupby("lam")["cell_ari_bayes"].median()
+    rows = sorted(model.groupby(["J", "n_j"]).groups)
+    cols = sorted(model.groupby(["T", "L"]).groups)
+    for level, bayes, name in (("group_ari", "group_ari_bayes", "recovery.png"),
+                               ("cell_ari", "cell_ari_bayes", "recovery_cells.png")):
+        fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.0 * len(cols),
+                                                                 2.6 * len(rows)),
+                                 squeeze=False, sharex=True, sharey=True)
+        for r, (J, n_j) in enumerate(rows):
+            for c, (T, L) in enumerate(cols):
+                ax = axes[r, c]
+                sub = model[(model["J"] == J) & (model["n_j"] == n_j) & (model["T"] == T)
+                            & (model["L"] == L)]
+                for method in METHODS:
+                    med = sub[sub.method == method].groupby("lam")[level].median()
+                    ax.plot(med.index, med.values, marker="o", label=method)
+                med = sub.groupby("lam")[bayes].median()
                 ax.plot(med.index, med.values, "k--", label="Bayes classifier")
-            ax.set_xscale("log")
-            ax.set_title(f"J={J}, n_j={n_j}, T={T}, L={L}", fontsize=9)
-            ax.set_xlabel("lam (separation; smaller = easier)")
-            if c == 0:
-                ax.set_ylabel("median " + ("individual" if r == 0 else "cell") + " ARI")
-    axes[0, 0].legend(fontsize=7)
-    axes[1, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "recovery.png"), dpi=90)
+                reps = sub.groupby("lam")["rep"].nunique()
+                ax.set_title(f"J={J}, n_j={n_j}, T={T}, L={L} "
+                             f"({reps.min() if len(reps) else 0}+ reps)", fontsize=8)
+                ax.set_xscale("log")
+                if r == len(rows) - 1:
+                    ax.set_xlabel("lam (smaller = better separated)")
+                if c == 0:
+                    ax.set_ylabel("median " + ("individual" if level == "group_ari"
+                                               else "cell") + " ARI")
+        axes[0, 0].legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(os.path.join(RESULTS, name), dpi=80)
+        plt.close(fig)
 
 
 def simulator_problem(prob, sim, lam=0.1):
