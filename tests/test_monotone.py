@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from nestedatoms._moves import (merge_cell_atoms, merge_group_clusters, search_group_partition,
-                                sort_clusters, split_cell_atoms)
+from scipy.special import entr
+
+from nestedatoms._moves import (agglomerate_cell_atoms, merge_cell_atoms, merge_group_clusters,
+                                search_group_partition, sort_clusters, split_cell_atoms)
 from nestedatoms._steps import BLOCKS, elbo
 
 from conftest import make_problem, random_state_for
@@ -34,7 +36,8 @@ def test_every_block_raises_the_elbo(backend, kind, fixed, seed):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("move", [merge_cell_atoms, merge_group_clusters, sort_clusters,
-                                  split_cell_atoms, search_group_partition])
+                                  agglomerate_cell_atoms, split_cell_atoms,
+                                  search_group_partition])
 def test_moves_never_lower_the_elbo(backend, kind, move):
     prob = make_problem(kind, seed=3, K=5, L=6)
     st = random_state_for(backend, prob, 3)
@@ -49,3 +52,6 @@ def test_moves_never_lower_the_elbo(backend, kind, move):
     # the state stays consistent: the cached statistics still describe xi
     np.testing.assert_allclose(st.y_n, st.xi.sum(axis=0), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(st.xi.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(st.N_jl, np.add.reduceat(st.xi, prob.offsets[:-1], axis=0),
+                               rtol=1e-9, atol=1e-9)
+    assert st.H_xi == pytest.approx(entr(st.xi).sum(), rel=1e-9)

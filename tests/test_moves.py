@@ -8,8 +8,8 @@ from sklearn.metrics import adjusted_rand_score as ari
 
 import nestedatoms as na
 from nestedatoms._data import prepare_data
-from nestedatoms._init import state_from_labels
-from nestedatoms._moves import (adjusted_partition_equal, merge_cell_atoms,
+from nestedatoms._init import kmeans_labels, state_from_labels
+from nestedatoms._moves import (adjusted_partition_equal, agglomerate_cell_atoms, merge_cell_atoms,
                                 merge_group_clusters, optimise_groups, search_group_partition,
                                 split_cell_atoms)
 from nestedatoms._steps import elbo
@@ -55,6 +55,31 @@ def test_merge_cell_atoms_joins_one_atom_started_split(backend):
     assert merge_cell_atoms(backend, prob, st)
     assert elbo(backend, prob, st) > before
     assert ari(cells, _cell_labels(st)) == 1.0
+
+
+def test_agglomerate_cell_atoms_joins_every_piece_of_each_atom_at_once(backend):
+    sim, prob, cells = _separated(seed=4, cells_per_group=100)
+    rng = np.random.default_rng(0)
+    start = np.empty_like(cells)
+    for t in range(3):                                   # each true atom cut by k-means in 2
+        idx = np.flatnonzero(cells == t)
+        start[idx] = 2 * t + kmeans_labels(prob.Y[idx], 2, rng)
+    st = state_from_labels(backend, prob, start, sim.group_truth)
+    before = elbo(backend, prob, st)
+    assert agglomerate_cell_atoms(backend, prob, st)
+    assert elbo(backend, prob, st) > before
+    assert ari(cells, _cell_labels(st)) == 1.0           # all three merges in one move
+    np.testing.assert_allclose(st.y_n, st.xi.sum(axis=0), rtol=1e-9, atol=1e-8)
+    np.testing.assert_allclose(
+        st.N_jl, np.add.reduceat(st.xi, prob.offsets[:-1], axis=0), rtol=1e-9, atol=1e-8)
+
+
+def test_agglomerate_cell_atoms_leaves_the_true_atoms_alone(backend):
+    sim, prob, cells = _separated(seed=4, cells_per_group=100)
+    st = state_from_labels(backend, prob, cells, sim.group_truth)
+    before = elbo(backend, prob, st)
+    assert not agglomerate_cell_atoms(backend, prob, st)
+    assert elbo(backend, prob, st) == before
 
 
 @pytest.mark.parametrize("move", [search_group_partition, merge_group_clusters])

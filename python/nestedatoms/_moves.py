@@ -9,6 +9,8 @@ the old state back.  So no move can lower the ELBO.
 * ``merge_group_clusters``: fold one group cluster into another.
 * ``merge_cell_atoms``: fold one cell atom into another.  The merged statistics are sums of the
   two atoms' statistics; only the entropy of q(M) needs the two columns of xi.
+* ``agglomerate_cell_atoms``: merge many atoms at once, at the best level of a greedy
+  agglomeration; repairs a true cluster cut into many pieces, where every pairwise merge fails.
 * ``split_cell_atoms``: cut an atom in two by 2-means on its cells, move one half to an empty
   atom, let those cells re-choose among all atoms for a few local sweeps; keep if the ELBO rises.
 * ``search_group_partition``: with the cells held fixed, every group-level factor can be
@@ -20,8 +22,9 @@ Empty clusters need no deletion move: an empty cluster sits exactly at its prior
 ``sort_clusters`` moves it behind every occupied one, where stick-breaking makes it free.
 
 Scheduling: moves that run after every sweep are cheap (no pass over the cells, or a few
-column operations); moves marked ``at_convergence = True`` (the splits and the group search)
-run only when the sweeps have converged, and the sweeps resume if one of them succeeds.
+column operations); moves marked ``at_convergence = True`` (the agglomeration, the splits and
+the group search) run when the sweeps have converged, or every ``_STALL_PERIOD`` sweeps of a run
+that creeps without converging, and the sweeps resume if one of them succeeds.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ import numpy as np
 from ._state import Problem, State
 from ._steps import GLOBAL_BLOCKS, elbo, update_groups
 
-__all__ = ["sort_clusters", "merge_group_clusters", "merge_cell_atoms", "split_cell_atoms",
+__all__ = ["sort_clusters", "merge_group_clusters", "merge_cell_atoms", "agglomerate_cell_atoms",
+           "split_cell_atoms",
            "search_group_partition", "DEFAULT_MOVES", "refresh_without_cells",
            "optimise_groups"]
 
@@ -163,18 +167,23 @@ def merge_group_clusters(be, prob: Problem, st: State, n_threads: int = 1,
 
 
 # ---------------------------------------------------------------------------------------------
+def _atom_score(be, prob: Problem, n, s1, s2) -> float:
+    """The y part of the ELBO of one atom at its optimal q(theta^y) given its statistics."""
+    p = prob.y_prior
+    m, lam, W, nu = be.nw_posterior(n, s1, s2, prob.y_centre, p.m0, p.lam0, p.W0inv, p.nu0)
+    return (be.nw_loglik_from_stats(n, s1, s2, prob.y_centre, m, lam, W, nu)
+            + be.nw_prior_term(m, lam, W, nu, p.m0, p.lam0, p.W0inv, p.nu0)
+            + be.nw_entropy(m, lam, W, nu))
+
+
 def _cell_pairs(be, prob: Problem, st: State, max_pairs: int):
     """Occupied atom pairs ranked by the ELBO change of the y part alone when merged."""
     occupied = np.nonzero(st.y_n > 0.5)[0]
     if occupied.size < 2:
         return []
-    p = prob.y_prior
 
     def atom_score(n, s1, s2):
-        m, lam, W, nu = be.nw_posterior(n, s1, s2, prob.y_centre, p.m0, p.lam0, p.W0inv, p.nu0)
-        return (be.nw_loglik_from_stats(n, s1, s2, prob.y_centre, m, lam, W, nu)
-                + be.nw_prior_term(m, lam, W, nu, p.m0, p.lam0, p.W0inv, p.nu0)
-                + be.nw_entropy(m, lam, W, nu))
+        return _atom_score(be, prob, n, s1, s2)
 
     single = {int(l): atom_score(st.y_n[[l]], st.y_s1[[l]], st.y_s2[[l]]) for l in occupied}
     pairs = []
@@ -221,6 +230,111 @@ def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
             _restore(st, saved)
         if not accepted:
             return changed
+
+
+def _agglomeration(be, prob: Problem, st: State):
+    """Greedy agglomeration of the occupied atoms by the y-part gain of each merge (as in
+    ``_cell_pairs``): the list of partitions it passes through, each a list of atom groups
+    (the first atom of a group is the one that keeps the merged mass)."""
+    groups = {int(l): [int(l)] for l in np.nonzero(st.y_n > 0.5)[0]}
+    stats = {l: (st.y_n[[l]], st.y_s1[[l]], st.y_s2[[l]]) for l in groups}
+    score = {l: _atom_score(be, prob, *stats[l]) for l in groups}
+
+    def merged_stats(a, b):
+        return tuple(x + y for x, y in zip(stats[a], stats[b]))
+
+    gain = {}
+    for a in groups:
+        for b in groups:
+            if a < b:
+                gain[a, b] = _atom_score(be, prob, *merged_stats(a, b)) - score[a] - score[b]
+    levels = []
+    while len(groups) > 1:
+        a, b = max(gain, key=gain.get)
+        stats[a] = merged_stats(a, b)
+        score[a] = gain[a, b] + score[a] + score[b]
+        groups[a] += groups.pop(b)
+        gain = {k: v for k, v in gain.items() if b not in k and a not in k}
+        for c in groups:
+            if c != a:
+                key = (min(a, c), max(a, c))
+                gain[key] = _atom_score(be, prob, *merged_stats(*key)) - score[a] - score[c]
+        levels.append([list(g) for g in groups.values()])
+    return levels
+
+
+def agglomerate_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> bool:
+    """Merge many atoms at once: the best level of a greedy agglomeration, if the ELBO rises.
+
+    Where clusters overlap heavily and the cells are many, a start with many atoms cuts each
+    true cluster into pieces; merging any two pieces fits worse than keeping them, so pairwise
+    merges all fail, while merging all the pieces of a cluster gains what the extra atoms cost.
+    Every level is judged at fixed q(M) from the statistics; merging columns of xi can only
+    lower the entropy of q(M), so the ELBO without that change bounds a level from above and
+    the O(N L) entropy pass is made only for levels whose bound beats the best so far.
+    """
+    levels = _agglomeration(be, prob, st)
+    if len(levels) < 2:          # one merge at most: merge_cell_atoms' job
+        return False
+    before = elbo(be, prob, st)
+    saved = _snapshot(st)
+    best_value, best_level = before, None
+    for i, level in enumerate(levels):
+        _fold_atom_stats(be, prob, st, level, n_threads)
+        bound = elbo(be, prob, st)
+        _restore(st, saved)
+        saved = _snapshot(st)    # the folding works in place: keep a clean copy each time
+        if _gain_ok(bound, best_value):
+            value = bound + _merged_entropy_change(be, st, level)
+            if _gain_ok(value, best_value):
+                best_value, best_level = value, i
+    if best_level is None:
+        return False
+    level = levels[best_level]
+    st.H_xi += _merged_entropy_change(be, st, level)
+    _fold_atom_stats(be, prob, st, level, n_threads)
+    for group in level:
+        if len(group) > 1:
+            st.xi[:, group[0]] = st.xi[:, group].sum(axis=1)
+            st.xi[:, group[1:]] = 0.0
+    return True
+
+
+def _merged_entropy_change(be, st: State, groups, rows: int = 1 << 15) -> float:
+    """Entropy of q(M) after summing each group's columns of xi, minus before; by row blocks
+    so that no N x L temporary is made."""
+    merging = [g for g in groups if len(g) > 1]
+    cols = [l for g in merging for l in g]
+    agg = np.zeros((len(cols), len(merging)))
+    j = 0
+    for i, g in enumerate(merging):
+        agg[j:j + len(g), i] = 1.0
+        j += len(g)
+    change = 0.0
+    for start in range(0, st.xi.shape[0], rows):
+        block = np.ascontiguousarray(st.xi[start:start + rows, cols])
+        change += (be.categorical_entropy(np.ascontiguousarray(block @ agg))
+                   - be.categorical_entropy(block))
+    return change
+
+
+def _fold_atom_stats(be, prob: Problem, st: State, groups, n_threads: int) -> None:
+    """Fold each group of atoms into its first one in N_jl and the y statistics (xi and the
+    entropy of q(M) left alone), and refresh the cheap factors."""
+    for g in groups:
+        keep, rest = g[0], g[1:]
+        if not rest:
+            continue
+        st.N_jl[:, keep] += st.N_jl[:, rest].sum(axis=1)
+        st.N_jl[:, rest] = 0.0
+        for name in ("y_n", "y_s1", "y_s2"):
+            arr = getattr(st, name)
+            arr[keep] += arr[rest].sum(axis=0)
+            arr[rest] = 0.0
+    refresh_without_cells(be, prob, st, n_threads)
+
+
+agglomerate_cell_atoms.at_convergence = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,4 +544,5 @@ def split_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1, max_atoms
 split_cell_atoms.at_convergence = True
 
 
-DEFAULT_MOVES = (merge_cell_atoms, sort_clusters, split_cell_atoms, search_group_partition)
+DEFAULT_MOVES = (merge_cell_atoms, sort_clusters, agglomerate_cell_atoms, split_cell_atoms,
+                 search_group_partition)
