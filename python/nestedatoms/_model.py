@@ -270,7 +270,9 @@ class NestedAtomsModel:
 
         The run goes on from ``state_`` with the same moves and ``tol`` as ``fit``, on the
         training data the model holds (also after ``load``), so ``fit(max_iter=a)`` followed
-        by ``resume(b)`` with ``tol=0`` reproduces ``fit(max_iter=a + b)`` bit for bit.
+        by ``resume(b)`` with ``tol=0`` reproduces ``fit(max_iter=a + b)`` bit for bit.  With
+        ``tol > 0`` the costly moves of a run that has not converged are tried every 50
+        sweeps counted from the start of each call, so the two may differ there.
         ``elbo_trace_``, ``elbo_traces_[best_restart_]``, ``n_iter_`` (the total) and every
         fitted attribute are updated.  Returns self.
         """

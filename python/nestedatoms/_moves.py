@@ -271,51 +271,64 @@ def agglomerate_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> 
     merges all fail, while merging all the pieces of a cluster gains what the extra atoms cost.
     Every level is judged at fixed q(M) from the statistics; merging columns of xi can only
     lower the entropy of q(M), so the ELBO without that change bounds a level from above and
-    the O(N L) entropy pass is made only for levels whose bound beats the best so far.
+    the entropy pass is made only for levels whose bound beats the best so far.  The entropy
+    change is a sum over the merged groups, and each level adds one group, so a pass reads
+    only that group's columns (O(N x its size)).
     """
     levels = _agglomeration(be, prob, st)
     if len(levels) < 2:          # one merge at most: merge_cell_atoms' job
         return False
     before = elbo(be, prob, st)
     saved = _snapshot(st)
-    best_value, best_level = before, None
+    entropy_change = _GroupEntropyChange(st.xi)
+    best_value, best_level, best_change = before, None, 0.0
     for i, level in enumerate(levels):
         _fold_atom_stats(be, prob, st, level, n_threads)
         bound = elbo(be, prob, st)
         _restore(st, saved)
         saved = _snapshot(st)    # the folding works in place: keep a clean copy each time
         if _gain_ok(bound, best_value):
-            value = bound + _merged_entropy_change(be, st, level)
-            if _gain_ok(value, best_value):
-                best_value, best_level = value, i
+            change = sum(entropy_change(g) for g in level if len(g) > 1)
+            if _gain_ok(bound + change, best_value):
+                best_value, best_level, best_change = bound + change, i, change
     if best_level is None:
         return False
     level = levels[best_level]
-    st.H_xi += _merged_entropy_change(be, st, level)
+    st.H_xi += best_change
     _fold_atom_stats(be, prob, st, level, n_threads)
     for group in level:
-        if len(group) > 1:
-            st.xi[:, group[0]] = st.xi[:, group].sum(axis=1)
-            st.xi[:, group[1:]] = 0.0
+        for l in group[1:]:      # column by column: no N x |group| temporary
+            st.xi[:, group[0]] += st.xi[:, l]
+            st.xi[:, l] = 0.0
     return True
 
 
-def _merged_entropy_change(be, st: State, groups, rows: int = 1 << 15) -> float:
-    """Entropy of q(M) after summing each group's columns of xi, minus before; by row blocks
-    so that no N x L temporary is made."""
-    merging = [g for g in groups if len(g) > 1]
-    cols = [l for g in merging for l in g]
-    agg = np.zeros((len(cols), len(merging)))
-    j = 0
-    for i, g in enumerate(merging):
-        agg[j:j + len(g), i] = 1.0
-        j += len(g)
-    change = 0.0
-    for start in range(0, st.xi.shape[0], rows):
-        block = np.ascontiguousarray(st.xi[start:start + rows, cols])
-        change += (be.categorical_entropy(np.ascontiguousarray(block @ agg))
-                   - be.categorical_entropy(block))
-    return change
+class _GroupEntropyChange:
+    """Entropy of q(M) after summing a group of xi's columns, minus before; cached per group
+    and per column, and read by row blocks so that no N x L temporary is made."""
+
+    def __init__(self, xi: np.ndarray, rows: int = 1 << 15):
+        self.xi, self.rows = xi, rows
+        self.columns: dict[int, float] = {}
+        self.groups: dict[tuple, float] = {}
+
+    def _entropy_of_sum(self, cols) -> float:
+        from scipy.special import entr
+
+        total = 0.0
+        for start in range(0, self.xi.shape[0], self.rows):
+            total += float(entr(self.xi[start:start + self.rows, cols].sum(axis=1)).sum())
+        return total
+
+    def __call__(self, group) -> float:
+        key = tuple(sorted(group))
+        if key not in self.groups:
+            for l in key:
+                if l not in self.columns:
+                    self.columns[l] = self._entropy_of_sum([l])
+            self.groups[key] = (self._entropy_of_sum(list(key))
+                                - sum(self.columns[l] for l in key))
+        return self.groups[key]
 
 
 def _fold_atom_stats(be, prob: Problem, st: State, groups, n_threads: int) -> None:
