@@ -125,3 +125,36 @@ def test_partition_equality_ignores_label_names():
     assert adjusted_partition_equal(np.array([0, 0, 1, 2]), np.array([5, 5, 3, 1]))
     assert not adjusted_partition_equal(np.array([0, 0, 1, 2]), np.array([5, 5, 3, 3]))
     assert not adjusted_partition_equal(np.array([0, 0, 1, 1]), np.array([5, 4, 3, 3]))
+
+
+def test_costly_moves_also_run_when_a_run_stalls(backend):
+    """A run that creeps without converging still gets its costly moves every _STALL_PERIOD
+    sweeps (and the cheap ones every sweep); a converged run gets them at convergence."""
+    from conftest import make_problem, random_state_for
+    from nestedatoms._fit import _STALL_PERIOD, run_cavi
+
+    calls = {"cheap": [], "costly": []}
+
+    def cheap(be, prob, st, n_threads=1):
+        calls["cheap"].append(len(calls["cheap"]) + 1)
+        return False
+
+    def costly(be, prob, st, n_threads=1):
+        calls["costly"].append(len(calls["cheap"]))    # the sweep it ran after
+        return False
+
+    costly.at_convergence = True
+    prob = make_problem("nam", seed=0)
+    st = random_state_for(backend, prob, 0)
+    n = 2 * _STALL_PERIOD + 3
+    # tol far below rounding: the run never counts as converged
+    result = run_cavi(backend, prob, st, max_iter=n, tol=1e-300, moves=(cheap, costly))
+    assert not result.converged and result.n_iter == n
+    assert calls["costly"] == [_STALL_PERIOD, 2 * _STALL_PERIOD]
+    assert len(calls["cheap"]) == n
+
+    calls = {"cheap": [], "costly": []}
+    st = random_state_for(backend, prob, 0)
+    result = run_cavi(backend, prob, st, max_iter=10 * _STALL_PERIOD, tol=1e-6,
+                      moves=(cheap, costly))
+    assert result.converged and calls["costly"][-1] == result.n_iter
