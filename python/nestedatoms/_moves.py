@@ -37,9 +37,8 @@ from ._state import Problem, State
 from ._steps import GLOBAL_BLOCKS, elbo, update_groups
 
 __all__ = ["sort_clusters", "merge_group_clusters", "merge_cell_atoms", "agglomerate_cell_atoms",
-           "split_cell_atoms",
-           "search_group_partition", "DEFAULT_MOVES", "refresh_without_cells",
-           "optimise_groups"]
+           "split_cell_atoms", "search_group_partition", "DEFAULT_MOVES",
+           "refresh_without_cells", "optimise_groups"]
 
 # A proposal must beat the current ELBO by this relative margin, so rounding noise never
 # flips a decision back and forth.
@@ -182,17 +181,15 @@ def _cell_pairs(be, prob: Problem, st: State, max_pairs: int):
     if occupied.size < 2:
         return []
 
-    def atom_score(n, s1, s2):
-        return _atom_score(be, prob, n, s1, s2)
-
-    single = {int(l): atom_score(st.y_n[[l]], st.y_s1[[l]], st.y_s2[[l]]) for l in occupied}
+    single = {int(l): _atom_score(be, prob, st.y_n[[l]], st.y_s1[[l]], st.y_s2[[l]])
+              for l in occupied}
     pairs = []
     for a in range(occupied.size):
         for b in range(a + 1, occupied.size):
             l1, l2 = int(occupied[a]), int(occupied[b])
             idx = [l1, l2]
-            merged = atom_score(st.y_n[idx].sum(keepdims=True), st.y_s1[idx].sum(0)[None],
-                                st.y_s2[idx].sum(0)[None])
+            merged = _atom_score(be, prob, st.y_n[idx].sum(keepdims=True),
+                                 st.y_s1[idx].sum(0)[None], st.y_s2[idx].sum(0)[None])
             # merging also frees one atom, which then sits at its prior (score 0 up to terms
             # that cancel between proposals), so rank by the y-part gain alone
             pairs.append((-(merged - single[l1] - single[l2]), l1, l2))
@@ -215,13 +212,7 @@ def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
             merged = pair.sum(axis=1, keepdims=True)
             st.H_xi = (st.H_xi - be.categorical_entropy(pair)
                        + be.categorical_entropy(merged))
-            st.N_jl[:, l1] += st.N_jl[:, l2]
-            st.N_jl[:, l2] = 0.0
-            for name in ("y_n", "y_s1", "y_s2"):
-                arr = getattr(st, name)
-                arr[l1] += arr[l2]
-                arr[l2] = 0.0
-            refresh_without_cells(be, prob, st, n_threads)
+            _fold_atom_stats(be, prob, st, [[l1, l2]], n_threads)
             if _gain_ok(elbo(be, prob, st), before):
                 st.xi[:, l1] = merged[:, 0]
                 st.xi[:, l2] = 0.0
