@@ -138,21 +138,30 @@ void accumulate_stats_block(const Eigen::Ref<const RowMat>& Z, const Eigen::Ref<
     zc = Z.rowwise() - c;
     MapVec nv(n_out, G);
     MapRowMat s1(s1_out, G, D);
+    // Every reduction is evaluated into an Eigen-owned (aligned) temporary and only then added
+    // to the caller's buffer.  Evaluated straight into the caller's buffer, Eigen splits the
+    // work between scalar and packet code at that buffer's first aligned element, and the two
+    // round differently: the result then depended on where NumPy allocated the output, and
+    // fits were not bitwise reproducible.
+    const Vec n_block = w.colwise().sum().transpose();
+    const RowMat s1_block = w.transpose() * zc;
     if (overwrite) {
-        nv.noalias() = w.colwise().sum().transpose();
-        s1.noalias() = w.transpose() * zc;
+        nv = n_block;
+        s1 = s1_block;
     } else {
-        nv.noalias() += w.colwise().sum().transpose();
-        s1.noalias() += w.transpose() * zc;
+        nv += n_block;
+        s1 += s1_block;
     }
+    RowMat s2_block(D, D);
     for (Index g = 0; g < G; ++g) {
         // s2_g = Zc' diag(w_g) Zc as one product per block (a GEMM rather than n rank-1 updates).
         zw = zc.array().colwise() * w.col(g).array();
+        s2_block.noalias() = zc.transpose() * zw;
         MapRowMat s2(s2_out + g * D * D, D, D);
         if (overwrite)
-            s2.noalias() = zc.transpose() * zw;
+            s2 = s2_block;
         else
-            s2.noalias() += zc.transpose() * zw;
+            s2 += s2_block;
     }
 }
 
