@@ -271,7 +271,7 @@ def agglomerate_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> 
         return False
     before = elbo(be, prob, st)
     saved = _snapshot(st)
-    entropy_change = _GroupEntropyChange(st.xi)
+    entropy_change = _GroupEntropyChange(be, st.xi)
     best_value, best_level, best_change = before, None, 0.0
     for i, level in enumerate(levels):
         _fold_atom_stats(be, prob, st, level, n_threads)
@@ -298,17 +298,17 @@ class _GroupEntropyChange:
     """Entropy of q(M) after summing a group of xi's columns, minus before; cached per group
     and per column, and read by row blocks so that no N x L temporary is made."""
 
-    def __init__(self, xi: np.ndarray, rows: int = 1 << 15):
-        self.xi, self.rows = xi, rows
+    def __init__(self, be, xi: np.ndarray, rows: int = 1 << 15):
+        self.be, self.xi, self.rows = be, xi, rows
         self.columns: dict[int, float] = {}
         self.groups: dict[tuple, float] = {}
 
     def _entropy_of_sum(self, cols) -> float:
-        from scipy.special import entr
-
+        # the backend's entropy, as the cached H_xi is computed, on an (rows, 1) block
         total = 0.0
         for start in range(0, self.xi.shape[0], self.rows):
-            total += float(entr(self.xi[start:start + self.rows, cols].sum(axis=1)).sum())
+            block = self.xi[start:start + self.rows, cols].sum(axis=1, keepdims=True)
+            total += self.be.categorical_entropy(block)
         return total
 
     def __call__(self, group) -> float:
