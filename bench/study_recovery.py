@@ -503,17 +503,17 @@ def x_prior_ablation_variants(X, K):
     return {
         "published formula: nu0 Cov / K^(2/q), lam0 = 0.01": dict(
             covariance_prior=nu0 * cov * share, mean_precision_prior=0.01),
-        "previous default: full Cov, E[Sigma] = Cov / K^(2/q), lam0 = K^(-2/q)": prior(cov),
-        "full Cov, x 0.25": prior(cov, 0.25),
-        "isotropic (tr Cov / q) I, x 0.25": prior(iso, 0.25),
+        "first default: full Cov, E[Sigma] = Cov / K^(2/q), lam0 = K^(-2/q)": prior(cov),
+        "full Cov, x 0.5": prior(cov, 0.5),
+        "isotropic (tr Cov / q) I, x 0.5": prior(iso, 0.5),
         "diagonal, x 1": prior(diag),
-        "diagonal, x 0.5": prior(diag, 0.5),
-        "**default: diagonal, x 0.25**": {},
+        "**default: diagonal, x 0.5**": {},
+        "diagonal, x 0.25 (default before the group search tried x alone)": prior(diag, 0.25),
         "diagonal, x 0.125": prior(diag, 0.125),
-        "default but lam0 = 1 / K^(2/q) (means spread 4x narrower)": prior(
-            diag, 0.25, keep_spread=False),
-        "default but nu0 = q + 3": prior(diag, 0.25, nu=q + 3.0),
-        "default but nu0 = q + 15": prior(diag, 0.25, nu=q + 15.0),
+        "default but lam0 = 1 / K^(2/q) (means spread 2x narrower)": prior(
+            diag, 0.5, keep_spread=False),
+        "default but nu0 = q + 3": prior(diag, 0.5, nu=q + 3.0),
+        "default but nu0 = q + 15": prior(diag, 0.5, nu=q + 15.0),
         "the \"reference\" preset: NW(0, 0.01, I, q + 5)": dict(
             mean_prior=0.0, mean_precision_prior=0.01, covariance_prior=np.eye(q),
             degrees_of_freedom_prior=nu0),
@@ -526,9 +526,10 @@ def x_prior_ablation_variants(X, K):
 # The prior check's rows (each costs up to 7 converged CAVI runs per seed).
 PRIOR_CHECK_VARIANTS = (
     "published formula: nu0 Cov / K^(2/q), lam0 = 0.01",
-    "previous default: full Cov, E[Sigma] = Cov / K^(2/q), lam0 = K^(-2/q)",
+    "first default: full Cov, E[Sigma] = Cov / K^(2/q), lam0 = K^(-2/q)",
     "diagonal, x 1",
-    "**default: diagonal, x 0.25**",
+    "**default: diagonal, x 0.5**",
+    "diagonal, x 0.25 (default before the group search tried x alone)",
     "the \"reference\" preset: NW(0, 0.01, I, q + 5)",
     "oracle: the simulator's own NW(0, 0.1, I, q + 5)",
 )

@@ -18,14 +18,14 @@ from nestedatoms._state import resolve_nw_prior
 
 @pytest.mark.parametrize("D, G", [(1, 30), (2, 6), (5, 30)])
 def test_empirical_group_prior_in_closed_form(D, G):
-    """x layer: E[Sigma] = diag(Cov) / (4 G^(2/D)), atom means spread like the data."""
+    """x layer: E[Sigma] = diag(Cov) / (2 G^(2/D)), atom means spread like the data."""
     rng = np.random.default_rng(D)
     Z = rng.normal(size=(400, D)) @ rng.normal(size=(D, D)) + 3.0
     prior = resolve_nw_prior(Z, G, "empirical", None, layer="groups")
     cov = np.atleast_2d(np.cov(Z, rowvar=False))
     # E[Sigma] = W0^-1 / (nu0 - D - 1) for Lambda ~ Wishart(W0, nu0)
     expected_sigma = prior.W0inv / (prior.nu0 - D - 1)
-    np.testing.assert_allclose(expected_sigma, np.diag(np.diag(cov)) / (4 * G ** (2.0 / D)),
+    np.testing.assert_allclose(expected_sigma, np.diag(np.diag(cov)) / (2 * G ** (2.0 / D)),
                                rtol=1e-12, atol=0)
     # the prior spread of the atom means, E[Sigma] / lam0, is the spread of the data
     np.testing.assert_allclose(expected_sigma / prior.lam0, np.diag(np.diag(cov)), rtol=1e-12)

@@ -74,17 +74,39 @@ def state_from_labels(be, prob: Problem, cell_labels: np.ndarray,
     return st
 
 
-def group_features(prob: Problem, N_jl: np.ndarray) -> np.ndarray:
-    """Per-group features for seeding: cell-cluster composition, joined with standardised x."""
+def _composition_features(N_jl: np.ndarray) -> np.ndarray:
     comp = N_jl / N_jl.sum(axis=1, keepdims=True)
-    feats = [comp / max(np.sqrt(comp.var(axis=0).sum()), 1e-12)]
+    return comp / max(np.sqrt(comp.var(axis=0).sum()), 1e-12)
+
+
+def _x_features(X: np.ndarray) -> np.ndarray:
+    sd = X.std(axis=0)
+    sd[sd <= 0.0] = 1.0
+    return (X - X.mean(axis=0)) / sd / np.sqrt(X.shape[1])
+
+
+def group_features(prob: Problem, N_jl: np.ndarray) -> np.ndarray:
+    """Per-group features for seeding: cell-cluster composition, joined with standardised x.
+
+    Each part is scaled to unit total variance, so neither dominates by its units.
+    """
+    if not prob.has_x:
+        return _composition_features(N_jl)
+    return np.hstack([_composition_features(N_jl), _x_features(prob.X)])
+
+
+def group_feature_views(prob: Problem, N_jl: np.ndarray) -> list:
+    """The joint group features, then (with x) x alone and the composition alone.
+
+    The joint view is the one to seed with; the single-source views serve the group search,
+    because when one source carries no cluster signal its noise can steer k-means on the
+    joint features away from the partition the other source shows plainly (two individual
+    clusters with the same composition but different x is the textbook case).
+    """
+    views = [group_features(prob, N_jl)]
     if prob.has_x:
-        X = prob.X
-        sd = X.std(axis=0)
-        sd[sd <= 0.0] = 1.0
-        Xs = (X - X.mean(axis=0)) / sd
-        feats.append(Xs / np.sqrt(X.shape[1]))
-    return np.hstack(feats)
+        views += [_x_features(prob.X), _composition_features(N_jl)]
+    return views
 
 
 def initial_state(be, prob: Problem, rng: np.random.Generator) -> State:

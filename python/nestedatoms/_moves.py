@@ -375,20 +375,33 @@ def _set_rho(be, st: State, rho: np.ndarray) -> None:
     st.H_rho = be.categorical_entropy(st.rho)
 
 
-def _group_candidates(prob: Problem, st: State, max_clusters: int, n_seeds: int):
-    """Hard group partitions to try: k-means on the group features for k = 1..max_clusters."""
-    from ._init import group_features, kmeans_labels
+def _group_candidates(feature_views, K: int, max_clusters: int, n_seeds: int):
+    """Hard group partitions to try: k-means on each feature view for k = 1..max_clusters.
 
-    J = prob.data.n_groups
-    feats = group_features(prob, st.N_jl)
+    A single-source view's partition that an earlier candidate already proposed is left out
+    (it would score the same).  The joint view's list is kept whole, so that without x (one
+    view) the search is exactly what it was before the other views were added.
+    """
+    from ._init import kmeans_labels
+
+    J = feature_views[0].shape[0]
     out = []
-    for k in range(1, min(prob.K, J, max_clusters) + 1):
-        seeds = 1 if k == 1 else n_seeds
-        for s in range(seeds):
-            # fixed seeds: the move is a deterministic function of the state
-            labels = kmeans_labels(feats, k, np.random.default_rng(1000 * k + s))
-            out.append(labels)
+    for v, feats in enumerate(feature_views):
+        for k in range(1 if v == 0 else 2, min(K, J, max_clusters) + 1):
+            seeds = 1 if k == 1 else n_seeds
+            for s in range(seeds):
+                # fixed seeds: the move is a deterministic function of the state
+                labels = kmeans_labels(feats, k, np.random.default_rng(1000 * k + s + 100 * v))
+                if v == 0:
+                    out.append(labels)
+                else:
+                    _append_new_partition(out, labels)
     return out
+
+
+def _append_new_partition(partitions: list, labels: np.ndarray) -> None:
+    if not any(adjusted_partition_equal(labels, old) for old in partitions):
+        partitions.append(labels)
 
 
 def adjusted_partition_equal(a: np.ndarray, b: np.ndarray) -> bool:
@@ -402,13 +415,14 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
                            max_rounds: int = 5) -> bool:
     """Search the group partition at fixed cells; keep the best one if the ELBO rises.
 
-    Candidates: the current partition, k-means partitions of the group features (composition
-    and standardised x) for k = 1..min(K, J, max_clusters) with ``n_seeds`` seeds each; the best
-    is then improved greedily by merging two clusters or splitting one by 2-means, every
-    candidate refined by group-only coordinate ascent.  O(J K L) per refinement step: no pass
-    over the cells.
+    Candidates: the current partition, k-means partitions for k = 1..min(K, J, max_clusters)
+    with ``n_seeds`` seeds each, on the joint group features (composition and standardised x)
+    and, with x, on x alone and on the composition alone; the best is then improved greedily by
+    merging two clusters or splitting one by 2-means in each of those views, every candidate
+    refined by group-only coordinate ascent.  O(J K L) per refinement step: no pass over the
+    cells.
     """
-    from ._init import group_features, kmeans_labels
+    from ._init import group_feature_views, kmeans_labels
 
     if prob.K < 2 or prob.data.n_groups < 2:
         return False
@@ -421,11 +435,11 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
         return value, st.rho.copy()
 
     best_value, best_rho = evaluate(saved.rho.copy())
-    for labels in _group_candidates(prob, st, max_clusters, n_seeds):
+    views = group_feature_views(prob, st.N_jl)
+    for labels in _group_candidates(views, prob.K, max_clusters, n_seeds):
         value, rho = evaluate(_hard_rho(labels, prob.K))
         if value > best_value:
             best_value, best_rho = value, rho
-    feats = group_features(prob, st.N_jl)
     for _ in range(max_rounds):  # greedy merges and splits of the best partition so far
         improved = False
         labels = best_rho.argmax(axis=1)
@@ -440,10 +454,11 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
                 members = np.nonzero(labels == k)[0]
                 if members.size < 2:
                     continue
-                halves = kmeans_labels(feats[members], 2, np.random.default_rng(int(k)))
-                split = labels.copy()
-                split[members[halves == 1]] = free[0]
-                proposals.append(split)
+                for feats in views:
+                    halves = kmeans_labels(feats[members], 2, np.random.default_rng(int(k)))
+                    split = labels.copy()
+                    split[members[halves == 1]] = free[0]
+                    _append_new_partition(proposals, split)
         for proposal in proposals:
             value, rho = evaluate(_hard_rho(proposal, prob.K))
             if value > best_value + _MIN_RELATIVE_GAIN * abs(best_value):

@@ -70,7 +70,7 @@ def _robust_covariance(Z: np.ndarray) -> np.ndarray:
 
 # How much narrower than its share of the volume each individual cluster is expected to be
 # (x layer, "empirical" prior); bench/study_recovery.py --prior-ablation measures the choice.
-GROUP_SEPARATION = 4.0
+GROUP_SEPARATION = 2.0
 
 
 def _feature_variances(Z: np.ndarray) -> np.ndarray:
@@ -93,8 +93,8 @@ def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
     """The Normal-Wishart prior of one layer (SPEC 2, 'Prior defaults').
 
     ``"empirical"``: m0 = mean, nu0 = D + 5, and a scale invariant to the scale of the data:
-      * ``layer="groups"`` (x): W0^-1 = (nu0 - D - 1) diag(Cov) / (4 G^(2/D)) and
-        lam0 = 1 / (4 G^(2/D)), so that a priori E[Sigma] = diag(Cov) / (4 G^(2/D)) exactly
+      * ``layer="groups"`` (x): W0^-1 = (nu0 - D - 1) diag(Cov) / (2 G^(2/D)) and
+        lam0 = 1 / (2 G^(2/D)), so that a priori E[Sigma] = diag(Cov) / (2 G^(2/D)) exactly
         and the atom means spread like the data, E[Sigma] / lam0 = diag(Cov).  A group
         cluster holds few individuals, so this prior weighs as much as the data there, and
         two choices matter (bench/STUDY.md measures both):
@@ -102,8 +102,9 @@ def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
           lie, so a prior shaped like Cov stretches every cluster along the directions that
           separate clusters and makes wrong merges cheap.  The diagonal keeps the invariance
           that matters (to the units of each feature) and drops rotation invariance;
-        - the 4: G^(2/D) shares the volume as if the clusters tiled it; clusters worth
-          finding are separated, so each is expected narrower than its share.
+        - the 2: G^(2/D) shares the volume as if the clusters tiled it; clusters worth
+          finding are separated, so each is expected narrower than its share (a quarter
+          over-splits clusters of a few individuals once the group search finds those splits).
       * ``layer="cells"`` (y): W0^-1 = nu0 Cov / G^(2/D), lam0 = 0.01 (E[Sigma] 2.5 times
         broader at D = 5; with hundreds of cells per atom the difference is small, and on the
         toy design this one tracks the Bayes classifier more closely).
