@@ -15,8 +15,9 @@ the old state back.  So no move can lower the ELBO.
   atom, let those cells re-choose among all atoms for a few local sweeps; keep if the ELBO rises.
 * ``search_group_partition``: with the cells held fixed, every group-level factor can be
   re-optimised in O(J K L) without touching the cells; so try many group partitions (k-means
-  on the group features for every k up to ~10, merges and 2-means splits of clusters), refine
-  each by group-only coordinate ascent and keep the best if it beats the current state.
+  for every k up to ~10 on composition and x together, on x alone and on the composition
+  alone; merges and 2-means splits of clusters), refine each by group-only coordinate ascent
+  and keep the best if it beats the current state.
 
 Empty clusters need no deletion move: an empty cluster sits exactly at its prior, and
 ``sort_clusters`` moves it behind every occupied one, where stick-breaking makes it free.
