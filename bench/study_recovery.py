@@ -260,9 +260,11 @@ def _figure(runs):
                     ax.plot(med.index, med.values, marker="o", label=method)
                 med = sub.groupby("lam")[bayes].median()
                 ax.plot(med.index, med.values, "k--", label="Bayes classifier")
-                reps = sub.groupby("lam")["rep"].nunique()
-                ax.set_title(f"J={J}, n_j={n_j}, T={T}, L={L} "
-                             f"({reps.min() if len(reps) else 0}+ reps)", fontsize=8)
+                # replicates per (method, lam): methods may differ (costly baselines)
+                reps = sub.groupby(["method", "lam"])["rep"].nunique()
+                span = (f"{reps.min()}-{reps.max()}" if len(reps) and reps.min() < reps.max()
+                        else f"{reps.max() if len(reps) else 0}")
+                ax.set_title(f"J={J}, n_j={n_j}, T={T}, L={L} ({span} reps)", fontsize=8)
                 ax.set_xscale("log")
                 if r == len(rows) - 1:
                     ax.set_xlabel("lam (smaller = better separated)")
