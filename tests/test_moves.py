@@ -114,18 +114,14 @@ def test_search_group_partition_finds_clusters_that_only_x_separates(backend):
     """Two individual clusters share one composition and differ only in x.  k-means on the
     joint features (composition and x) splits by composition noise on this seed, and the
     search from one cluster stays there; the candidates from x alone find the truth."""
-    sim = na.simulate(n_groups=12, cells_per_group=1000, n_group_clusters=2, n_cell_clusters=2,
-                      lam_x=0.1, lam_y=0.1, random_state=10)
-    rng = np.random.default_rng(10)
-    omega = sim.cell_weights[:, 0]                       # cluster 0's composition for all
-    cells = rng.choice(omega.size, size=sim.Y.shape[0], p=omega)
-    Y = np.empty_like(sim.Y)
-    for l in range(omega.size):
-        idx = np.nonzero(cells == l)[0]
-        Y[idx] = rng.multivariate_normal(sim.y_means[l], np.linalg.inv(sim.y_precisions[l]),
-                                         size=idx.size)
-    prob = na.NestedAtomsModel()._problem(prepare_data(Y, sim.groups, sim.X))
-    st = state_from_labels(backend, prob, cells[prob.data.order], np.zeros(12, dtype=int))
+    from conftest import same_composition
+
+    sim = same_composition(na.simulate(n_groups=12, cells_per_group=1000, n_group_clusters=2,
+                                       n_cell_clusters=2, lam_x=0.1, lam_y=0.1, random_state=10),
+                           seed=10)
+    prob = na.NestedAtomsModel()._problem(prepare_data(sim.Y, sim.groups, sim.X))
+    st = state_from_labels(backend, prob, sim.cell_truth[prob.data.order],
+                           np.zeros(12, dtype=int))
     optimise_groups(backend, prob, st)
     assert ari(sim.group_truth, st.rho.argmax(axis=1)) == 0.0
     before = elbo(backend, prob, st)

@@ -3,8 +3,6 @@ the scale of the data, escaping local optima (the fit scores at least as high as
 at the truth), recovery with enough individuals per cluster, and x mattering where the cell
 compositions alone cannot separate the individual clusters."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score as ari
@@ -14,6 +12,8 @@ from nestedatoms._backend import get_backend
 from nestedatoms._fit import run_cavi
 from nestedatoms._init import state_from_labels
 from nestedatoms._state import resolve_nw_prior
+
+from conftest import same_composition
 
 
 @pytest.mark.parametrize("D, G", [(1, 30), (2, 6), (5, 30)])
@@ -92,16 +92,7 @@ def _same_composition(seed):
     """Two individual clusters that share one cell-type composition and differ only in x."""
     sim = na.simulate(n_groups=30, cells_per_group=40, n_group_clusters=2, alpha0_x=1e6,
                       random_state=seed)
-    rng = np.random.default_rng(seed)
-    omega = sim.cell_weights[:, 0]
-    M = rng.choice(omega.size, size=sim.Y.shape[0], p=omega)
-    Y = np.empty_like(sim.Y)
-    for l in range(omega.size):
-        idx = np.nonzero(M == l)[0]
-        Y[idx] = rng.multivariate_normal(sim.y_means[l], np.linalg.inv(sim.y_precisions[l]),
-                                         size=idx.size)
-    weights = np.repeat(omega[:, None], sim.cell_weights.shape[1], axis=1)
-    return dataclasses.replace(sim, Y=Y, cell_truth=M, cell_weights=weights)
+    return same_composition(sim, seed)
 
 
 def test_x_separates_individual_clusters_that_compositions_cannot():
