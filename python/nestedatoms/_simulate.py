@@ -31,6 +31,11 @@ class Simulation:
     x_precisions: np.ndarray
     y_means: np.ndarray
     y_precisions: np.ndarray
+    # the generating hyperparameters (SPEC 8), for the exact partition posterior
+    alpha0_x: float = 25.0
+    alpha0_y: float = 25.0
+    lam_x: float = 0.1
+    lam_y: float = 0.1
 
     def _gaussian_logpdf(self, Z, means, precisions):
         from scipy.stats import multivariate_normal
@@ -68,6 +73,25 @@ class Simulation:
         """(group labels, cell labels) of the Bayes classifier under the true parameters."""
         post_s, post_m = self.bayes_posteriors()
         return np.argmax(post_s, axis=1), np.argmax(post_m, axis=1)
+
+    def group_partition_posterior(self):
+        """The exact posterior over partitions of the individuals under the model that drew
+        them, every parameter integrated out and the cells' true labels given.
+
+        :func:`bayes_labels` knows the true parameters, so it places even a one-individual
+        cluster correctly; this is the ceiling for a method that must learn them.  Returns a
+        ``PartitionPosterior``: ``map_labels`` (the posterior mode), ``log_prob_map`` and
+        ``log_prob_truth``.  Exact by enumeration, so J is limited to 14.
+        """
+        from ._partition_posterior import partition_posterior
+
+        codes = np.searchsorted(self.group_names, self.groups)
+        n_types = self.cell_weights.shape[0]
+        counts = np.zeros((self.X.shape[0], n_types))
+        np.add.at(counts, (codes, self.cell_truth), 1.0)
+        return partition_posterior(self.X, counts, self.group_truth,
+                                   T=self.group_weights.shape[0], alpha0_x=self.alpha0_x,
+                                   alpha0_y=self.alpha0_y, lam_x=self.lam_x)
 
     def covariate_table(self, prefix="x"):
         """X as a DataFrame indexed by group label, columns ``{prefix}0, {prefix}1, ...``."""
@@ -171,7 +195,8 @@ def simulate(n_groups=12, cells_per_group=100, n_group_clusters=3, n_cell_cluste
     return Simulation(Y=Y, groups=np.repeat(names, sizes), X=X, group_names=names,
                       group_truth=S, cell_truth=M, group_weights=pi, cell_weights=omega,
                       x_means=x_means, x_precisions=x_prec, y_means=y_means,
-                      y_precisions=y_prec)
+                      y_precisions=y_prec, alpha0_x=float(alpha0_x),
+                      alpha0_y=float(alpha0_y), lam_x=float(lam_x), lam_y=float(lam_y))
 
 
 def simulate_cohort(n_groups=200, median_cells=150, cells_sd=0.6, min_cells=20,
