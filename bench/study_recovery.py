@@ -28,6 +28,8 @@ Usage::
     python bench/study_recovery.py --prior-check 10   # truth vs merges under x-prior variants
     python bench/study_recovery.py --prior-ablation 10   # default fits under x-prior variants
     python bench/study_recovery.py --misses    # why each grid miss at lam <= 0.1 happened
+    python bench/study_recovery.py --ceiling   # the exact posterior mode at J = 12 (minutes)
+    python bench/study_recovery.py --ceiling-ablation   # what keeps NAM from it at T = 6
 
 ``--toy`` fits the published toy design (``simulate(random_state=seed)``) with the defaults
 and writes ``bench/results/toy_design.md``: individual and cell ARI, the Bayes classifier's
@@ -279,7 +281,9 @@ def _figure(runs):
 
 def simulator_problem(prob, sim, lam=0.1):
     """``prob`` with both atom priors replaced by the simulator's own (SPEC 8): NW(0, lam, I,
-    D + 5).  Under it the ELBO approximates the posterior of the model that drew the data."""
+    D + 5).  NAM's own partition and composition priors (Dirichlet process, stick-breaking)
+    stay: for the model that drew the data in full see ``Simulation.group_partition_posterior``.
+    """
     from nestedatoms._state import NWPrior
 
     out = copy.copy(prob)
@@ -295,8 +299,8 @@ def margins_against_truth(model, sim, lam=0.1):
     Returns ``(fit_minus_truth, sim_prior_fit_minus_truth)``: the fit's ELBO minus that of CAVI
     started at the true partition under the fit's own (default) priors (>= 0: the model scores
     the fit's answer at least as high, so no search can be blamed), and the fit's individual
-    partition against the true one, both from the true cells, under the simulator's own
-    priors, i.e. the model that drew the data (> 0: even it prefers the fit's partition).
+    partition against the true one, both from the true cells, under the simulator's atom
+    priors (> 0: NAM with the true atom priors also prefers the fit's partition).
     """
     from nestedatoms._backend import get_backend
     from nestedatoms._fit import run_cavi
@@ -357,9 +361,10 @@ def grid_misses(max_lam: float = 0.1):
                  "fit's ELBO minus that of CAVI started at the true partition, default priors "
                  "(>= 0: the model's answer; < 0: a search miss).  "
                  "`sim_prior_fit_minus_truth`: the fit's individual partition against the true "
-                 "one, both from the true cells, under the simulator's own priors "
-                 "NW(0, lam, I, D + 5) (> 0: the generating model also prefers the fit's "
-                 "partition).\n\n")
+                 "one, both from the true cells, under the simulator's atom priors "
+                 "NW(0, lam, I, D + 5) with NAM's own partition and composition priors (> 0: "
+                 "NAM with the true atom priors also prefers the fit's partition; "
+                 "`--ceiling` gives the posterior of the model that drew the data).\n\n")
         if len(table):
             counts = table.verdict.str.startswith("model").sum()
             fh.write(f"{counts} of {len(table)} misses are the model's answer; "
@@ -375,14 +380,16 @@ def toy(n_seeds: int):
     Besides the ARIs, each row says how far the fit's answer is from being beatable by the
     truth: ``elbo_fit_minus_truth`` (default prior; > 0: the model scores the fit's partition
     higher than CAVI started at the truth), ``sim_prior_fit_minus_truth`` (the fit's individual
-    partition against the true one, both with the true cells, under the simulator's own
-    priors, i.e. the model that drew the data; > 0 means even the generating prior prefers the
-    fit's partition, so a posterior-based method would not return the truth), the size of the smallest true individual cluster, and the two-stage baseline
-    told the true number of clusters.
+    partition against the true one, both with the true cells, under the simulator's atom
+    priors; > 0 means NAM with the true atom priors also prefers the fit's partition), the
+    exact posterior mode under the model that drew the data (``group_ari_mode``), the size of
+    the smallest true individual cluster, and the two-stage baseline told the true number of
+    clusters.
     """
     from sklearn.metrics import adjusted_rand_score as ari
 
     import nestedatoms as na
+    from nestedatoms._moves import adjusted_partition_equal
 
     import pandas as pd
 
@@ -396,8 +403,13 @@ def toy(n_seeds: int):
         seconds = time.perf_counter() - start
         fit_minus_truth, sim_margin = margins_against_truth(model, sim)
         two_stage_groups, _ = fit_two_stage(sim, seed, int(sim.group_truth.max()) + 1)
+        mode = sim.group_partition_posterior()
         rows.append(dict(seed=seed, group_ari=ari(sim.group_truth, model.group_labels_),
                          group_ari_bayes=ari(sim.group_truth, bayes_groups),
+                         group_ari_mode=ari(sim.group_truth, mode.map_labels),
+                         p_truth=np.exp(mode.log_prob_truth),
+                         fit_is_mode=adjusted_partition_equal(model.group_labels_,
+                                                              mode.map_labels),
                          n_groups_found=len(np.unique(model.group_labels_)),
                          smallest_true_cluster=int(np.bincount(sim.group_truth).min()),
                          cell_ari=ari(sim.cell_truth, model.cell_labels_),
@@ -412,13 +424,122 @@ def toy(n_seeds: int):
         fh.write("Published toy design (J = 12, n_j = 100, 3 + 3 clusters, q = p = 5), default "
                  "fit (n_init = 3, 1 thread).  `elbo_fit_minus_truth`: ELBO of the fit minus "
                  "that of CAVI started at the true partition (> 0: the model prefers the fit's "
-                 "answer).  `sim_prior_fit_minus_truth`: under the simulator's own priors "
+                 "answer).  `sim_prior_fit_minus_truth`: under the simulator's atom priors "
                  "NW(0, 0.1, I, D + 5), CAVI from the true cells with the fit's individual "
                  "partition minus CAVI from the true cells with the true one (0: same "
-                 "partition; > 0: even the model that drew the data prefers the fit's "
-                 "individual partition).  `smallest_true_cluster`: individuals in the smallest true "
+                 "partition; > 0: NAM with the true atom priors also prefers the fit's "
+                 "individual partition).  `group_ari_mode`: the exact posterior mode of the "
+                 "individual partition under the model that drew the data, parameters "
+                 "integrated out and the cells' true labels given "
+                 "(`Simulation.group_partition_posterior`), i.e. the best a method that has to "
+                 "learn the parameters can do; `p_truth`: that posterior's probability of the "
+                 "true partition; `fit_is_mode`: the fit returned that partition.  "
+                 "`smallest_true_cluster`: individuals in the smallest true "
                  "cluster.  `two_stage_group_ari`: the two-stage baseline told T = 3.\n\n")
         fh.write(markdown_table(table))
+
+
+CEILING_CSV = os.path.join(RESULTS, "ceiling_runs.csv")
+
+
+def ceiling():
+    """The ceiling on the J = 12 grid: the exact posterior mode of the individual partition
+    under the model that drew the data (parameters integrated out, the cells' true labels
+    given; ``Simulation.group_partition_posterior``), the Bayes answer under 0-1 loss for a
+    method that has to learn the parameters, against every method's rows.
+
+    Writes ``bench/results/ceiling_runs.csv`` (one row per data set) and
+    ``bench/results/ceiling_summary.md`` (medians per grid cell beside each method's).  The
+    same-composition scenario is left out: its cells are redrawn outside the model, so the
+    model's posterior is not its ceiling.
+    """
+    from sklearn.metrics import adjusted_rand_score as ari
+
+    import pandas as pd
+
+    rows = []
+    for scenario, lam, J, n_j, T, L in grid(True, Js=(12,)):
+        if scenario != "model":
+            continue
+        for rep in range(10):
+            sim, _ = make_data(scenario, lam, J, n_j, T, L, rep)
+            post = sim.group_partition_posterior()
+            rows.append(dict(scenario=scenario, lam=lam, J=J, n_j=n_j, T=T, L=L, rep=rep,
+                             mode_ari=ari(sim.group_truth, post.map_labels),
+                             p_mode=np.exp(post.log_prob_map),
+                             p_truth=np.exp(post.log_prob_truth)))
+    ceil = pd.DataFrame(rows)
+    ceil.to_csv(CEILING_CSV, index=False, float_format="%.6g")
+    keys = ["scenario", "lam", "J", "n_j", "T", "L"]
+    out = (ceil.assign(truth_is_mode=ceil.mode_ari > 1 - 1e-12).groupby(keys)
+           .agg(reps=("rep", "nunique"), mode_ari=("mode_ari", "median"),
+                truth_is_mode=("truth_is_mode", "sum"), p_truth=("p_truth", "median"))
+           .reset_index())
+    joined = pd.read_csv(RUNS_CSV).merge(ceil, on=keys + ["rep"])
+    joined["reaches"] = joined.group_ari >= joined.mode_ari - 1e-9
+    for method in METHODS:
+        per_cell = (joined[joined.method == method].groupby(keys)
+                    .agg(**{method: ("group_ari", "median"),
+                            f"{method} reaches": ("reaches", "sum")}))
+        out = out.merge(per_cell.reset_index(), on=keys, how="left")
+    with open(os.path.join(RESULTS, "ceiling_summary.md"), "w") as fh:
+        fh.write("J = 12 grid (scenario \"model\", 10 replicates a cell): the exact posterior "
+                 "mode of the individual partition under the model that drew the data "
+                 "(`python bench/study_recovery.py --ceiling`; parameters integrated out, the "
+                 "cells' true labels given: it also knows T, alpha0 and lam, more than any method "
+                 "is told).  `mode_ari`: "
+                 "its median individual ARI; `truth_is_mode`: replicates where the truth is "
+                 "the mode; `p_truth`: median posterior probability of the truth; method "
+                 "columns: median individual ARI; `reaches`: replicates where the method's "
+                 "ARI is at least the mode's.\n\n")
+        fh.write(markdown_table(out))
+    print(out.to_string(index=False))
+
+
+def ceiling_ablation(lams=(0.01, 0.1), J=12, n_j=100, T=6, L=3):
+    """What keeps NAM from the posterior mode where it misses most (J = 12, T = 6): default
+    fits (``n_init = 1``) against the same with the simulator's own atom priors for x and y,
+    and with alpha also fixed at the simulator's alpha0_x.  Writes
+    ``bench/results/ceiling_ablation.md``."""
+    from sklearn.metrics import adjusted_rand_score as ari
+
+    import nestedatoms as na
+
+    import pandas as pd
+
+    rows = []
+    for lam, rep in itertools.product(lams, range(10)):
+        sim, seed = make_data("model", lam, J, n_j, T, L, rep)
+        true_atoms = {}
+        for key, dim in (("group_prior", sim.X.shape[1]), ("cell_prior", sim.Y.shape[1])):
+            true_atoms[key] = dict(mean_prior=0.0, mean_precision_prior=lam,
+                                   covariance_prior=np.eye(dim),
+                                   degrees_of_freedom_prior=dim + 5.0)
+        variants = {"default": {}, "true atom priors": true_atoms,
+                    "true atom priors, alpha = alpha0_x": dict(
+                        true_atoms, group_concentration=sim.alpha0_x)}
+        row = dict(lam=lam, rep=rep, mode=ari(sim.group_truth,
+                                              sim.group_partition_posterior().map_labels))
+        for name, kwargs in variants.items():
+            model = na.NestedAtomsModel(n_init=1, random_state=seed, n_threads=1, **kwargs)
+            model.fit(sim.Y, sim.groups, sim.X)
+            row[name] = ari(sim.group_truth, model.group_labels_)
+        rows.append(row)
+        print(row, flush=True)
+    table = pd.DataFrame(rows)
+    with open(os.path.join(RESULTS, "ceiling_ablation.md"), "w") as fh:
+        fh.write(f"J = {J}, n_j = {n_j}, T = {T}, L = {L} (`python bench/study_recovery.py "
+                 f"--ceiling-ablation`): individual ARI of the posterior mode under the model "
+                 f"that drew the data (`mode`) and of NAM fits (`n_init = 1`) with the default "
+                 f"priors, with the simulator's atom priors NW(0, lam, I, D + 5) for x and y, "
+                 f"and with alpha also fixed at alpha0_x = 25.\n\n")
+        fh.write(markdown_table(table))
+        fh.write("\nReplicates with ARI 1, per lam: "
+                 + "; ".join(f"lam = {lam}: " + ", ".join(
+                     f"{name} {int((part[name] > 1 - 1e-12).sum())}"
+                     for name in table.columns[2:])
+                     for lam, part in table.groupby("lam")) + ".\n")
+    print(table.to_string(index=False))
 
 
 def two_means_splits(X, groups):
@@ -591,6 +712,11 @@ def main(argv=None):
     parser.add_argument("--misses", action="store_true",
                         help="refit every NAM miss of the grid at lam <= 0.1 and say whether "
                              "the model or the search is to blame")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="only the exact posterior mode of the individual partition on "
+                             "the J = 12 grid, against the methods' rows")
+    parser.add_argument("--ceiling-ablation", action="store_true",
+                        help="only NAM with the simulator's priors where it misses the mode")
     parser.add_argument("--n-j", default=None, help="comma-separated cells per individual")
     parser.add_argument("--J", default=None, help="comma-separated numbers of individuals")
     parser.add_argument("--lam", default=None, help="comma-separated separations")
@@ -609,6 +735,10 @@ def main(argv=None):
         return toy(args.toy)
     if args.misses:
         return grid_misses()
+    if args.ceiling:
+        return ceiling()
+    if args.ceiling_ablation:
+        return ceiling_ablation()
     if not args.summarise:
         reps = args.reps or (10 if args.full else 3)
         def values(text, kind):
