@@ -2,21 +2,24 @@
 
 ``Simulation.bayes_labels`` is given the true parameters (means, covariances, weights), so on
 individuals it scores perfectly even where a cluster holds one individual and no method that
-has to learn the parameters could find it.  The ceiling that fits what a clustering method
-can know is the posterior of the partition itself under the model that drew the data, with
-every parameter integrated out:
+has to learn the parameters could find it.  A fairer ceiling is the posterior of the partition
+itself under the model that drew the data, every cluster's parameters integrated out (the
+hyperparameters T, alpha0_x, alpha0_y and lam_x are still given, as are the cells' labels):
 
     p(S | X, M) ∝ p(S | alpha0_x) p(X | S) p(M | S),
 
 * p(S): group-cluster weights pi ~ Dir(alpha0_x / T) integrated out (Dirichlet-multinomial);
-* p(X | S): each cluster's x atom ~ NW(0, lam_x, I, q + 5) integrated out (the Normal-Wishart
+* p(X | S): each cluster's x atom ~ NW(0, lam_x, I, nu0 = q + 5) integrated out (Normal-Wishart
   marginal likelihood, Murphy 2007 eq. 266);
 * p(M | S): each cluster's cell-type weights omega_.k ~ Dir(alpha0_y / L) integrated out, given
   the cells' true labels M (so this ceiling also knows every cell's type: it is optimistic).
 
 Every factor is a product over the blocks of the partition, except the count of ways to label
 b blocks with T cluster names (T! / (T - b)!), so the best partition and the normaliser come
-from a dynamic programme over subsets of individuals (O(3^J T)); J is therefore capped.
+from a dynamic programme over subsets of individuals (O(3^J T)); J is therefore capped.  The
+mode is the Bayes answer under 0-1 loss: it bounds the chance of exact recovery, not the ARI
+of every data set.  Valid only for a ``Simulation`` drawn by ``simulate`` as it stands (not,
+for example, one whose cells were redrawn with other compositions).
 """
 
 from __future__ import annotations
@@ -72,14 +75,14 @@ def _dirichlet_multinomial(counts: np.ndarray, a: float) -> np.ndarray:
             + (gammaln(a + counts) - gammaln(a)).sum(axis=1))
 
 
-def _block_scores(X, counts, T, alpha0_x, alpha0_y, lam_x):
+def _block_scores(X, counts, T, alpha0_x, alpha0_y, lam_x, nu0):
     """Score of every non-empty subset of individuals as one block, indexed by bit mask."""
     J, q = X.shape
     masks = np.arange(1, 2 ** J)
     members = ((masks[:, None] >> np.arange(J)) & 1).astype(bool)
     a_x = alpha0_x / T
     sizes = members.sum(axis=1)
-    score = (nw_log_marginal(X, members, lam_x, q + 5.0, np.eye(q), np.zeros(q))
+    score = (nw_log_marginal(X, members, lam_x, nu0, np.eye(q), np.zeros(q))
              + _dirichlet_multinomial(members.astype(np.float64) @ counts,
                                       alpha0_y / counts.shape[1])
              + gammaln(a_x + sizes) - gammaln(a_x))
@@ -96,11 +99,13 @@ def _subsets_with_lowest_bit(mask: int) -> np.ndarray:
 
 
 def partition_posterior(X: np.ndarray, counts: np.ndarray, truth: np.ndarray, T: int,
-                        alpha0_x: float, alpha0_y: float, lam_x: float) -> PartitionPosterior:
+                        alpha0_x: float, alpha0_y: float, lam_x: float,
+                        nu0: float) -> PartitionPosterior:
     """Exact posterior over partitions of the J individuals (module docstring).
 
     X (J, q) group vectors; counts (J, L) each individual's cells per true cell type;
-    truth (J,) true cluster labels; T, alpha0_x, alpha0_y, lam_x as in ``simulate``.
+    truth (J,) true cluster labels; T, alpha0_x, alpha0_y, lam_x as in ``simulate``; the x
+    atoms ~ NW(0, lam_x, I, nu0).
     """
     X = np.asarray(X, dtype=np.float64)
     counts = np.asarray(counts, dtype=np.float64)
@@ -108,7 +113,7 @@ def partition_posterior(X: np.ndarray, counts: np.ndarray, truth: np.ndarray, T:
     if J > MAX_GROUPS:
         raise ValueError(f"the exact partition posterior enumerates subsets of the individuals "
                          f"and is limited to J <= {MAX_GROUPS}; got J = {J}.")
-    block = _block_scores(X, counts, T, alpha0_x, alpha0_y, lam_x)
+    block = _block_scores(X, counts, T, alpha0_x, alpha0_y, lam_x, nu0)
     full = 2 ** J - 1
     n_blocks = np.arange(T + 1)
     # labelling b blocks with distinct names out of T, times the Dirichlet normaliser

@@ -8,6 +8,9 @@ import numpy as np
 
 __all__ = ["Simulation", "simulate", "simulate_cohort"]
 
+# Atom precisions are drawn from Wishart(dim + ATOM_DF_EXTRA, I) (SPEC section 8)
+ATOM_DF_EXTRA = 5
+
 
 @dataclass
 class Simulation:
@@ -79,19 +82,24 @@ class Simulation:
         them, every parameter integrated out and the cells' true labels given.
 
         :func:`bayes_labels` knows the true parameters, so it places even a one-individual
-        cluster correctly; this is the ceiling for a method that must learn them.  Returns a
-        ``PartitionPosterior``: ``map_labels`` (the posterior mode), ``log_prob_map`` and
+        cluster correctly; this is the ceiling for a method that must learn them (it is still
+        told T, alpha0 and lam, and it bounds the chance of exact recovery, not every ARI).
+        Returns a ``PartitionPosterior``: ``map_labels`` (the posterior mode), ``log_prob_map`` and
         ``log_prob_truth``.  Exact by enumeration, so J is limited to 14.
         """
         from ._partition_posterior import partition_posterior
 
-        codes = np.searchsorted(self.group_names, self.groups)
-        n_types = self.cell_weights.shape[0]
-        counts = np.zeros((self.X.shape[0], n_types))
-        np.add.at(counts, (codes, self.cell_truth), 1.0)
-        return partition_posterior(self.X, counts, self.group_truth,
+        return partition_posterior(self.X, self._cell_type_counts(), self.group_truth,
                                    T=self.group_weights.shape[0], alpha0_x=self.alpha0_x,
-                                   alpha0_y=self.alpha0_y, lam_x=self.lam_x)
+                                   alpha0_y=self.alpha0_y, lam_x=self.lam_x,
+                                   nu0=self.X.shape[1] + ATOM_DF_EXTRA)
+
+    def _cell_type_counts(self):
+        """(J, L_true) each group's number of cells of each true cell type."""
+        codes = np.searchsorted(self.group_names, self.groups)
+        counts = np.zeros((self.X.shape[0], self.cell_weights.shape[0]))
+        np.add.at(counts, (codes, self.cell_truth), 1.0)
+        return counts
 
     def covariate_table(self, prefix="x"):
         """X as a DataFrame indexed by group label, columns ``{prefix}0, {prefix}1, ...``."""
@@ -181,8 +189,8 @@ def simulate(n_groups=12, cells_per_group=100, n_group_clusters=3, n_cell_cluste
         raise ValueError("cells_per_group must be >= 1 for every group.")
     pi = rng.dirichlet(np.full(T, alpha0_x / T))
     omega = np.column_stack([rng.dirichlet(np.full(Lt, alpha0_y / Lt)) for _ in range(T)])
-    x_means, x_prec = _draw_atoms(rng, T, q, lam_x, q + 5)
-    y_means, y_prec = _draw_atoms(rng, Lt, p, lam_y, p + 5)
+    x_means, x_prec = _draw_atoms(rng, T, q, lam_x, q + ATOM_DF_EXTRA)
+    y_means, y_prec = _draw_atoms(rng, Lt, p, lam_y, p + ATOM_DF_EXTRA)
     S = rng.choice(T, size=J, p=pi)
     X = np.array([rng.multivariate_normal(x_means[k], np.linalg.inv(x_prec[k])) for k in S])
     M = np.concatenate([rng.choice(Lt, size=n, p=omega[:, S[j]]) for j, n in enumerate(sizes)])
