@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import dataclasses
 import itertools
 import os
 import sys
@@ -83,22 +82,6 @@ def grid(full: bool, n_js=None, Js=None, lams=None, ties=(True, False)):
             yield ("same-composition", 0.1, J, n_j, 2, 2)
 
 
-def same_composition(sim):
-    """The simulation redrawn so that every individual cluster has cluster 0's composition."""
-    rng = np.random.default_rng(12345)
-    omega = np.repeat(sim.cell_weights[:, :1], sim.cell_weights.shape[1], axis=1)
-    codes = np.searchsorted(sim.group_names, sim.groups)
-    sizes = np.bincount(codes)
-    Lt = omega.shape[0]
-    M = np.concatenate([rng.choice(Lt, size=n, p=omega[:, 0]) for n in sizes])
-    Y = np.empty_like(sim.Y)
-    for l in range(Lt):
-        idx = np.nonzero(M == l)[0]
-        Y[idx] = rng.multivariate_normal(sim.y_means[l], np.linalg.inv(sim.y_precisions[l]),
-                                         size=idx.size)
-    return dataclasses.replace(sim, Y=Y, cell_truth=M, cell_weights=omega)
-
-
 def make_data(scenario, lam, J, n_j, T, L, rep):
     import nestedatoms as na
 
@@ -106,7 +89,7 @@ def make_data(scenario, lam, J, n_j, T, L, rep):
     sim = na.simulate(n_groups=J, cells_per_group=n_j, n_group_clusters=T, n_cell_clusters=L,
                       lam_x=lam, lam_y=lam, random_state=seed)
     if scenario == "same-composition":
-        sim = same_composition(sim)
+        sim = sim.with_shared_composition(12345)
     return sim, seed
 
 

@@ -1,7 +1,5 @@
 """Shared fixtures: both backends, and small random problems of every flavour."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -42,17 +40,3 @@ def random_state_for(be, prob, seed=0):
     groups = rng.integers(prob.K, size=prob.data.n_groups)
     return state_from_labels(be, prob, cells, groups)
 
-
-def same_composition(sim, seed):
-    """``sim`` with its cells redrawn so that every individual shares cluster 0's composition:
-    the individual clusters then differ only in x."""
-    rng = np.random.default_rng(seed)
-    omega = sim.cell_weights[:, 0]
-    M = rng.choice(omega.size, size=sim.Y.shape[0], p=omega)
-    Y = np.empty_like(sim.Y)
-    for l in range(omega.size):
-        idx = np.nonzero(M == l)[0]
-        Y[idx] = rng.multivariate_normal(sim.y_means[l], np.linalg.inv(sim.y_precisions[l]),
-                                         size=idx.size)
-    weights = np.repeat(omega[:, None], sim.cell_weights.shape[1], axis=1)
-    return dataclasses.replace(sim, Y=Y, cell_truth=M, cell_weights=weights)

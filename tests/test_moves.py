@@ -114,11 +114,8 @@ def test_search_group_partition_finds_clusters_that_only_x_separates(backend):
     """Two individual clusters share one composition and differ only in x.  k-means on the
     joint features (composition and x) splits by composition noise on this seed, and the
     search from one cluster stays there; the candidates from x alone find the truth."""
-    from conftest import same_composition
-
-    sim = same_composition(na.simulate(n_groups=12, cells_per_group=1000, n_group_clusters=2,
-                                       n_cell_clusters=2, lam_x=0.1, lam_y=0.1, random_state=10),
-                           seed=10)
+    sim = na.simulate(n_groups=12, cells_per_group=1000, n_group_clusters=2, n_cell_clusters=2,
+                      lam_x=0.1, lam_y=0.1, random_state=10).with_shared_composition(10)
     prob = na.NestedAtomsModel()._problem(prepare_data(sim.Y, sim.groups, sim.X))
     st = state_from_labels(backend, prob, sim.cell_truth[prob.data.order],
                            np.zeros(12, dtype=int))

@@ -128,3 +128,16 @@ def test_dirichlet_multinomial_term_against_scipy():
         log_coefficient = gammaln(n + 1) - gammaln(row + 1).sum()
         expected = scipy.stats.dirichlet_multinomial(np.full(3, a), int(n)).logpmf(row)
         assert value == pytest.approx(expected - log_coefficient, rel=1e-12)
+
+
+def test_shared_composition_copy_differs_only_in_cells_and_is_refused():
+    sim = na.simulate(n_groups=8, cells_per_group=20, random_state=3)
+    shared = sim.with_shared_composition(0)
+    np.testing.assert_array_equal(shared.X, sim.X)
+    np.testing.assert_array_equal(shared.group_truth, sim.group_truth)
+    assert shared.Y.shape == sim.Y.shape and not sim.compositions_shared
+    # every group cluster now has cluster 0's composition
+    np.testing.assert_array_equal(shared.cell_weights,
+                                  np.repeat(sim.cell_weights[:, :1], 3, axis=1))
+    with pytest.raises(ValueError, match="with_shared_composition"):
+        shared.group_partition_posterior()

@@ -13,8 +13,6 @@ from nestedatoms._fit import run_cavi
 from nestedatoms._init import state_from_labels
 from nestedatoms._state import resolve_nw_prior
 
-from conftest import same_composition
-
 
 @pytest.mark.parametrize("D, G", [(1, 30), (2, 6), (5, 30)])
 def test_empirical_group_prior_in_closed_form(D, G):
@@ -92,7 +90,7 @@ def _same_composition(seed):
     """Two individual clusters that share one cell-type composition and differ only in x."""
     sim = na.simulate(n_groups=30, cells_per_group=40, n_group_clusters=2, alpha0_x=1e6,
                       random_state=seed)
-    return same_composition(sim, seed)
+    return sim.with_shared_composition(seed)
 
 
 def test_x_separates_individual_clusters_that_compositions_cannot():

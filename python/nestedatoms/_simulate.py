@@ -39,6 +39,8 @@ class Simulation:
     alpha0_y: float = 25.0
     lam_x: float = 0.1
     lam_y: float = 0.1
+    compositions_shared: bool = False      # set by with_shared_composition
+
 
     def _gaussian_logpdf(self, Z, means, precisions):
         from scipy.stats import multivariate_normal
@@ -89,10 +91,35 @@ class Simulation:
         """
         from ._partition_posterior import partition_posterior
 
+        if self.compositions_shared:
+            raise ValueError("group_partition_posterior assumes each group cluster drew its own "
+                             "composition; this Simulation comes from "
+                             "with_shared_composition, whose cells were redrawn outside that "
+                             "model.  Use the Simulation it was made from.")
         return partition_posterior(self.X, self._cell_type_counts(), self.group_truth,
                                    T=self.group_weights.shape[0], alpha0_x=self.alpha0_x,
                                    alpha0_y=self.alpha0_y, lam_x=self.lam_x,
                                    nu0=self.X.shape[1] + ATOM_DF_EXTRA)
+
+    def with_shared_composition(self, random_state=None) -> "Simulation":
+        """A copy whose cells are redrawn so that every group shares group cluster 0's
+        cell-type composition: the group clusters then differ only in x, and no method that
+        ignores x can separate them.  X, the atoms and the group labels are kept."""
+        import dataclasses
+
+        rng = np.random.default_rng(random_state)
+        omega = self.cell_weights[:, 0]
+        sizes = np.bincount(np.searchsorted(self.group_names, self.groups),
+                            minlength=self.X.shape[0])
+        M = np.concatenate([rng.choice(omega.size, size=n, p=omega) for n in sizes])
+        Y = np.empty_like(self.Y)
+        for l in range(omega.size):
+            idx = np.nonzero(M == l)[0]
+            Y[idx] = rng.multivariate_normal(self.y_means[l], np.linalg.inv(self.y_precisions[l]),
+                                             size=idx.size)
+        weights = np.repeat(omega[:, None], self.cell_weights.shape[1], axis=1)
+        return dataclasses.replace(self, Y=Y, cell_truth=M, cell_weights=weights,
+                                   compositions_shared=True)
 
     def _cell_type_counts(self):
         """(J, L_true) each group's number of cells of each true cell type."""
