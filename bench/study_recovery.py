@@ -262,6 +262,14 @@ def _figure(runs):
         plt.close(fig)
 
 
+def simulator_prior(dim, lam):
+    """The simulator's atom prior NW(0, lam, I, dim + 5) (SPEC 8) as estimator overrides."""
+    from nestedatoms._simulate import ATOM_DF_EXTRA
+
+    return dict(mean_prior=0.0, mean_precision_prior=lam, covariance_prior=np.eye(dim),
+                degrees_of_freedom_prior=dim + float(ATOM_DF_EXTRA))
+
+
 def simulator_problem(prob, sim, lam=0.1):
     """``prob`` with both atom priors replaced by the simulator's own (SPEC 8): NW(0, lam, I,
     D + 5).  NAM's own partition and composition priors (Dirichlet process, stick-breaking)
@@ -494,11 +502,8 @@ def ceiling_ablation(lams=(0.01, 0.1), J=12, n_j=100, T=6, L=3):
     rows = []
     for lam, rep in itertools.product(lams, range(10)):
         sim, seed = make_data("model", lam, J, n_j, T, L, rep)
-        true_atoms = {}
-        for key, dim in (("group_prior", sim.X.shape[1]), ("cell_prior", sim.Y.shape[1])):
-            true_atoms[key] = dict(mean_prior=0.0, mean_precision_prior=lam,
-                                   covariance_prior=np.eye(dim),
-                                   degrees_of_freedom_prior=dim + 5.0)
+        true_atoms = dict(group_prior=simulator_prior(sim.X.shape[1], lam),
+                          cell_prior=simulator_prior(sim.Y.shape[1], lam))
         variants = {"default": {}, "true atom priors": true_atoms,
                     "true atom priors, alpha = alpha0_x": dict(
                         true_atoms, group_concentration=sim.alpha0_x)}
@@ -631,9 +636,7 @@ def x_prior_ablation_variants(X, K):
         "the \"reference\" preset: NW(0, 0.01, I, q + 5)": dict(
             mean_prior=0.0, mean_precision_prior=0.01, covariance_prior=np.eye(q),
             degrees_of_freedom_prior=nu0),
-        "oracle: the simulator's own NW(0, 0.1, I, q + 5)": dict(
-            mean_prior=0.0, mean_precision_prior=0.1, covariance_prior=np.eye(q),
-            degrees_of_freedom_prior=nu0),
+        "oracle: the simulator's own NW(0, 0.1, I, q + 5)": simulator_prior(q, 0.1),
     }
 
 
