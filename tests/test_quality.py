@@ -9,7 +9,7 @@ from sklearn.metrics import adjusted_rand_score as ari
 
 import nestedatoms as na
 from nestedatoms._backend import get_backend
-from nestedatoms._fit import run_cavi
+from nestedatoms._fit import elbo_from_labels, run_cavi
 from nestedatoms._init import state_from_labels
 from nestedatoms._state import resolve_nw_prior
 
@@ -63,6 +63,39 @@ def test_default_fit_scores_at_least_as_high_as_a_run_started_at_the_truth(seed)
     assert model.elbo_ >= from_truth - 1e-6 * abs(from_truth)
     _, bayes_cells = sim.bayes_labels()
     assert ari(sim.cell_truth, model.cell_labels_) >= ari(sim.cell_truth, bayes_cells) - 0.015
+
+
+def test_elbo_from_labels_does_not_depend_on_how_the_clusters_are_named():
+    """The stick-breaking priors depend on the order of the clusters, so a partition must be
+    scored the same whatever its labels are called (they are renumbered by size)."""
+    sim = na.simulate(random_state=0)
+    prob = na.NestedAtomsModel(n_init=1, random_state=0, n_threads=1).fit(
+        sim.Y, sim.groups, sim.X).problem_
+    be = get_backend("cpp")
+    cells, groups = sim.cell_truth, sim.group_truth
+    renamed = elbo_from_labels(be, prob, (cells + 1) % (cells.max() + 1), groups.max() - groups)
+    assert renamed == elbo_from_labels(be, prob, cells, groups)
+
+
+@pytest.mark.parametrize("seed", [
+    5,     # the fit is the exact posterior mode (which is not the truth here)
+    # NAM's objective scores the mode 0.32 nats above the one cluster the fit returns, but the
+    # mode is two splits away and the first alone scores lower (bench/STUDY.md section 3): a
+    # known miss of the greedy search, kept here until a search finds it
+    pytest.param(2, marks=pytest.mark.xfail(strict=True, reason="mode two splits away")),
+])
+def test_default_fit_scores_at_least_as_high_as_the_exact_posterior_mode(seed):
+    """Against an independent partition: the exact posterior mode of the individual partition
+    under the generating model (subset enumeration), started from the true cells."""
+    sim = na.simulate(random_state=seed)
+    model = na.NestedAtomsModel(random_state=seed, n_threads=1).fit(sim.Y, sim.groups, sim.X)
+    mode = sim.group_partition_posterior().map_labels
+    prob = model.problem_
+    be = get_backend("cpp")
+    # both sides run to the same tight tolerance from hard labels
+    from_fit = elbo_from_labels(be, prob, model.cell_labels_, model.group_labels_)
+    from_mode = elbo_from_labels(be, prob, sim.cell_truth, mode)
+    assert from_fit >= from_mode - 1e-9 * abs(from_mode)
 
 
 @pytest.mark.parametrize("seed", [3, 6, 7, 9])
