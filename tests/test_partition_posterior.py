@@ -79,7 +79,7 @@ def _brute_force(sim, T):
     log_z = logsumexp(list(log_probs.values()))
     best = max(log_probs, key=log_probs.get)
     return (np.array(best), log_probs[best] - log_z,
-            log_probs[_canonical(sim.group_truth)] - log_z)
+            log_probs[_canonical(sim.group_truth)] - log_z, log_z)
 
 
 def _canonical(labels):
@@ -92,10 +92,12 @@ def test_partition_posterior_matches_brute_force_enumeration(seed, T):
     sim = na.simulate(n_groups=6, cells_per_group=12, n_group_clusters=T, n_cell_clusters=3,
                       n_group_features=2, lam_x=0.5, random_state=seed)
     got = sim.group_partition_posterior()
-    labels, log_map, log_truth = _brute_force(sim, T)
+    labels, log_map, log_truth, log_evidence = _brute_force(sim, T)
     np.testing.assert_array_equal(got.map_labels, labels)
     assert got.log_prob_map == pytest.approx(log_map, abs=1e-9)
     assert got.log_prob_truth == pytest.approx(log_truth, abs=1e-9)
+    # log p(X, M): the labelling sums and the blocks' marginals, against the sequential scores
+    assert got.log_evidence == pytest.approx(log_evidence, rel=1e-12)
 
 
 def test_well_separated_individuals_have_the_truth_as_posterior_mode():

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaln, logsumexp, multigammaln
 
-__all__ = ["PartitionPosterior", "partition_posterior", "nw_log_marginal"]
+__all__ = ["PartitionPosterior", "partition_posterior", "posterior_from_scores",
+           "nw_log_marginal", "subset_members"]
 
 MAX_GROUPS = 14        # 3^14 T subset pairs: seconds; every further individual triples it
 
@@ -40,12 +41,14 @@ class PartitionPosterior:
 
     ``map_labels``: the posterior mode (J,), blocks numbered by first appearance;
     ``log_prob_map`` and ``log_prob_truth``: log posterior probabilities of that partition and
-    of the true one (both <= 0; equal when the truth is the mode).
+    of the true one (both <= 0; equal when the truth is the mode); ``log_evidence``: the log
+    normaliser, log p(X, M) under the given hyperparameters (for choosing them by evidence).
     """
 
     map_labels: np.ndarray
     log_prob_map: float
     log_prob_truth: float
+    log_evidence: float
 
 
 def nw_log_marginal(X: np.ndarray, members: np.ndarray, lam0: float, nu0: float,
@@ -75,11 +78,17 @@ def _dirichlet_multinomial(counts: np.ndarray, a: float) -> np.ndarray:
             + (gammaln(a + counts) - gammaln(a)).sum(axis=1))
 
 
+def subset_members(J: int) -> np.ndarray:
+    """Membership (2^J - 1, J) of every non-empty subset of J individuals; row m - 1 is the
+    subset whose bit mask is m."""
+    masks = np.arange(1, 2 ** J)
+    return ((masks[:, None] >> np.arange(J)) & 1).astype(bool)
+
+
 def _block_scores(X, counts, T, alpha0_x, alpha0_y, lam_x, nu0):
     """Score of every non-empty subset of individuals as one block, indexed by bit mask."""
-    J, q = X.shape
-    masks = np.arange(1, 2 ** J)
-    members = ((masks[:, None] >> np.arange(J)) & 1).astype(bool)
+    q = X.shape[1]
+    members = subset_members(X.shape[0])
     a_x = alpha0_x / T
     sizes = members.sum(axis=1)
     score = (nw_log_marginal(X, members, lam_x, nu0, np.eye(q), np.zeros(q))
@@ -109,17 +118,34 @@ def partition_posterior(X: np.ndarray, counts: np.ndarray, truth: np.ndarray, T:
     """
     X = np.asarray(X, dtype=np.float64)
     counts = np.asarray(counts, dtype=np.float64)
-    J = X.shape[0]
+    _check_size(X.shape[0])
+    block = _block_scores(X, counts, T, alpha0_x, alpha0_y, lam_x, nu0)
+    # labelling b blocks with distinct names out of T, times the Dirichlet normaliser
+    b = np.arange(1, T + 1)
+    label_term = np.concatenate([[-np.inf], gammaln(T + 1) - gammaln(T + 1 - b)
+                                 + gammaln(alpha0_x) - gammaln(alpha0_x + X.shape[0])])
+    return posterior_from_scores(block, label_term, truth)
+
+
+def _check_size(J: int) -> None:
     if J > MAX_GROUPS:
         raise ValueError(f"the exact partition posterior enumerates subsets of the individuals "
                          f"and is limited to J <= {MAX_GROUPS}; got J = {J}.")
-    block = _block_scores(X, counts, T, alpha0_x, alpha0_y, lam_x, nu0)
+
+
+def posterior_from_scores(block: np.ndarray, label_term: np.ndarray,
+                          truth: np.ndarray) -> PartitionPosterior:
+    """The mode and the normaliser of p(S) ∝ exp(label_term[b] + sum of block[B] over the b
+    blocks B of S), for any prior and likelihood that factor so.
+
+    ``block`` (2^J,): the score of each subset of the J individuals as one block, by bit mask
+    (entry 0 unused); ``label_term`` (b_max + 1,): the part that depends only on the number of
+    blocks (-inf where b is impossible; b_max caps it).  Dynamic programme over subsets.
+    """
+    J = int(np.log2(block.shape[0]))
+    _check_size(J)
+    T = label_term.shape[0] - 1
     full = 2 ** J - 1
-    n_blocks = np.arange(T + 1)
-    # labelling b blocks with distinct names out of T, times the Dirichlet normaliser
-    label_term = np.full(T + 1, -np.inf)
-    label_term[1:] = (gammaln(T + 1) - gammaln(T + 1 - n_blocks[1:])
-                      + gammaln(alpha0_x) - gammaln(alpha0_x + J))
     # best[m, b] / total[m, b]: max / logsumexp over partitions of the set m into b blocks
     best = np.full((full + 1, T + 1), -np.inf)
     total = np.full((full + 1, T + 1), -np.inf)
@@ -147,7 +173,8 @@ def partition_posterior(X: np.ndarray, counts: np.ndarray, truth: np.ndarray, T:
     log_truth = block[truth_blocks].sum() + label_term[len(truth_blocks)]
     return PartitionPosterior(map_labels=_by_first_appearance(labels),
                               log_prob_map=float(best[full, b_best] + label_term[b_best] - log_z),
-                              log_prob_truth=float(log_truth - log_z))
+                              log_prob_truth=float(log_truth - log_z),
+                              log_evidence=float(log_z))
 
 
 def _by_first_appearance(labels: np.ndarray) -> np.ndarray:

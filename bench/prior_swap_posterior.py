@@ -1,0 +1,113 @@
+"""The exact posterior mode of the individual partition with NAM's priors swapped in, one at a
+time, for the generating model's.
+
+``Simulation.group_partition_posterior`` scores partitions under the model that drew the data:
+Dir(alpha0_x / T) cluster weights with T known, cell-type compositions from Dir(alpha0_y / L),
+and x atoms from the simulator's NW(0, lam, I, q + 5).  NAM has its own version of each piece
+(SPEC section 2).  Every piece below still factors over the blocks of a partition, so the same
+exact subset enumeration applies (``posterior_from_scores``), and one can ask which of NAM's
+priors moves the mode away from the truth, with no variational approximation and no search in
+the way:
+
+* **partition**: a Dirichlet process (NAM's stick-breaking weights with K -> infinity) with
+  alpha ~ Gamma(a, b) integrated out: p(S) = int alpha^b Gamma(alpha) / Gamma(alpha + J)
+  prod_k Gamma(n_k) p(alpha) d alpha, by quadrature on log alpha;
+* **composition**: each cluster's cell-type weights by stick-breaking, u_l ~ Beta(1, beta),
+  with the cell types in order of size as NAM orders its atoms and a truncation above their
+  number (so every type has a stick):
+  p(M_B | beta) = prod_l B(1 + n_l, beta + n_>l) / B(1, beta). beta is shared by every cluster
+  (SPEC), which couples the blocks, so it is set to its type-II MAP over a grid under
+  Gamma(a, b) (NAM estimates it from the data as well);
+* **x atoms**: NAM's default "empirical" x prior (``resolve_nw_prior``), scaled by the data.
+
+The cells' true labels are still given, as in ``group_partition_posterior``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import betaln, gammaln, logsumexp
+from scipy.stats import gamma
+
+from nestedatoms._partition_posterior import (_dirichlet_multinomial, nw_log_marginal,
+                                              posterior_from_scores, subset_members)
+from nestedatoms._simulate import ATOM_DF_EXTRA
+
+# SPEC section 2: a_alpha = b_alpha = a_beta = b_beta = 0.1
+CONCENTRATION_SHAPE, CONCENTRATION_RATE = 0.1, 0.1
+BETA_GRID = 2.0 ** np.arange(-4.0, 5.0)              # 1/16 .. 16, factors of 2
+
+
+def dp_partition_label_term(J: int, shape: float = CONCENTRATION_SHAPE,
+                            rate: float = CONCENTRATION_RATE) -> np.ndarray:
+    """log int alpha^b Gamma(alpha) / Gamma(alpha + J) Gamma(alpha; shape, rate) d alpha, for
+    b = 0..J (b = 0 impossible: -inf); with gammaln(n_k) per block it is the DP's EPPF."""
+    # log alpha; Gamma(0.1, 0.1) keeps about 2% of its mass below e^-40, so reach far down
+    t = np.linspace(-400.0, 12.0, 82401)
+    alpha = np.exp(t)
+    # d alpha = alpha dt, hence the last + t
+    base = (gammaln(alpha) - gammaln(alpha + J)
+            + gamma.logpdf(alpha, shape, scale=1.0 / rate) + t)
+    dt = t[1] - t[0]
+    return np.array([-np.inf] + [logsumexp(base + b * t) + np.log(dt) for b in range(1, J + 1)])
+
+
+def stick_breaking_log_marginal(counts: np.ndarray, beta: float) -> np.ndarray:
+    """log p(one sequence of cell types with these counts), rows of ``counts`` (columns already
+    in stick order), under stick-breaking weights with u_l ~ Beta(1, beta)."""
+    beyond = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1] - counts     # n_>l
+    return (betaln(1.0 + counts, beta + beyond) - betaln(1.0, beta)).sum(axis=1)
+
+
+def modes_with_nam_priors(sim, nam_x_prior) -> dict:
+    """The exact mode (``PartitionPosterior``) under the generating model and with NAM's
+    partition prior, composition prior, x prior, and all three, swapped in.
+
+    ``nam_x_prior``: NAM's ``NWPrior`` for x on these data.
+    """
+    J, q = sim.X.shape
+    members = subset_members(J)
+    sizes = members.sum(axis=1)
+    counts = sim._cell_type_counts().astype(np.float64)
+    order = np.argsort(-counts.sum(axis=0), kind="stable")        # NAM sorts atoms by size
+    block_counts = members.astype(np.float64) @ counts[:, order]
+    T = sim.group_weights.shape[0]
+
+    a_x = sim.alpha0_x / T
+    n_blocks = np.arange(1, T + 1)
+    partition = {
+        "generating": (gammaln(a_x + sizes) - gammaln(a_x),
+                       np.concatenate([[-np.inf], gammaln(T + 1) - gammaln(T + 1 - n_blocks)
+                                       + gammaln(sim.alpha0_x) - gammaln(sim.alpha0_x + J)])),
+        "NAM": (gammaln(sizes), dp_partition_label_term(J)),
+    }
+    x = {
+        "generating": nw_log_marginal(sim.X, members, sim.lam_x, q + ATOM_DF_EXTRA,
+                                      np.eye(q), np.zeros(q)),
+        "NAM": nw_log_marginal(sim.X, members, nam_x_prior.lam0, nam_x_prior.nu0,
+                               nam_x_prior.W0inv, nam_x_prior.m0),
+    }
+    generating_composition = _dirichlet_multinomial(block_counts,
+                                                    sim.alpha0_y / counts.shape[1])
+
+    def mode(part, comp, x_name):
+        block_part, label_term = partition[part]
+        base = block_part + x[x_name]
+        if comp == "generating":
+            return posterior_from_scores(np.concatenate([[0.0], base + generating_composition]),
+                                         label_term, sim.group_truth)
+        # beta: type-II MAP over the grid, its prior as a density in log beta
+        fits = [posterior_from_scores(
+            np.concatenate([[0.0], base + stick_breaking_log_marginal(block_counts, beta)]),
+            label_term, sim.group_truth) for beta in BETA_GRID]
+        log_prior = (gamma.logpdf(BETA_GRID, CONCENTRATION_SHAPE,
+                                  scale=1.0 / CONCENTRATION_RATE) + np.log(BETA_GRID))
+        return fits[int(np.argmax([f.log_evidence for f in fits] + log_prior))]
+
+    return {
+        "generating": mode("generating", "generating", "generating"),
+        "NAM partition prior": mode("NAM", "generating", "generating"),
+        "NAM composition prior": mode("generating", "NAM", "generating"),
+        "NAM x prior": mode("generating", "generating", "NAM"),
+        "all three NAM priors": mode("NAM", "NAM", "NAM"),
+    }
