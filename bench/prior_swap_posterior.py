@@ -111,3 +111,20 @@ def modes_with_nam_priors(sim, nam_x_prior) -> dict:
         "NAM x prior": mode("generating", "generating", "NAM"),
         "all three NAM priors": mode("NAM", "NAM", "NAM"),
     }
+
+
+def dp_ordering_gap(labels: np.ndarray, alpha: float) -> float:
+    """log p(partition) under the Dirichlet process minus log p(one labelling of it) under its
+    stick-breaking weights, clusters labelled 1, 2, ... from the largest down, as NAM's fit
+    labels them (SPEC's stick-breaking prior depends on the labels; the partition's
+    probability sums over every labelling).
+
+    A fit that puts q(S) on one labelling scores a partition this much below what the
+    exchangeable prior gives it, and the gap grows with the number of clusters.
+    """
+    n = np.sort(np.bincount(labels)[np.bincount(labels) > 0])[::-1].astype(np.float64)
+    J, b = n.sum(), n.size
+    eppf = b * np.log(alpha) + gammaln(alpha) - gammaln(alpha + J) + gammaln(n).sum()
+    beyond = np.cumsum(n[::-1])[::-1] - n
+    one_labelling = (betaln(1.0 + n, alpha + beyond) - betaln(1.0, alpha)).sum()
+    return float(eppf - one_labelling)

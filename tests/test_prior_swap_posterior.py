@@ -13,7 +13,8 @@ from scipy.special import gammaln
 from nestedatoms._partition_posterior import posterior_from_scores, subset_members
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "bench"))
-from prior_swap_posterior import dp_partition_label_term, stick_breaking_log_marginal  # noqa: E402
+from prior_swap_posterior import (dp_ordering_gap, dp_partition_label_term,  # noqa: E402
+                                  stick_breaking_log_marginal)
 
 
 @pytest.mark.parametrize("J", [1, 4, 9])
@@ -51,3 +52,28 @@ def test_stick_breaking_marginal_in_closed_form(beta):
     two_first = np.array([[2.0, 0.0, 0.0]])
     np.testing.assert_allclose(stick_breaking_log_marginal(two_first, beta),
                                np.log(2.0 / ((1 + beta) * (2 + beta))), rtol=1e-12)
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 0], [0, 0, 1], [0, 1, 2], [1, 0, 1, 1]])
+def test_dp_ordering_gap_against_a_sum_over_every_labelling(labels):
+    """The DP's partition probability is the stick-breaking probability summed over every way
+    to give the blocks distinct labels; brute force over labels 1..40 (the rest of the sticks
+    carries (alpha / (1 + alpha))^40 of the mass)."""
+    import itertools
+
+    from scipy.special import betaln, logsumexp
+
+    alpha, K = 0.8, 40
+    labels = np.asarray(labels)
+    sizes = np.sort(np.bincount(labels))[::-1].astype(float)
+
+    def log_stick_breaking(label_of_block):
+        counts = np.zeros(K)
+        counts[list(label_of_block)] = sizes
+        beyond = np.cumsum(counts[::-1])[::-1] - counts
+        return (betaln(1.0 + counts, alpha + beyond) - betaln(1.0, alpha)).sum()
+
+    every = [log_stick_breaking(lab) for lab in itertools.permutations(range(K), sizes.size)]
+    sorted_first = log_stick_breaking(range(sizes.size))
+    assert dp_ordering_gap(labels, alpha) == pytest.approx(logsumexp(every) - sorted_first,
+                                                           abs=1e-6)
