@@ -14,6 +14,7 @@ from nestedatoms._partition_posterior import posterior_from_scores, subset_membe
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "bench"))
 from prior_swap_posterior import (dp_ordering_gap, dp_partition_label_term,  # noqa: E402
+                                  labelling_gap, modes_with_nam_priors,
                                   stick_breaking_log_marginal)
 
 
@@ -77,3 +78,37 @@ def test_dp_ordering_gap_against_a_sum_over_every_labelling(labels):
     sorted_first = log_stick_breaking(range(sizes.size))
     assert dp_ordering_gap(labels, alpha) == pytest.approx(logsumexp(every) - sorted_first,
                                                            abs=1e-6)
+
+
+def test_labelling_gap_at_a_fixed_alpha_is_the_ordering_gap():
+    """With alpha fixed, SPEC's group-stick terms at their optimum for a hard partition are
+    log p(its size-sorted labelling) exactly (q(v) is then the exact posterior of the
+    sticks), so the gap is ``dp_ordering_gap``, which is tested by brute force above."""
+    from nestedatoms._backend import get_backend
+    from nestedatoms._data import prepare_data
+
+    import nestedatoms as na
+
+    sim = na.simulate(random_state=0)
+    prob = na.NestedAtomsModel(group_concentration=0.8)._problem(
+        prepare_data(sim.Y, sim.groups, sim.X))
+    be = get_backend("numpy")
+    for groups in (sim.group_truth, np.array([0] * 6 + [1] * 4 + [2] + [3])):
+        assert labelling_gap(be, prob, sim.cell_truth, groups) == pytest.approx(
+            dp_ordering_gap(groups, 0.8), abs=1e-9)
+
+
+def test_swapped_prior_modes_start_from_the_generating_posterior():
+    """The assembly: with nothing swapped, the mode and evidence are those of
+    ``Simulation.group_partition_posterior``, built independently."""
+    import nestedatoms as na
+    from nestedatoms._state import resolve_nw_prior
+
+    sim = na.simulate(n_groups=8, cells_per_group=30, random_state=3)
+    modes = modes_with_nam_priors(sim, resolve_nw_prior(sim.X, 30, "empirical", None,
+                                                         layer="groups"))
+    reference = sim.group_partition_posterior()
+    np.testing.assert_array_equal(modes["generating"].map_labels, reference.map_labels)
+    assert modes["generating"].log_evidence == pytest.approx(reference.log_evidence, abs=1e-9)
+    assert set(modes) >= {"NAM partition prior", "NAM composition prior", "NAM x prior",
+                          "all three NAM priors"}
