@@ -39,6 +39,10 @@ cell ARI, the exact posterior mode of the individual partition, and NAM's ELBO f
 answer minus that from the truth and from the mode (>= 0: the model scores the fit's answer at
 least as high, so no better search would change it).
 
+The ceiling analyses (``--ceiling``, ``--ceiling-ablation``, ``--ceiling-priors``,
+``--ordering-check``) live in ``study_ceiling.py``, the exact posterior pieces they use in
+``prior_swap_posterior.py``.
+
 ``--n-j``, ``--J``, ``--lam``, ``--tied`` / ``--untied`` restrict the grid, so that slices can
 run in separate processes (they append to the same CSV, one short line per write).
 Each finished fit is appended to ``bench/results/recovery_runs.csv`` at once (a rerun skips
@@ -474,236 +478,6 @@ def toy(n_seeds: int):
         fh.write(markdown_table(table))
 
 
-CEILING_CSV = os.path.join(RESULTS, "ceiling_runs.csv")
-
-
-def ceiling():
-    """The ceiling on the J = 12 grid: the exact posterior mode of the individual partition
-    under the model that drew the data (parameters integrated out, the cells' true labels
-    given; ``Simulation.group_partition_posterior``), the Bayes answer under 0-1 loss for a
-    method that has to learn the parameters, against every method's rows.
-
-    Writes ``bench/results/ceiling_runs.csv`` (one row per data set) and
-    ``bench/results/ceiling_summary.md`` (medians per grid cell beside each method's).  The
-    same-composition scenario is left out: its cells are redrawn outside the model, so the
-    model's posterior is not its ceiling.
-    """
-    from sklearn.metrics import adjusted_rand_score as ari
-
-    import pandas as pd
-
-    rows = []
-    for scenario, lam, J, n_j, T, L in grid(True, Js=(12,)):
-        if scenario != "model":
-            continue
-        for rep in range(10):
-            sim, _ = make_data(scenario, lam, J, n_j, T, L, rep)
-            post = sim.group_partition_posterior()
-            rows.append(dict(scenario=scenario, lam=lam, J=J, n_j=n_j, T=T, L=L, rep=rep,
-                             mode_ari=ari(sim.group_truth, post.map_labels),
-                             p_mode=np.exp(post.log_prob_map),
-                             p_truth=np.exp(post.log_prob_truth)))
-    ceil = pd.DataFrame(rows)
-    ceil.to_csv(CEILING_CSV, index=False)
-    keys = ["scenario", "lam", "J", "n_j", "T", "L"]
-    out = (ceil.assign(truth_is_mode=ceil.mode_ari > 1 - 1e-12).groupby(keys)
-           .agg(reps=("rep", "nunique"), mode_ari=("mode_ari", "median"),
-                truth_is_mode=("truth_is_mode", "sum"), p_truth=("p_truth", "median"))
-           .reset_index())
-    joined = pd.read_csv(RUNS_CSV).merge(ceil, on=keys + ["rep"])
-    joined["reaches"] = joined.group_ari >= joined.mode_ari - 1e-9
-    for method in METHODS:
-        per_cell = (joined[joined.method == method].groupby(keys)
-                    .agg(**{method: ("group_ari", "median"),
-                            f"{method} reaches": ("reaches", "sum")}))
-        out = out.merge(per_cell.reset_index(), on=keys, how="left")
-    with open(os.path.join(RESULTS, "ceiling_summary.md"), "w") as fh:
-        fh.write("J = 12 grid (scenario \"model\", 10 replicates a cell): the exact posterior "
-                 "mode of the individual partition under the model that drew the data "
-                 "(`python bench/study_recovery.py --ceiling`; parameters integrated out, the "
-                 "cells' true labels given: it also knows T, alpha0 and lam, more than any method "
-                 "is told).  `mode_ari`: "
-                 "its median individual ARI; `truth_is_mode`: replicates where the truth is "
-                 "the mode; `p_truth`: median posterior probability of the truth; method "
-                 "columns: median individual ARI; `reaches`: replicates where the method's "
-                 "ARI is at least the mode's.\n\n")
-        fh.write(markdown_table(out))
-    print(out.to_string(index=False))
-
-
-def ceiling_ablation(lams=(0.01, 0.1), J=12, n_j=100, T=6, L=3):
-    """What keeps NAM from the posterior mode where it misses most (J = 12, T = 6): default
-    fits (``n_init = 1``) against the same with the simulator's own atom priors for x and y,
-    and with alpha also fixed at the simulator's alpha0_x.  Writes
-    ``bench/results/ceiling_ablation.md``."""
-    from sklearn.metrics import adjusted_rand_score as ari
-
-    import nestedatoms as na
-
-    import pandas as pd
-
-    rows = []
-    for lam, rep in itertools.product(lams, range(10)):
-        sim, seed = make_data("model", lam, J, n_j, T, L, rep)
-        true_atoms = dict(group_prior=simulator_prior(sim.X.shape[1], lam),
-                          cell_prior=simulator_prior(sim.Y.shape[1], lam))
-        variants = {"default": {}, "true atom priors": true_atoms,
-                    "true atom priors, alpha = alpha0_x": dict(
-                        true_atoms, group_concentration=sim.alpha0_x)}
-        row = dict(lam=lam, rep=rep, mode=ari(sim.group_truth,
-                                              sim.group_partition_posterior().map_labels))
-        for name, kwargs in variants.items():
-            model = na.NestedAtomsModel(n_init=1, random_state=seed, n_threads=1, **kwargs)
-            model.fit(sim.Y, sim.groups, sim.X)
-            row[name] = ari(sim.group_truth, model.group_labels_)
-        rows.append(row)
-        print(row, flush=True)
-    table = pd.DataFrame(rows)
-    with open(os.path.join(RESULTS, "ceiling_ablation.md"), "w") as fh:
-        fh.write(f"J = {J}, n_j = {n_j}, T = {T}, L = {L} (`python bench/study_recovery.py "
-                 f"--ceiling-ablation`): individual ARI of the posterior mode under the model "
-                 f"that drew the data (`mode`; told T, alpha0, lam and the cells' true "
-                 f"labels) and of NAM fits (`n_init = 1`) with the default "
-                 f"priors, with the simulator's atom priors NW(0, lam, I, D + 5) for x and y, "
-                 f"and with alpha also fixed at alpha0_x = 25.\n\n")
-        fh.write(markdown_table(table))
-        fh.write("\nReplicates with ARI 1, per lam: "
-                 + "; ".join(f"lam = {lam}: " + ", ".join(
-                     f"{name} {int((part[name] > 1 - 1e-12).sum())}"
-                     for name in table.columns[2:])
-                     for lam, part in table.groupby("lam")) + ".\n")
-    print(table.to_string(index=False))
-
-
-def ceiling_priors(lams=(0.01, 0.1), J=12, T=6):
-    """Which of NAM's priors moves the exact posterior mode off the truth where NAM misses
-    (J = 12, T = 6): the mode with NAM's partition, composition and x priors swapped in for the
-    generating model's, one at a time and all together (``prior_swap_posterior``), beside NAM's
-    default fits from the runs CSV.  Writes ``bench/results/ceiling_priors.md`` and
-    ``ceiling_priors_runs.csv``."""
-    from sklearn.metrics import adjusted_rand_score as ari
-
-    import nestedatoms as na
-    from nestedatoms._state import resolve_nw_prior
-    from prior_swap_posterior import modes_with_nam_priors
-
-    import pandas as pd
-
-    K = na.NestedAtomsModel().n_group_clusters
-    rows = []
-    for lam, n_j, L, rep in itertools.product(lams, (100, 1000), (3, 6), range(10)):
-        sim, _ = make_data("model", lam, J, n_j, T, L, rep)
-        nam_x = resolve_nw_prior(sim.X, K, "empirical", None, layer="groups")
-        modes = modes_with_nam_priors(sim, nam_x)
-        rows.append(dict(lam=lam, n_j=n_j, L=L, rep=rep,
-                         **{name: ari(sim.group_truth, post.map_labels)
-                            for name, post in modes.items()}))
-        print(rows[-1], flush=True)
-    pd.DataFrame(rows).to_csv(CEILING_PRIORS_CSV, index=False)
-    summarise_ceiling_priors(J, T)
-
-
-CEILING_PRIORS_CSV = os.path.join(RESULTS, "ceiling_priors_runs.csv")
-
-
-def summarise_ceiling_priors(J=12, T=6):
-    """``bench/results/ceiling_priors.md`` from ``ceiling_priors_runs.csv`` and the runs CSV."""
-    import pandas as pd
-
-    table = pd.read_csv(CEILING_PRIORS_CSV)
-    keys = ["lam", "n_j", "L"]
-    names = [c for c in table.columns if c not in keys + ["rep"]]
-    runs = pd.read_csv(RUNS_CSV)
-    nam = runs[(runs.method == "NAM") & (runs.scenario == "model") & (runs.J == J)
-               & (runs["T"] == T)].rename(columns={"group_ari": "NAM fit"})
-    joined = table.merge(nam[keys + ["rep", "NAM fit"]], on=keys + ["rep"], how="left")
-    groups = [joined[k] for k in keys]
-    exact = (joined[names + ["NAM fit"]] > 1 - 1e-12).groupby(groups).sum()
-    # NAM's fit against the exact mode of (nearly) its own model: its priors, true cells
-    own = "all three NAM priors"
-    exact["NAM fit = that mode's ARI"] = ((joined["NAM fit"] - joined[own]).abs()
-                                          < 1e-9).groupby(groups).sum()
-    medians = joined.groupby(keys)[names + ["NAM fit"]].median()
-    with open(os.path.join(RESULTS, "ceiling_priors.md"), "w") as fh:
-        fh.write(f"J = {J}, T = {T} (`python bench/study_recovery.py --ceiling-priors`): the "
-                 "exact posterior mode of the individual partition, the cells' true labels "
-                 "given, under the generating model and with NAM's own priors swapped in "
-                 "(`bench/prior_swap_posterior.py`: a Dirichlet process with alpha ~ "
-                 "Gamma(0.1, 0.1) integrated out; stick-breaking compositions with beta at its "
-                 "type-II MAP; NAM's default data-scaled x prior), beside NAM's default fits "
-                 "(`NAM fit`, from the runs CSV).\n\nReplicates (of 10) whose partition is "
-                 f"the truth, and (last column) where NAM's fit has the ARI of the mode under "
-                 f"{own}:\n\n")
-        fh.write(markdown_table(exact.reset_index()))
-        fh.write("\nMedian individual ARI:\n\n")
-        fh.write(markdown_table(medians.reset_index()))
-    print(exact.to_string())
-    print(medians.to_string())
-
-
-def ordering_check(J=12, T=6, max_lam=0.1):
-    """Every default NAM miss at J = 12, T = 6, lam <= ``max_lam``, refitted: NAM's ELBO margin
-    of the fit over the truth (``elbo_from_labels`` both) against the labelling gap
-    (``prior_swap_posterior.labelling_gap``: how far SPEC's objective under-counts a
-    partition against NAM's exchangeable Dirichlet process), truth minus fit.  Writes
-    ``bench/results/ordering_check.md``."""
-    from sklearn.metrics import adjusted_rand_score as ari
-
-    from nestedatoms._backend import get_backend
-    from prior_swap_posterior import labelling_gap
-
-    import pandas as pd
-
-    runs = pd.read_csv(RUNS_CSV)
-    missed = runs[(runs.method == "NAM") & (runs.scenario == "model") & (runs.J == J)
-                  & (runs["T"] == T) & (runs.lam <= max_lam) & (runs.group_ari < 1.0)]
-    exact = pd.read_csv(CEILING_PRIORS_CSV).set_index(["lam", "n_j", "L", "rep"])
-    rows = []
-    for r in missed.sort_values(["lam", "n_j", "L", "rep"]).itertuples(index=False):
-        sim, seed = make_data("model", r.lam, J, r.n_j, T, r.L, r.rep)
-        model = fit_nam_model(sim, seed)
-        st = model.state_
-        alpha = st.alpha_shape / st.alpha_rate
-        margin = (converged_elbo(model.problem_, model.cell_labels_, model.group_labels_)
-                  - converged_elbo(model.problem_, sim.cell_truth, sim.group_truth))
-        be = get_backend("cpp")
-        gap = (labelling_gap(be, model.problem_, sim.cell_truth, sim.group_truth)
-               - labelling_gap(be, model.problem_, model.cell_labels_, model.group_labels_))
-        rows.append(dict(lam=r.lam, n_j=r.n_j, L=r.L, rep=r.rep,
-                         group_ari=ari(sim.group_truth, model.group_labels_),
-                         true_clusters=np.unique(sim.group_truth).size,
-                         fit_clusters=np.unique(model.group_labels_).size,
-                         E_alpha=alpha, elbo_fit_minus_truth=margin,
-                         labelling_gap_truth_minus_fit=gap,
-                         exact_nam_mode_is_truth=bool(
-                             exact.loc[(r.lam, r.n_j, r.L, r.rep), "all three NAM priors"]
-                             > 1 - 1e-12)))
-        print(rows[-1], flush=True)
-    table = pd.DataFrame(rows)
-    flips = table.labelling_gap_truth_minus_fit > table.elbo_fit_minus_truth
-    fewer = table.fit_clusters < table.true_clusters
-    with open(os.path.join(RESULTS, "ordering_check.md"), "w") as fh:
-        fh.write(f"Every default NAM fit at J = {J}, T = {T}, lam <= {max_lam} (scenario "
-                 "\"model\") whose individual ARI is below 1, refitted "
-                 "(`python bench/study_recovery.py --ordering-check`).  "
-                 "`elbo_fit_minus_truth`: NAM's ELBO from the fit's labels minus from the "
-                 "true ones (both by `elbo_from_labels`).  `labelling_gap_truth_minus_fit`: "
-                 "log p(partition) under NAM's Dirichlet process, alpha integrated under its "
-                 "Gamma(0.1, 0.1) prior, minus SPEC's partition-prior ELBO terms at their "
-                 "optimum for the size-sorted hard partition (q(v), q(alpha)), truth minus "
-                 "fit: how much more SPEC's single-labelling objective under-counts the truth "
-                 "than the fit.  `E_alpha`: the fit's.  `exact_nam_mode_is_truth`: the exact "
-                 "posterior mode under all three NAM priors (a surrogate of NAM's model: "
-                 "exchangeable partition prior, cells' true labels) is the truth "
-                 "(`--ceiling-priors`).\n\n")
-        fh.write(f"{len(table)} misses; the fit has fewer clusters than the truth in "
-                 f"{int(fewer.sum())}; the labelling gap exceeds the ELBO margin in "
-                 f"{int(flips.sum())} (of which the exact NAM mode is the truth in "
-                 f"{int((flips & table.exact_nam_mode_is_truth).sum())}).\n\n")
-        fh.write(markdown_table(table))
-    print(table.to_string(index=False))
-
-
 def two_means_splits(X, groups):
     """Each true cluster of two or more individuals split in two by 2-means on x."""
     from nestedatoms._init import kmeans_labels
@@ -899,14 +673,16 @@ def main(argv=None):
         return toy(args.toy)
     if args.misses:
         return grid_misses()
-    if args.ceiling:
-        return ceiling()
-    if args.ceiling_ablation:
-        return ceiling_ablation()
-    if args.ceiling_priors:
-        return ceiling_priors()
-    if args.ordering_check:
-        return ordering_check()
+    if args.ceiling or args.ceiling_ablation or args.ceiling_priors or args.ordering_check:
+        import study_ceiling
+
+        if args.ceiling:
+            return study_ceiling.ceiling()
+        if args.ceiling_ablation:
+            return study_ceiling.ceiling_ablation()
+        if args.ceiling_priors:
+            return study_ceiling.ceiling_priors()
+        return study_ceiling.ordering_check()
     if not args.summarise:
         reps = args.reps or (10 if args.full else 3)
         def values(text, kind):
