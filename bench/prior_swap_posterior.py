@@ -113,25 +113,6 @@ def modes_with_nam_priors(sim, nam_x_prior) -> dict:
     }
 
 
-def dp_ordering_gap(labels: np.ndarray, alpha: float) -> float:
-    """log p(partition) under the Dirichlet process minus log p(one labelling of it) under its
-    stick-breaking weights, clusters labelled 1, 2, ... from the largest down, as NAM's fit
-    labels them (SPEC's stick-breaking prior depends on the labels; the partition's
-    probability sums over every labelling).
-
-    A fit that puts q(S) on one labelling scores a partition this much below what the
-    exchangeable prior gives it, and the gap grows with the number of clusters.  At a fixed
-    alpha; ``labelling_gap`` is the version with alpha integrated that the study uses, and
-    equals this one when alpha is fixed (tested).
-    """
-    n = np.sort(np.bincount(labels)[np.bincount(labels) > 0])[::-1].astype(np.float64)
-    J, b = n.sum(), n.size
-    eppf = b * np.log(alpha) + gammaln(alpha) - gammaln(alpha + J) + gammaln(n).sum()
-    beyond = np.cumsum(n[::-1])[::-1] - n
-    one_labelling = (betaln(1.0 + n, alpha + beyond) - betaln(1.0, alpha)).sum()
-    return float(eppf - one_labelling)
-
-
 def labelling_gap(be, prob, cells: np.ndarray, groups: np.ndarray) -> float:
     """How far SPEC's objective under-counts a partition of the individuals, in nats: the
     exact log prior probability of the partition under NAM's Dirichlet process (alpha
@@ -140,6 +121,10 @@ def labelling_gap(be, prob, cells: np.ndarray, groups: np.ndarray) -> float:
     log p(v | alpha), log p(alpha) and the entropies of q(v) and q(alpha); the fit's q(S) is
     hard, so H(S) = 0).  ``cells``, ``groups``: labels in the caller's order; ``prob``: the
     fit's problem, whose truncation K and concentration prior are used.
+
+    The gap grows with the number of clusters, so it charges a partition with more clusters
+    more than a merged one.  With alpha fixed it is exactly what a brute-force sum over every
+    labelling adds to the size-sorted one (tested).
     """
     from nestedatoms._init import relabel_by_size, state_from_labels
     from nestedatoms._steps import elbo_terms, update_alpha, update_group_sticks
