@@ -34,6 +34,24 @@ def test_every_block_raises_the_elbo(backend, kind, fixed, seed):
             current = new
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_every_block_raises_the_elbo_with_the_x_prior_width_learned(backend, seed):
+    """learn_group_prior_scale: the x block also picks the prior's width; still monotone, and
+    the width does move (else this would test nothing new): the prior as set is far broader
+    than the clusters."""
+    prob = make_problem("nam", seed=seed, learn_group_prior_scale=True,
+                        group_prior={"covariance_prior": 1e3})
+    st = random_state_for(backend, prob, seed)
+    current = elbo(backend, prob, st)
+    for _ in range(8):
+        for name, update in BLOCKS:
+            update(backend, prob, st)
+            new = elbo(backend, prob, st)
+            assert new >= current - _tolerance(current), (name, current, new)
+            current = new
+    assert 0.0 < st.x_prior_scale < 0.999
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("move", [merge_cell_atoms, merge_group_clusters, sort_clusters,
                                   agglomerate_cell_atoms, split_cell_atoms,

@@ -23,7 +23,7 @@ import json
 import numbers
 import os
 import zipfile
-from dataclasses import fields
+from dataclasses import MISSING, fields
 
 import numpy as np
 
@@ -131,6 +131,7 @@ def save_model(model, path) -> None:
             "x_prior": nw(prob.x_prior) if prob.has_x else None,
             "alpha_prior": conc(prob.alpha_prior),
             "beta_prior": conc(prob.beta_prior),
+            "learn_x_prior_scale": bool(prob.learn_x_prior_scale),
         },
         "groups_json": json_groups,
         "state_scalars": state_scalars,
@@ -200,7 +201,8 @@ def load_model(cls, path):
     prob = Problem(data=data, K=pm["K"], L=pm["L"], y_prior=nw("y"),
                    x_prior=nw("x") if pm["has_x"] else None,
                    alpha_prior=ConcentrationPrior(**pm["alpha_prior"]),
-                   beta_prior=ConcentrationPrior(**pm["beta_prior"]))
+                   beta_prior=ConcentrationPrior(**pm["beta_prior"]),
+                   learn_x_prior_scale=bool(pm.get("learn_x_prior_scale", False)))
     # The centres are a deterministic function of the data, but keep the saved bits anyway.
     prob.y_centre = arr["prior/y_centre"]
     if pm["has_x"]:
@@ -210,8 +212,9 @@ def load_model(cls, path):
         key = f"state/{f.name}"
         if key in arr:
             state_kwargs[f.name] = arr[key]
-        else:
+        elif f.name in meta["state_scalars"] or f.default is MISSING:
             state_kwargs[f.name] = meta["state_scalars"].get(f.name)
+        # else: a field newer than the file (x_prior_scale) keeps its default
     st = State(**state_kwargs)
 
     model = cls(**_restore_params(cls, meta["params"]))
@@ -223,4 +226,5 @@ def load_model(cls, path):
     for name in _FITTED_SCALARS:
         setattr(model, name, meta["fitted"][name])
     model.elbo_traces_ = [arr[f"fitted/elbo_traces_/{r}"] for r in range(meta["n_restarts"])]
+    model.group_prior_scale_ = float(st.x_prior_scale) if prob.has_x else None
     return model

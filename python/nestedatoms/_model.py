@@ -61,13 +61,21 @@ class NestedAtomsModel:
         keeps a read-only view of Y instead of a group-sorted copy, saving N x p x 8 bytes.
         Y itself is never written; do not change it in place before ``resume``/``save``.
         Any other Y is copied as usual.
+    learn_group_prior_scale : bool, default False
+        Learn how narrow the individual clusters are: the x prior's width (E[Sigma], with
+        the spread of the cluster means kept) is multiplied by a factor f in [e^-8, 1]
+        chosen to maximise the ELBO (empirical Bayes), updated with the x atoms in every
+        sweep; ``group_prior_scale_`` reports it.  Never broader than the prior as set, since
+        a broader prior is confounded with merging.  Helps where individual clusters are
+        much tighter than the prior expects (well-separated x, few individuals per
+        cluster); see ``bench/STUDY.md`` section 1.  No effect without X.
     """
 
     def __init__(self, n_group_clusters=30, n_cell_clusters=30, prior="empirical",
                  group_prior=None, cell_prior=None, group_concentration=None,
                  cell_concentration=None, concentration_prior=(0.1, 0.1), n_init=3,
                  max_iter=500, tol=1e-6, random_state=None, n_threads=None, backend="cpp",
-                 verbose=0, copy=True):
+                 verbose=0, copy=True, learn_group_prior_scale=False):
         self.n_group_clusters = n_group_clusters
         self.n_cell_clusters = n_cell_clusters
         self.prior = prior
@@ -84,6 +92,7 @@ class NestedAtomsModel:
         self.backend = backend
         self.verbose = verbose
         self.copy = copy
+        self.learn_group_prior_scale = learn_group_prior_scale
 
     # ------------------------------------------------------------------ scikit-learn protocol
     @classmethod
@@ -160,6 +169,7 @@ class NestedAtomsModel:
             x_prior=x_prior,
             alpha_prior=self._concentration(self.group_concentration, "group_concentration"),
             beta_prior=self._concentration(self.cell_concentration, "cell_concentration"),
+            learn_x_prior_scale=bool(self.learn_group_prior_scale),
         )
 
     def fit(self, Y, groups=None, X=None, y=None):
@@ -231,9 +241,11 @@ class NestedAtomsModel:
         if prob.has_x:
             self.group_means_ = st.mx.copy()
             self.group_covariances_ = _expected_covariances(st.Wx, st.nux)
+            self.group_prior_scale_ = float(st.x_prior_scale)
         else:
             self.group_means_ = None
             self.group_covariances_ = None
+            self.group_prior_scale_ = None
         self.elbo_ = best.elbo
         self.elbo_trace_ = np.asarray(best.trace)
         self.elbo_traces_ = [np.asarray(r.trace) for r in runs]

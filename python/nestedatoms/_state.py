@@ -170,6 +170,9 @@ class Problem:
     x_prior: NWPrior | None
     alpha_prior: ConcentrationPrior
     beta_prior: ConcentrationPrior
+    # Learn a factor f <= 1 of the x prior's width by maximising the ELBO (``x_prior_scale``
+    # of the state; ``NestedAtomsModel(learn_group_prior_scale=True)``); False: x_prior as is.
+    learn_x_prior_scale: bool = False
     y_centre: np.ndarray = field(init=False)
     x_centre: np.ndarray | None = field(init=False)
 
@@ -228,6 +231,9 @@ class State:
     y_s2: np.ndarray
     H_xi: float                # -sum xi log xi
     H_rho: float               # -sum rho log rho
+    # f: the x prior in use is the problem's with W0^-1 and lam0 times f (see
+    # ``_steps.effective_x_prior``); 1 unless the problem learns it
+    x_prior_scale: float = 1.0
 
     def copy(self) -> "State":
         return copy.deepcopy(self)

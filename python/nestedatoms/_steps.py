@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._state import ConcentrationPrior, Problem, State
+from ._state import ConcentrationPrior, NWPrior, Problem, State
 
 __all__ = ["BLOCKS", "sweep", "elbo", "elbo_terms", "concentration_expectations",
-           "expected_stick_weights"]
+           "expected_stick_weights", "effective_x_prior", "learn_x_prior_scale"]
 
 
 def concentration_expectations(be, prior: ConcentrationPrior, shape: float, rate: float):
@@ -78,14 +78,82 @@ def update_beta(be, prob: Problem, st: State, n_threads: int = 1) -> None:
             prob.beta_prior.shape, prob.beta_prior.rate, st.u_a, st.u_b)
 
 
-def update_x_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> None:
-    """q(theta^x_k) from the rho-weighted statistics of x (absent for CAM)."""
+def effective_x_prior(prob: Problem, st: State) -> NWPrior:
+    """The x prior in use: the problem's, with its width scaled by the state's f.
+
+    f multiplies W0^-1 and lam0 together, so E[Sigma] scales by f while the spread of the
+    atom means, E[Sigma] / lam0, stays as set.
+    """
+    p, f = prob.x_prior, float(st.x_prior_scale)
+    if f == 1.0:
+        return p
+    return NWPrior(m0=p.m0, lam0=p.lam0 * f, W0inv=p.W0inv * f, nu0=p.nu0)
+
+
+# log f is learned in [_LOG_SCALE_MIN, _LOG_SCALE_MAX]: never broader than the prior as set
+# (a broader prior is confounded with merging: merged clusters are broad, and a broad prior
+# makes merges cheap, so the ELBO rewards the pair; bench/study_prior_scale.py lifts the cap to
+# measure this, bench/STUDY.md section 1), down to e^-8 of its width.
+_LOG_SCALE_MIN, _LOG_SCALE_MAX = -8.0, 0.0
+
+
+def _x_bound_at_scale(be, prob: Problem, stats, log_f: float) -> float:
+    """The x part of the ELBO at the optimal q(theta^x) for the current q(S), with the prior's
+    width times exp(log_f), up to a constant: sum_k log Z(posterior_k) - K log Z(prior), Z the
+    Normal-Wishart normaliser (terms that do not depend on f dropped)."""
+    p = prob.x_prior
+    f = float(np.exp(log_f))
+    n, s1, s2 = stats
+    _, lam, W, nu = be.nw_posterior(n, s1, s2, prob.x_centre, p.m0, p.lam0 * f,
+                                    p.W0inv * f, p.nu0)
+    D = p.dim
+    _, logdet_W = np.linalg.slogdet(W)
+    _, logdet_W0inv = np.linalg.slogdet(p.W0inv)
+    posterior = float(np.sum(0.5 * nu * logdet_W - 0.5 * D * np.log(lam)))
+    prior = -0.5 * p.nu0 * (logdet_W0inv + D * log_f) - 0.5 * D * np.log(p.lam0 * f)
+    return posterior - W.shape[0] * prior
+
+
+def learn_x_prior_scale(be, prob: Problem, st: State, stats=None) -> float:
+    """argmax of the ELBO over f in [e^-8, 1] (see ``_LOG_SCALE_MAX``), q(S) held and
+    q(theta^x) at its optimum.
+
+    A bounded Brent search on log f; the ends and the current f are candidates too (Brent never
+    evaluates the ends), so the ELBO cannot fall below that of the current f.
+    """
+    from scipy.optimize import minimize_scalar
+
+    if stats is None:   # the rho-weighted statistics of x
+        stats = be.weighted_stats(prob.X, st.rho, prob.x_centre)
+
+    def loss(log_f):
+        return -_x_bound_at_scale(be, prob, stats, log_f)
+
+    low, high = _LOG_SCALE_MIN, _LOG_SCALE_MAX
+    res = minimize_scalar(loss, bounds=(low, high), method="bounded", options={"xatol": 1e-3})
+    candidates = [float(res.x), high, float(np.clip(np.log(st.x_prior_scale), low, high))]
+    best = min(candidates, key=loss)
+    return float(np.exp(best))
+
+
+def update_x_atoms(be, prob: Problem, st: State, n_threads: int = 1, learn_scale=False) -> None:
+    """q(theta^x_k) from the rho-weighted statistics of x (absent for CAM), under the x prior
+    in use (``effective_x_prior``).  ``learn_scale``: first the width of that prior, when the
+    problem learns it; both together raise the ELBO, since the new width is the best one with
+    q(theta^x) at its optimum, which this block then sets."""
     if not prob.has_x:
         return
-    p = prob.x_prior
-    n, s1, s2 = be.weighted_stats(prob.X, st.rho, prob.x_centre)
+    n, s1, s2 = stats = be.weighted_stats(prob.X, st.rho, prob.x_centre)
+    if learn_scale and prob.learn_x_prior_scale:
+        st.x_prior_scale = learn_x_prior_scale(be, prob, st, stats)
+    p = effective_x_prior(prob, st)
     st.mx, st.lamx, st.Wx, st.nux = be.nw_posterior(n, s1, s2, prob.x_centre,
                                                     p.m0, p.lam0, p.W0inv, p.nu0)
+
+
+def update_x_prior_scale_and_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> None:
+    """The sweep's x block: the x prior's width (if learned), then q(theta^x)."""
+    update_x_atoms(be, prob, st, n_threads, learn_scale=True)
 
 
 def update_y_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> None:
@@ -103,11 +171,16 @@ BLOCKS = (
     ("cell_sticks", update_cell_sticks),
     ("alpha", update_alpha),
     ("beta", update_beta),
-    ("x_atoms", update_x_atoms),
+    ("x_atoms", update_x_prior_scale_and_atoms),
     ("y_atoms", update_y_atoms),
 )
 
-GLOBAL_BLOCKS = BLOCKS[2:]
+# The global factors, for the moves and the initialisation.  They hold the x prior's width
+# fixed: a move compares partitions under one prior (the sweeps then re-learn the width), and
+# a Brent search in each of the group search's many refinement steps would cost more than the
+# rest of the step.
+GLOBAL_BLOCKS = tuple((name, update_x_atoms if name == "x_atoms" else update)
+                      for name, update in BLOCKS[2:])
 
 
 def sweep(be, prob: Problem, st: State, n_threads: int = 1, blocks=BLOCKS) -> None:
@@ -127,7 +200,7 @@ def elbo_terms(be, prob: Problem, st: State) -> dict:
     t["loglik_y"] = be.nw_loglik_from_stats(st.y_n, st.y_s1, st.y_s2, prob.y_centre,
                                             st.my, st.lamy, st.Wy, st.nuy)
     if prob.has_x:
-        px = prob.x_prior
+        px = effective_x_prior(prob, st)
         n, s1, s2 = be.weighted_stats(prob.X, st.rho, prob.x_centre)
         t["loglik_x"] = be.nw_loglik_from_stats(n, s1, s2, prob.x_centre,
                                                 st.mx, st.lamx, st.Wx, st.nux)

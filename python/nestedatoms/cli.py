@@ -24,6 +24,9 @@ def _model_options(parser, n_init=3):
     g.add_argument("--n-cell-clusters", type=int, default=30, metavar="L",
                    help="truncation level L for cell clusters (default 30)")
     g.add_argument("--prior", choices=("empirical", "reference"), default="empirical")
+    g.add_argument("--learn-group-prior-scale", action="store_true",
+                   help="learn how narrow the individual clusters are (the x prior's width "
+                        "times a factor <= 1, by maximising the ELBO)")
     g.add_argument("--n-init", type=int, default=n_init, help=f"restarts (default {n_init})")
     g.add_argument("--max-iter", type=int, default=500)
     g.add_argument("--tol", type=float, default=1e-6)
@@ -36,7 +39,8 @@ def _model_options(parser, n_init=3):
 
 def _model_kwargs(args) -> dict:
     return dict(n_group_clusters=args.n_group_clusters, n_cell_clusters=args.n_cell_clusters,
-                prior=args.prior, n_init=args.n_init, max_iter=args.max_iter, tol=args.tol,
+                prior=args.prior, learn_group_prior_scale=args.learn_group_prior_scale,
+                n_init=args.n_init, max_iter=args.max_iter, tol=args.tol,
                 random_state=args.seed, backend=args.backend, n_threads=args.threads,
                 verbose=0 if args.quiet else 1)
 

@@ -1,0 +1,138 @@
+"""learn_group_prior_scale: the width of the x prior chosen by maximising the ELBO (empirical
+Bayes over one factor f <= 1), checked against the ELBO itself, between backends, through
+save/load, and on a data set where it is what recovers the individual clusters."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score as ari
+
+import nestedatoms as na
+from nestedatoms._backend import get_backend
+from nestedatoms._steps import _x_bound_at_scale, elbo, learn_x_prior_scale, update_x_atoms
+
+from conftest import make_problem, random_state_for
+
+
+def _elbo_at_scale(be, prob, st, f):
+    """The full ELBO with the width fixed at f and q(theta^x) at its optimum."""
+    trial = st.copy()
+    trial.x_prior_scale = f
+    update_x_atoms(be, prob, trial)
+    return elbo(be, prob, trial)
+
+
+@pytest.mark.parametrize("log_f", [-1.7, -0.4, 0.6, 2.3])
+def test_closed_form_moves_with_the_elbo(backend, log_f):
+    """The width search's closed form (the x part of the ELBO at the optimal q(theta^x), as
+    Normal-Wishart normalisers) changes exactly as the backend's full ELBO (SPEC 6) does
+    when the width changes and q(theta^x) is re-optimised, everything else held."""
+    prob = make_problem("nam", seed=5, learn_group_prior_scale=True)
+    st = random_state_for(backend, prob, 5)
+    stats = backend.weighted_stats(prob.X, st.rho, prob.x_centre)
+    expected = (_x_bound_at_scale(backend, prob, stats, log_f)
+                - _x_bound_at_scale(backend, prob, stats, 0.0))
+    got = _elbo_at_scale(backend, prob, st, np.exp(log_f)) - _elbo_at_scale(backend, prob, st, 1.0)
+    assert got == pytest.approx(expected, abs=1e-8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_learned_width_maximises_the_elbo(backend, seed):
+    """The learned f beats its neighbours on a fine grid of the full ELBO (SPEC 6, computed
+    by the backend, not by the closed form the search uses), within [e^-8, 1]."""
+    prob = make_problem("nam", seed=seed, learn_group_prior_scale=True)
+    st = random_state_for(backend, prob, seed)
+    f = learn_x_prior_scale(backend, prob, st)
+    at = _elbo_at_scale(backend, prob, st, f)
+    grid = np.exp(np.linspace(-8.0, 0.0, 161))
+    best_on_grid = max(_elbo_at_scale(backend, prob, st, g) for g in grid)
+    assert at >= best_on_grid - 1e-6
+    for g in (f * 0.98, min(f * 1.02, 1.0)):
+        assert at >= _elbo_at_scale(backend, prob, st, g) - 1e-9
+
+
+def test_backends_learn_the_same_width():
+    prob = make_problem("nam", seed=4, learn_group_prior_scale=True)
+    scales = []
+    for name in ("cpp", "numpy"):
+        be = get_backend(name)
+        scales.append(learn_x_prior_scale(be, prob, random_state_for(be, prob, 4)))
+    assert scales[0] == pytest.approx(scales[1], rel=1e-9)
+
+
+def test_width_never_exceeds_the_prior_as_set():
+    """Data whose clusters are broader than the prior expects: the ELBO would widen it, the
+    cap keeps f = 1 exactly, and the fit equals the default fit."""
+    sim = na.simulate(random_state=0, lam_x=0.1)
+    wide = dict(covariance_prior=1e-3 * np.eye(sim.X.shape[1]))
+    kwargs = dict(n_init=1, random_state=0, n_threads=1, group_prior=wide)
+    learned = na.NestedAtomsModel(learn_group_prior_scale=True, **kwargs).fit(
+        sim.Y, sim.groups, sim.X)
+    fixed = na.NestedAtomsModel(**kwargs).fit(sim.Y, sim.groups, sim.X)
+    assert learned.group_prior_scale_ == 1.0
+    assert learned.elbo_ == pytest.approx(fixed.elbo_, rel=1e-12)
+
+
+def test_learned_width_recovers_tight_clusters_the_default_merges():
+    """Six well-separated individual clusters among 12 individuals (lam = 0.01): the default
+    prior expects clusters far broader than these and merges two of them; learning the width
+    (f well below 1) recovers the truth, which the exact posterior under the model that drew
+    the data also puts first."""
+    sim = na.simulate(n_groups=12, cells_per_group=100, n_group_clusters=6, n_cell_clusters=3,
+                      lam_x=0.01, lam_y=0.01, random_state=4007)
+    assert ari(sim.group_truth, sim.group_partition_posterior().map_labels) == 1.0
+    kwargs = dict(n_init=3, random_state=4007, n_threads=1)
+    default = na.NestedAtomsModel(**kwargs).fit(sim.Y, sim.groups, sim.X)
+    learned = na.NestedAtomsModel(learn_group_prior_scale=True, **kwargs).fit(
+        sim.Y, sim.groups, sim.X)
+    assert ari(sim.group_truth, default.group_labels_) < 1.0
+    assert ari(sim.group_truth, learned.group_labels_) == 1.0
+    assert learned.group_prior_scale_ < 0.5
+    trace = learned.elbo_trace_
+    assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:]))
+
+
+def test_width_survives_save_and_load(tmp_path):
+    sim = na.simulate(n_groups=12, cells_per_group=40, n_group_clusters=4, lam_x=0.01,
+                      random_state=3)
+    model = na.NestedAtomsModel(n_init=1, random_state=0, n_threads=1,
+                                learn_group_prior_scale=True).fit(sim.Y, sim.groups, sim.X)
+    assert model.group_prior_scale_ < 1.0
+    model.save(tmp_path / "m.nam")
+    back = na.NestedAtomsModel.load(tmp_path / "m.nam")
+    assert back.group_prior_scale_ == model.group_prior_scale_
+    assert back.problem_.learn_x_prior_scale
+    assert back.get_params()["learn_group_prior_scale"] is True
+
+
+def test_cam_and_bad_values():
+    sim = na.simulate(n_groups=6, cells_per_group=30, random_state=1)
+    cam = na.NestedAtomsModel(n_init=1, random_state=0, learn_group_prior_scale=True).fit(
+        sim.Y, sim.groups)
+    assert cam.group_prior_scale_ is None
+    with pytest.raises(ValueError, match="learn_group_prior_scale must be True or False"):
+        na.NestedAtomsModel(learn_group_prior_scale="yes").fit(sim.Y, sim.groups, sim.X)
+
+
+def test_a_file_saved_before_the_option_loads_with_the_prior_as_set(tmp_path):
+    """Files written before learn_group_prior_scale existed have no width in their state or
+    problem: they load with f = 1 and the option off, and resume as before."""
+    import json
+
+    sim = na.simulate(n_groups=8, cells_per_group=30, random_state=2)
+    model = na.NestedAtomsModel(n_init=1, random_state=0, n_threads=1).fit(
+        sim.Y, sim.groups, sim.X)
+    model.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as arrays:
+        contents = {k: arrays[k] for k in arrays.files}
+    meta = json.loads(contents["metadata.json"].tobytes())
+    del meta["state_scalars"]["x_prior_scale"]
+    del meta["problem"]["learn_x_prior_scale"]
+    del meta["params"]["learn_group_prior_scale"]
+    contents["metadata.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "old.npz", **contents)
+    old = na.NestedAtomsModel.load(tmp_path / "old.npz")
+    assert old.state_.x_prior_scale == 1.0 and old.group_prior_scale_ == 1.0
+    assert not old.problem_.learn_x_prior_scale and old.learn_group_prior_scale is False
+    assert old.elbo_ == model.elbo_
+    old.resume(n_iter=2)
+    assert old.elbo_ >= model.elbo_ - 1e-9 * abs(model.elbo_)
