@@ -136,3 +136,19 @@ def test_a_file_saved_before_the_option_loads_with_the_prior_as_set(tmp_path):
     assert old.elbo_ == model.elbo_
     old.resume(n_iter=2)
     assert old.elbo_ >= model.elbo_ - 1e-9 * abs(model.elbo_)
+
+
+@pytest.mark.parametrize("log_f, covariance_prior", [(2.0, 1e-3), (-9.0, 1e3)])
+def test_a_width_outside_the_bounds_is_kept_unless_beaten(backend, log_f, covariance_prior):
+    """A state whose f lies outside [e^-8, 1] (a hand-edited file, a study that lifted the
+    cap) is not clipped into a worse value: the x block still never lowers the ELBO."""
+    from nestedatoms._steps import update_x_prior_scale_and_atoms
+
+    prob = make_problem("nam", seed=1, learn_group_prior_scale=True,
+                        group_prior={"covariance_prior": covariance_prior})
+    st = random_state_for(backend, prob, 1)
+    st.x_prior_scale = float(np.exp(log_f))
+    update_x_atoms(backend, prob, st)
+    before = elbo(backend, prob, st)
+    update_x_prior_scale_and_atoms(backend, prob, st)
+    assert elbo(backend, prob, st) >= before - 1e-9 * abs(before)

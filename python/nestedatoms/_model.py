@@ -284,7 +284,9 @@ class NestedAtomsModel:
         training data the model holds (also after ``load``), so ``fit(max_iter=a)`` followed
         by ``resume(b)`` with ``tol=0`` reproduces ``fit(max_iter=a + b)`` bit for bit.  With
         ``tol > 0`` the costly moves of a run that has not converged are tried every 50
-        sweeps counted from the start of each call, so the two may differ there.
+        sweeps counted from the start of each call, so the two may differ there.  The priors
+        are those ``fit`` resolved (``problem_``), including whether the x prior's width is
+        learned: ``set_params`` after ``fit`` does not change them; refit for that.
         ``elbo_trace_``, ``elbo_traces_[best_restart_]``, ``n_iter_`` (the total) and every
         fitted attribute are updated.  Returns self.
         """

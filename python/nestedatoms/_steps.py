@@ -107,7 +107,9 @@ def _x_bound_at_scale(be, prob: Problem, stats, log_f: float) -> float:
     _, lam, W, nu = be.nw_posterior(n, s1, s2, prob.x_centre, p.m0, p.lam0 * f,
                                     p.W0inv * f, p.nu0)
     D = p.dim
-    _, logdet_W = np.linalg.slogdet(W)
+    sign, logdet_W = np.linalg.slogdet(W)
+    if np.any(sign <= 0):       # a numerically singular posterior scores nothing
+        return -np.inf
     _, logdet_W0inv = np.linalg.slogdet(p.W0inv)
     posterior = float(np.sum(0.5 * nu * logdet_W - 0.5 * D * np.log(lam)))
     prior = -0.5 * p.nu0 * (logdet_W0inv + D * log_f) - 0.5 * D * np.log(p.lam0 * f)
@@ -115,11 +117,12 @@ def _x_bound_at_scale(be, prob: Problem, stats, log_f: float) -> float:
 
 
 def learn_x_prior_scale(be, prob: Problem, st: State, stats=None) -> float:
-    """argmax of the ELBO over f in [e^-8, 1] (see ``_LOG_SCALE_MAX``), q(S) held and
+    """A maximiser of the ELBO over f in [e^-8, 1] (see ``_LOG_SCALE_MAX``), q(S) held and
     q(theta^x) at its optimum.
 
-    A bounded Brent search on log f; the ends and the current f are candidates too (Brent never
-    evaluates the ends), so the ELBO cannot fall below that of the current f.
+    A bounded Brent search on log f; both ends and the current f (even outside the bounds,
+    e.g. from a file) are candidates too (Brent never evaluates the ends), so the ELBO cannot
+    fall below that of the current f.
     """
     from scipy.optimize import minimize_scalar
 
@@ -131,7 +134,10 @@ def learn_x_prior_scale(be, prob: Problem, st: State, stats=None) -> float:
 
     low, high = _LOG_SCALE_MIN, _LOG_SCALE_MAX
     res = minimize_scalar(loss, bounds=(low, high), method="bounded", options={"xatol": 1e-3})
-    candidates = [float(res.x), high, float(np.clip(np.log(st.x_prior_scale), low, high))]
+    candidates = [float(res.x), low, high]
+    current = float(np.log(st.x_prior_scale)) if st.x_prior_scale > 0 else -np.inf
+    if np.isfinite(current):
+        candidates.append(current)
     best = min(candidates, key=loss)
     return float(np.exp(best))
 

@@ -223,6 +223,8 @@ def write_results(adata, model, summ, key_added, group_key, use_rep, covariates=
     }
     if covariates is not None:
         uns["covariates"] = [str(c) for c in covariates]
+    if model.group_prior_scale_ is not None:    # h5ad stores no None: absent without x
+        uns["group_prior_scale"] = float(model.group_prior_scale_)
     adata.uns[key_added] = uns
 
 
