@@ -35,10 +35,11 @@ import copy
 import numpy as np
 
 from ._state import Problem, State
-from ._steps import GLOBAL_BLOCKS, elbo, update_groups
+from ._steps import GLOBAL_BLOCKS, elbo, learn_x_prior_scale, update_groups, update_x_atoms
 
 __all__ = ["sort_clusters", "merge_group_clusters", "merge_cell_atoms", "agglomerate_cell_atoms",
-           "split_cell_atoms", "search_group_partition", "DEFAULT_MOVES",
+           "split_cell_atoms", "search_group_partition", "learn_group_prior_width",
+           "DEFAULT_MOVES",
            "refresh_without_cells", "optimise_groups"]
 
 # A proposal must beat the current ELBO by this relative margin, so rounding noise never
@@ -564,5 +565,31 @@ def split_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1, max_atoms
 split_cell_atoms.at_convergence = True
 
 
+# ---------------------------------------------------------------------------------------------
+# A width change smaller than this (relative) does not count as a move, so runs converge.
+_WIDTH_TOLERANCE = 1e-3
+
+
+def learn_group_prior_width(be, prob: Problem, st: State, n_threads: int = 1) -> bool:
+    """``learn_group_prior_scale``: at convergence, the x prior's width f (<= 1) that maximises
+    the ELBO for the partition reached, then q(theta^x) under it; the sweeps resume if f moved.
+
+    Only at convergence, not in every sweep: early partitions (the start over-splits the
+    individuals, often into singletons) say nothing about the width, and the ELBO then drifts
+    f to its lower bound, where the prior forbids every merge: the fit stays split for good
+    (seen at lam = 0.5, J = 12).  A converged partition does inform it.  The ELBO rises: the
+    current f is one of the candidates, and q(theta^x) is then set to its optimum.
+    """
+    if not (prob.has_x and prob.learn_x_prior_scale):
+        return False
+    old = float(st.x_prior_scale)
+    st.x_prior_scale = learn_x_prior_scale(be, prob, st)
+    update_x_atoms(be, prob, st, n_threads)
+    return abs(np.log(st.x_prior_scale) - np.log(old)) > _WIDTH_TOLERANCE
+
+
+learn_group_prior_width.at_convergence = True
+
+
 DEFAULT_MOVES = (merge_cell_atoms, sort_clusters, agglomerate_cell_atoms, split_cell_atoms,
-                 search_group_partition)
+                 search_group_partition, learn_group_prior_width)

@@ -142,24 +142,15 @@ def learn_x_prior_scale(be, prob: Problem, st: State, stats=None) -> float:
     return float(np.exp(best))
 
 
-def update_x_atoms(be, prob: Problem, st: State, n_threads: int = 1, learn_scale=False) -> None:
+def update_x_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> None:
     """q(theta^x_k) from the rho-weighted statistics of x (absent for CAM), under the x prior
-    in use (``effective_x_prior``).  ``learn_scale``: first the width of that prior, when the
-    problem learns it; both together raise the ELBO, since the new width is the best one with
-    q(theta^x) at its optimum, which this block then sets."""
+    in use (``effective_x_prior``)."""
     if not prob.has_x:
         return
-    n, s1, s2 = stats = be.weighted_stats(prob.X, st.rho, prob.x_centre)
-    if learn_scale and prob.learn_x_prior_scale:
-        st.x_prior_scale = learn_x_prior_scale(be, prob, st, stats)
     p = effective_x_prior(prob, st)
+    n, s1, s2 = be.weighted_stats(prob.X, st.rho, prob.x_centre)
     st.mx, st.lamx, st.Wx, st.nux = be.nw_posterior(n, s1, s2, prob.x_centre,
                                                     p.m0, p.lam0, p.W0inv, p.nu0)
-
-
-def update_x_prior_scale_and_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> None:
-    """The sweep's x block: the x prior's width (if learned), then q(theta^x)."""
-    update_x_atoms(be, prob, st, n_threads, learn_scale=True)
 
 
 def update_y_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> None:
@@ -177,16 +168,11 @@ BLOCKS = (
     ("cell_sticks", update_cell_sticks),
     ("alpha", update_alpha),
     ("beta", update_beta),
-    ("x_atoms", update_x_prior_scale_and_atoms),
+    ("x_atoms", update_x_atoms),
     ("y_atoms", update_y_atoms),
 )
 
-# The global factors, for the moves and the initialisation.  They hold the x prior's width
-# fixed: a move compares partitions under one prior (the sweeps then re-learn the width), and
-# a Brent search in each of the group search's many refinement steps would cost more than the
-# rest of the step.
-GLOBAL_BLOCKS = tuple((name, update_x_atoms if name == "x_atoms" else update)
-                      for name, update in BLOCKS[2:])
+GLOBAL_BLOCKS = BLOCKS[2:]
 
 
 def sweep(be, prob: Problem, st: State, n_threads: int = 1, blocks=BLOCKS) -> None:
