@@ -32,6 +32,7 @@ Usage::
     python bench/study_recovery.py --ceiling-ablation   # what keeps NAM from it at T = 6
     python bench/study_recovery.py --ceiling-priors   # the mode with NAM's priors swapped in
     python bench/study_recovery.py --ordering-check   # misses against the labelling gap
+    python bench/study_recovery.py --prior-scale-eb   # the x prior's scale learned instead
 
 ``--toy`` fits the published toy design (``simulate(random_state=seed)``) with the defaults
 and writes ``bench/results/toy_design.md``: individual and cell ARI, the Bayes classifier's
@@ -70,7 +71,7 @@ RESULTS = os.path.join(HERE, "results")
 RUNS_CSV = os.path.join(RESULTS, "recovery_runs.csv")
 FIELDS = ["scenario", "lam", "J", "n_j", "T", "L", "rep", "method", "group_ari", "cell_ari",
           "cell_ari_bayes", "group_ari_bayes", "n_groups_found", "n_cells_found", "seconds"]
-METHODS = ("NAM", "NAM n_init=1", "CAM", "two-stage")
+METHODS = ("NAM", "NAM n_init=1", "CAM", "two-stage", "NAM learned x width")
 # margins within this many nats count as ties: CAVI to tol = 1e-9 on ELBOs of order 1e4-1e6
 TIE_NATS = 0.01
 
@@ -105,15 +106,15 @@ def make_data(scenario, lam, J, n_j, T, L, rep):
 
 
 # ------------------------------------------------------------------------------ methods
-def fit_nam_model(sim, seed, n_init=3, use_x=True):
+def fit_nam_model(sim, seed, n_init=3, use_x=True, **options):
     import nestedatoms as na
 
-    model = na.NestedAtomsModel(n_init=n_init, random_state=seed, n_threads=1)
+    model = na.NestedAtomsModel(n_init=n_init, random_state=seed, n_threads=1, **options)
     return model.fit(sim.Y, sim.groups, sim.X if use_x else None)
 
 
-def fit_nam(sim, seed, n_init=3, use_x=True):
-    model = fit_nam_model(sim, seed, n_init, use_x)
+def fit_nam(sim, seed, n_init=3, use_x=True, **options):
+    model = fit_nam_model(sim, seed, n_init, use_x, **options)
     return model.group_labels_, model.cell_labels_
 
 
@@ -148,6 +149,8 @@ def run_method(method, sim, seed, T):
         return fit_nam(sim, seed, use_x=False)
     if method == "two-stage":
         return fit_two_stage(sim, seed, T)
+    if method == "NAM learned x width":
+        return fit_nam(sim, seed, learn_group_prior_scale=True)
     raise ValueError(method)
 
 
@@ -438,6 +441,10 @@ def toy(n_seeds: int):
         fit_minus_truth, sim_margin, fit_minus_mode = margins_against_truth(
             model, sim, mode_labels=mode.map_labels)
         two_stage_groups, _ = fit_two_stage(sim, seed, int(sim.group_truth.max()) + 1)
+        start = time.perf_counter()
+        learned = na.NestedAtomsModel(random_state=seed, n_threads=1,
+                                      learn_group_prior_scale=True).fit(sim.Y, sim.groups, sim.X)
+        learned_seconds = time.perf_counter() - start
         rows.append(dict(seed=seed, group_ari=ari(sim.group_truth, model.group_labels_),
                          group_ari_bayes=ari(sim.group_truth, bayes_groups),
                          group_ari_mode=ari(sim.group_truth, mode.map_labels),
@@ -452,7 +459,9 @@ def toy(n_seeds: int):
                          elbo_fit_minus_mode=fit_minus_mode,
                          sim_prior_fit_minus_truth=sim_margin,
                          two_stage_group_ari=ari(sim.group_truth, two_stage_groups),
-                         seconds=seconds))
+                         learned_width_group_ari=ari(sim.group_truth, learned.group_labels_),
+                         learned_width=learned.group_prior_scale_,
+                         seconds=seconds, learned_width_seconds=learned_seconds))
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     with open(os.path.join(RESULTS, "toy_design.md"), "w") as fh:
@@ -474,7 +483,11 @@ def toy(n_seeds: int):
                  "covariances; `p_truth`: that posterior's probability of the "
                  "true partition; `fit_is_mode`: the fit returned that partition.  "
                  "`smallest_true_cluster`: individuals in the smallest true "
-                 "cluster.  `two_stage_group_ari`: the two-stage baseline told T = 3.\n\n")
+                 "cluster.  `two_stage_group_ari`: the two-stage baseline told T = 3.  "
+                 "`learned_width_group_ari`: the default fit with "
+                 "`learn_group_prior_scale=True`, which learned the x prior's width times "
+                 "`learned_width` (<= 1), in `learned_width_seconds` (the default fit: "
+                 "`seconds`, the two run one after the other in the same process).\n\n")
         fh.write(markdown_table(table))
 
 
@@ -655,6 +668,9 @@ def main(argv=None):
                         help="only the exact mode with NAM's priors swapped in, at J = 12, T = 6")
     parser.add_argument("--ordering-check", action="store_true",
                         help="only NAM's J = 12, T = 6 misses against the labelling gap")
+    parser.add_argument("--prior-scale-eb", action="store_true",
+                        help="only default fits against the x prior's scale learned by "
+                             "empirical Bayes, on the J = 12 grid")
     parser.add_argument("--n-j", default=None, help="comma-separated cells per individual")
     parser.add_argument("--J", default=None, help="comma-separated numbers of individuals")
     parser.add_argument("--lam", default=None, help="comma-separated separations")
@@ -683,6 +699,12 @@ def main(argv=None):
         if args.ceiling_priors:
             return study_ceiling.ceiling_priors()
         return study_ceiling.ordering_check()
+    if args.prior_scale_eb:
+        import study_prior_scale
+
+        if args.summarise:
+            return study_prior_scale.summarise_prior_scale_eb()
+        return study_prior_scale.prior_scale_eb()
     if not args.summarise:
         reps = args.reps or (10 if args.full else 3)
         def values(text, kind):

@@ -64,9 +64,10 @@ class NestedAtomsModel:
     learn_group_prior_scale : bool, default False
         Learn how narrow the individual clusters are: the x prior's width (E[Sigma], with
         the spread of the cluster means kept) is multiplied by a factor f in [e^-8, 1]
-        chosen to maximise the ELBO (empirical Bayes), updated with the x atoms in every
-        sweep; ``group_prior_scale_`` reports it.  Never broader than the prior as set, since
-        a broader prior is confounded with merging.  Helps where individual clusters are
+        chosen to maximise the ELBO (empirical Bayes) for the partition reached each time
+        the sweeps converge; the sweeps then resume under it, until it settles.
+        ``group_prior_scale_`` reports it.  Never broader than the prior as set, since a
+        broader prior is confounded with merging.  Helps where individual clusters are
         much tighter than the prior expects (well-separated x, few individuals per
         cluster); see ``bench/STUDY.md`` section 1.  No effect without X.
     """
