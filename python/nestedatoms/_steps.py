@@ -84,9 +84,11 @@ def effective_x_prior(prob: Problem, st: State) -> NWPrior:
     f multiplies W0^-1 and lam0 together, so E[Sigma] scales by f while the spread of the
     atom means, E[Sigma] / lam0, stays as set.
     """
-    p, f = prob.x_prior, float(st.x_prior_scale)
-    if f == 1.0:
-        return p
+    f = float(st.x_prior_scale)
+    return prob.x_prior if f == 1.0 else _widened(prob.x_prior, f)
+
+
+def _widened(p: NWPrior, f: float) -> NWPrior:
     return NWPrior(m0=p.m0, lam0=p.lam0 * f, W0inv=p.W0inv * f, nu0=p.nu0)
 
 
@@ -101,22 +103,21 @@ def _x_bound_at_scale(be, prob: Problem, stats, log_f: float) -> float:
     """The x part of the ELBO at the optimal q(theta^x) for the current q(S), with the prior's
     width times exp(log_f), up to a constant: sum_k log Z(posterior_k) - K log Z(prior), Z the
     Normal-Wishart normaliser (terms that do not depend on f dropped)."""
-    p = prob.x_prior
-    f = float(np.exp(log_f))
+    base = prob.x_prior
+    p = _widened(base, float(np.exp(log_f)))
     n, s1, s2 = stats
-    _, lam, W, nu = be.nw_posterior(n, s1, s2, prob.x_centre, p.m0, p.lam0 * f,
-                                    p.W0inv * f, p.nu0)
+    _, lam, W, nu = be.nw_posterior(n, s1, s2, prob.x_centre, p.m0, p.lam0, p.W0inv, p.nu0)
     D = p.dim
     sign, logdet_W = np.linalg.slogdet(W)
     if np.any(sign <= 0):       # a numerically singular posterior scores nothing
         return -np.inf
-    _, logdet_W0inv = np.linalg.slogdet(p.W0inv)
+    _, logdet_W0inv = np.linalg.slogdet(base.W0inv)    # log|f W0^-1| = this + D log f
     posterior = float(np.sum(0.5 * nu * logdet_W - 0.5 * D * np.log(lam)))
-    prior = -0.5 * p.nu0 * (logdet_W0inv + D * log_f) - 0.5 * D * np.log(p.lam0 * f)
+    prior = -0.5 * p.nu0 * (logdet_W0inv + D * log_f) - 0.5 * D * np.log(p.lam0)
     return posterior - W.shape[0] * prior
 
 
-def learn_x_prior_scale(be, prob: Problem, st: State, stats=None) -> float:
+def learn_x_prior_scale(be, prob: Problem, st: State) -> float:
     """A maximiser of the ELBO over f in [e^-8, 1] (see ``_LOG_SCALE_MAX``), q(S) held and
     q(theta^x) at its optimum.
 
@@ -126,8 +127,7 @@ def learn_x_prior_scale(be, prob: Problem, st: State, stats=None) -> float:
     """
     from scipy.optimize import minimize_scalar
 
-    if stats is None:   # the rho-weighted statistics of x
-        stats = be.weighted_stats(prob.X, st.rho, prob.x_centre)
+    stats = be.weighted_stats(prob.X, st.rho, prob.x_centre)   # rho-weighted, fixed here
 
     def loss(log_f):
         return -_x_bound_at_scale(be, prob, stats, log_f)
