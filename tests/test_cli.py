@@ -91,21 +91,21 @@ def test_demo_without_matplotlib_skips_the_plots(tmp_path, capsys, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
-def test_fit_learns_the_group_prior_width_when_asked(tmp_path):
-    """--learn-group-prior-scale reaches the model (and the saved model); without it the
-    width stays the prior's as set."""
+def test_fit_learns_the_group_prior_width_unless_told_not_to(tmp_path):
+    """The width is learned by default and reaches the saved model;
+    --no-learn-group-prior-scale holds the prior as set."""
     sim_path = tmp_path / "sim.h5ad"
     cov_path = tmp_path / "x.csv"
     assert main(["simulate", str(sim_path), *SMALL_COHORT, "--seed", "2",
                  "--covariates-out", str(cov_path)]) == 0
     scales = {}
-    for flag in ([], ["--learn-group-prior-scale"]):
+    for flag, learned in (([], True), (["--no-learn-group-prior-scale"], False)):
         out_path, model_path = tmp_path / "out.h5ad", tmp_path / "model.npz"
         assert main(["fit", str(sim_path), str(out_path), "--group-key", "donor_id",
                      "--covariates", str(cov_path), "--model", str(model_path),
                      *SMALL_MODEL, *flag]) == 0
         model = na.NestedAtomsModel.load(model_path)
-        assert model.learn_group_prior_scale is bool(flag)
-        assert model.problem_.learn_x_prior_scale is bool(flag)
-        scales[bool(flag)] = model.group_prior_scale_
+        assert model.learn_group_prior_scale is learned
+        assert model.problem_.learn_x_prior_scale is learned
+        scales[learned] = model.group_prior_scale_
     assert scales[False] == 1.0 and 0.0 < scales[True] <= 1.0

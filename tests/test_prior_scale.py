@@ -1,7 +1,8 @@
 """learn_group_prior_scale: the width of the x prior chosen by maximising the ELBO (empirical
 Bayes over one factor f <= 1, at convergence), checked against the ELBO itself, between
 backends, through save/load, and on data sets where it recovers the individual clusters the
-default merges, or where learning it too early would trap the fit."""
+fixed-width prior merges, or where learning it too early would trap the fit.  The width is
+learned by default; ``learn_group_prior_scale=False`` holds the prior as set."""
 
 import numpy as np
 import pytest
@@ -62,30 +63,32 @@ def test_backends_learn_the_same_width():
 
 def test_width_never_exceeds_the_prior_as_set():
     """Data whose clusters are broader than the prior expects: the ELBO would widen it, the
-    cap keeps f = 1 exactly, and the fit equals the default fit."""
+    cap keeps f = 1 exactly, and the fit equals the fixed-width fit."""
     sim = na.simulate(random_state=0, lam_x=0.1)
     wide = dict(covariance_prior=1e-3 * np.eye(sim.X.shape[1]))
     kwargs = dict(n_init=1, random_state=0, n_threads=1, group_prior=wide)
     learned = na.NestedAtomsModel(learn_group_prior_scale=True, **kwargs).fit(
         sim.Y, sim.groups, sim.X)
-    fixed = na.NestedAtomsModel(**kwargs).fit(sim.Y, sim.groups, sim.X)
+    fixed = na.NestedAtomsModel(learn_group_prior_scale=False, **kwargs).fit(
+        sim.Y, sim.groups, sim.X)
     assert learned.group_prior_scale_ == 1.0
     assert learned.elbo_ == pytest.approx(fixed.elbo_, rel=1e-12)
 
 
-def test_learned_width_recovers_tight_clusters_the_default_merges():
-    """Six well-separated individual clusters among 12 individuals (lam = 0.01): the default
-    prior expects clusters far broader than these and merges two of them; learning the width
+def test_learned_width_recovers_tight_clusters_the_fixed_width_merges():
+    """Six well-separated individual clusters among 12 individuals (lam = 0.01): the
+    fixed-width prior expects clusters far broader than these and merges two of them; learning the width
     (f well below 1) recovers the truth, which the exact posterior under the model that drew
     the data also puts first."""
     sim = na.simulate(n_groups=12, cells_per_group=100, n_group_clusters=6, n_cell_clusters=3,
                       lam_x=0.01, lam_y=0.01, random_state=4007)
     assert ari(sim.group_truth, sim.group_partition_posterior().map_labels) == 1.0
     kwargs = dict(n_init=3, random_state=4007, n_threads=1)
-    default = na.NestedAtomsModel(**kwargs).fit(sim.Y, sim.groups, sim.X)
-    learned = na.NestedAtomsModel(learn_group_prior_scale=True, **kwargs).fit(
+    fixed = na.NestedAtomsModel(learn_group_prior_scale=False, **kwargs).fit(
         sim.Y, sim.groups, sim.X)
-    assert ari(sim.group_truth, default.group_labels_) < 1.0
+    learned = na.NestedAtomsModel(**kwargs).fit(sim.Y, sim.groups, sim.X)    # the default
+    assert learned.learn_group_prior_scale is True
+    assert ari(sim.group_truth, fixed.group_labels_) < 1.0
     assert ari(sim.group_truth, learned.group_labels_) == 1.0
     assert learned.group_prior_scale_ < 0.5
     trace = learned.elbo_trace_
@@ -96,16 +99,18 @@ def test_width_is_learned_from_a_converged_partition_not_from_the_start():
     """Overlapping clusters (lam = 0.5, J = 12): the start splits the individuals into
     singletons, which say nothing about the width. Learned from them, f fell to its lower
     bound, where the prior forbids every merge, and the fit ended as twelve singletons (ARI 0,
-    52 nats below the default). Learned at convergence, it does no worse than the default."""
+    52 nats below the fixed width). Learned at convergence, it does no worse than the fixed
+    width."""
     sim = na.simulate(n_groups=12, cells_per_group=100, n_group_clusters=3, n_cell_clusters=3,
                       lam_x=0.5, lam_y=0.5, random_state=7)
     kwargs = dict(n_init=1, random_state=7, n_threads=1)
-    default = na.NestedAtomsModel(**kwargs).fit(sim.Y, sim.groups, sim.X)
+    fixed = na.NestedAtomsModel(learn_group_prior_scale=False, **kwargs).fit(
+        sim.Y, sim.groups, sim.X)
     learned = na.NestedAtomsModel(learn_group_prior_scale=True, **kwargs).fit(
         sim.Y, sim.groups, sim.X)
-    assert learned.elbo_ >= default.elbo_ - 1e-9 * abs(default.elbo_)
+    assert learned.elbo_ >= fixed.elbo_ - 1e-9 * abs(fixed.elbo_)
     assert ari(sim.group_truth, learned.group_labels_) >= ari(sim.group_truth,
-                                                              default.group_labels_)
+                                                              fixed.group_labels_)
     assert len(np.unique(learned.group_labels_)) < 12
 
 
@@ -137,7 +142,8 @@ def test_a_file_saved_before_the_option_loads_with_the_prior_as_set(tmp_path):
     import json
 
     sim = na.simulate(n_groups=8, cells_per_group=30, random_state=2)
-    model = na.NestedAtomsModel(n_init=1, random_state=0, n_threads=1).fit(
+    model = na.NestedAtomsModel(n_init=1, random_state=0, n_threads=1,
+                                learn_group_prior_scale=False).fit(
         sim.Y, sim.groups, sim.X)
     model.save(tmp_path / "new.npz")
     with np.load(tmp_path / "new.npz") as arrays:
@@ -170,3 +176,34 @@ def test_a_width_outside_the_bounds_is_kept_unless_beaten(backend, log_f, covari
     before = elbo(backend, prob, st)
     learn_group_prior_width(backend, prob, st)
     assert elbo(backend, prob, st) >= before - 1e-9 * abs(before)
+
+
+def test_a_partition_is_scored_at_its_own_width():
+    """``elbo_from_labels`` (the margins of the study) scores a partition as the fit does:
+    at the width that maximises its ELBO.  Checked against CAVI from the same labels at each
+    width of a grid, run separately: the score is the grid's maximum, up to its spacing."""
+    import dataclasses
+
+    from nestedatoms._fit import elbo_from_labels, run_cavi
+    from nestedatoms._init import relabel_by_size, state_from_labels
+
+    sim = na.simulate(n_groups=12, cells_per_group=100, n_group_clusters=6, n_cell_clusters=3,
+                      lam_x=0.01, lam_y=0.01, random_state=4007)
+    prob = na.NestedAtomsModel(n_init=1, random_state=0, n_threads=1).fit(
+        sim.Y, sim.groups, sim.X).problem_
+    assert prob.learn_x_prior_scale
+    be = get_backend("cpp")
+    cells = relabel_by_size(sim.cell_truth)[prob.data.order]
+    groups = relabel_by_size(sim.group_truth)
+    on_grid = []
+    for f in np.exp(np.linspace(-4.0, 0.0, 41)):
+        st = state_from_labels(be, prob, cells, groups)
+        st.x_prior_scale = f
+        on_grid.append(run_cavi(be, prob, st, max_iter=1000, tol=1e-9).elbo)
+    score = elbo_from_labels(be, prob, sim.cell_truth, sim.group_truth)
+    assert max(on_grid) - 1e-6 * abs(score) <= score <= max(on_grid) + 0.05
+    assert int(np.argmax(on_grid)) not in (0, 40)        # the best width is inside the grid
+    fixed = dataclasses.replace(prob, learn_x_prior_scale=False)
+    assert score > elbo_from_labels(be, fixed, sim.cell_truth, sim.group_truth) + 1.0
+    assert on_grid[-1] == pytest.approx(elbo_from_labels(be, fixed, sim.cell_truth,
+                                                         sim.group_truth), rel=1e-9)

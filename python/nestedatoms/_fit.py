@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._init import initial_state, relabel_by_size, state_from_labels
+from ._moves import learn_group_prior_width
 from ._state import Problem, State
 from ._steps import elbo, sweep
 
@@ -194,12 +195,18 @@ def elbo_from_labels(be, prob: Problem, cell_labels: np.ndarray, group_labels: n
     Meant for comparing partitions, with every side of a comparison computed here: a fit
     stops at its own ``tol`` (1e-6 by default, some 0.2 nats short of this on the published
     toy design), so its ``elbo_`` against a tighter run would be a margin of stopping rules.
+
+    Where the problem learns the x prior's width, each partition is scored at its own width
+    (the width move runs at convergence, as in a fit): the objective the fit maximises is the
+    ELBO at the best width, so scoring two partitions at one width would compare them under
+    a prior neither fit uses.
     """
     # numbered by size, as the fit numbers them: the stick-breaking prior depends on the
     # order, so equal partitions must also be equally numbered
     st = state_from_labels(be, prob, relabel_by_size(np.asarray(cell_labels))[prob.data.order],
                            relabel_by_size(np.asarray(group_labels)))
-    return run_cavi(be, prob, st, max_iter=max_iter, tol=tol).elbo
+    moves = (learn_group_prior_width,) if prob.learn_x_prior_scale else ()
+    return run_cavi(be, prob, st, max_iter=max_iter, tol=tol, moves=moves).elbo
 
 
 def restart_rngs(random_state, n_init: int):

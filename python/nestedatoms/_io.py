@@ -217,7 +217,11 @@ def load_model(cls, path):
         # else: a field newer than the file (x_prior_scale) keeps its default
     st = State(**state_kwargs)
 
-    model = cls(**_restore_params(cls, meta["params"]))
+    params = dict(meta["params"])
+    # files written before the option existed were fitted with the x prior as set; the
+    # constructor's default (learned) would misdescribe them
+    params.setdefault("learn_group_prior_scale", False)
+    model = cls(**_restore_params(cls, params))
     model.problem_ = prob
     model.state_ = st
     model.groups_ = data.groups

@@ -61,22 +61,25 @@ class NestedAtomsModel:
         keeps a read-only view of Y instead of a group-sorted copy, saving N x p x 8 bytes.
         Y itself is never written; do not change it in place before ``resume``/``save``.
         Any other Y is copied as usual.
-    learn_group_prior_scale : bool, default False
+    learn_group_prior_scale : bool, default True
         Learn how narrow the individual clusters are: the x prior's width (E[Sigma], with
         the spread of the cluster means kept) is multiplied by a factor f in [e^-8, 1]
         chosen to maximise the ELBO (empirical Bayes) for the partition reached each time
         the sweeps converge; the sweeps then resume under it, until it settles.
         ``group_prior_scale_`` reports it.  Never broader than the prior as set, since a
-        broader prior is confounded with merging.  Helps where individual clusters are
+        broader prior is confounded with merging.  It matters where individual clusters are
         much tighter than the prior expects (well-separated x, few individuals per
-        cluster); see ``bench/STUDY.md`` section 1.  No effect without X.
+        cluster); elsewhere f stays 1 (``bench/STUDY.md`` section 1).  It scales whichever
+        x prior is in use, including ``prior="reference"`` and a ``group_prior`` override:
+        pass False to hold that prior exactly as set (the published model).  No effect
+        without X.
     """
 
     def __init__(self, n_group_clusters=30, n_cell_clusters=30, prior="empirical",
                  group_prior=None, cell_prior=None, group_concentration=None,
                  cell_concentration=None, concentration_prior=(0.1, 0.1), n_init=3,
                  max_iter=500, tol=1e-6, random_state=None, n_threads=None, backend="cpp",
-                 verbose=0, copy=True, learn_group_prior_scale=False):
+                 verbose=0, copy=True, learn_group_prior_scale=True):
         self.n_group_clusters = n_group_clusters
         self.n_cell_clusters = n_cell_clusters
         self.prior = prior
