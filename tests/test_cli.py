@@ -92,20 +92,24 @@ def test_demo_without_matplotlib_skips_the_plots(tmp_path, capsys, monkeypatch):
 
 
 def test_fit_learns_the_group_prior_width_unless_told_not_to(tmp_path):
-    """The width is learned by default and reaches the saved model;
-    --no-learn-group-prior-scale holds the prior as set."""
+    """The width is learned by default for the default prior and reaches the saved model;
+    --no-learn-group-prior-scale holds the prior as set, and so does --prior reference unless
+    --learn-group-prior-scale asks."""
     sim_path = tmp_path / "sim.h5ad"
     cov_path = tmp_path / "x.csv"
     assert main(["simulate", str(sim_path), *SMALL_COHORT, "--seed", "2",
                  "--covariates-out", str(cov_path)]) == 0
     scales = {}
-    for flag, learned in (([], True), (["--no-learn-group-prior-scale"], False)):
+    cases = (([], "auto", True), (["--no-learn-group-prior-scale"], False, False),
+             (["--prior", "reference"], "auto", False),
+             (["--prior", "reference", "--learn-group-prior-scale"], True, True))
+    for flag, param, learned in cases:
         out_path, model_path = tmp_path / "out.h5ad", tmp_path / "model.npz"
         assert main(["fit", str(sim_path), str(out_path), "--group-key", "donor_id",
                      "--covariates", str(cov_path), "--model", str(model_path),
                      *SMALL_MODEL, *flag]) == 0
         model = na.NestedAtomsModel.load(model_path)
-        assert model.learn_group_prior_scale is learned
+        assert model.learn_group_prior_scale == param
         assert model.problem_.learn_x_prior_scale is learned
-        scales[learned] = model.group_prior_scale_
-    assert scales[False] == 1.0 and 0.0 < scales[True] <= 1.0
+        scales.setdefault(learned, []).append(model.group_prior_scale_)
+    assert scales[False] == [1.0, 1.0] and all(0.0 < f <= 1.0 for f in scales[True])

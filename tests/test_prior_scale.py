@@ -2,7 +2,8 @@
 Bayes over one factor f <= 1, at convergence), checked against the ELBO itself, between
 backends, through save/load, and on data sets where it recovers the individual clusters the
 fixed-width prior merges, or where learning it too early would trap the fit.  The width is
-learned by default; ``learn_group_prior_scale=False`` holds the prior as set."""
+learned by default for the default x prior ("auto"), and a prior the user chose is held as
+set unless ``learn_group_prior_scale=True``."""
 
 import numpy as np
 import pytest
@@ -87,7 +88,7 @@ def test_learned_width_recovers_tight_clusters_the_fixed_width_merges():
     fixed = na.NestedAtomsModel(learn_group_prior_scale=False, **kwargs).fit(
         sim.Y, sim.groups, sim.X)
     learned = na.NestedAtomsModel(**kwargs).fit(sim.Y, sim.groups, sim.X)    # the default
-    assert learned.learn_group_prior_scale is True
+    assert learned.problem_.learn_x_prior_scale      # "auto" learns it for this prior
     assert ari(sim.group_truth, fixed.group_labels_) < 1.0
     assert ari(sim.group_truth, learned.group_labels_) == 1.0
     assert learned.group_prior_scale_ < 0.5
@@ -132,7 +133,7 @@ def test_cam_and_bad_values():
     cam = na.NestedAtomsModel(n_init=1, random_state=0, learn_group_prior_scale=True).fit(
         sim.Y, sim.groups)
     assert cam.group_prior_scale_ is None
-    with pytest.raises(ValueError, match="learn_group_prior_scale must be True or False"):
+    with pytest.raises(ValueError, match='learn_group_prior_scale must be "auto", True or False'):
         na.NestedAtomsModel(learn_group_prior_scale="yes").fit(sim.Y, sim.groups, sim.X)
 
 
@@ -207,3 +208,25 @@ def test_a_partition_is_scored_at_its_own_width():
     assert score > elbo_from_labels(be, fixed, sim.cell_truth, sim.group_truth) + 1.0
     assert on_grid[-1] == pytest.approx(elbo_from_labels(be, fixed, sim.cell_truth,
                                                          sim.group_truth), rel=1e-9)
+
+
+def test_auto_learns_the_width_of_the_default_prior_only():
+    """"auto" (the default) refines the data-scaled default prior; a prior the user chose, the
+    published "reference" preset or a ``group_prior`` override, is held exactly as set unless
+    True asks for the width to be learned anyway."""
+    sim = na.simulate(n_groups=12, cells_per_group=100, n_group_clusters=6, n_cell_clusters=3,
+                      lam_x=0.01, lam_y=0.01, random_state=4007)
+    override = {"degrees_of_freedom_prior": sim.X.shape[1] + 5.0}
+    kwargs = dict(n_init=1, random_state=0, n_threads=1)
+
+    def fit(**options):
+        return na.NestedAtomsModel(**kwargs, **options).fit(sim.Y, sim.groups, sim.X)
+
+    assert fit().learn_group_prior_scale == "auto"
+    assert fit().group_prior_scale_ < 0.5                 # learned: clusters far tighter
+    for chosen in (dict(prior="reference"), dict(group_prior=override)):
+        held = fit(**chosen)
+        assert not held.problem_.learn_x_prior_scale and held.group_prior_scale_ == 1.0
+        assert held.elbo_ == fit(learn_group_prior_scale=False, **chosen).elbo_
+        assert fit(learn_group_prior_scale=True, **chosen).problem_.learn_x_prior_scale
+    assert not fit(learn_group_prior_scale=False).problem_.learn_x_prior_scale

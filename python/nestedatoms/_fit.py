@@ -190,7 +190,8 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
 def elbo_from_labels(be, prob: Problem, cell_labels: np.ndarray, group_labels: np.ndarray,
                      max_iter: int = 1000, tol: float = 1e-9) -> float:
     """NAM's ELBO at the CAVI optimum reached from a hard partition, labels in the caller's
-    order: plain sweeps, no moves, so it scores the basin of that start.
+    order: plain sweeps, and no move but the width's when the problem learns it, so it scores
+    the basin of that start.
 
     Meant for comparing partitions, with every side of a comparison computed here: a fit
     stops at its own ``tol`` (1e-6 by default, some 0.2 nats short of this on the published

@@ -107,9 +107,10 @@ def check_estimator_params(est) -> None:
             f"got {rs!r}.")
     if isinstance(rs, numbers.Integral) and not isinstance(rs, bool) and rs < 0:
         raise InvalidParameterError(f"random_state must be a non-negative int, got {rs!r}.")
-    if not isinstance(getattr(est, "learn_group_prior_scale", False), (bool, np.bool_)):
-        raise InvalidParameterError(f"learn_group_prior_scale must be True or False, got "
-                                    f"{est.learn_group_prior_scale!r}.")
+    learn = getattr(est, "learn_group_prior_scale", "auto")
+    if not (isinstance(learn, (bool, np.bool_)) or (isinstance(learn, str) and learn == "auto")):
+        raise InvalidParameterError(f'learn_group_prior_scale must be "auto", True or False, '
+                                    f"got {learn!r}.")
     if not isinstance(getattr(est, "copy", True), (bool, np.bool_)):
         raise InvalidParameterError(f"copy must be True or False, got {est.copy!r}.")
     if isinstance(est.verbose, bool) or not isinstance(est.verbose, numbers.Integral) or (

@@ -25,10 +25,11 @@ def _model_options(parser, n_init=3):
                    help="truncation level L for cell clusters (default 30)")
     g.add_argument("--prior", choices=("empirical", "reference"), default="empirical")
     g.add_argument("--learn-group-prior-scale", action=argparse.BooleanOptionalAction,
-                   default=True,
+                   default="auto",
                    help="learn how narrow the individual clusters are (the x prior's width "
-                        "times a factor <= 1, by maximising the ELBO; default on); "
-                        "--no-learn-group-prior-scale holds the x prior as set")
+                        "times a factor <= 1, by maximising the ELBO); default: for the "
+                        "empirical prior only; --no-learn-group-prior-scale holds the x "
+                        "prior as set")
     g.add_argument("--n-init", type=int, default=n_init, help=f"restarts (default {n_init})")
     g.add_argument("--max-iter", type=int, default=500)
     g.add_argument("--tol", type=float, default=1e-6)
