@@ -26,6 +26,9 @@ def main():
     ap.add_argument("--max-iter", type=int, default=1000)
     ap.add_argument("--tol", type=float, default=1e-6)
     ap.add_argument("--sweeps", type=int, default=3, help="sweeps timed on their own")
+    ap.add_argument("--fixed-group-prior-width", action="store_true",
+                    help="hold the x prior's width as set (learn_group_prior_scale=False), to "
+                         "measure what learning it costs")
     ap.add_argument("--make-data", metavar="PATH",
                     help="only simulate the cohort and save it to PATH (.npz), then exit")
     ap.add_argument("--data", metavar="PATH",
@@ -60,6 +63,8 @@ def main():
     # AnnData objects does), so the model keeps a read-only view of Y instead of a sorted copy.
     kw = dict(n_group_clusters=args.K, n_cell_clusters=args.L, n_init=1, random_state=0,
               n_threads=args.threads, max_iter=args.max_iter, tol=args.tol, copy=False)
+    if args.fixed_group_prior_width:
+        kw["learn_group_prior_scale"] = False
     model = na.NestedAtomsModel(**kw)
     t0 = time.perf_counter()
     model.fit(Y, groups, X)
@@ -81,7 +86,8 @@ def main():
     print(json.dumps(dict(
         n_cells=int(Y.shape[0]), n_groups=args.groups, p=args.p, q=args.q, K=args.K, L=args.L,
         threads=args.threads, fit_s=t_fit, n_iter=int(model.n_iter_),
-        converged=bool(model.converged_), sweep_best_s=min(sweep_times),
+        converged=bool(model.converged_), group_prior_scale=model.group_prior_scale_,
+        sweep_best_s=min(sweep_times),
         sweep_median_s=float(np.median(sweep_times)), elbo_s=float(np.median(elbo_times)),
         peak_rss_data_mb=rss_data, peak_rss_mb=rss_fit, isa=be.ISA,
         data_s=t_sim)))

@@ -35,7 +35,7 @@ Usage::
     python bench/study_recovery.py --ceiling-priors   # the mode with NAM's priors swapped in
     python bench/study_recovery.py --ceiling-priors --summarise   # its table from its CSV
     python bench/study_recovery.py --ordering-check   # misses against the labelling gap
-    python bench/study_recovery.py --prior-scale-eb   # the x prior's scale learned instead
+    python bench/study_recovery.py --prior-scale-eb   # the learned x width with its cap lifted
 
 ``--toy`` fits the published toy design (``simulate(random_state=seed)``) with the defaults
 and writes ``bench/results/toy_design.md``: individual and cell ARI, the Bayes classifier's
@@ -540,7 +540,8 @@ def prior_check(n_seeds: int):
         K = na.NestedAtomsModel().n_group_clusters
         variants = x_prior_ablation_variants(sim.X, K)
         for name in PRIOR_CHECK_VARIANTS:
-            prob = na.NestedAtomsModel()._problem(data)
+            # each prior as set: the width is not learned (plain CAVI below runs no move)
+            prob = na.NestedAtomsModel(learn_group_prior_scale=False)._problem(data)
             prob.x_prior = resolve_nw_prior(sim.X, K, "empirical", variants[name] or None,
                                             name="group_prior", layer="groups")
 
