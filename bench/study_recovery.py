@@ -36,6 +36,7 @@ Usage::
     python bench/study_recovery.py --ceiling-priors --summarise   # its table from its CSV
     python bench/study_recovery.py --ordering-check   # misses against the labelling gap
     python bench/study_recovery.py --prior-scale-eb   # the learned x width with its cap lifted
+    python bench/study_recovery.py --unequal-widths   # the learned width, clusters of unequal widths
 
 ``--toy`` fits the published toy design (``simulate(random_state=seed)``) with the defaults
 and writes ``bench/results/toy_design.md``: individual and cell ARI, the Bayes classifier's
@@ -682,6 +683,9 @@ def main(argv=None):
                         help="only the exact mode with NAM's priors swapped in, at J = 12, T = 6")
     parser.add_argument("--ordering-check", action="store_true",
                         help="only NAM's J = 12, T = 6 misses against the labelling gap")
+    parser.add_argument("--unequal-widths", action="store_true",
+                        help="only the learned x width against the fixed one on individual "
+                             "clusters of unequal widths")
     parser.add_argument("--prior-scale-eb", action="store_true",
                         help="only default fits against the x prior's scale learned by "
                              "empirical Bayes, on the J = 12 grid")
@@ -715,6 +719,12 @@ def main(argv=None):
                 return study_ceiling.summarise_ceiling_priors()
             return study_ceiling.ceiling_priors()
         return study_ceiling.ordering_check()
+    if args.unequal_widths:
+        import study_prior_scale
+
+        if args.summarise:
+            return study_prior_scale.summarise_unequal_widths()
+        return study_prior_scale.unequal_widths()
     if args.prior_scale_eb:
         import study_prior_scale
 
