@@ -1,6 +1,7 @@
-"""Why the learned width of the x prior is capped at the prior as set
-(``NestedAtomsModel(learn_group_prior_scale=True)``, ``bench/STUDY.md`` section 1).  Run
-through ``study_recovery.py --prior-scale-eb``; it shares that script's grid, data and results.
+"""Why the learned width of the x prior is capped at the prior as set, and what it does to
+individual clusters of unequal widths (``NestedAtomsModel(learn_group_prior_scale=...)``,
+``bench/STUDY.md`` section 1).  Run through ``study_recovery.py --prior-scale-eb`` and
+``--unequal-widths``; it shares that script's grid, data and results.
 
 The option multiplies the x prior's E[Sigma] by a factor f chosen to maximise the ELBO
 (empirical Bayes), f <= 1.  This study refits the J = 12, n_j = 100 grid with the cap lifted
@@ -21,6 +22,11 @@ from study_recovery import RESULTS, RUNS_CSV, fit_nam_model, make_data, markdown
 # prior as set (the baseline of "better" / "worse"), and learned with the cap (the default)
 FIXED, CAPPED = "NAM fixed x width", "NAM"
 UNCAPPED_CSV = os.path.join(RESULTS, "prior_scale_eb_runs.csv")
+
+
+def rose_fell(new, base):
+    """Per data set, whether the ARI ``new`` rose / fell against ``base`` beyond rounding."""
+    return new > base + 1e-9, new < base - 1e-9
 
 
 @contextlib.contextmanager
@@ -74,8 +80,7 @@ def summarise_prior_scale_eb(J=12, n_j=100):
     for name in (FIXED, CAPPED, "uncapped"):
         columns[name] = (name, "median")
         if name != FIXED:
-            runs[f"{name} better"] = runs[name] > runs[FIXED] + 1e-9
-            runs[f"{name} worse"] = runs[name] < runs[FIXED] - 1e-9
+            runs[f"{name} better"], runs[f"{name} worse"] = rose_fell(runs[name], runs[FIXED])
             columns[f"{name} better"] = (f"{name} better", "sum")
             columns[f"{name} worse"] = (f"{name} worse", "sum")
     columns["uncapped f median"] = ("uncapped_scale", "median")
@@ -149,8 +154,7 @@ def summarise_unequal_widths():
     import pandas as pd
 
     runs = pd.read_csv(UNEQUAL_CSV)
-    runs["better"] = runs.learned > runs.fixed + 1e-9
-    runs["worse"] = runs.learned < runs.fixed - 1e-9
+    runs["better"], runs["worse"] = rose_fell(runs.learned, runs.fixed)
     runs["more clusters"] = runs["learned clusters"] > runs["fixed clusters"]
     summary = (runs.groupby(["lam", "J", "T", "L"])
                .agg(reps=("rep", "nunique"), learned=("learned", "median"),
