@@ -115,17 +115,23 @@ def test_width_is_learned_from_a_converged_partition_not_from_the_start():
     assert len(np.unique(learned.group_labels_)) < 12
 
 
-def test_width_survives_save_and_load(tmp_path):
+@pytest.mark.parametrize("param, saved", [(True, True), ("auto", "auto"),
+                                          (np.True_, True)])   # numpy's bool: JSON has none
+def test_width_survives_save_and_load(tmp_path, param, saved):
     sim = na.simulate(n_groups=12, cells_per_group=40, n_group_clusters=4, lam_x=0.01,
                       random_state=3)
     model = na.NestedAtomsModel(n_init=1, random_state=0, n_threads=1,
-                                learn_group_prior_scale=True).fit(sim.Y, sim.groups, sim.X)
+                                learn_group_prior_scale=param).fit(sim.Y, sim.groups, sim.X)
     assert model.group_prior_scale_ < 1.0
     model.save(tmp_path / "m.nam")
     back = na.NestedAtomsModel.load(tmp_path / "m.nam")
     assert back.group_prior_scale_ == model.group_prior_scale_
     assert back.problem_.learn_x_prior_scale
-    assert back.get_params()["learn_group_prior_scale"] is True
+    assert back.get_params()["learn_group_prior_scale"] == saved
+    assert type(back.get_params()["learn_group_prior_scale"]) is type(saved)
+    from sklearn.base import clone
+
+    clone(back).fit(sim.Y, sim.groups, sim.X)              # the reloaded parameters validate
 
 
 def test_cam_and_bad_values():
@@ -133,8 +139,10 @@ def test_cam_and_bad_values():
     cam = na.NestedAtomsModel(n_init=1, random_state=0, learn_group_prior_scale=True).fit(
         sim.Y, sim.groups)
     assert cam.group_prior_scale_ is None
-    with pytest.raises(ValueError, match='learn_group_prior_scale must be "auto", True or False'):
-        na.NestedAtomsModel(learn_group_prior_scale="yes").fit(sim.Y, sim.groups, sim.X)
+    for bad in ("yes", "AUTO", None, 0, 1, 1.0):
+        with pytest.raises(ValueError,
+                           match='learn_group_prior_scale must be "auto", True or False'):
+            na.NestedAtomsModel(learn_group_prior_scale=bad).fit(sim.Y, sim.groups, sim.X)
 
 
 def test_a_file_saved_before_the_option_loads_with_the_prior_as_set(tmp_path):
@@ -224,6 +232,7 @@ def test_auto_learns_the_width_of_the_default_prior_only():
 
     assert fit().learn_group_prior_scale == "auto"
     assert fit().group_prior_scale_ < 0.5                 # learned: clusters far tighter
+    assert fit(group_prior={}).problem_.learn_x_prior_scale      # empty: no override
     for chosen in (dict(prior="reference"), dict(group_prior=override)):
         held = fit(**chosen)
         assert not held.problem_.learn_x_prior_scale and held.group_prior_scale_ == 1.0

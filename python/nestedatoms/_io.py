@@ -47,6 +47,8 @@ def _json_safe(value):
     """Parameters as JSON: arrays become lists; anything else JSON cannot hold becomes None."""
     if value is None or isinstance(value, (bool, str)):
         return value
+    if isinstance(value, np.bool_):         # not a bool, nor Integral: else it became None
+        return bool(value)
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):
@@ -219,7 +221,8 @@ def load_model(cls, path):
 
     params = dict(meta["params"])
     # files written before the option existed were fitted with the x prior as set; the
-    # constructor's default (learned) would misdescribe them
+    # constructor's default ("auto", which learns it for the default prior) would misdescribe
+    # them
     params.setdefault("learn_group_prior_scale", False)
     model = cls(**_restore_params(cls, params))
     model.problem_ = prob

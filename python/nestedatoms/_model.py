@@ -70,7 +70,7 @@ class NestedAtomsModel:
         broader prior is confounded with merging.  It matters where individual clusters are
         much tighter than the prior expects (well-separated x, few individuals per
         cluster); elsewhere f stays 1 (``bench/STUDY.md`` section 1).  "auto" learns it for
-        the default x prior (``prior="empirical"`` with no ``group_prior`` override) and
+        the default x prior (``prior="empirical"`` with no, or an empty, ``group_prior``) and
         holds a prior you chose (``"reference"``, the published setting, or an override)
         exactly as set; True learns it for any x prior; False never.  No effect without X.
     """
@@ -180,7 +180,7 @@ class NestedAtomsModel:
         # "auto": the learned width refines the data-scaled default (SPEC 2 leaves that
         # default to the quality study); a prior the user chose is theirs to keep
         if isinstance(self.learn_group_prior_scale, str):        # "auto" (validated)
-            return self.prior == "empirical" and self.group_prior is None
+            return self.prior == "empirical" and not self.group_prior   # None or {}
         return bool(self.learn_group_prior_scale)
 
     def fit(self, Y, groups=None, X=None, y=None):

@@ -171,7 +171,8 @@ class Problem:
     alpha_prior: ConcentrationPrior
     beta_prior: ConcentrationPrior
     # Learn a factor f <= 1 of the x prior's width by maximising the ELBO (``x_prior_scale``
-    # of the state; ``NestedAtomsModel(learn_group_prior_scale=True)``); False: x_prior as is.
+    # of the state; ``learn_group_prior_scale`` True, or "auto" with the default x prior);
+    # False: x_prior as is.
     learn_x_prior_scale: bool = False
     y_centre: np.ndarray = field(init=False)
     x_centre: np.ndarray | None = field(init=False)
