@@ -687,8 +687,8 @@ def main(argv=None):
                         help="only the learned x width against the fixed one on individual "
                              "clusters of unequal widths")
     parser.add_argument("--prior-scale-eb", action="store_true",
-                        help="only default fits against the x prior's scale learned by "
-                             "empirical Bayes, on the J = 12 grid")
+                        help="only the learned x width with its cap lifted, against the "
+                             "capped and the fixed width, on the J = 12 grid")
     parser.add_argument("--n-j", default=None, help="comma-separated cells per individual")
     parser.add_argument("--J", default=None, help="comma-separated numbers of individuals")
     parser.add_argument("--lam", default=None, help="comma-separated separations")
@@ -719,18 +719,12 @@ def main(argv=None):
                 return study_ceiling.summarise_ceiling_priors()
             return study_ceiling.ceiling_priors()
         return study_ceiling.ordering_check()
-    if args.unequal_widths:
+    if args.unequal_widths or args.prior_scale_eb:
         import study_prior_scale
 
-        if args.summarise:
-            return study_prior_scale.summarise_unequal_widths()
-        return study_prior_scale.unequal_widths()
-    if args.prior_scale_eb:
-        import study_prior_scale
-
-        if args.summarise:
-            return study_prior_scale.summarise_prior_scale_eb()
-        return study_prior_scale.prior_scale_eb()
+        study = "unequal_widths" if args.unequal_widths else "prior_scale_eb"
+        return getattr(study_prior_scale,
+                       f"summarise_{study}" if args.summarise else study)()
     if not args.summarise:
         reps = args.reps or (10 if args.full else 3)
         def values(text, kind):
