@@ -218,6 +218,35 @@ def test_a_partition_is_scored_at_its_own_width():
                                                          sim.group_truth), rel=1e-9)
 
 
+def test_the_group_search_scores_each_candidate_at_its_own_width(backend):
+    """Two true individual clusters merged, the width learned for that merged partition (too
+    broad for the truth).  The search re-learns the width for each candidate, so it finds the
+    truth, which scores higher at its own width; scored at the merged partition's width, as
+    the search once did, no candidate beats the merge on this data set (lam = 0.01, replicate
+    4 of the J = 12, n_j = 100, T = L = 6 grid cell, a search miss of bench/STUDY.md)."""
+    from nestedatoms._data import prepare_data
+    from nestedatoms._fit import run_cavi
+    from nestedatoms._init import relabel_by_size, state_from_labels
+    from nestedatoms._moves import learn_group_prior_width, search_group_partition
+
+    sim = na.simulate(n_groups=12, cells_per_group=100, n_group_clusters=6, n_cell_clusters=6,
+                      lam_x=0.01, lam_y=0.01, random_state=4007)
+    truth = sim.group_truth
+    merged = np.where(truth == 1, 2, truth)     # the partition the fixed width returns
+    prob = na.NestedAtomsModel()._problem(prepare_data(sim.Y, sim.groups, sim.X))
+    assert prob.learn_x_prior_scale
+    st = state_from_labels(backend, prob, relabel_by_size(sim.cell_truth)[prob.data.order],
+                           relabel_by_size(merged))
+    st = run_cavi(backend, prob, st, max_iter=1000, tol=1e-9,
+                  moves=(learn_group_prior_width,)).state
+    assert ari(truth, st.rho.argmax(axis=1)) < 1.0
+    merged_width, before = st.x_prior_scale, elbo(backend, prob, st)
+    assert search_group_partition(backend, prob, st)
+    assert ari(truth, st.rho.argmax(axis=1)) == 1.0
+    assert st.x_prior_scale < 0.8 * merged_width          # kept with its own, tighter width
+    assert elbo(backend, prob, st) > before + 0.1
+
+
 def test_auto_learns_the_width_of_the_default_prior_only():
     """"auto" (the default) refines the data-scaled default prior; a prior the user chose, the
     published "reference" preset or a ``group_prior`` override, is held exactly as set unless

@@ -423,6 +423,11 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
     merging two clusters or splitting one by 2-means in each of those views, every candidate
     refined by group-only coordinate ascent.  O(J K L) per refinement step: no pass over the
     cells.
+
+    Where the problem learns the x prior's width, each candidate is scored at its own width
+    (learned after refining it, then refined again), and the best is kept with its width: the
+    fit's objective is the ELBO at the best width, and a tight partition scored at the width
+    of a merged one looks worse than it is (two search misses of bench/STUDY.md section 4).
     """
     from ._init import group_feature_views, kmeans_labels
 
@@ -430,21 +435,28 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
         return False
     before = elbo(be, prob, st)
     saved = _snapshot(st)
+    learns_width = prob.has_x and prob.learn_x_prior_scale
 
     def evaluate(rho):
         _set_rho(be, st, rho)
+        st.x_prior_scale = saved.x_prior_scale   # every candidate starts from the same width
         value = optimise_groups(be, prob, st, n_threads, max_iter=50, tol=1e-5)
-        return value, st.rho.copy()
+        if learns_width:
+            width = learn_x_prior_scale(be, prob, st)
+            if width != st.x_prior_scale:
+                st.x_prior_scale = width
+                value = optimise_groups(be, prob, st, n_threads, max_iter=50, tol=1e-5)
+        return value, (st.rho.copy(), float(st.x_prior_scale))
 
-    best_value, best_rho = evaluate(saved.rho.copy())
+    best_value, best = evaluate(saved.rho.copy())
     views = group_feature_views(prob, st.N_jl)
     for labels in _group_candidates(views, prob.K, max_clusters, n_seeds):
-        value, rho = evaluate(_hard_rho(labels, prob.K))
+        value, candidate = evaluate(_hard_rho(labels, prob.K))
         if value > best_value:
-            best_value, best_rho = value, rho
+            best_value, best = value, candidate
     for _ in range(max_rounds):  # greedy merges and splits of the best partition so far
         improved = False
-        labels = best_rho.argmax(axis=1)
+        labels = best[0].argmax(axis=1)
         used = np.unique(labels)
         proposals = []
         for a in range(used.size):
@@ -462,18 +474,21 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
                     split[members[halves == 1]] = free[0]
                     _append_new_partition(proposals, split)
         for proposal in proposals:
-            value, rho = evaluate(_hard_rho(proposal, prob.K))
+            value, candidate = evaluate(_hard_rho(proposal, prob.K))
             if value > best_value + _MIN_RELATIVE_GAIN * abs(best_value):
-                best_value, best_rho, improved = value, rho, True
+                best_value, best, improved = value, candidate, True
         if not improved:
             break
     _restore(st, saved)
-    # Only a different partition counts: polishing the current one is the sweeps' job, and
-    # reporting it as a move would keep the run from ever converging.
+    best_rho, best_width = best
+    # Only a different partition counts: polishing the current one (or its width) is the
+    # sweeps' and the width move's job, and reporting it as a move would keep the run from
+    # ever converging.
     same = adjusted_partition_equal(best_rho.argmax(axis=1), saved.rho.argmax(axis=1))
     if same or not _gain_ok(best_value, before):
         return False
     _set_rho(be, st, best_rho)
+    st.x_prior_scale = best_width
     optimise_groups(be, prob, st, n_threads)
     if _gain_ok(elbo(be, prob, st), before):
         return True
