@@ -144,6 +144,20 @@ def test_partition_equality_ignores_label_names():
     assert not adjusted_partition_equal(np.array([0, 0, 1, 1]), np.array([5, 4, 3, 3]))
 
 
+def test_partition_equality_agrees_with_a_perfect_rand_index():
+    """Against an independent truth: two labelings define one partition exactly when their
+    adjusted Rand index is 1 (random labelings, relabelled copies and one-point edits)."""
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        n, k = int(rng.integers(2, 15)), int(rng.integers(1, 6))
+        a = rng.integers(0, k, n)
+        b = rng.permutation(10)[a]
+        if rng.random() < 0.5:
+            b[rng.integers(n)] = rng.integers(0, 10)
+        same = ari(a, b) == pytest.approx(1.0, abs=1e-12)
+        assert adjusted_partition_equal(a, b) == same
+
+
 def test_costly_moves_also_run_when_a_run_stalls(backend):
     """A run that creeps without converging still gets its costly moves every _STALL_PERIOD
     sweeps (and the cheap ones every sweep); a converged run gets them at convergence."""
