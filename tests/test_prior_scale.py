@@ -223,7 +223,9 @@ def test_the_group_search_scores_each_candidate_at_its_own_width(backend):
     broad for the truth).  The search re-learns the width for each candidate, so it finds the
     truth, which scores higher at its own width; scored at the merged partition's width, as
     the search once did, no candidate beats the merge on this data set (lam = 0.01, replicate
-    4 of the J = 12, n_j = 100, T = L = 6 grid cell, a search miss of bench/STUDY.md)."""
+    4 of the J = 12, n_j = 100, T = L = 6 grid cell, a search miss of bench/STUDY.md).  The
+    x atoms are left optimal under the kept width, and a search from the truth then changes
+    nothing, the width included."""
     from nestedatoms._data import prepare_data
     from nestedatoms._fit import run_cavi
     from nestedatoms._init import relabel_by_size, state_from_labels
@@ -244,7 +246,19 @@ def test_the_group_search_scores_each_candidate_at_its_own_width(backend):
     assert search_group_partition(backend, prob, st)
     assert ari(truth, st.rho.argmax(axis=1)) == 1.0
     assert st.x_prior_scale < 0.8 * merged_width          # kept with its own, tighter width
-    assert elbo(backend, prob, st) > before + 0.1
+    after = elbo(backend, prob, st)
+    assert after > before + 0.1
+    consistent = st.copy()                 # q(theta^x) is already optimal under the new width
+    update_x_atoms(backend, prob, consistent)
+    assert elbo(backend, prob, consistent) == pytest.approx(after, rel=1e-12)
+
+    # from the truth at its own width, the search finds nothing better and leaves every part
+    # of the state, the width included, exactly as it was
+    saved = st.copy()
+    assert not search_group_partition(backend, prob, st)
+    assert st.x_prior_scale == saved.x_prior_scale
+    for name, value in vars(saved).items():
+        np.testing.assert_array_equal(getattr(st, name), value, err_msg=name)
 
 
 def test_auto_learns_the_width_of_the_default_prior_only():

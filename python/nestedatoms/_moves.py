@@ -17,7 +17,10 @@ the old state back.  So no move can lower the ELBO.
   re-optimised in O(J K L) without touching the cells; so try many group partitions (k-means
   for every k up to ~10 on composition and x together, on x alone and on the composition
   alone; merges and 2-means splits of clusters), refine each by group-only coordinate ascent
-  and keep the best if it beats the current state.
+  and keep the best if it beats the current state.  Where the x prior's width is learned,
+  each candidate is scored at its own width, and the best is kept with it.
+* ``learn_group_prior_width``: the x prior's width (a prior setting, not a variational factor)
+  that maximises the ELBO for the partition reached.
 
 Empty clusters need no deletion move: an empty cluster sits exactly at its prior, and
 ``sort_clusters`` moves it behind every occupied one, where stick-breaking makes it free.
@@ -400,7 +403,8 @@ def _group_candidates(feature_views, K: int, max_clusters: int, n_seeds: int):
 
 def _append_new_partition(partitions: list, seen: set, labels: np.ndarray,
                           always: bool = False) -> None:
-    """Append ``labels`` unless ``seen`` (the keys of ``partitions``) holds its partition."""
+    """Append ``labels`` unless ``seen`` (the keys of ``partitions``) holds its partition;
+    ``always``: append it even then (its key is recorded either way)."""
     key = _partition_key(labels)
     if always or key not in seen:
         seen.add(key)
@@ -437,7 +441,8 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
     Where the problem learns the x prior's width, each candidate is scored at its own width
     (learned after refining it, then refined again), and the best is kept with its width: the
     fit's objective is the ELBO at the best width, and a tight partition scored at the width
-    of a merged one looks worse than it is (two search misses of bench/STUDY.md section 4).
+    of a merged one looks worse than it is (bench/STUDY.md section 4 has two grid fits that
+    missed the truth this way before candidates were scored at their own widths).
     """
     from ._init import group_feature_views, kmeans_labels
 
