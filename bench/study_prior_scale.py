@@ -121,28 +121,41 @@ def with_unequal_widths(sim):
                                  cell_truth=sim.cell_truth)
 
 
+def fit_learned_and_fixed(data, seed, truth, learned_first: bool = True) -> dict:
+    """The default fit (the x width learned, ``learned``) and the same with the width held as
+    set (``fixed``) on one data set, one after the other: each one's individual ARI, number of
+    clusters and seconds, and the learned width ``f``."""
+    import time
+
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score as ari
+
+    row = {}
+    order = (("learned", "auto"), ("fixed", False))
+    for name, learn in order if learned_first else order[::-1]:
+        start = time.perf_counter()
+        model = fit_nam_model(data, seed, learn_group_prior_scale=learn)
+        row[f"{name} seconds"] = time.perf_counter() - start
+        row[name] = ari(truth, model.group_labels_)
+        row[f"{name} clusters"] = int(np.unique(model.group_labels_).size)
+        if name == "learned":
+            row["f"] = model.group_prior_scale_
+    return row
+
+
 def unequal_widths(lams=(0.01, 0.1), Js=(12, 100), n_j=100, shapes=((3, 3), (6, 3)),
                    n_rep=5):
     """The learned width (the default) against the width held as set, on individual clusters
     of unequal widths (``with_unequal_widths``): does a width learned from the tight clusters
     split the broad ones?  Writes ``prior_scale_unequal_runs.csv`` and
     ``prior_scale_unequal.md``."""
-    from sklearn.metrics import adjusted_rand_score as ari
-
-    import numpy as np
     import pandas as pd
 
     rows = []
     for lam, J, (T, L), rep in itertools.product(lams, Js, shapes, range(n_rep)):
         sim, seed = make_data("model", lam, J, n_j, T, L, rep)
-        data = with_unequal_widths(sim)
         row = dict(lam=lam, J=J, n_j=n_j, T=T, L=L, rep=rep)
-        for name, learn in (("learned", "auto"), ("fixed", False)):
-            model = fit_nam_model(data, seed, learn_group_prior_scale=learn)
-            row[name] = ari(sim.group_truth, model.group_labels_)
-            row[f"{name} clusters"] = int(np.unique(model.group_labels_).size)
-            if name == "learned":
-                row["f"] = model.group_prior_scale_
+        row.update(fit_learned_and_fixed(with_unequal_widths(sim), seed, sim.group_truth))
         rows.append(row)
         print(rows[-1], flush=True)
     pd.DataFrame(rows).to_csv(UNEQUAL_CSV, index=False)
@@ -175,4 +188,53 @@ def summarise_unequal_widths():
         fh.write(f"\nOver all {len(runs)} data sets: {int(runs.better.sum())} better, "
                  f"{int(runs.worse.sum())} worse, {int(runs['more clusters'].sum())} with more "
                  f"clusters.\n")
+    print(summary.to_string(index=False))
+
+
+TIMING_CSV = os.path.join(RESULTS, "prior_scale_timing_runs.csv")
+
+
+def width_timing(lams=(0.01, 0.1), Js=(12, 100), n_j=100, shapes=((3, 3), (6, 3), (3, 6)),
+                 n_rep=3):
+    """What the learned width costs in time: the default fit and the same with the width held
+    as set, back to back on each data set, their order alternating between data sets so that
+    neither always runs first on a warm or a loaded machine.  The grid's time columns come from
+    runs made at different times beside other work; these ratios are paired.  Writes
+    ``prior_scale_timing_runs.csv`` and ``prior_scale_timing.md``."""
+    import pandas as pd
+
+    rows = []
+    settings = list(itertools.product(lams, Js, shapes, range(n_rep)))
+    for i, (lam, J, (T, L), rep) in enumerate(settings):
+        sim, seed = make_data("model", lam, J, n_j, T, L, rep)
+        row = dict(lam=lam, J=J, n_j=n_j, T=T, L=L, rep=rep)
+        row.update(fit_learned_and_fixed(sim, seed, sim.group_truth, learned_first=i % 2 == 0))
+        rows.append(row)
+        print(rows[-1], flush=True)
+    pd.DataFrame(rows).to_csv(TIMING_CSV, index=False)
+    summarise_width_timing()
+
+
+def summarise_width_timing():
+    """``prior_scale_timing.md`` from ``prior_scale_timing_runs.csv``."""
+    import pandas as pd
+
+    runs = pd.read_csv(TIMING_CSV)
+    runs["ratio"] = runs["learned seconds"] / runs["fixed seconds"]
+    runs["better"], runs["worse"] = rose_fell(runs.learned, runs.fixed)
+    summary = (runs.groupby(["lam", "J"])
+               .agg(data_sets=("rep", "size"), median_ratio=("ratio", "median"),
+                    max_ratio=("ratio", "max"), learned_seconds=("learned seconds", "median"),
+                    fixed_seconds=("fixed seconds", "median"), f_median=("f", "median"),
+                    better=("better", "sum"), worse=("worse", "sum"))
+               .reset_index())
+    with open(os.path.join(RESULTS, "prior_scale_timing.md"), "w") as fh:
+        fh.write("The time the learned x width costs (`python bench/study_recovery.py "
+                 "--width-timing`): on model data (n_j = 100; T, L = 3, 3 / 6, 3 / 3, 6; "
+                 "replicates 0-2 of the grid), the default fit (width learned) and the same "
+                 "with the width held as set, back to back in one process, their order "
+                 "alternating; `n_init = 3`, 1 thread.  `median_ratio`, `max_ratio`: learned "
+                 "time over fixed time per data set; `f_median`: the learned width; `better` / "
+                 "`worse`: data sets whose individual ARI rose / fell with it.\n\n")
+        fh.write(markdown_table(summary))
     print(summary.to_string(index=False))

@@ -689,6 +689,9 @@ def main(argv=None):
     parser.add_argument("--prior-scale-eb", action="store_true",
                         help="only the learned x width with its cap lifted, against the "
                              "capped and the fixed width, on the J = 12 grid")
+    parser.add_argument("--width-timing", action="store_true",
+                        help="only the time the learned x width costs, paired against the "
+                             "fixed width on the same data sets")
     parser.add_argument("--n-j", default=None, help="comma-separated cells per individual")
     parser.add_argument("--J", default=None, help="comma-separated numbers of individuals")
     parser.add_argument("--lam", default=None, help="comma-separated separations")
@@ -719,10 +722,11 @@ def main(argv=None):
                 return study_ceiling.summarise_ceiling_priors()
             return study_ceiling.ceiling_priors()
         return study_ceiling.ordering_check()
-    if args.unequal_widths or args.prior_scale_eb:
+    if args.unequal_widths or args.prior_scale_eb or args.width_timing:
         import study_prior_scale
 
-        study = "unequal_widths" if args.unequal_widths else "prior_scale_eb"
+        study = ("unequal_widths" if args.unequal_widths else
+                 "width_timing" if args.width_timing else "prior_scale_eb")
         return getattr(study_prior_scale,
                        f"summarise_{study}" if args.summarise else study)()
     if not args.summarise:
