@@ -506,9 +506,12 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
     _set_rho(be, st, best_rho)
     st.x_prior_scale = best_width
     optimise_groups(be, prob, st, n_threads)
-    if _gain_ok(elbo(be, prob, st), before):
+    # the re-run differs from the search only by rounding, but check both conditions again:
+    # the ELBO rose, and the refinement did not drift back to the partition it started from
+    moved = not adjusted_partition_equal(st.rho.argmax(axis=1), saved.rho.argmax(axis=1))
+    if moved and _gain_ok(elbo(be, prob, st), before):
         return True
-    _restore(st, saved)   # the re-run differs from the search only by rounding; be safe
+    _restore(st, saved)
     return False
 
 
