@@ -143,22 +143,32 @@ def fit_learned_and_fixed(data, seed, truth, learned_first: bool = True) -> dict
     return row
 
 
+def fit_pairs(lams, Js, n_j, shapes, n_rep, path, prepare=None, alternate=False) -> None:
+    """``fit_learned_and_fixed`` on every model data set of the grid slice (``prepare``, if
+    given, transforms each simulation first; ``alternate``: swap which fit runs first from one
+    data set to the next), one row per data set written to ``path``."""
+    import pandas as pd
+
+    rows = []
+    settings = itertools.product(lams, Js, shapes, range(n_rep))
+    for i, (lam, J, (T, L), rep) in enumerate(settings):
+        sim, seed = make_data("model", lam, J, n_j, T, L, rep)
+        data = prepare(sim) if prepare else sim
+        row = dict(lam=lam, J=J, n_j=n_j, T=T, L=L, rep=rep)
+        row.update(fit_learned_and_fixed(data, seed, sim.group_truth,
+                                         learned_first=not alternate or i % 2 == 0))
+        rows.append(row)
+        print(rows[-1], flush=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
 def unequal_widths(lams=(0.01, 0.1), Js=(12, 100), n_j=100, shapes=((3, 3), (6, 3)),
                    n_rep=5):
     """The learned width (the default) against the width held as set, on individual clusters
     of unequal widths (``with_unequal_widths``): does a width learned from the tight clusters
     split the broad ones?  Writes ``prior_scale_unequal_runs.csv`` and
     ``prior_scale_unequal.md``."""
-    import pandas as pd
-
-    rows = []
-    for lam, J, (T, L), rep in itertools.product(lams, Js, shapes, range(n_rep)):
-        sim, seed = make_data("model", lam, J, n_j, T, L, rep)
-        row = dict(lam=lam, J=J, n_j=n_j, T=T, L=L, rep=rep)
-        row.update(fit_learned_and_fixed(with_unequal_widths(sim), seed, sim.group_truth))
-        rows.append(row)
-        print(rows[-1], flush=True)
-    pd.DataFrame(rows).to_csv(UNEQUAL_CSV, index=False)
+    fit_pairs(lams, Js, n_j, shapes, n_rep, UNEQUAL_CSV, prepare=with_unequal_widths)
     summarise_unequal_widths()
 
 
@@ -201,17 +211,7 @@ def width_timing(lams=(0.01, 0.1), Js=(12, 100), n_j=100, shapes=((3, 3), (6, 3)
     neither always runs first on a warm or a loaded machine.  The grid's time columns come from
     runs made at different times beside other work; these ratios are paired.  Writes
     ``prior_scale_timing_runs.csv`` and ``prior_scale_timing.md``."""
-    import pandas as pd
-
-    rows = []
-    settings = list(itertools.product(lams, Js, shapes, range(n_rep)))
-    for i, (lam, J, (T, L), rep) in enumerate(settings):
-        sim, seed = make_data("model", lam, J, n_j, T, L, rep)
-        row = dict(lam=lam, J=J, n_j=n_j, T=T, L=L, rep=rep)
-        row.update(fit_learned_and_fixed(sim, seed, sim.group_truth, learned_first=i % 2 == 0))
-        rows.append(row)
-        print(rows[-1], flush=True)
-    pd.DataFrame(rows).to_csv(TIMING_CSV, index=False)
+    fit_pairs(lams, Js, n_j, shapes, n_rep, TIMING_CSV, alternate=True)
     summarise_width_timing()
 
 
