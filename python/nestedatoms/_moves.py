@@ -519,23 +519,38 @@ search_group_partition.at_convergence = True
 
 
 # ---------------------------------------------------------------------------------------------
-def _local_cell_sweep(be, prob: Problem, st: State, rows: np.ndarray, cell_group: np.ndarray):
+def _local_cell_sweep(be, prob: Problem, st: State, rows: np.ndarray, cell_group: np.ndarray,
+                      n_threads: int = 1) -> None:
     """Exact coordinate update of q(M_ji) for the given cells only, with the cached statistics
-    (N_jl, y statistics, entropy of q(M)) corrected by the change of those rows."""
-    from scipy.special import logsumexp
+    (N_jl, y statistics, entropy of q(M)) corrected by the change of those rows.
 
+    The update is the backend's cell step run on those rows (``rows`` ascending, so they stay
+    grouped by individual), so it shares the cell step's numerics: in the C++ core, the sparse
+    xi (responsibilities below e^-600 of a cell's largest set to 0) and the flush of subnormal
+    numbers.  A NumPy version of it left subnormals in xi, which made this move take over half
+    of a OneK1K-sized fit (x86 processes them ~100x slower).
+    """
     Y = prob.Y[rows]
-    elog_omega = be.expected_log_stick_weights(st.u_a, st.u_b)          # (L, K)
-    logits = (be.expected_loglik(Y, st.my, st.lamy, st.Wy, st.nuy)
-              + st.rho[cell_group[rows]] @ elog_omega.T)
-    logits -= logsumexp(logits, axis=1, keepdims=True)
-    new = np.exp(logits)
+    groups = cell_group[rows]
+    counts = np.bincount(groups, minlength=prob.data.n_groups)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     old = st.xi[rows]
+    new = np.empty_like(old)
+    elog_omega = be.expected_log_stick_weights(st.u_a, st.u_b)
+    _, _, _, _, entropy_new = be.cell_step(Y, offsets, st.rho, elog_omega, st.my, st.lamy,
+                                           st.Wy, st.nuy, prob.y_centre, new, n_threads)
+    # the statistics of the change itself, not the difference of two large sums, and only of
+    # the atoms whose responsibilities changed (far atoms have xi exactly 0 before and after)
     delta = new - old
-    n, s1, s2 = be.weighted_stats(Y, np.ascontiguousarray(delta), prob.y_centre)
-    st.y_n, st.y_s1, st.y_s2 = st.y_n + n, st.y_s1 + s1, st.y_s2 + s2
-    np.add.at(st.N_jl, cell_group[rows], delta)
-    st.H_xi += be.categorical_entropy(new) - be.categorical_entropy(np.ascontiguousarray(old))
+    cols = np.nonzero((delta != 0.0).any(axis=0))[0]
+    n, s1, s2 = be.weighted_stats(Y, np.ascontiguousarray(delta[:, cols]), prob.y_centre)
+    st.y_n, st.y_s1, st.y_s2 = st.y_n.copy(), st.y_s1.copy(), st.y_s2.copy()
+    st.y_n[cols] += n
+    st.y_s1[cols] += s1
+    st.y_s2[cols] += s2
+    present = counts > 0
+    st.N_jl[present] += np.add.reduceat(delta, offsets[:-1][present], axis=0)
+    st.H_xi += entropy_new - be.categorical_entropy(old)
     st.xi[rows] = new
 
 
@@ -586,7 +601,7 @@ def split_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1, max_atoms
         _recompute_cell_stats(be, prob, st, (l, target))
         refresh_without_cells(be, prob, st, n_threads)
         for _ in range(n_local_sweeps):
-            _local_cell_sweep(be, prob, st, rows, cell_group)
+            _local_cell_sweep(be, prob, st, rows, cell_group, n_threads)
             refresh_without_cells(be, prob, st, n_threads)
         if _gain_ok(elbo(be, prob, st), before):
             changed = True
