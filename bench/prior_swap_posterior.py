@@ -18,24 +18,34 @@ the way:
   p(M_B | beta) = prod_l B(1 + n_l, beta + n_>l) / B(1, beta). beta is shared by every cluster
   (SPEC), which couples the blocks, so it is set to its type-II MAP over a grid under
   Gamma(a, b) (NAM estimates it from the data as well);
-* **x atoms**: NAM's default "empirical" x prior (``resolve_nw_prior``), scaled by the data.
+* **x atoms**: NAM's default "empirical" x prior (``resolve_nw_prior``), scaled by the data,
+  at its width as set; and, with all three swapped in, also with the width profiled: the joint
+  mode over the partition and the width f (``mode_with_profiled_x_width``), which is what the
+  fit maximises when it learns f (``learn_group_prior_scale``).
 
 The cells' true labels are still given, as in ``group_partition_posterior``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.special import betaln, gammaln, logsumexp
 from scipy.stats import gamma
 
-from nestedatoms._partition_posterior import (_dirichlet_multinomial, nw_log_marginal,
-                                              posterior_from_scores, subset_members)
+from nestedatoms._partition_posterior import (PartitionPosterior, _dirichlet_multinomial,
+                                              nw_log_marginal, posterior_from_scores,
+                                              subset_members)
+from nestedatoms._steps import _LOG_SCALE_MAX, _LOG_SCALE_MIN, _widened
 from nestedatoms._simulate import ATOM_DF_EXTRA
 
 # SPEC section 2: a_alpha = b_alpha = a_beta = b_beta = 0.1
 CONCENTRATION_SHAPE, CONCENTRATION_RATE = 0.1, 0.1
 BETA_GRID = 2.0 ** np.arange(-4.0, 5.0)              # 1/16 .. 16, factors of 2
+# NAM learns log f in [-8, 0] (``nestedatoms._steps``); the profile searches that range in
+# steps of 1/4
+LOG_WIDTH_GRID = np.arange(_LOG_SCALE_MIN, _LOG_SCALE_MAX + 0.125, 0.25)
 
 
 def dp_partition_label_term(J: int, shape: float = CONCENTRATION_SHAPE,
@@ -59,11 +69,13 @@ def stick_breaking_log_marginal(counts: np.ndarray, beta: float) -> np.ndarray:
     return (betaln(1.0 + counts, beta + beyond) - betaln(1.0, beta)).sum(axis=1)
 
 
-def modes_with_nam_priors(sim, nam_x_prior) -> dict:
+def modes_with_nam_priors(sim, nam_x_prior, profile_x_width: bool = False) -> dict:
     """The exact mode (``PartitionPosterior``) under the generating model and with NAM's
     partition prior, composition prior, x prior, and all three, swapped in.
 
-    ``nam_x_prior``: NAM's ``NWPrior`` for x on these data.
+    ``nam_x_prior``: NAM's ``NWPrior`` for x on these data, at its width as set.
+    ``profile_x_width``: also "all three NAM priors, x width profiled"
+    (``mode_with_profiled_x_width``, a ``ProfiledPartitionMode``), with beta as under all three.
     """
     J, q = sim.X.shape
     members = subset_members(J)
@@ -95,22 +107,72 @@ def modes_with_nam_priors(sim, nam_x_prior) -> dict:
         base = block_part + x[x_name]
         if comp == "generating":
             return posterior_from_scores(np.concatenate([[0.0], base + generating_composition]),
-                                         label_term, sim.group_truth)
+                                         label_term, sim.group_truth), None
         # beta: type-II MAP over the grid, its prior as a density in log beta
         fits = [posterior_from_scores(
             np.concatenate([[0.0], base + stick_breaking_log_marginal(block_counts, beta)]),
             label_term, sim.group_truth) for beta in BETA_GRID]
         log_prior = (gamma.logpdf(BETA_GRID, CONCENTRATION_SHAPE,
                                   scale=1.0 / CONCENTRATION_RATE) + np.log(BETA_GRID))
-        return fits[int(np.argmax([f.log_evidence for f in fits] + log_prior))]
+        best = int(np.argmax([f.log_evidence for f in fits] + log_prior))
+        return fits[best], BETA_GRID[best]
 
-    return {
-        "generating": mode("generating", "generating", "generating"),
-        "NAM partition prior": mode("NAM", "generating", "generating"),
-        "NAM composition prior": mode("generating", "NAM", "generating"),
-        "NAM x prior": mode("generating", "generating", "NAM"),
-        "all three NAM priors": mode("NAM", "NAM", "NAM"),
-    }
+    names = {"generating": ("generating", "generating", "generating"),
+             "NAM partition prior": ("NAM", "generating", "generating"),
+             "NAM composition prior": ("generating", "NAM", "generating"),
+             "NAM x prior": ("generating", "generating", "NAM"),
+             "all three NAM priors": ("NAM", "NAM", "NAM")}
+    modes, betas = {}, {}
+    for name, pieces in names.items():
+        modes[name], betas[name] = mode(*pieces)
+    if profile_x_width:
+        # beta stays at the type-II MAP found with the width as set (re-choosing it for every
+        # width would multiply the enumerations by the size of BETA_GRID)
+        beta = betas["all three NAM priors"]
+        base = (partition["NAM"][0]
+                + stick_breaking_log_marginal(block_counts, beta))
+        modes["all three NAM priors, x width profiled"] = mode_with_profiled_x_width(
+            lambda f: base + nw_log_marginal(sim.X, members, *_x_prior_at(nam_x_prior, f)),
+            partition["NAM"][1], sim.group_truth)
+    return modes
+
+
+@dataclass(frozen=True)
+class ProfiledPartitionMode(PartitionPosterior):
+    """A ``PartitionPosterior`` at the x prior width ``x_width`` that, jointly with the
+    partition, maximises the unnormalised posterior (``log_prob_map`` and ``log_evidence`` are
+    those at that width)."""
+
+    x_width: float = 1.0
+
+
+def _x_prior_at(prior, f: float):
+    """lam0, nu0, W0^-1, m0 of NAM's x prior at width f, as the fit scales it
+    (``nestedatoms._steps._widened``: W0^-1 and lam0 times f)."""
+    p = _widened(prior, f)
+    return p.lam0, p.nu0, p.W0inv, p.m0
+
+
+def mode_with_profiled_x_width(block_scores_at, label_term: np.ndarray, truth: np.ndarray,
+                               log_widths: np.ndarray = LOG_WIDTH_GRID) -> ProfiledPartitionMode:
+    """The joint mode over (partition, x prior width f), f on a grid of log f: what NAM's fit
+    maximises, which learns f for the partition it reaches (and, in the group search, for each
+    candidate), whereas the modes above hold the width as set.
+
+    ``block_scores_at(f)``: the score of every non-empty subset as one block at width f (as
+    ``posterior_from_scores`` takes it, without the leading 0); ``label_term`` as there.  The
+    unnormalised log posterior of a partition at f is its block scores plus the label term, so
+    the mode at each f and its score ``log_prob_map + log_evidence`` give the joint maximum.
+    """
+    best, best_score, best_f = None, -np.inf, np.nan
+    for log_f in log_widths:
+        f = float(np.exp(log_f))
+        post = posterior_from_scores(np.concatenate([[0.0], block_scores_at(f)]), label_term,
+                                     truth)
+        score = post.log_prob_map + post.log_evidence
+        if score > best_score:
+            best, best_score, best_f = post, score, f
+    return ProfiledPartitionMode(**vars(best), x_width=best_f)
 
 
 def labelling_gap(be, prob, cells: np.ndarray, groups: np.ndarray) -> float:

@@ -680,7 +680,8 @@ def main(argv=None):
     parser.add_argument("--ceiling-ablation", action="store_true",
                         help="only NAM with the simulator's priors where it misses the mode")
     parser.add_argument("--ceiling-priors", action="store_true",
-                        help="only the exact mode with NAM's priors swapped in, at J = 12, T = 6")
+                        help="only the exact mode with NAM's priors swapped in (x width as set "
+                             "and profiled), at J = 12, T = 6")
     parser.add_argument("--ordering-check", action="store_true",
                         help="only NAM's J = 12, T = 6 misses against the labelling gap")
     parser.add_argument("--unequal-widths", action="store_true",

@@ -10,7 +10,7 @@ import pytest
 from scipy import integrate, stats
 from scipy.special import gammaln
 
-from nestedatoms._partition_posterior import posterior_from_scores, subset_members
+from nestedatoms._partition_posterior import nw_log_marginal, posterior_from_scores, subset_members
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "bench"))
 from prior_swap_posterior import (dp_partition_label_term,  # noqa: E402
@@ -109,3 +109,53 @@ def test_swapped_prior_modes_start_from_the_generating_posterior():
     assert modes["generating"].log_evidence == pytest.approx(reference.log_evidence, abs=1e-9)
     assert set(modes) >= {"NAM partition prior", "NAM composition prior", "NAM x prior",
                           "all three NAM priors"}
+
+
+def test_profiled_width_mode_is_the_joint_maximum_over_partitions_and_widths():
+    """The mode with the x prior's width profiled is the (partition, width) pair that scores
+    highest, found here by scoring every partition of six individuals at every width."""
+    import itertools
+
+    from prior_swap_posterior import mode_with_profiled_x_width
+
+    J, q = 6, 2
+    rng = np.random.default_rng(11)
+    X = np.concatenate([rng.normal(0.0, 0.3, (3, q)), rng.normal(2.0, 0.3, (3, q))])
+    members = subset_members(J)
+    sizes = members.sum(axis=1)
+    other = rng.normal(0.0, 0.1, members.shape[0])      # a width-free score per block
+    label_term = dp_partition_label_term(J)
+    W0inv, lam0, nu0 = np.diag(X.var(axis=0)), 0.5, q + 3.0    # too broad for the clusters
+
+    def block_scores_at(f):
+        return (gammaln(sizes) + other
+                + nw_log_marginal(X, members, lam0 * f, nu0, W0inv * f, X.mean(axis=0)))
+
+    log_widths = np.linspace(-8.0, 0.0, 17)
+    truth = np.repeat([0, 1], 3)
+    got = mode_with_profiled_x_width(block_scores_at, label_term, truth, log_widths)
+
+    best, best_score = None, -np.inf
+    for log_f in log_widths:
+        scores = block_scores_at(np.exp(log_f))
+        for labels in itertools.product(range(J), repeat=J):
+            labels = np.array(labels)
+            if not np.array_equal(labels, _first_appearance(labels)):
+                continue        # one labelling per partition
+            masks = [int((1 << np.nonzero(labels == k)[0]).sum()) for k in np.unique(labels)]
+            score = scores[np.array(masks) - 1].sum() + label_term[len(masks)]
+            if score > best_score:
+                best, best_score = (labels, np.exp(log_f)), score
+    np.testing.assert_array_equal(got.map_labels, best[0])
+    assert got.x_width == pytest.approx(best[1], rel=1e-12)
+    assert got.log_prob_map + got.log_evidence == pytest.approx(best_score, abs=1e-9)
+    # not a trivial case: the width moves inside the grid, and at the width as set the mode
+    # is another partition
+    assert np.exp(log_widths[0]) < got.x_width < 1.0
+    as_set = mode_with_profiled_x_width(block_scores_at, label_term, truth, np.zeros(1))
+    assert not np.array_equal(as_set.map_labels, got.map_labels)
+
+
+def _first_appearance(labels):
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse]
