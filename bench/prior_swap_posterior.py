@@ -69,13 +69,15 @@ def stick_breaking_log_marginal(counts: np.ndarray, beta: float) -> np.ndarray:
     return (betaln(1.0 + counts, beta + beyond) - betaln(1.0, beta)).sum(axis=1)
 
 
-def modes_with_nam_priors(sim, nam_x_prior, profile_x_width: bool = False) -> dict:
+def modes_with_nam_priors(sim, nam_x_prior, profile_x_width: bool = False,
+                          log_widths: np.ndarray = LOG_WIDTH_GRID) -> dict:
     """The exact mode (``PartitionPosterior``) under the generating model and with NAM's
     partition prior, composition prior, x prior, and all three, swapped in.
 
     ``nam_x_prior``: NAM's ``NWPrior`` for x on these data, at its width as set.
     ``profile_x_width``: also "all three NAM priors, x width profiled"
-    (``mode_with_profiled_x_width``, a ``ProfiledPartitionMode``), with beta as under all three.
+    (``mode_with_profiled_x_width`` over ``log_widths``, a ``ProfiledPartitionMode``), with
+    beta as under all three.
     """
     J, q = sim.X.shape
     members = subset_members(J)
@@ -133,7 +135,7 @@ def modes_with_nam_priors(sim, nam_x_prior, profile_x_width: bool = False) -> di
                 + stick_breaking_log_marginal(block_counts, beta))
         modes["all three NAM priors, x width profiled"] = mode_with_profiled_x_width(
             lambda f: base + nw_log_marginal(sim.X, members, *_x_prior_at(nam_x_prior, f)),
-            partition["NAM"][1], sim.group_truth)
+            partition["NAM"][1], sim.group_truth, log_widths)
     return modes
 
 

@@ -77,6 +77,40 @@ def test_local_cell_update_is_the_cell_step_on_those_cells(backend):
         assert (st.xi == 0.0).any()       # the cut did take effect here
 
 
+def test_local_cell_update_of_a_subset_keeps_the_rest_and_the_statistics(backend):
+    """On a subset (groups left out, one group partly, one whole), the updated rows are the
+    cell step's, every other row is untouched, and the cached statistics describe the new xi."""
+    from nestedatoms._moves import _local_cell_sweep
+    from nestedatoms._steps import update_cells
+
+    sim, prob, cells = _separated(seed=1)
+    wrong = np.random.default_rng(0).random(cells.size) < 0.2
+    start = np.where(wrong, (cells + 1) % 3, cells)    # a fifth of the cells mislabelled,
+    st = state_from_labels(backend, prob, start, sim.group_truth)   # so their xi moves
+    reference = copy.deepcopy(st)
+    update_cells(backend, prob, reference)
+    off = prob.offsets
+    rows = np.concatenate([np.arange(off[10], off[11], 2),            # part of group 10
+                           np.arange(off[12], off[13]),               # all of group 12
+                           np.arange(off[20] + 1, off[21], 3)])       # groups 0-9 absent
+    untouched = np.setdiff1d(np.arange(prob.Y.shape[0]), rows)
+    before = st.xi[untouched].copy()
+    _local_cell_sweep(backend, prob, st, rows, prob.data.cell_group)
+    np.testing.assert_allclose(st.xi[rows], reference.xi[rows], rtol=1e-12, atol=1e-300)
+    np.testing.assert_array_equal(st.xi[untouched], before)
+    assert np.abs(st.xi[rows] - _one_hot(start[rows], st.xi.shape[1])).max() > 0.5
+    n, s1, s2 = backend.weighted_stats(prob.Y, st.xi, prob.y_centre)
+    for name, value in (("y_n", n), ("y_s1", s1), ("y_s2", s2),
+                        ("N_jl", np.add.reduceat(st.xi, off[:-1], axis=0))):
+        np.testing.assert_allclose(getattr(st, name), value, rtol=1e-9, atol=1e-8,
+                                   err_msg=name)
+    assert st.H_xi == pytest.approx(backend.categorical_entropy(st.xi), rel=1e-9)
+
+
+def _one_hot(labels, width):
+    return np.eye(width)[labels]
+
+
 def test_merge_cell_atoms_joins_one_atom_started_split(backend):
     sim, prob, cells = _separated(seed=2)
     rng = np.random.default_rng(0)

@@ -119,8 +119,8 @@ def test_profiled_width_mode_is_the_joint_maximum_over_partitions_and_widths():
     from prior_swap_posterior import mode_with_profiled_x_width
 
     J, q = 6, 2
-    rng = np.random.default_rng(11)
-    X = np.concatenate([rng.normal(0.0, 0.3, (3, q)), rng.normal(2.0, 0.3, (3, q))])
+    rng = np.random.default_rng(12)
+    X = np.concatenate([rng.normal(0.0, 0.5, (3, q)), rng.normal(2.0, 0.5, (3, q))])
     members = subset_members(J)
     sizes = members.sum(axis=1)
     other = rng.normal(0.0, 0.1, members.shape[0])      # a width-free score per block
@@ -135,25 +135,53 @@ def test_profiled_width_mode_is_the_joint_maximum_over_partitions_and_widths():
     truth = np.repeat([0, 1], 3)
     got = mode_with_profiled_x_width(block_scores_at, label_term, truth, log_widths)
 
+    # every partition once (labels by first appearance), as bit masks of its blocks
+    partitions = [np.array(labels) for labels in itertools.product(range(J), repeat=J)
+                  if np.array_equal(labels, _first_appearance(np.array(labels)))]
+    assert len(partitions) == 203                        # Bell(6)
+    masks = [np.array([int((1 << np.nonzero(p == k)[0]).sum()) for k in np.unique(p)]) - 1
+             for p in partitions]
     best, best_score = None, -np.inf
     for log_f in log_widths:
         scores = block_scores_at(np.exp(log_f))
-        for labels in itertools.product(range(J), repeat=J):
-            labels = np.array(labels)
-            if not np.array_equal(labels, _first_appearance(labels)):
-                continue        # one labelling per partition
-            masks = [int((1 << np.nonzero(labels == k)[0]).sum()) for k in np.unique(labels)]
-            score = scores[np.array(masks) - 1].sum() + label_term[len(masks)]
+        for labels, m in zip(partitions, masks):
+            score = scores[m].sum() + label_term[m.size]
             if score > best_score:
                 best, best_score = (labels, np.exp(log_f)), score
     np.testing.assert_array_equal(got.map_labels, best[0])
     assert got.x_width == pytest.approx(best[1], rel=1e-12)
     assert got.log_prob_map + got.log_evidence == pytest.approx(best_score, abs=1e-9)
-    # not a trivial case: the width moves inside the grid, and at the width as set the mode
-    # is another partition
+    # not a trivial case: the width moves inside the grid; at the width as set the mode is
+    # another partition; and choosing the width by the evidence alone (type-II) would give
+    # another width, so the test tells the joint mode from that
     assert np.exp(log_widths[0]) < got.x_width < 1.0
     as_set = mode_with_profiled_x_width(block_scores_at, label_term, truth, np.zeros(1))
     assert not np.array_equal(as_set.map_labels, got.map_labels)
+    evidence = [posterior_from_scores(np.concatenate([[0.0], block_scores_at(np.exp(f))]),
+                                      label_term, truth).log_evidence for f in log_widths]
+    assert np.exp(log_widths[int(np.argmax(evidence))]) != pytest.approx(got.x_width)
+
+
+def test_profiled_width_at_the_width_as_set_is_the_all_three_mode():
+    """The wiring of the profiled entry (x prior at width f, beta as under all three): with a
+    grid of the single width 1 it is exactly the mode under all three NAM priors."""
+    import nestedatoms as na
+    from nestedatoms._state import resolve_nw_prior
+
+    sim = na.simulate(n_groups=8, cells_per_group=30, n_group_clusters=3, lam_x=0.01,
+                      random_state=5)
+    prior = resolve_nw_prior(sim.X, 30, "empirical", None, layer="groups")
+    at_one = modes_with_nam_priors(sim, prior, profile_x_width=True, log_widths=np.zeros(1))
+    profiled = at_one["all three NAM priors, x width profiled"]
+    fixed = at_one["all three NAM priors"]
+    np.testing.assert_array_equal(profiled.map_labels, fixed.map_labels)
+    assert profiled.log_evidence == pytest.approx(fixed.log_evidence, abs=1e-9)
+    assert profiled.x_width == 1.0
+    # and over the default grid the joint score can only rise
+    grid = modes_with_nam_priors(sim, prior, profile_x_width=True)
+    wide = grid["all three NAM priors, x width profiled"]
+    assert (wide.log_prob_map + wide.log_evidence
+            >= fixed.log_prob_map + fixed.log_evidence - 1e-9)
 
 
 def _first_appearance(labels):

@@ -521,11 +521,12 @@ search_group_partition.at_convergence = True
 # ---------------------------------------------------------------------------------------------
 def _local_cell_sweep(be, prob: Problem, st: State, rows: np.ndarray, cell_group: np.ndarray,
                       n_threads: int = 1) -> None:
-    """Exact coordinate update of q(M_ji) for the given cells only, with the cached statistics
-    (N_jl, y statistics, entropy of q(M)) corrected by the change of those rows.
+    """Exact coordinate update of q(M_ji) for the given cells only (``rows``: ascending indices
+    into the group-sorted cells), with the cached statistics (N_jl, y statistics, entropy of
+    q(M)) corrected by the change of those rows.
 
-    The update is the backend's cell step run on those rows (``rows`` ascending, so they stay
-    grouped by individual), so it shares the cell step's numerics: in the C++ core, the sparse
+    The update is the backend's cell step run on those rows (ascending, so they stay grouped
+    by individual as its offsets require), so it shares the cell step's numerics: in the C++ core, the sparse
     xi (responsibilities below e^-600 of a cell's largest set to 0) and the flush of subnormal
     numbers.  A NumPy version of it left subnormals in xi, which made this move take over half
     of a OneK1K-sized fit (x86 processes them ~100x slower).
