@@ -526,10 +526,10 @@ def _local_cell_sweep(be, prob: Problem, st: State, rows: np.ndarray, cell_group
     q(M)) corrected by the change of those rows.
 
     The update is the backend's cell step run on those rows (ascending, so they stay grouped
-    by individual as its offsets require), so it shares the cell step's numerics: in the C++ core, the sparse
-    xi (responsibilities below e^-600 of a cell's largest set to 0) and the flush of subnormal
-    numbers.  A NumPy version of it left subnormals in xi, which made this move take over half
-    of a OneK1K-sized fit (x86 processes them ~100x slower).
+    by individual as its offsets require), so it shares the cell step's numerics: in the C++
+    core, the sparse xi (responsibilities below e^-600 of a cell's largest set to 0) and the
+    flush of subnormal numbers.  A NumPy version of it left subnormals in xi, which made this
+    move take over half of a OneK1K-sized fit (x86 processes them ~100x slower).
     """
     Y = prob.Y[rows]
     groups = cell_group[rows]
@@ -545,6 +545,7 @@ def _local_cell_sweep(be, prob: Problem, st: State, rows: np.ndarray, cell_group
     delta = new - old
     cols = np.nonzero((delta != 0.0).any(axis=0))[0]
     n, s1, s2 = be.weighted_stats(Y, np.ascontiguousarray(delta[:, cols]), prob.y_centre)
+    # fresh arrays, as every other update makes, so no earlier reference sees the change
     st.y_n, st.y_s1, st.y_s2 = st.y_n.copy(), st.y_s1.copy(), st.y_s2.copy()
     st.y_n[cols] += n
     st.y_s1[cols] += s1
