@@ -10,6 +10,7 @@ import pytest
 from scipy import integrate, stats
 from scipy.special import gammaln
 
+from nestedatoms._init import relabel_by_first_appearance
 from nestedatoms._partition_posterior import nw_log_marginal, posterior_from_scores, subset_members
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "bench"))
@@ -137,7 +138,7 @@ def test_profiled_width_mode_is_the_joint_maximum_over_partitions_and_widths():
 
     # every partition once (labels by first appearance), as bit masks of its blocks
     partitions = [np.array(labels) for labels in itertools.product(range(J), repeat=J)
-                  if np.array_equal(labels, _first_appearance(np.array(labels)))]
+                  if np.array_equal(labels, relabel_by_first_appearance(np.array(labels)))]
     assert len(partitions) == 203                        # Bell(6)
     masks = [np.array([int((1 << np.nonzero(p == k)[0]).sum()) for k in np.unique(p)]) - 1
              for p in partitions]
@@ -183,7 +184,3 @@ def test_profiled_width_at_the_width_as_set_is_the_all_three_mode():
     assert (wide.log_prob_map + wide.log_evidence
             >= fixed.log_prob_map + fixed.log_evidence - 1e-9)
 
-
-def _first_appearance(labels):
-    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    return np.argsort(np.argsort(first))[inverse]

@@ -46,6 +46,12 @@ def relabel_by_size(labels: np.ndarray) -> np.ndarray:
     return rank[labels]
 
 
+def relabel_by_first_appearance(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels 0, 1, ... in order of first appearance: one labelling per partition."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse.ravel()]
+
+
 def _one_hot(labels: np.ndarray, width: int) -> np.ndarray:
     out = np.zeros((labels.shape[0], width))
     out[np.arange(labels.shape[0]), labels] = 1.0

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaln, logsumexp, multigammaln
 
+from ._init import relabel_by_first_appearance
+
 __all__ = ["PartitionPosterior", "partition_posterior", "posterior_from_scores",
            "nw_log_marginal", "subset_members"]
 
@@ -171,12 +173,7 @@ def posterior_from_scores(block: np.ndarray, label_term: np.ndarray,
     truth_blocks = [int(((truth == k).astype(np.int64) << np.arange(J)).sum())
                     for k in np.unique(truth)]
     log_truth = block[truth_blocks].sum() + label_term[len(truth_blocks)]
-    return PartitionPosterior(map_labels=_by_first_appearance(labels),
+    return PartitionPosterior(map_labels=relabel_by_first_appearance(labels),
                               log_prob_map=float(best[full, b_best] + label_term[b_best] - log_z),
                               log_prob_truth=float(log_truth - log_z),
                               log_evidence=float(log_z))
-
-
-def _by_first_appearance(labels: np.ndarray) -> np.ndarray:
-    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    return np.argsort(np.argsort(first))[inverse]
