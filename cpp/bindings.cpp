@@ -12,6 +12,7 @@
 #include <pybind11/stl.h>
 
 #include <Eigen/Core>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -436,7 +437,8 @@ py::tuple cell_step(const py::object& Y_obj, const py::object& offsets_obj,
                     const py::object& rho_obj, const py::object& elog_omega_obj,
                     const py::object& m, const py::object& lam, const py::object& W,
                     const py::object& nu, const py::object& centre_obj,
-                    const py::object& xi_out_obj, int n_threads) {
+                    const py::object& xi_out_obj, int n_threads,
+                    const py::object& group_weight_obj) {
     Shapes s;
     Arr Y = as_array(Y_obj, "Y");
     s.check(Y, "Y", {"N", "p"});
@@ -465,6 +467,17 @@ py::tuple cell_step(const py::object& Y_obj, const py::object& offsets_obj,
     auto s2 = new_array(L, p, p);
     nam::CellStepInput in{Y.data(), N,         p,      offsets.data(), J, rho.data(), K,
                           elog_omega.data(), L, q.view(), centre.data()};
+    Arr group_weight;
+    if (!group_weight_obj.is_none()) {
+        group_weight = as_array(group_weight_obj, "group_weight");
+        s.check(group_weight, "group_weight", {"J"});
+        const double* w = group_weight.data();
+        for (Index j = 0; j < J; ++j)
+            if (!(w[j] >= 0.0 && std::isfinite(w[j])))
+                fail("group_weight must be finite and >= 0, got " + std::to_string(w[j]));
+        if (overlaps(xi_out, group_weight)) fail("xi_out must not share memory with group_weight");
+        in.group_weight = w;
+    }
     nam::CellStepOutput out{xi_out.mutable_data(), N_jl.mutable_data(), n.mutable_data(),
                             s1.mutable_data(), s2.mutable_data()};
     // Ctrl-C: signals are only delivered to the main thread, so only a call from it polls.
@@ -639,9 +652,11 @@ PYBIND11_MODULE(NESTEDATOMS_MODULE_NAME, mod) {
 
     mod.def("cell_step", &cell_step, arg("Y"), arg("offsets"), arg("rho"), arg("elog_omega"),
             arg("m"), arg("lam"), arg("W"), arg("nu"), arg("centre"), arg("xi_out"),
-            arg("n_threads") = 1,
+            arg("n_threads") = 1, arg("group_weight") = py::none(),
             "Update q(M) into xi_out; returns (N_jl, n, s1, s2, entropy).  n_threads <= 0 uses "
-            "all available threads; results are bitwise identical for every n_threads.");
+            "all available threads; results are bitwise identical for every n_threads.  "
+            "group_weight (J,), optional: weight of each group's cells in (n, s1, s2) and the "
+            "entropy (xi and N_jl are unweighted).");
     mod.def("group_step", &group_step, arg("N_jl"), arg("elog_pi"), arg("elog_omega"),
             arg("ell_x"), arg("rho_out"), "Update q(S) into rho_out; returns the entropy.");
 

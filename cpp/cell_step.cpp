@@ -214,10 +214,17 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
             double dot = 0.0;
             for (Index l = 0; l < L; ++l)
                 if (sc.expo[l] > 0.0) dot += sc.expo[l] * row[l];
-            entropy += std::log(sum) - dot / sum;
             auto xrow = xi.row(i);
             xrow = sc.expo / sum;  // elementwise: identical whatever the alignment
             ch.Nrows.row(j - ch.first_group) += xrow;
+            if (in.group_weight) {
+                // weighted statistics: scale the cell's features (its logits are done)
+                const double w = in.group_weight[j];
+                entropy += w * (std::log(sum) - dot / sum);
+                Phi.row(i) *= w;
+            } else {
+                entropy += std::log(sum) - dot / sum;
+            }
         }
         ch.dense[0] += entropy;
         MapRowMat stats(ch.dense.data() + 1, L, F);

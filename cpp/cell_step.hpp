@@ -38,6 +38,9 @@ struct CellStepInput {
     Index L;
     NWView atoms;             // the L cell atoms, D = p
     const double* centre;     // (p,)
+    // (J,) or nullptr: weight of group j's cells in the y statistics and the entropy (the
+    // donor-variation tempering zeta_j; xi and N_jl are unweighted).  nullptr: all 1.
+    const double* group_weight = nullptr;
 };
 
 struct CellStepOutput {

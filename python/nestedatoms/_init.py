@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from ._state import Problem, State
-from ._steps import GLOBAL_BLOCKS
+from ._steps import GLOBAL_BLOCKS, composition_weights
 
 __all__ = ["kmeans_labels", "state_from_labels", "initial_state"]
 
@@ -65,7 +65,9 @@ def state_from_labels(be, prob: Problem, cell_labels: np.ndarray,
     xi = _one_hot(np.asarray(cell_labels), L)
     rho = _one_hot(np.asarray(group_labels), K)
     N_jl = np.add.reduceat(xi, prob.offsets[:-1], axis=0)
-    y_n, y_s1, y_s2 = be.weighted_stats(prob.Y, xi, prob.y_centre)
+    zeta = composition_weights(prob.data.group_sizes, prob.donor_concentration)
+    w = xi if zeta is None else xi * np.repeat(zeta, prob.data.group_sizes)[:, None]
+    y_n, y_s1, y_s2 = be.weighted_stats(prob.Y, w, prob.y_centre)
     a, b = prob.alpha_prior, prob.beta_prior
     st = State(
         rho=rho, xi=xi,
@@ -74,6 +76,7 @@ def state_from_labels(be, prob: Problem, cell_labels: np.ndarray,
         alpha_shape=a.shape, alpha_rate=a.rate, beta_shape=b.shape, beta_rate=b.rate,
         my=None, lamy=None, Wy=None, nuy=None, mx=None, lamx=None, Wx=None, nux=None,
         N_jl=np.ascontiguousarray(N_jl), y_n=y_n, y_s1=y_s1, y_s2=y_s2, H_xi=0.0, H_rho=0.0,
+        donor_concentration=float(prob.donor_concentration),
     )
     for _, update in GLOBAL_BLOCKS:
         update(be, prob, st)

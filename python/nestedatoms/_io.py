@@ -107,8 +107,9 @@ def save_model(model, path) -> None:
         value = getattr(st, f.name)
         if isinstance(value, np.ndarray):
             arrays[f"state/{f.name}"] = value
-        elif value is not None:
+        elif value is not None and np.isfinite(value):
             state_scalars[f.name] = float(value)
+        # else: an infinite donor_concentration (NAM exactly) is its field's default
     for name in _FITTED_ARRAYS:
         value = getattr(model, name)
         if value is not None:
@@ -134,6 +135,10 @@ def save_model(model, path) -> None:
             "alpha_prior": conc(prob.alpha_prior),
             "beta_prior": conc(prob.beta_prior),
             "learn_x_prior_scale": bool(prob.learn_x_prior_scale),
+            "learn_donor_concentration": bool(prob.learn_donor_concentration),
+            # JSON has no inf: NAM exactly (c = inf) is stored as null
+            "donor_concentration": (None if np.isinf(prob.donor_concentration)
+                                    else float(prob.donor_concentration)),
         },
         "groups_json": json_groups,
         "state_scalars": state_scalars,
@@ -204,7 +209,9 @@ def load_model(cls, path):
                    x_prior=nw("x") if pm["has_x"] else None,
                    alpha_prior=ConcentrationPrior(**pm["alpha_prior"]),
                    beta_prior=ConcentrationPrior(**pm["beta_prior"]),
-                   learn_x_prior_scale=bool(pm.get("learn_x_prior_scale", False)))
+                   learn_x_prior_scale=bool(pm.get("learn_x_prior_scale", False)),
+                   learn_donor_concentration=bool(pm.get("learn_donor_concentration", False)),
+                   donor_concentration=_concentration_from_json(pm.get("donor_concentration")))
     # The centres are a deterministic function of the data, but keep the saved bits anyway.
     prob.y_centre = arr["prior/y_centre"]
     if pm["has_x"]:
@@ -224,6 +231,9 @@ def load_model(cls, path):
     # constructor's default ("auto", which learns it for the default prior) would misdescribe
     # them
     params.setdefault("learn_group_prior_scale", False)
+    # likewise, files from before donor variation were fitted as NAM exactly
+    params["donor_concentration"] = _concentration_from_json(
+        params.get("donor_concentration")) if params.get("donor_concentration") != "auto" else "auto"
     model = cls(**_restore_params(cls, params))
     model.problem_ = prob
     model.state_ = st
@@ -234,4 +244,10 @@ def load_model(cls, path):
         setattr(model, name, meta["fitted"][name])
     model.elbo_traces_ = [arr[f"fitted/elbo_traces_/{r}"] for r in range(meta["n_restarts"])]
     model.group_prior_scale_ = float(st.x_prior_scale) if prob.has_x else None
+    model.donor_concentration_ = float(st.donor_concentration)
     return model
+
+
+def _concentration_from_json(value) -> float:
+    """A donor concentration as stored (null or absent: inf, NAM exactly)."""
+    return float("inf") if value is None else float(value)

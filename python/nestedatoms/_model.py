@@ -73,13 +73,24 @@ class NestedAtomsModel:
         the default x prior (``prior="empirical"`` with no, or an empty, ``group_prior``) and
         holds a prior you chose (``"reference"``, the published setting, or an override)
         exactly as set; True learns it for any x prior; False never.  No effect without X.
+    donor_concentration : "auto", float > 0 or numpy.inf, default "auto"
+        How much individuals vary around their cluster's cell-type composition: individual j
+        of cluster k is taken to have its own composition ~ Dirichlet(c omega_.k), so its
+        n_j cells weigh as n_j (1 + c) / (n_j + c) cells of evidence about omega_.k (the
+        composition terms are tempered by zeta_j = (1 + c) / (n_j + c)).  Without this,
+        individuals with hundreds of cells that vary around their group become clusters of
+        their own.  "auto" learns c at each convergence from the Dirichlet-multinomial
+        evidence of the partition reached (infinite where the data show no variation);
+        a number holds c fixed; ``numpy.inf`` is the Nested Atoms Model exactly.
+        ``donor_concentration_`` reports the value in use (docs: "Donors vary").
     """
 
     def __init__(self, n_group_clusters=30, n_cell_clusters=30, prior="empirical",
                  group_prior=None, cell_prior=None, group_concentration=None,
                  cell_concentration=None, concentration_prior=(0.1, 0.1), n_init=3,
                  max_iter=500, tol=1e-6, random_state=None, n_threads=None, backend="cpp",
-                 verbose=0, copy=True, learn_group_prior_scale="auto"):
+                 verbose=0, copy=True, learn_group_prior_scale="auto",
+                 donor_concentration="auto"):
         self.n_group_clusters = n_group_clusters
         self.n_cell_clusters = n_cell_clusters
         self.prior = prior
@@ -97,6 +108,7 @@ class NestedAtomsModel:
         self.verbose = verbose
         self.copy = copy
         self.learn_group_prior_scale = learn_group_prior_scale
+        self.donor_concentration = donor_concentration
 
     # ------------------------------------------------------------------ scikit-learn protocol
     @classmethod
@@ -174,6 +186,9 @@ class NestedAtomsModel:
             alpha_prior=self._concentration(self.group_concentration, "group_concentration"),
             beta_prior=self._concentration(self.cell_concentration, "cell_concentration"),
             learn_x_prior_scale=self._learns_group_prior_scale(),
+            learn_donor_concentration=isinstance(self.donor_concentration, str),
+            donor_concentration=(float("inf") if isinstance(self.donor_concentration, str)
+                                 else float(self.donor_concentration)),
         )
 
     def _learns_group_prior_scale(self) -> bool:
@@ -257,6 +272,7 @@ class NestedAtomsModel:
             self.group_means_ = None
             self.group_covariances_ = None
             self.group_prior_scale_ = None
+        self.donor_concentration_ = float(st.donor_concentration)
         self.elbo_ = best.elbo
         self.elbo_trace_ = np.asarray(best.trace)
         self.elbo_traces_ = [np.asarray(r.trace) for r in runs]

@@ -38,7 +38,8 @@ import copy
 import numpy as np
 
 from ._state import Problem, State
-from ._steps import GLOBAL_BLOCKS, elbo, learn_x_prior_scale, update_groups, update_x_atoms
+from ._steps import (GLOBAL_BLOCKS, cell_weights, elbo, group_weights, learn_x_prior_scale,
+                     update_groups, update_x_atoms, weighted_entropy, weighted_y_stats)
 
 __all__ = ["sort_clusters", "merge_group_clusters", "merge_cell_atoms", "agglomerate_cell_atoms",
            "split_cell_atoms", "search_group_partition", "learn_group_prior_width",
@@ -215,8 +216,9 @@ def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
             saved = _snapshot(st)
             pair = st.xi[:, [l1, l2]]
             merged = pair.sum(axis=1, keepdims=True)
-            st.H_xi = (st.H_xi - be.categorical_entropy(pair)
-                       + be.categorical_entropy(merged))
+            w = cell_weights(prob, st)
+            st.H_xi = (st.H_xi - weighted_entropy(be, pair, w)
+                       + weighted_entropy(be, merged, w))
             _fold_atom_stats(be, prob, st, [[l1, l2]], n_threads)
             if _gain_ok(elbo(be, prob, st), before):
                 st.xi[:, l1] = merged[:, 0]
@@ -276,7 +278,7 @@ def agglomerate_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> 
         return False
     before = elbo(be, prob, st)
     saved = _snapshot(st)
-    entropy_change = _GroupEntropyChange(be, st.xi)
+    entropy_change = _GroupEntropyChange(be, st.xi, cell_weights(prob, st))
     best_value, best_level, best_change = before, None, 0.0
     for i, level in enumerate(levels):
         _fold_atom_stats(be, prob, st, level, n_threads)
@@ -303,8 +305,8 @@ class _GroupEntropyChange:
     """Entropy of q(M) after summing a group of xi's columns, minus before; cached per group
     and per column, and read by row blocks so that no N x L temporary is made."""
 
-    def __init__(self, be, xi: np.ndarray, rows: int = 1 << 15):
-        self.be, self.xi, self.rows = be, xi, rows
+    def __init__(self, be, xi: np.ndarray, weights=None, rows: int = 1 << 15):
+        self.be, self.xi, self.rows, self.weights = be, xi, rows, weights
         self.columns: dict[int, float] = {}
         self.groups: dict[tuple, float] = {}
 
@@ -313,7 +315,8 @@ class _GroupEntropyChange:
         total = 0.0
         for start in range(0, self.xi.shape[0], self.rows):
             block = self.xi[start:start + self.rows, cols].sum(axis=1, keepdims=True)
-            total += self.be.categorical_entropy(block)
+            w = None if self.weights is None else self.weights[start:start + self.rows]
+            total += weighted_entropy(self.be, block, w)
         return total
 
     def __call__(self, group) -> float:
@@ -538,12 +541,14 @@ def _local_cell_sweep(be, prob: Problem, st: State, rows: np.ndarray, cell_group
     new = np.empty_like(old)
     elog_omega = be.expected_log_stick_weights(st.u_a, st.u_b)
     _, _, _, _, entropy_new = be.cell_step(Y, offsets, st.rho, elog_omega, st.my, st.lamy,
-                                           st.Wy, st.nuy, prob.y_centre, new, n_threads)
+                                           st.Wy, st.nuy, prob.y_centre, new, n_threads,
+                                           group_weights(prob, st))
     # the statistics of the change itself, not the difference of two large sums, and only of
     # the atoms whose responsibilities changed (far atoms have xi exactly 0 before and after)
     delta = new - old
     cols = np.nonzero((delta != 0.0).any(axis=0))[0]
-    n, s1, s2 = be.weighted_stats(Y, np.ascontiguousarray(delta[:, cols]), prob.y_centre)
+    w = cell_weights(prob, st, rows)
+    n, s1, s2 = weighted_y_stats(be, prob, delta[:, cols], w, rows)
     # fresh arrays, as every other update makes, so no earlier reference sees the change
     st.y_n, st.y_s1, st.y_s2 = st.y_n.copy(), st.y_s1.copy(), st.y_s2.copy()
     st.y_n[cols] += n
@@ -551,7 +556,7 @@ def _local_cell_sweep(be, prob: Problem, st: State, rows: np.ndarray, cell_group
     st.y_s2[cols] += s2
     present = counts > 0
     st.N_jl[present] += np.add.reduceat(delta, offsets[:-1][present], axis=0)
-    st.H_xi += entropy_new - be.categorical_entropy(old)
+    st.H_xi += entropy_new - weighted_entropy(be, old, w)
     st.xi[rows] = new
 
 
@@ -559,7 +564,7 @@ def _recompute_cell_stats(be, prob: Problem, st: State, cols) -> None:
     """Exact y statistics and N_jl of the given atoms from xi (the moved atoms only)."""
     cols = list(cols)
     w = np.ascontiguousarray(st.xi[:, cols])
-    n, s1, s2 = be.weighted_stats(prob.Y, w, prob.y_centre)
+    n, s1, s2 = weighted_y_stats(be, prob, w, cell_weights(prob, st))
     st.y_n[cols], st.y_s1[cols], st.y_s2[cols] = n, s1, s2
     st.N_jl[:, cols] = np.add.reduceat(w, prob.offsets[:-1], axis=0)
 
@@ -641,5 +646,37 @@ def learn_group_prior_width(be, prob: Problem, st: State, n_threads: int = 1) ->
 learn_group_prior_width.at_convergence = True
 
 
+# A concentration change smaller than this (relative) does not count as a move.
+_CONCENTRATION_TOLERANCE = 0.05
+
+
+def learn_donor_variation(be, prob: Problem, st: State, n_threads: int = 1) -> bool:
+    """``donor_concentration="auto"``: at convergence, the donors' concentration c around their
+    cluster's composition, by the Dirichlet-multinomial evidence of the partition reached
+    (``_donor_variation``); the sweeps resume under the new tempering if c moved.
+
+    c is a setting of the objective, not a variational factor: changing it changes the
+    objective, so this move is not judged by the ELBO (the trace is monotone between changes
+    of c, and ``donor_concentration_`` says which objective the final ELBO is).
+    """
+    if not prob.learn_donor_concentration:
+        return False
+    from ._donor_variation import learn_concentration
+
+    old = float(st.donor_concentration)
+    new = learn_concentration(st.N_jl, st.rho)
+    if np.isinf(old) and np.isinf(new):
+        return False
+    if np.isfinite(old) and np.isfinite(new) and abs(np.log(new / old)) <= (
+            _CONCENTRATION_TOLERANCE):
+        return False
+    st.donor_concentration = new
+    refresh_without_cells(be, prob, st, n_threads)
+    return True
+
+
+learn_donor_variation.at_convergence = True
+
+
 DEFAULT_MOVES = (merge_cell_atoms, sort_clusters, agglomerate_cell_atoms, split_cell_atoms,
-                 search_group_partition, learn_group_prior_width)
+                 learn_donor_variation, search_group_partition, learn_group_prior_width)

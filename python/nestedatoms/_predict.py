@@ -78,15 +78,22 @@ def _new_group_x(X, labels: np.ndarray, q: int) -> np.ndarray:
     return np.ascontiguousarray(Xa)
 
 
-def _local_elbo(be, prob: Problem, st: State, elog_pi, elog_omega, ell_x, rho, new, stats):
-    """The terms of the ELBO that involve the new local factors (globals fixed).
+def _scaled(per_group: np.ndarray, zeta) -> np.ndarray:
+    """Row j times zeta_j (the donor-variation tempering); as is when zeta is None."""
+    return per_group if zeta is None else np.ascontiguousarray(per_group * zeta[:, None])
+
+
+def _local_elbo(be, prob: Problem, st: State, elog_pi, elog_omega, ell_x, rho, new, stats,
+                zeta=None):
+    """The terms of the ELBO that involve the new local factors (globals fixed), with the
+    composition terms tempered by ``zeta`` as in the fit.
 
     Cells: E log p(y | M, theta^y) + E log p(M | S, u) + H[q(M)]; new groups:
     E log p(S | v) + E log p(x | S, theta^x) + H[q(S)].
     """
     N_jl, n, s1, s2, H_xi = stats
     total = be.nw_loglik_from_stats(n, s1, s2, prob.y_centre, st.my, st.lamy, st.Wy, st.nuy)
-    total += float(np.sum((N_jl @ elog_omega) * rho)) + H_xi
+    total += float(np.sum((_scaled(N_jl, zeta) @ elog_omega) * rho)) + H_xi
     if new.any():
         r = np.ascontiguousarray(rho[new])
         total += float(np.sum(r * (elog_pi[None, :] + ell_x[new])))
@@ -106,7 +113,7 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
     weights.  ``with_scores`` also computes the per-cell scores (one more pass over the
     cells); otherwise ``cell_score`` is None.
     """
-    from ._steps import _elog_omega, _elog_pi
+    from ._steps import _elog_omega, _elog_pi, composition_weights
 
     Ya = as_float_matrix(Y, "Y")
     p = prob.Y.shape[1]
@@ -152,23 +159,26 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
     rho[new] = pi / pi.sum()
     rho = np.ascontiguousarray(rho)
     xi = np.zeros((data.n_cells, st.L))
+    # each group's terms are weighted by its zeta_j (from its cells here), as in the fit
+    zeta = composition_weights(data.group_sizes, st.donor_concentration)
 
     def cell_step():
         return be.cell_step(data.Y, data.offsets, rho, elog_omega, st.my, st.lamy, st.Wy,
-                            st.nuy, prob.y_centre, xi, n_threads)
+                            st.nuy, prob.y_centre, xi, n_threads, zeta)
 
     stats = cell_step()
     n_iter, converged, trace = 1, not new.any(), []
     if new.any():
-        prev = _local_elbo(be, prob, st, elog_pi, elog_omega, ell_x, rho, new, stats)
+        prev = _local_elbo(be, prob, st, elog_pi, elog_omega, ell_x, rho, new, stats, zeta)
         trace.append(prev)
         for n_iter in range(1, max_iter + 1):
             fixed_rows = rho[known].copy()
-            be.group_step(stats[0], elog_pi, elog_omega, ell_x, rho)
+            be.group_step(_scaled(stats[0], zeta), elog_pi, elog_omega, ell_x, rho)
             rho[known] = fixed_rows
-            trace.append(_local_elbo(be, prob, st, elog_pi, elog_omega, ell_x, rho, new, stats))
+            trace.append(_local_elbo(be, prob, st, elog_pi, elog_omega, ell_x, rho, new, stats,
+                                     zeta))
             stats = cell_step()
-            cur = _local_elbo(be, prob, st, elog_pi, elog_omega, ell_x, rho, new, stats)
+            cur = _local_elbo(be, prob, st, elog_pi, elog_omega, ell_x, rho, new, stats, zeta)
             trace.append(cur)
             if abs(cur - prev) <= tol * abs(cur):
                 converged = True

@@ -181,8 +181,10 @@ def _draw_atoms(rng, n_atoms, dim, lam, df):
 
 def simulate(n_groups=12, cells_per_group=100, n_group_clusters=3, n_cell_clusters=3,
              n_group_features=5, n_cell_features=5, alpha0_x=25.0, alpha0_y=25.0,
-             lam_x=0.1, lam_y=0.1, random_state=None) -> Simulation:
-    """Draw a cohort from the Nested Atoms Model (SPEC section 8).
+             lam_x=0.1, lam_y=0.1, donor_concentration=None, donor_shift=0.0,
+             random_state=None) -> Simulation:
+    """Draw a cohort from the Nested Atoms Model (SPEC section 8), optionally departing from
+    it as real cohorts do.
 
     The defaults are the published toy design: J = 12 groups of 100 cells, 3 group clusters,
     3 cell clusters, q = p = 5, alpha0 = 25, lam = 0.1 (smaller lam separates atoms more).
@@ -202,6 +204,14 @@ def simulate(n_groups=12, cells_per_group=100, n_group_clusters=3, n_cell_cluste
         ~ Dir(alpha0_y / L_true).
     lam_x, lam_y : float
         Atom means ~ N(0, (lam Lambda)^-1) with Lambda ~ Wishart(dim + 5, I).
+    donor_concentration : float or None
+        Donor-level variation of composition: None (NAM) gives every group of cluster k the
+        composition omega_.k; a number c draws each group's own composition
+        ~ Dirichlet(c omega_.k) (smaller c, more variation; real cohorts: tens to hundreds).
+    donor_shift : float
+        Donor-level expression shifts within a cell type: each group's mean of cell type l is
+        moved by a draw from N(0, donor_shift^2 Sigma_l) (0: none; 0.5: half a cluster's
+        spread).  ``cell_truth`` stays the type.
     random_state : int or None
 
     Returns
@@ -220,11 +230,28 @@ def simulate(n_groups=12, cells_per_group=100, n_group_clusters=3, n_cell_cluste
     y_means, y_prec = _draw_atoms(rng, Lt, p, lam_y, p + ATOM_DF_EXTRA)
     S = rng.choice(T, size=J, p=pi)
     X = np.array([rng.multivariate_normal(x_means[k], np.linalg.inv(x_prec[k])) for k in S])
-    M = np.concatenate([rng.choice(Lt, size=n, p=omega[:, S[j]]) for j, n in enumerate(sizes)])
+    if donor_concentration is None:
+        donor_omega = omega[:, S]
+    else:
+        c = float(donor_concentration)
+        if not c > 0:
+            raise ValueError(f"donor_concentration must be > 0 or None, got {donor_concentration!r}.")
+        # a floor keeps every Dirichlet parameter positive when a type has weight ~0
+        donor_omega = np.column_stack([rng.dirichlet(np.maximum(c * omega[:, k], 1e-12))
+                                       for k in S])
+    M = np.concatenate([rng.choice(Lt, size=n, p=donor_omega[:, j])
+                        for j, n in enumerate(sizes)])
     Y = np.empty((M.size, p))
     for l in range(Lt):
         idx = np.nonzero(M == l)[0]
         Y[idx] = rng.multivariate_normal(y_means[l], np.linalg.inv(y_prec[l]), size=idx.size)
+    if donor_shift:
+        cell_donor = np.repeat(np.arange(J), sizes)
+        for l in range(Lt):
+            shifts = rng.multivariate_normal(np.zeros(p), donor_shift ** 2
+                                             * np.linalg.inv(y_prec[l]), size=J)
+            idx = np.nonzero(M == l)[0]
+            Y[idx] += shifts[cell_donor[idx]]
     width = len(str(J - 1))
     names = np.array([f"ind{j:0{width}d}" for j in range(J)])
     return Simulation(Y=Y, groups=np.repeat(names, sizes), X=X, group_names=names,

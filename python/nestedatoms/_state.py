@@ -174,6 +174,11 @@ class Problem:
     # of the state; ``learn_group_prior_scale`` True, or "auto" with the default x prior);
     # False: x_prior as is.
     learn_x_prior_scale: bool = False
+    # Learn the donors' concentration c (``donor_concentration`` of the state) at convergence
+    # by the Dirichlet-multinomial evidence of the donors' compositions (``_donor_variation``).
+    learn_donor_concentration: bool = False
+    # The concentration every run starts from (and keeps, when not learned); inf: NAM.
+    donor_concentration: float = float("inf")
     y_centre: np.ndarray = field(init=False)
     x_centre: np.ndarray | None = field(init=False)
 
@@ -235,6 +240,10 @@ class State:
     # f: the x prior in use is the problem's with W0^-1 and lam0 times f (see
     # ``_steps.effective_x_prior``); 1 unless the problem learns it
     x_prior_scale: float = 1.0
+    # c: the donors' Dirichlet concentration around their cluster's composition; the
+    # composition terms are tempered by zeta_j = (1 + c) / (n_j + c) (see
+    # ``_steps.composition_weights``).  inf (the default) is NAM exactly, zeta = 1.
+    donor_concentration: float = float("inf")
 
     def copy(self) -> "State":
         return copy.deepcopy(self)

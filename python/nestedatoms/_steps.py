@@ -10,7 +10,8 @@ import numpy as np
 
 from ._state import ConcentrationPrior, NWPrior, Problem, State
 
-__all__ = ["BLOCKS", "sweep", "elbo", "elbo_terms", "concentration_expectations",
+__all__ = ["composition_weights", "composition_counts", "tempered", "group_weights",
+           "cell_weights", "weighted_entropy", "weighted_y_stats", "BLOCKS", "sweep", "elbo", "elbo_terms", "concentration_expectations",
            "expected_stick_weights", "effective_x_prior", "learn_x_prior_scale"]
 
 
@@ -36,19 +37,86 @@ def _ell_x(be, prob: Problem, st: State) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
+# Donor-level variation: the tempered objective (docs/model.md, "Donors vary")
+# ---------------------------------------------------------------------------------------------
+def composition_weights(sizes: np.ndarray, concentration: float):
+    """zeta_j = (1 + c) / (n_j + c), or None for c = inf (NAM exactly, every zeta_j = 1).
+
+    If donor j's composition is Dirichlet(c omega_k) around its cluster's, its n_j cells carry
+    the evidence about omega_k of (1 + c) n_j / (n_j + c) independent draws (the
+    Dirichlet-multinomial's variance inflation).  The objective counts each donor's cells with
+    that weight: its y terms, its composition terms and the entropy of its q(M) are all
+    multiplied by zeta_j (tempering the composition term alone would reward duplicate atoms:
+    the entropy of a cell split between two copies of an atom would gain log 2 where the
+    composition term loses only zeta_j log 2).  One cell keeps weight 1; c -> inf gives NAM.
+    """
+    c = float(concentration)
+    if not np.isfinite(c):
+        return None
+    return (1.0 + c) / (np.asarray(sizes, dtype=np.float64) + c)
+
+
+def group_weights(prob: Problem, st: State):
+    """zeta (J,) of the state, or None (all 1)."""
+    return composition_weights(prob.data.group_sizes, st.donor_concentration)
+
+
+def cell_weights(prob: Problem, st: State, rows=None):
+    """zeta_j of each (group-sorted) cell, or of the given rows; None when all are 1."""
+    zeta = group_weights(prob, st)
+    if zeta is None:
+        return None
+    w = np.repeat(zeta, prob.data.group_sizes)
+    return w if rows is None else w[rows]
+
+
+def tempered(prob: Problem, st: State, per_group: np.ndarray) -> np.ndarray:
+    """``per_group`` (J, .) with row j times zeta_j; the array itself when zeta = 1."""
+    zeta = group_weights(prob, st)
+    if zeta is None:
+        return per_group
+    return np.ascontiguousarray(per_group * zeta[:, None])
+
+
+def composition_counts(prob: Problem, st: State) -> np.ndarray:
+    """The tempered counts zeta_j N_jl that enter q(S), the cell sticks and the ELBO."""
+    return tempered(prob, st, st.N_jl)
+
+
+def weighted_entropy(be, xi_rows: np.ndarray, weights) -> float:
+    """-sum_i w_i sum_l xi_il log xi_il (the backend's entropy when ``weights`` is None)."""
+    if weights is None:
+        return be.categorical_entropy(xi_rows)
+    from scipy.special import entr
+
+    return float(np.dot(weights, entr(xi_rows).sum(axis=1)))
+
+
+def weighted_y_stats(be, prob: Problem, xi_cols: np.ndarray, weights, rows=None):
+    """(n, s1, s2) of the given xi columns over all cells (or ``rows``), cells weighted."""
+    Y = prob.Y if rows is None else prob.Y[rows]
+    w = xi_cols if weights is None else xi_cols * weights[:, None]
+    return be.weighted_stats(Y, np.ascontiguousarray(w), prob.y_centre)
+
+
+# ---------------------------------------------------------------------------------------------
 # Blocks
 # ---------------------------------------------------------------------------------------------
 def update_cells(be, prob: Problem, st: State, n_threads: int = 1) -> None:
-    """q(M): xi, and with it N_jl, the y statistics and the entropy of q(M) (one pass)."""
+    """q(M): xi, and with it N_jl, the y statistics and the entropy of q(M) (one pass).
+
+    Under donor variation each donor's terms are all weighted by zeta_j, so zeta_j cancels from
+    the update of xi itself and weights only the statistics and the entropy.
+    """
     st.N_jl, st.y_n, st.y_s1, st.y_s2, st.H_xi = be.cell_step(
         prob.Y, prob.offsets, st.rho, _elog_omega(be, st), st.my, st.lamy, st.Wy, st.nuy,
-        prob.y_centre, st.xi, n_threads)
+        prob.y_centre, st.xi, n_threads, group_weights(prob, st))
 
 
 def update_groups(be, prob: Problem, st: State, n_threads: int = 1) -> None:
-    """q(S): rho."""
-    st.H_rho = be.group_step(st.N_jl, _elog_pi(be, st), _elog_omega(be, st),
-                             _ell_x(be, prob, st), st.rho)
+    """q(S): rho (the composition evidence of group j tempered by zeta_j)."""
+    st.H_rho = be.group_step(composition_counts(prob, st), _elog_pi(be, st),
+                             _elog_omega(be, st), _ell_x(be, prob, st), st.rho)
 
 
 def update_group_sticks(be, prob: Problem, st: State, n_threads: int = 1) -> None:
@@ -59,9 +127,10 @@ def update_group_sticks(be, prob: Problem, st: State, n_threads: int = 1) -> Non
 
 
 def update_cell_sticks(be, prob: Problem, st: State, n_threads: int = 1) -> None:
-    """q(u_lk): a_lk = 1 + Q_lk, b_lk = E beta + sum_{t>l} Q_tk, Q = N' rho."""
+    """q(u_lk): a_lk = 1 + Q_lk, b_lk = E beta + sum_{t>l} Q_tk, Q = (zeta N)' rho."""
     e_beta, _ = concentration_expectations(be, prob.beta_prior, st.beta_shape, st.beta_rate)
-    st.u_a, st.u_b = be.update_sticks(np.ascontiguousarray(st.N_jl.T @ st.rho), e_beta)
+    Q = composition_counts(prob, st).T @ st.rho
+    st.u_a, st.u_b = be.update_sticks(np.ascontiguousarray(Q), e_beta)
 
 
 def update_alpha(be, prob: Problem, st: State, n_threads: int = 1) -> None:
@@ -203,7 +272,7 @@ def elbo_terms(be, prob: Problem, st: State) -> dict:
                                           py.m0, py.lam0, py.W0inv, py.nu0)
     t["H_theta_y"] = be.nw_entropy(st.my, st.lamy, st.Wy, st.nuy)
     t["log_p_S"] = float(st.rho.sum(axis=0) @ elog_pi)
-    t["log_p_M"] = float(np.sum((st.N_jl.T @ st.rho) * elog_omega))
+    t["log_p_M"] = float(np.sum((composition_counts(prob, st).T @ st.rho) * elog_omega))
     e_a, elog_a = concentration_expectations(be, prob.alpha_prior, st.alpha_shape,
                                              st.alpha_rate)
     e_b, elog_b = concentration_expectations(be, prob.beta_prior, st.beta_shape, st.beta_rate)

@@ -111,6 +111,16 @@ def check_estimator_params(est) -> None:
     if not (isinstance(learn, (bool, np.bool_)) or (isinstance(learn, str) and learn == "auto")):
         raise InvalidParameterError(f'learn_group_prior_scale must be "auto", True or False, '
                                     f"got {learn!r}.")
+    conc = getattr(est, "donor_concentration", "auto")
+    if isinstance(conc, str):
+        if conc != "auto":
+            raise InvalidParameterError(
+                f'donor_concentration must be "auto", a number > 0 or numpy.inf, got {conc!r}.')
+    elif (isinstance(conc, (bool, np.bool_)) or not isinstance(conc, numbers.Real)
+          or np.isnan(conc) or conc <= 0):
+        raise InvalidParameterError(
+            f'donor_concentration must be "auto" (learned), a number > 0 (fixed) or numpy.inf '
+            f"(the Nested Atoms Model exactly), got {conc!r}.")
     if not isinstance(getattr(est, "copy", True), (bool, np.bool_)):
         raise InvalidParameterError(f"copy must be True or False, got {est.copy!r}.")
     if isinstance(est.verbose, bool) or not isinstance(est.verbose, numbers.Integral) or (

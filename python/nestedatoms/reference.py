@@ -230,11 +230,13 @@ def nw_entropy(m, lam, W, nu):
 # --------------------------------------------------------------------------------------------
 # Local steps (SPEC 5.1, 5.2)
 # --------------------------------------------------------------------------------------------
-def cell_step(Y, offsets, rho, elog_omega, m, lam, W, nu, centre, xi_out, n_threads=1):
+def cell_step(Y, offsets, rho, elog_omega, m, lam, W, nu, centre, xi_out, n_threads=1,
+              group_weight=None):
     """Update q(M): xi_jil ∝ exp(ell_l(y_ji) + sum_k rho_jk E log omega_lk), written to xi_out.
 
     Returns the statistics that depend on xi: N_jl (J, L), the weighted y statistics
-    (n, s1, s2) about ``centre`` and the entropy -sum xi log xi.
+    (n, s1, s2) about ``centre`` and the entropy -sum xi log xi.  ``group_weight`` (J,),
+    optional: each group's cells count with that weight in (n, s1, s2) and the entropy.
     """
     J = rho.shape[0]
     sizes = np.diff(offsets)
@@ -243,8 +245,12 @@ def cell_step(Y, offsets, rho, elog_omega, m, lam, W, nu, centre, xi_out, n_thre
     logits -= logsumexp(logits, axis=1, keepdims=True)
     xi_out[...] = np.exp(logits)
     N_jl = np.stack([xi_out[offsets[j]:offsets[j + 1]].sum(axis=0) for j in range(J)])
-    n, s1, s2 = weighted_stats(Y, xi_out, centre)
-    return N_jl, n, s1, s2, categorical_entropy(xi_out)
+    if group_weight is None:
+        n, s1, s2 = weighted_stats(Y, xi_out, centre)
+        return N_jl, n, s1, s2, categorical_entropy(xi_out)
+    w_cell = np.repeat(np.asarray(group_weight, dtype=np.float64), sizes)
+    n, s1, s2 = weighted_stats(Y, xi_out * w_cell[:, None], centre)
+    return N_jl, n, s1, s2, float(np.sum(w_cell[:, None] * entr(xi_out)))
 
 
 def group_step(N_jl, elog_pi, elog_omega, ell_x, rho_out):

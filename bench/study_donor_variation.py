@@ -1,0 +1,90 @@
+"""Donors that vary around their cluster: how many donor clusters the fit finds, before and after.
+
+Each data set: J donors in 3 clusters that differ in composition only (CAM: no x), 6 cell types
+(p = 10), each donor's composition ~ Dirichlet(c x its cluster's) (c = inf: NAM exactly).  Two
+fits per data set, both with the package's defaults otherwise: NAM exactly
+(``donor_concentration=numpy.inf``, the old default) and the learned concentration ("auto", the
+default).  Reports per setting the median donor ARI, the median number of donor clusters and
+the median learned c.  Uses only the public API.
+
+    python bench/study_donor_variation.py                 # the grid (about 15 min, 2 cores)
+    python bench/study_donor_variation.py --quick         # one small setting (CI smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import numpy as np
+
+import nestedatoms as na
+
+
+def ari(a, b) -> float:
+    from scipy.special import comb
+
+    a, b = np.asarray(a), np.asarray(b)
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    table = np.zeros((ai.max() + 1, bi.max() + 1))
+    np.add.at(table, (ai, bi), 1)
+    index = comb(table, 2).sum()
+    rows, cols = comb(table.sum(1), 2).sum(), comb(table.sum(0), 2).sum()
+    expected = rows * cols / comb(a.size, 2)
+    top = 0.5 * (rows + cols)
+    return 1.0 if top == expected else float((index - expected) / (top - expected))
+
+
+def one(concentration, cells, donors, rep):
+    sim = na.simulate(n_groups=donors, cells_per_group=cells, n_group_clusters=3,
+                      n_cell_clusters=6, n_cell_features=10, alpha0_x=1000.0,
+                      donor_concentration=None if np.isinf(concentration) else concentration,
+                      random_state=1000 * rep + donors + cells)
+    rows = []
+    for name, setting in (("NAM exactly (before)", np.inf), ("learned c (default)", "auto")):
+        t = time.perf_counter()
+        m = na.NestedAtomsModel(random_state=rep, donor_concentration=setting)
+        m.fit(sim.Y, sim.groups, None)
+        rows.append(dict(c=concentration, cells=cells, donors=donors, rep=rep, method=name,
+                         donor_ari=ari(sim.group_truth, m.group_labels_),
+                         cell_ari=ari(sim.cell_truth, m.cell_labels_),
+                         clusters=len(np.unique(m.group_labels_)),
+                         true_clusters=len(np.unique(sim.group_truth)),
+                         c_hat=m.donor_concentration_, seconds=time.perf_counter() - t))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--out", default=None, help="write the runs as CSV here")
+    args = ap.parse_args()
+    if args.quick:
+        grid = [(100.0, 200, 24, 0)]
+    else:
+        grid = list(itertools.product([10.0, 30.0, 100.0, 300.0, np.inf], [50, 200, 1000],
+                                      [24, 96], range(args.reps)))
+    import pandas as pd
+
+    runs = []
+    for setting in grid:
+        runs += one(*setting)
+        r = runs[-2:]
+        print(f"c={setting[0]:g} cells={setting[1]} donors={setting[2]} rep={setting[3]}: "
+              + " | ".join(f"{x['method']}: ARI {x['donor_ari']:.3f}, {x['clusters']} "
+                           f"clusters, c {x['c_hat']:.3g}" for x in r), flush=True)
+    df = pd.DataFrame(runs)
+    if args.out:
+        df.to_csv(args.out, index=False)
+    table = df.groupby(["c", "cells", "donors", "method"]).agg(
+        donor_ari=("donor_ari", "median"), clusters=("clusters", "median"),
+        true=("true_clusters", "median"), cell_ari=("cell_ari", "median"),
+        c_hat=("c_hat", "median")).reset_index()
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+
+
+if __name__ == "__main__":
+    main()
