@@ -288,3 +288,18 @@ def test_simulate_donor_options_leave_the_default_stream_alone():
     assert not np.array_equal(a.Y, d.Y)
     with pytest.raises(ValueError, match="donor_concentration"):
         na.simulate(donor_concentration=0.0)
+
+
+def test_a_vanishing_cluster_neither_overflows_nor_counts():
+    """A rho column at 1e-300 (a cluster emptied by the sweeps) made n_j / n_k overflow."""
+    rng = np.random.default_rng(1)
+    N = np.stack([rng.multinomial(200, rng.dirichlet(20 * np.array([.5, .3, .2])))
+                  for _ in range(10)]).astype(float)
+    rho = np.zeros((10, 3))
+    rho[:, 0] = 1.0
+    rho[:, 2] = 1e-300
+    with np.errstate(all="raise"):
+        x2, a = pearson_terms(N, rho)
+        c = learn_concentration(N, rho)
+    assert np.isfinite(x2) and np.all(np.isfinite(a)) and 5 < c < 80
+    np.testing.assert_allclose(c, learn_concentration(N, rho[:, :1]), rtol=1e-12)

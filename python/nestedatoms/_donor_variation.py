@@ -47,7 +47,9 @@ def pearson_terms(N_jl: np.ndarray, rho: np.ndarray):
     atoms = N_jl.sum(axis=0) >= _MIN_ATOM_CELLS
     N = N_jl[:, atoms]
     n_k = rho.T @ n                                            # (K,)
-    used = n_k > 0
+    # clusters holding at least a millionth of a donor (a column of rho at 1e-300 would
+    # overflow n_j / n_k; it adds nothing either way)
+    used = rho.sum(axis=0) > 1e-6
     rho, n_k = rho[:, used], n_k[used]
     w = (rho.T @ N) / n_k[:, None]                             # (K, A)
     expected = n[:, None, None] * w[None, :, :]               # (J, K, A)

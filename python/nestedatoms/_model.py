@@ -198,7 +198,8 @@ class NestedAtomsModel:
             return self.prior == "empirical" and not self.group_prior   # None or {}
         return bool(self.learn_group_prior_scale)
 
-    def fit(self, Y, groups=None, X=None, y=None):
+    def fit(self, Y, groups=None, X=None, y=None, *, init_group_labels=None,
+            init_cell_labels=None):
         """Fit the model.
 
         Parameters
@@ -213,6 +214,18 @@ class NestedAtomsModel:
             or a DataFrame indexed by label.  None fits the common atoms model (CAM).
         y : ignored
             Present for scikit-learn compatibility.
+        init_group_labels : array-like (J,) or pandas.Series, optional
+            A starting partition of the individuals, used instead of k-means by the first
+            restart (the others start as usual): one label per individual in the order of
+            ``groups_`` (the sorted unique labels, as for an array X), or a Series indexed by
+            group label (extra rows ignored).  Any hashable labels, at most
+            ``n_group_clusters`` distinct; NaN / None marks an individual with no label, which
+            joins the nearest labelled cluster.  The sweeps and moves then run as usual: a
+            start, not a constraint.
+        init_cell_labels : array-like (N,), optional
+            Likewise for the cells (for example leiden clusters), one per row of Y, at most
+            ``n_cell_clusters`` distinct; cells with NaN / None join the nearest labelled
+            cluster mean in y.
 
         Returns
         -------
@@ -225,12 +238,37 @@ class NestedAtomsModel:
         n_threads = resolve_n_threads(self.n_threads)
         check_data_size(data.n_cells, data.n_groups, prob.L)
         check_memory(data.n_cells, data.Y.shape[1], prob.L, int(self.n_init), self.backend)
+        init_state = self._known_start(prob, init_group_labels, init_cell_labels)
         with self._blas_limits(n_threads), self._progress(int(self.n_init)) as callback:
             best, runs = fit_restarts(be, prob, int(self.n_init), int(self.max_iter),
                                       float(self.tol), self.random_state, n_threads,
-                                      moves=DEFAULT_MOVES, callback=callback)
+                                      moves=DEFAULT_MOVES, init_state=init_state,
+                                      callback=callback)
         self._set_results(prob, best, runs)
         return self
+
+    @staticmethod
+    def _known_start(prob, init_group_labels, init_cell_labels):
+        """``init_state`` for fit_restarts: the first restart from the given labels."""
+        if init_group_labels is None and init_cell_labels is None:
+            return None
+        from ._init import initial_state
+        from ._init_labels import cell_label_codes, group_label_codes, state_from_known
+
+        data = prob.data
+        group_codes = (None if init_group_labels is None
+                       else group_label_codes(init_group_labels, data.groups, prob.K))
+        cell_codes = (None if init_cell_labels is None
+                      else cell_label_codes(init_cell_labels, data.n_cells, prob.L)[data.order])
+        calls = []
+
+        def init_state(be, prob, rng):
+            calls.append(1)
+            if len(calls) == 1:
+                return state_from_known(be, prob, rng, group_codes, cell_codes)
+            return initial_state(be, prob, rng)
+
+        return init_state
 
     def _blas_limits(self, n_threads):
         from threadpoolctl import threadpool_limits
