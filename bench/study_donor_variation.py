@@ -2,12 +2,12 @@
 
 Each data set: J donors in 3 clusters that differ in composition only (CAM: no x), 6 cell types
 (p = 10), each donor's composition ~ Dirichlet(c x its cluster's) (c = inf: NAM exactly).  Two
-fits per data set, both with the package's defaults otherwise: NAM exactly
+fits per data set, both with the package's defaults otherwise (but one restart): NAM exactly
 (``donor_concentration=numpy.inf``, the old default) and the learned concentration ("auto", the
 default).  Reports per setting the median donor ARI, the median number of donor clusters and
 the median learned c.  Uses only the public API.
 
-    python bench/study_donor_variation.py                 # the grid (about 15 min, 2 cores)
+    python bench/study_donor_variation.py                 # the grid (about an hour on 2 cores)
     python bench/study_donor_variation.py --quick         # one small setting (CI smoke run)
 """
 
@@ -37,22 +37,48 @@ def ari(a, b) -> float:
     return 1.0 if top == expected else float((index - expected) / (top - expected))
 
 
-def one(concentration, cells, donors, rep):
+# One restart per fit (the default has 3): the grid is large, and both methods get the same.
+N_INIT = 1
+
+
+def bayes_donor_labels(sim, concentration):
+    """The Bayes classifier of the donors: argmax_k log pi_k + log p(N_j. | k) with the true
+    weights, compositions and c, from the true cell-type counts (Dirichlet-multinomial; the
+    multinomial at c = inf).  The ceiling for a method that must learn all of them."""
+    from scipy.special import gammaln
+
+    codes = np.searchsorted(sim.group_names, sim.groups)
+    counts = np.zeros((sim.X.shape[0], sim.cell_weights.shape[0]))
+    np.add.at(counts, (codes, sim.cell_truth), 1.0)
+    log_w = np.log(np.maximum(sim.cell_weights, 1e-300))               # (L, T)
+    if np.isinf(concentration):
+        loglik = counts @ log_w
+    else:
+        a = concentration * np.maximum(sim.cell_weights, 1e-12)          # (L, T)
+        n = counts.sum(axis=1, keepdims=True)
+        loglik = (gammaln(a.sum(axis=0))[None, :] - gammaln(n + a.sum(axis=0)[None, :])
+                  + (gammaln(counts[:, :, None] + a[None]) - gammaln(a)[None]).sum(axis=1))
+    return np.argmax(np.log(sim.group_weights)[None, :] + loglik, axis=1)
+
+
+def one(concentration, cells, donors, rep, alpha0_y=25.0):
     sim = na.simulate(n_groups=donors, cells_per_group=cells, n_group_clusters=3,
-                      n_cell_clusters=6, n_cell_features=10, alpha0_x=1000.0,
+                      n_cell_clusters=6, n_cell_features=10, alpha0_x=1000.0, alpha0_y=alpha0_y,
                       donor_concentration=None if np.isinf(concentration) else concentration,
                       random_state=1000 * rep + donors + cells)
+    bayes = ari(sim.group_truth, bayes_donor_labels(sim, concentration))
     rows = []
     for name, setting in (("NAM exactly (before)", np.inf), ("learned c (default)", "auto")):
         t = time.perf_counter()
-        m = na.NestedAtomsModel(random_state=rep, donor_concentration=setting)
+        m = na.NestedAtomsModel(random_state=rep, n_init=N_INIT, donor_concentration=setting)
         m.fit(sim.Y, sim.groups, None)
-        rows.append(dict(c=concentration, cells=cells, donors=donors, rep=rep, method=name,
+        rows.append(dict(c=concentration, cells=cells, donors=donors, alpha0_y=alpha0_y,
+                         rep=rep, method=name,
                          donor_ari=ari(sim.group_truth, m.group_labels_),
                          cell_ari=ari(sim.cell_truth, m.cell_labels_),
                          clusters=len(np.unique(m.group_labels_)),
                          true_clusters=len(np.unique(sim.group_truth)),
-                         c_hat=m.donor_concentration_, seconds=time.perf_counter() - t))
+                         c_hat=m.donor_concentration_, bayes_ari=bayes, seconds=time.perf_counter() - t))
     return rows
 
 
@@ -62,25 +88,32 @@ def main():
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the runs as CSV here")
     args = ap.parse_args()
+    reps = range(args.reps)
     if args.quick:
         grid = [(100.0, 200, 24, 0)]
     else:
-        grid = list(itertools.product([10.0, 30.0, 100.0, 300.0, np.inf], [50, 200, 1000],
-                                      [24, 96], range(args.reps)))
+        concentrations = [10.0, 30.0, 100.0, 300.0, 1000.0, np.inf]
+        # variation x cells per donor x donors
+        grid = list(itertools.product(concentrations, [50, 200, 1000, 2000], [24, 96], reps))
+        # many donors
+        grid += list(itertools.product(concentrations, [200], [500], reps))
+        # less separated groups: compositions ~ Dir(100 / 6) instead of Dir(25 / 6)
+        grid += [(c, 400, 24, r, 100.0) for c in concentrations for r in reps]
     import pandas as pd
 
     runs = []
     for setting in grid:
         runs += one(*setting)
         r = runs[-2:]
-        print(f"c={setting[0]:g} cells={setting[1]} donors={setting[2]} rep={setting[3]}: "
-              + " | ".join(f"{x['method']}: ARI {x['donor_ari']:.3f}, {x['clusters']} "
+        print(f"c={setting[0]:g} cells={setting[1]} donors={setting[2]} rep={setting[3]} "
+              f"alpha0_y={r[0]['alpha0_y']:g}: "
+              + f"Bayes ARI {r[0]['bayes_ari']:.3f} | " + " | ".join(f"{x['method']}: ARI {x['donor_ari']:.3f}, {x['clusters']} "
                            f"clusters, c {x['c_hat']:.3g}" for x in r), flush=True)
     df = pd.DataFrame(runs)
     if args.out:
         df.to_csv(args.out, index=False)
-    table = df.groupby(["c", "cells", "donors", "method"]).agg(
-        donor_ari=("donor_ari", "median"), clusters=("clusters", "median"),
+    table = df.groupby(["alpha0_y", "donors", "cells", "c", "method"]).agg(
+        bayes_ari=("bayes_ari", "median"), donor_ari=("donor_ari", "median"), clusters=("clusters", "median"),
         true=("true_clusters", "median"), cell_ari=("cell_ari", "median"),
         c_hat=("c_hat", "median")).reset_index()
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
