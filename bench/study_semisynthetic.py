@@ -56,7 +56,7 @@ def load_cells(n_pcs=10):
     return Y, types, louvain
 
 
-def make_cohort(Y, types, rep, J=30, T=3, n_j=60, q=5, sep=3.0):
+def make_cohort(Y, types, rep, J=30, T=3, n_j=60, q=5, sep=3.0, donor_concentration=None):
     rng = np.random.default_rng(100 + rep)
     names = np.unique(types)
     by_type = [np.nonzero(types == t)[0] for t in names]
@@ -67,7 +67,10 @@ def make_cohort(Y, types, rep, J=30, T=3, n_j=60, q=5, sep=3.0):
     compositions = rng.dirichlet(np.full(names.size, 2.0), size=T)
     rows, groups = [], []
     for j in range(J):
-        counts = rng.multinomial(n_j, compositions[truth[j]])
+        own = compositions[truth[j]]
+        if donor_concentration is not None:      # the donor varies around its cluster
+            own = rng.dirichlet(np.maximum(donor_concentration * own, 1e-12))
+        counts = rng.multinomial(n_j, own)
         for t, c in enumerate(counts):
             rows.append(rng.choice(by_type[t], size=c, replace=True))
         groups.append(np.full(n_j, f"ind{j:02d}"))
@@ -82,7 +85,24 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--donor-concentration", type=float, default=None,
+                        help="donors vary: each one's composition ~ Dirichlet(c x its "
+                             "cluster's); with it the design is J = 24, n_j = 400 and the runs "
+                             "go to semisynthetic_donors_*")
     args = parser.parse_args(argv)
+    global RUNS_CSV
+    summary_name, title = "semisynthetic_summary.md", (
+        "pbmc68k_reduced semi-synthetic cohort (J = 30, T = 3 genotype clusters, n_j = 60, "
+        "10 PCs); medians over replicates.")
+    design = {}
+    if args.donor_concentration is not None:
+        c = args.donor_concentration
+        design = dict(J=24, n_j=400, donor_concentration=c)
+        RUNS_CSV = os.path.join(RESULTS, f"semisynthetic_donors_c{c:g}_runs.csv")
+        summary_name = f"semisynthetic_donors_c{c:g}_summary.md"
+        title = (f"pbmc68k_reduced semi-synthetic cohort with donor variation (J = 24, T = 3 "
+                 f"genotype clusters, n_j = 400, each donor's composition ~ Dirichlet({c:g} x "
+                 f"its cluster's), 10 PCs); medians over replicates.")
     Y_all, types, louvain = load_cells()
     os.makedirs(RESULTS, exist_ok=True)
     done = set()
@@ -95,7 +115,7 @@ def main(argv=None):
         if new_file:
             writer.writeheader()
         for rep in range(args.reps):
-            Y, groups, X, truth, rows = make_cohort(Y_all, types, rep)
+            Y, groups, X, truth, rows = make_cohort(Y_all, types, rep, **design)
 
             class Cohort:  # the fields run_method reads
                 pass
@@ -125,9 +145,8 @@ def main(argv=None):
                   n_groups_found=("n_groups_found", "median"),
                   n_cells_found=("n_cells_found", "median"), seconds=("seconds", "median"))
              .reset_index())
-    with open(os.path.join(RESULTS, "semisynthetic_summary.md"), "w") as fh:
-        fh.write("pbmc68k_reduced semi-synthetic cohort (J = 30, T = 3 genotype clusters, "
-                 "n_j = 60, 10 PCs); medians over replicates.\n\n")
+    with open(os.path.join(RESULTS, summary_name), "w") as fh:
+        fh.write(title + "\n\n")
         fh.write(markdown_table(table))
     print(table.to_string(index=False))
 
