@@ -12,7 +12,8 @@ from ._fit import fit_restarts
 from ._moves import DEFAULT_MOVES
 from ._state import ConcentrationPrior, Problem, resolve_nw_prior
 from ._steps import expected_stick_weights
-from ._validation import check_data_size, check_estimator_params, check_memory
+from ._validation import (check_data_size, check_dimension, check_estimator_params,
+                          check_memory)
 
 __all__ = ["NestedAtomsModel"]
 
@@ -209,6 +210,7 @@ class NestedAtomsModel:
         prob = self._problem(data)
         n_threads = resolve_n_threads(self.n_threads)
         check_data_size(data.n_cells, data.n_groups, prob.L)
+        check_dimension(data.Y.shape[1])
         check_memory(data.n_cells, data.Y.shape[1], prob.L, int(self.n_init), self.backend)
         with self._blas_limits(n_threads), self._progress(int(self.n_init)) as callback:
             best, runs = fit_restarts(be, prob, int(self.n_init), int(self.max_iter),
@@ -230,8 +232,11 @@ class NestedAtomsModel:
         from ._progress import FitProgress
 
         verbose = int(self.verbose or 0)
+        # tl.fit sets _progress_delay (not a parameter) so that its default bar shows only
+        # for restarts that run longer than a few seconds.
         return FitProgress(n_init, int(self.max_iter if max_iter is None else max_iter),
-                           enabled=verbose >= 1, print_sweeps=verbose >= 2)
+                           enabled=verbose >= 1, print_sweeps=verbose >= 2,
+                           delay=getattr(self, "_progress_delay", 0.0))
 
     def _set_results(self, prob: Problem, best, runs):
         st, data = best.state, prob.data
@@ -405,6 +410,64 @@ class NestedAtomsModel:
 
         self._check_fitted()
         return summarize(self, n_samples=n_samples, level=level, random_state=random_state)
+
+    def differential_abundance(self, conditions, reference=None, n_samples=4000, level=0.95,
+                               random_state=0):
+        """Difference in expected cell-cluster composition between conditions of individuals.
+
+        Parameters
+        ----------
+        conditions : mapping, pandas Series or array-like
+            The condition (e.g. "case" / "control") of each individual: a dict or Series keyed
+            by group label (individuals not in it, or with a missing value, are left out), or
+            an array aligned with ``groups_``.
+        reference : optional
+            A condition: each other condition is compared with it (other - reference).  None
+            compares every pair (a - b, a before b in sorted order).
+        n_samples, level, random_state
+            Monte Carlo draws from q, credible level, seed.
+
+        Returns
+        -------
+        DataFrame, one row per (comparison, cell cluster), cell clusters numbered as in
+        ``summary()``: ``condition_a``, ``condition_b``, ``n_a``, ``n_b`` (individuals),
+        ``mean_a``, ``mean_b`` (posterior mean of the condition's expected share of the cell
+        cluster), ``difference`` (of a minus b) with its equal-tailed interval ``lower`` /
+        ``upper``, ``prob_greater`` = P(share_a > share_b), ``observed_a`` / ``observed_b``
+        (mean per-individual share under q(M), descriptive) and ``differs`` (the interval
+        excludes 0).  Draws: S_j from q(S_j) for every individual and omega from the Beta
+        sticks of q(u), averaged per condition (``nestedatoms._abundance``).
+        """
+        import pandas as pd
+
+        from ._abundance import condition_differences
+        from ._summary import _order_by_size
+
+        self._check_fitted()
+        labels = pd.Index(self.groups_)
+        if isinstance(conditions, (dict, pd.Series)):
+            cond = pd.Series(conditions)
+            if cond.index.has_duplicates:
+                raise ValueError("conditions has duplicate group labels; give one per group.")
+            if not labels.isin(cond.index).any():
+                raise ValueError(f"conditions has no entry for any fitted group (e.g. "
+                                 f"{labels[:5].tolist()}); key it by the group labels.")
+            cond = cond.reindex(labels)
+        else:
+            values = np.asarray(conditions, dtype=object)
+            if values.ndim != 1 or values.shape[0] != labels.size:
+                raise ValueError(f"conditions must have one entry per fitted group "
+                                 f"({labels.size}, in the order of groups_), got shape "
+                                 f"{values.shape}; or pass a dict/Series keyed by label.")
+            cond = pd.Series(values, index=labels)
+        st = self.state_
+        cell_index = _order_by_size(np.bincount(self.cell_labels_, minlength=st.L), st.y_n)
+        sizes = np.maximum(self.problem_.data.group_sizes, 1)
+        observed = st.N_jl[:, cell_index] / sizes[:, None]
+        return condition_differences(st.rho, st.u_a, st.u_b, cond, cell_index,
+                                     observed=observed, reference=reference,
+                                     n_samples=n_samples, level=level,
+                                     random_state=random_state)
 
     def save(self, path):
         """Write the fitted model to ``path`` (``.npz``; open format, no pickle; see
