@@ -449,27 +449,30 @@ def save_all(data, outdir=".", prefix="nestedatoms_", coords=None, summary=None,
     ``{prefix}elbo.png``, ``{prefix}composition.png``, ``{prefix}donors.png`` (per-donor
     composition), ``{prefix}coclustering.png``, ``{prefix}cells.png`` (``coords``, else
     ``obsm[basis]``, else X_umap when present, else PCs of y), and, for an AnnData that
-    holds one (``uns[f"{key}_abundance"]``), ``{prefix}abundance.png``.  Figures are drawn
-    off-screen (no display needed) and closed.
+    holds one (``uns[f"{key}_abundance"]``), ``{prefix}abundance.png``.  For the AnnData of
+    ``tl.predict`` only the donor and cell plots (the others describe a fit).  Figures are
+    drawn off-screen (no display needed) and closed.
     """
     _matplotlib()
     from matplotlib.figure import Figure
 
     v = _View(data, key, summary=summary)
     s = v.summary if v.kind != "anndata" else data
-    comp = v.table("composition")
-    n_rows, n_cols = comp.shape
     J = len(v.table("groups"))
     jobs = [
-        ("elbo", (6.5, 4.2), lambda ax: elbo_traces(data, ax=ax, key=key)),
-        ("composition", (2.0 + 0.7 * n_cols, 1.6 + 0.55 * n_rows),
-         lambda ax: composition(s, ax=ax, key=key)),
         ("donors", (max(6.0, 2.5 + 0.18 * J), 4.8),
          lambda ax: donor_composition(data, ax=ax, key=key)),
-        ("coclustering", (7, 6), lambda ax: coclustering(s, ax=ax, key=key)),
         ("cells", (6.5, 5.5), lambda ax: cells(data, coords=coords, ax=ax, summary=v.summary,
                                                key=key, basis=basis)),
     ]
+    if not (v.kind == "anndata" and v.uns.get("predicted", False)):   # tl.predict: no fit
+        n_rows, n_cols = v.table("composition").shape
+        jobs[:0] = [
+            ("elbo", (6.5, 4.2), lambda ax: elbo_traces(data, ax=ax, key=key)),
+            ("composition", (2.0 + 0.7 * n_cols, 1.6 + 0.55 * n_rows),
+             lambda ax: composition(s, ax=ax, key=key)),
+        ]
+        jobs.insert(3, ("coclustering", (7, 6), lambda ax: coclustering(s, ax=ax, key=key)))
     abundance_key = f"{key}_abundance"
     if v.kind == "anndata" and abundance_key in data.uns:
         jobs.append(("abundance", (6.5, 4.5),
