@@ -195,8 +195,11 @@ class NestedAtomsModel:
             Group (individual) label of each cell, any hashable type; None puts all cells in
             one group (a Dirichlet-process mixture of the rows).
         X : array-like (J, q) or pandas.DataFrame, optional
-            Group-level covariates, one row per group in the order of the sorted unique labels,
-            or a DataFrame indexed by label.  None fits the common atoms model (CAM).
+            Group features: the vector x_j that groups are *clustered by* (with their cells'
+            make-up), e.g. genotype principal components; not what you want to adjust for
+            (sex, batch, age), since clusters will separate groups by it.  One row per group
+            in the order of the sorted unique labels, or a DataFrame indexed by label (rows of
+            groups without cells are ignored).  None fits the common atoms model (CAM).
         y : ignored
             Present for scikit-learn compatibility.
 
@@ -349,7 +352,7 @@ class NestedAtomsModel:
         """q(M) of new cells, (N, L), with the global factors held fixed.
 
         Cells of a group seen in training use that group's fitted q(S).  Cells of a new group
-        (a label not in ``groups_``) need that group's covariates in ``X`` when the model was
+        (a label not in ``groups_``) need that group's features in ``X`` when the model was
         fit with X: a DataFrame indexed by group label (other rows are ignored) or an array
         with one row per new group in sorted label order.  The new groups' q(S) and their
         cells' q(M) are then optimised together (cell and group steps alternate to
@@ -371,7 +374,7 @@ class NestedAtomsModel:
         """q(S) of the groups in ``groups``: a DataFrame (groups x K) indexed by group label.
 
         Known groups keep their fitted rows; new groups are fit from their cells ``Y`` and
-        their covariates ``X`` with the global factors held fixed (see :meth:`predict_proba`).
+        their features ``X`` with the global factors held fixed (see :meth:`predict_proba`).
         """
         import pandas as pd
 
