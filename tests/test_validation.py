@@ -180,10 +180,23 @@ def test_parameters_are_checked_in_fit_not_in_init(data):
 
 
 def test_thread_counts_follow_scikit_learn_and_are_capped():
-    n_cpus = os.cpu_count()
+    from nestedatoms._backend import available_cpus
+
+    n_cpus = available_cpus()
+    assert 1 <= n_cpus <= os.cpu_count()
     assert resolve_n_threads(-1) == n_cpus
     assert resolve_n_threads(1) == 1
     assert resolve_n_threads(10**6) == n_cpus   # an absurd count must not reach OpenMP
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux affinity masks")
+def test_thread_counts_respect_the_affinity_mask(monkeypatch):
+    # taskset / a cpuset gives the process one CPU: os.cpu_count() would still say all
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert resolve_n_threads(None) == 1
+    assert resolve_n_threads(-1) == 1
+    assert resolve_n_threads(8) == 1
 
 
 # ---------------------------------------------------------------------------------- priors

@@ -207,7 +207,8 @@ SKIP_MEMORY_CHECK_ENV = "NESTEDATOMS_SKIP_MEMORY_CHECK"
 def available_memory_bytes() -> int | None:
     """Memory the system can give us now (Linux MemAvailable, else free pages), or None.
 
-    A module-level function so that tests can monkeypatch it.
+    A module-level function so that tests can monkeypatch it.  Read by hand because psutil,
+    which would do it, is not a dependency and this is one line of /proc/meminfo.
     """
     try:
         with open("/proc/meminfo") as fh:
