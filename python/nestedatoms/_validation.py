@@ -111,6 +111,8 @@ def check_estimator_params(est) -> None:
     if not (isinstance(learn, (bool, np.bool_)) or (isinstance(learn, str) and learn == "auto")):
         raise InvalidParameterError(f'learn_group_prior_scale must be "auto", True or False, '
                                     f"got {learn!r}.")
+    check_positive(getattr(est, "cell_resolution", 1.0), "cell_resolution",
+                   " It divides the cell prior's expected cluster width; the default is 1.")
     if not isinstance(getattr(est, "copy", True), (bool, np.bool_)):
         raise InvalidParameterError(f"copy must be True or False, got {est.copy!r}.")
     if isinstance(est.verbose, bool) or not isinstance(est.verbose, numbers.Integral) or (
