@@ -97,18 +97,35 @@ def report(plots=None):
         na.tl.fit(adata, group_key="donor_id", use_rep="X_pca", group_features=["age", "sex"],
                   key_added="nam_agesex", verbose=0, rank_genes=False)
     names = sorted({type(w.message).__name__ for w in caught})
-    print(f"\ngroup_features=['age', 'sex'] (what a biologist would call covariates) warns: "
-          f"{', '.join(names)}")
+    agesex = adata.uns["nam_agesex"]["groups"].join(donors["status"])
+    sex = adata.obs.groupby("donor_id", observed=True)["sex"].first()
+    agesex = agesex.join(sex.set_axis(sex.index.astype(str)).rename("sex"))
+    print(f"\ngroup_features=['age', 'sex'] (what a biologist would call covariates) warns "
+          f"{', '.join(names)}; donors are then clustered by them too: "
+          f"{agesex['cluster'].nunique()} donor clusters,")
+    print("  " + pd.crosstab(agesex["cluster"], [agesex["status"], agesex["sex"]]).to_string(
+        ).replace("\n", "\n  "))
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    from nestedatoms._validation import HighDimensionWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HighDimensionWarning)   # stop at the warning
         try:
-            na.NestedAtomsModel(n_init=1, max_iter=1, random_state=0).fit(
-                adata.X, adata.obs["donor_id"].to_numpy())
-        except Exception as exc:      # only the warning matters here
-            print(f"  (use_rep='X' fit stopped: {exc})")
-    print(f"use_rep='X' ({adata.n_vars} genes) warns: "
-          f"{', '.join(sorted({type(w.message).__name__ for w in caught}))}")
+            na.tl.fit(adata.copy(), group_key="donor_id", use_rep="X", verbose=0)
+        except HighDimensionWarning as warning:
+            print(f"use_rep='X' ({adata.n_vars} genes) warns before fitting: {warning}")
+
+    print("\ncell_resolution (how fine the cell clusters are):")
+    for r in (1.0, 2.0, 3.0):
+        start = time.perf_counter()
+        res = na.tl.fit(adata, group_key="donor_id", use_rep="X_pca", cell_resolution=r,
+                        key_added="nam_res", copy=True, verbose=0, rank_genes=False)
+        seconds = time.perf_counter() - start
+        labels = res.obs["nam_res_cell_cluster"]
+        print(f"  cell_resolution={r:g}: {labels.nunique()} cell clusters, ARI vs bulk_labels "
+              f"{ari(adata.obs['bulk_labels'], labels):.2f}, vs louvain "
+              f"{ari(adata.obs['louvain'], labels):.2f}; "
+              f"{res.obs['nam_res_group_cluster'].nunique()} donor clusters; {seconds:.1f} s")
 
     held_out = ["D06", "D13"]
     is_new = adata.obs["donor_id"].isin(held_out).to_numpy()
@@ -130,10 +147,22 @@ def report(plots=None):
     del agree, ref_model
 
     if plots:
+        import os
+
         import matplotlib
 
         matplotlib.use("Agg")
-        paths = na.pl.save_all(adata, plots, prefix="pbmc_")
+        from matplotlib.figure import Figure
+
+        os.makedirs(plots, exist_ok=True)
+        paths = []
+        for name, size, draw in (("donors", (7.5, 4.2), na.pl.donor_composition),
+                                 ("abundance", (6.5, 4.0), na.pl.differential_abundance),
+                                 ("cells", (6.0, 5.0), na.pl.cells)):
+            fig = Figure(figsize=size, layout="constrained")
+            draw(adata, ax=fig.add_subplot())
+            paths.append(os.path.join(plots, f"pbmc_{name}.png"))
+            fig.savefig(paths[-1], dpi=90)
         print("\nplots: " + ", ".join(paths))
     return adata
 
