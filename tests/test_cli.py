@@ -112,7 +112,7 @@ def test_fit_learns_the_group_prior_width_unless_told_not_to(tmp_path):
     sim_path = tmp_path / "sim.h5ad"
     cov_path = tmp_path / "x.csv"
     assert main(["simulate", str(sim_path), *SMALL_COHORT, "--seed", "2",
-                 "--covariates-out", str(cov_path)]) == 0
+                 "--group-features-out", str(cov_path)]) == 0
     scales = {}
     cases = (([], "auto", True), (["--no-learn-group-prior-scale"], False, False),
              (["--prior", "reference"], "auto", False),
@@ -120,7 +120,7 @@ def test_fit_learns_the_group_prior_width_unless_told_not_to(tmp_path):
     for flag, param, learned in cases:
         out_path, model_path = tmp_path / "out.h5ad", tmp_path / "model.npz"
         assert main(["fit", str(sim_path), str(out_path), "--group-key", "donor_id",
-                     "--covariates", str(cov_path), "--model", str(model_path),
+                     "--group-features", str(cov_path), "--model", str(model_path),
                      *SMALL_MODEL, *flag]) == 0
         model = na.NestedAtomsModel.load(model_path)
         assert model.learn_group_prior_scale == param

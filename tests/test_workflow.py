@@ -176,3 +176,8 @@ def test_predict_errors_name_the_fix(split):
         na.tl.predict(query.copy(), ref)
     with pytest.raises(KeyError, match="X_umap"):
         na.tl.predict(query.copy(), model, use_rep="X_umap", group_features=["x0", "x1"])
+    cam = na.tl.fit(ref.copy(), return_model=True, **KW)          # no group features
+    with pytest.raises(ValueError, match="group_features=None"):
+        na.tl.predict(query.copy(), cam, group_features=["x0", "x1"])
+    na.tl.predict(query, cam, key_added="cam")                    # placed by their cells
+    assert query.uns["cam"]["groups"]["cluster"].notna().all()

@@ -502,6 +502,10 @@ def predict(adata, model, group_key="donor_id", use_rep="X_pca", group_features=
     Y, cell_groups = _read_inputs(adata, group_key, use_rep)
     labels = pd.unique(cell_groups)
     X = None
+    if group_features is not None and not model.problem_.has_x:
+        raise ValueError("the model was fit without group features (donors clustered by their "
+                         "cells alone), so new donors are placed by their cells; pass "
+                         "group_features=None.")
     if model.problem_.has_x:
         known = pd.Index(model.groups_)
         if group_features is not None:
