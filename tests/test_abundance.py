@@ -136,3 +136,24 @@ def test_anndata_table_matches_the_estimator_and_survives_h5ad(planted, tmp_path
         na.tl.differential_abundance(back, condition_key="mixed")
     with pytest.raises(KeyError, match="run nestedatoms.tl.fit"):
         na.tl.differential_abundance(back, condition_key="status", key="other")
+
+
+def test_only_the_result_key_is_written(planted):
+    anndata = pytest.importorskip("anndata")
+    Y, groups, truth, condition, model = planted
+    adata = anndata.AnnData(obs=pd.DataFrame({"donor_id": groups,
+                                              "status": condition[groups].to_numpy()},
+                                             index=[f"c{i}" for i in range(len(groups))]),
+                            obsm={"X_pca": Y})
+    na.tl.fit(adata, rank_genes=False, n_group_clusters=5, n_cell_clusters=6, n_init=1,
+              verbose=0)
+    obs, obsm = adata.obs.copy(), {k: v.copy() for k, v in adata.obsm.items()}
+    uns_keys, posterior = set(adata.uns), {k: v.copy() for k, v in
+                                           adata.uns["nam"]["posterior"].items()}
+    na.tl.differential_abundance(adata, condition_key="status", key_added="da")
+    pd.testing.assert_frame_equal(adata.obs, obs)
+    for k, v in obsm.items():
+        np.testing.assert_array_equal(adata.obsm[k], v)
+    assert set(adata.uns) == uns_keys | {"da"}
+    for k, v in posterior.items():
+        np.testing.assert_array_equal(adata.uns["nam"]["posterior"][k], v)
