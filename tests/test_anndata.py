@@ -28,7 +28,7 @@ def test_results_written_and_recovered(sim, tmp_path):
     adata = sim.to_anndata()
     before_obs, before_obsm, before_uns = _snapshot(adata)
     out = na.tl.fit(adata, group_key="donor_id", use_rep="X_pca",
-                    group_covariates=["x0", "x1"], copy=True, rank_genes=False,
+                    group_features=["x0", "x1"], copy=True, rank_genes=False,
                     **MODEL_KW)
     # copy=True leaves the caller's AnnData exactly as it was
     pd.testing.assert_frame_equal(adata.obs, before_obs)
@@ -53,13 +53,17 @@ def test_results_written_and_recovered(sim, tmp_path):
     assert adjusted_rand_index(bayes_cells, cell.to_numpy()) > 0.95
     assert adjusted_rand_index(bayes_groups[codes], group.to_numpy()) > 0.85
     probs = out.obsm["nam_cell_probs"]
-    assert probs.shape == (adata.n_obs, MODEL_KW["n_cell_clusters"])
+    # only the occupied clusters, column c = cell cluster c, with the map to the model
+    assert probs.shape == (adata.n_obs, s.n_cell_clusters)
+    np.testing.assert_array_equal(probs, model.cell_probs_[:, s.cell_cluster_index])
+    np.testing.assert_array_equal(out.uns["nam"]["cell_cluster_index"], s.cell_cluster_index)
     np.testing.assert_array_equal(np.argmax(probs, axis=1), cell.astype(int).to_numpy())
     uns = out.uns["nam"]
     assert list(uns["groups"].index) == list(sim.group_names)
     assert uns["elbo_trace"][-1] == pytest.approx(uns["elbo"])
     assert np.all(np.diff(uns["elbo_trace"]) >= -1e-9 * np.abs(uns["elbo_trace"][1:]))
-    assert uns["covariates"] == ["x0", "x1"]
+    assert uns["group_features"] == ["x0", "x1"]
+    assert uns["best_restart"] == model.best_restart_
     assert uns["group_prior_scale"] == model.group_prior_scale_
     assert 0 < uns["group_prior_scale"] < 1       # learned by default: tighter than the prior
     # the group table agrees with the per-cell column
@@ -84,7 +88,7 @@ def test_in_place_returns_none_and_matches_the_estimator(sim):
     adata = sim.to_anndata(group_key="ind")
     cov = sim.covariate_table()
     extra = pd.DataFrame([[0.0, 0.0]], index=["nobody"], columns=cov.columns)
-    result = na.tl.fit(adata, group_key="ind", group_covariates=pd.concat([cov, extra]),
+    result = na.tl.fit(adata, group_key="ind", group_features=pd.concat([cov, extra]),
                        key_added="run1", rank_genes=False, **MODEL_KW)
     assert result is None
     assert "run1_cell_cluster" in adata.obs and "run1" in adata.uns
@@ -100,9 +104,9 @@ def test_bad_input_names_the_problem(sim):
         na.tl.fit(adata, use_rep="X_umap")
     adata.obs["varies"] = np.arange(adata.n_obs, dtype=float)
     with pytest.raises(ValueError, match="vary within a group"):
-        na.tl.fit(adata, group_covariates="varies", **MODEL_KW)
+        na.tl.fit(adata, group_features="varies", **MODEL_KW)
     with pytest.raises(ValueError, match="no row for group"):
-        na.tl.fit(adata, group_covariates=sim.covariate_table().iloc[:3], **MODEL_KW)
+        na.tl.fit(adata, group_features=sim.covariate_table().iloc[:3], **MODEL_KW)
 
 
 def test_backed_anndata_reads_only_the_representation(sim, tmp_path):
@@ -113,7 +117,7 @@ def test_backed_anndata_reads_only_the_representation(sim, tmp_path):
     path = tmp_path / "cohort.h5ad"
     adata.write_h5ad(path)
     backed = anndata.read_h5ad(path, backed="r")
-    na.tl.fit(backed, group_covariates=["x0", "x1"], **MODEL_KW)
+    na.tl.fit(backed, group_features=["x0", "x1"], **MODEL_KW)
     assert backed.isbacked and "nam_cell_cluster" in backed.obs
     assert "nam_markers" not in backed.uns      # ranking genes would have loaded X
     with pytest.raises(ValueError, match="backed"):
@@ -132,7 +136,7 @@ def test_marker_genes_with_scanpy(sim):
     base = sim.to_anndata()
     adata = anndata.AnnData(X=X, obs=base.obs, obsm=dict(base.obsm))
     adata.var_names = [f"gene{g}" for g in range(10)]
-    na.tl.fit(adata, group_covariates=["x0", "x1"], **MODEL_KW)
+    na.tl.fit(adata, group_features=["x0", "x1"], **MODEL_KW)
     markers = adata.uns["nam_markers"]
     cluster_of = pd.crosstab(adata.obs["nam_cell_cluster"], sim.cell_truth).idxmax(axis=1)
     for cluster, true_type in cluster_of.items():

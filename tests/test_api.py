@@ -214,7 +214,7 @@ def test_cam_places_new_groups_by_their_cells():
     both = np.concatenate([model.group_labels_, pred.to_numpy()])
     assert np.unique(bayes_groups[18:]).size == 2          # both clusters are held out
     assert adjusted_rand_index(bayes_groups, both) == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="without group covariates"):
+    with pytest.raises(ValueError, match="without group features"):
         model.predict(sim.Y[~train], sim.groups[~train], sim.X[18:])
 
 

@@ -135,7 +135,7 @@ def _assert_adata_unchanged_except(ad, before, new_obs=(), new_obsm=(), new_uns=
 def test_anndata_changed_only_at_the_documented_keys(adata):
     tl = pytest.importorskip("nestedatoms.tl")
     before = _adata_parts(adata)
-    tl.fit(adata, group_key="donor_id", group_covariates="age", rank_genes=False, **FAST)
+    tl.fit(adata, group_key="donor_id", group_features="age", rank_genes=False, **FAST)
     _assert_adata_unchanged_except(adata, before,
                                    new_obs=("nam_cell_cluster", "nam_group_cluster"),
                                    new_obsm=("nam_cell_probs",), new_uns=("nam",))

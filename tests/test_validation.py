@@ -74,11 +74,11 @@ def test_dataframe_X_names_missing_extra_and_duplicate_labels(data):
     model = fit(Y, groups, Xdf)                     # aligned by label: accepted
     assert np.isfinite(model.elbo_)
     with pytest.raises(ValueError, match=r"X has no row for group label\(s\) \['c'\] that the "
-                                         r"cells carry; add their covariates"):
+                                         r"cells carry; add their group features"):
         fit(Y, groups, Xdf.drop(index="c"))
-    with pytest.raises(ValueError, match=r"X has rows for group label\(s\) \['zz'\] that have "
-                                         r"no cells; drop those rows"):
-        fit(Y, groups, pd.concat([Xdf, pd.DataFrame([[0.0, 0.0]], index=["zz"])]))
+    # rows of groups without cells are ignored, as by predict and tl.fit (one rule)
+    extra = pd.concat([pd.DataFrame([[1e6, -1e6]], index=["zz"]), Xdf])
+    assert fit(Y, groups, extra).elbo_ == model.elbo_
     dup = pd.concat([Xdf, Xdf.loc[["b"]]])
     with pytest.raises(ValueError, match=r"X has duplicate index labels \['b'\]; give one row "
                                          r"per group"):
@@ -180,10 +180,23 @@ def test_parameters_are_checked_in_fit_not_in_init(data):
 
 
 def test_thread_counts_follow_scikit_learn_and_are_capped():
-    n_cpus = os.cpu_count()
+    from nestedatoms._backend import available_cpus
+
+    n_cpus = available_cpus()
+    assert 1 <= n_cpus <= os.cpu_count()
     assert resolve_n_threads(-1) == n_cpus
     assert resolve_n_threads(1) == 1
     assert resolve_n_threads(10**6) == n_cpus   # an absurd count must not reach OpenMP
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux affinity masks")
+def test_thread_counts_respect_the_affinity_mask(monkeypatch):
+    # taskset / a cpuset gives the process one CPU: os.cpu_count() would still say all
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert resolve_n_threads(None) == 1
+    assert resolve_n_threads(-1) == 1
+    assert resolve_n_threads(8) == 1
 
 
 # ---------------------------------------------------------------------------------- priors

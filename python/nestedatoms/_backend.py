@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["get_backend", "resolve_n_threads", "BACKENDS", "core_module", "available_isas"]
+__all__ = ["get_backend", "resolve_n_threads", "available_cpus", "BACKENDS", "core_module", "available_isas"]
 
 BACKENDS = ("cpp", "numpy")
 
@@ -88,6 +88,24 @@ def core_module(isa: str | None = None):
     return module
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask and, where joblib is installed (it comes
+    with scikit-learn), the container's CPU quota too; not the machine's ``os.cpu_count()``.
+
+    joblib is optional here so that it does not become a dependency for this one number;
+    without it the affinity mask (taskset, cpusets) is used, which misses only a cgroup quota.
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):       # not on Linux
+        n = os.cpu_count() or 1
+    try:
+        from joblib import cpu_count
+    except ImportError:
+        return max(1, n)
+    return max(1, min(n, int(cpu_count())))
+
+
 def resolve_n_threads(n_threads) -> int:
     """scikit-learn's rule: None -> OMP_NUM_THREADS or all CPUs; -1 all; -2 all but one; ...
 
@@ -96,7 +114,7 @@ def resolve_n_threads(n_threads) -> int:
     """
     from ._validation import InvalidParameterError
 
-    n_cpus = os.cpu_count() or 1
+    n_cpus = available_cpus()
     if n_threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "")
         try:

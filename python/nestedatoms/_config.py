@@ -19,12 +19,13 @@ def config() -> dict:
     import numpy as np
 
     from . import __version__
-    from ._backend import ISA_ENV, ISA_MODULES, available_isas, core_module, resolve_n_threads
+    from ._backend import (ISA_ENV, ISA_MODULES, available_cpus, available_isas, core_module,
+                           resolve_n_threads)
 
     info = {
         "nestedatoms": {"version": __version__, "python": sys.version.split()[0],
                         "platform": platform.platform(), "machine": platform.machine(),
-                        "cpu_count": os.cpu_count()},
+                        "cpu_count": os.cpu_count(), "available_cpus": available_cpus()},
     }
     core = {"built": False}
     try:

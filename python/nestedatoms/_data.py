@@ -23,7 +23,7 @@ class NestedData:
     ----------
     Y : (N, p) cells, sorted by group.
     offsets : (J + 1,) int64, group j's cells are ``Y[offsets[j]:offsets[j + 1]]``.
-    X : (J, q) group-level covariates aligned with ``groups``, or None (CAM).
+    X : (J, q) group-level features aligned with ``groups``, or None (CAM).
     groups : (J,) the unique group labels, in the order of all group-level rows.
     order : (N,) int64, ``Y = Y_caller[order]``.
     """
@@ -218,14 +218,10 @@ def _align_X(X, groups: np.ndarray) -> np.ndarray:
         if len(missing):
             raise ValueError(
                 f"X has no row for group label(s) {missing.tolist()[:10]} that the cells carry; "
-                f"add their covariates to X (indexed by group label)."
+                f"add their group features to X (indexed by group label)."
             )
-        extra = X.index.difference(labels)
-        if len(extra):
-            raise ValueError(
-                f"X has rows for group label(s) {extra.tolist()[:10]} that have no cells; drop "
-                f"those rows (X = X.loc[unique cell groups])."
-            )
+        # One rule with predict and tl.fit: rows of groups without cells are ignored (a
+        # cohort-wide table can serve any subset of its individuals).
         return as_float_matrix(X.loc[labels], "X")
     Xa = as_float_matrix(X, "X")
     if Xa.shape[0] != groups.shape[0]:

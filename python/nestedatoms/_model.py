@@ -12,7 +12,8 @@ from ._fit import fit_restarts
 from ._moves import DEFAULT_MOVES
 from ._state import ConcentrationPrior, Problem, resolve_nw_prior
 from ._steps import expected_stick_weights
-from ._validation import check_data_size, check_estimator_params, check_memory
+from ._validation import (check_data_size, check_dimension, check_estimator_params,
+                          check_memory)
 
 __all__ = ["NestedAtomsModel"]
 
@@ -83,6 +84,13 @@ class NestedAtomsModel:
         evidence of the partition reached (infinite where the data show no variation);
         a number holds c fixed; ``numpy.inf`` is the Nested Atoms Model exactly.
         ``donor_concentration_`` reports the value in use (docs: "Donors vary").
+    cell_resolution : float, default 1.0
+        How fine the cell clusters are: the cell prior expects clusters ``cell_resolution``
+        times narrower (in standard deviation) than its volume rule does, i.e. its scale
+        matrix W0^-1 is divided by ``cell_resolution**2``.  Above 1 gives more, tighter cell
+        clusters (useful with many dimensions and few cells per cluster, where the prior
+        weighs as much as the data); below 1 fewer.  An explicit ``covariance_prior`` in
+        ``cell_prior`` takes precedence.
     """
 
     def __init__(self, n_group_clusters=30, n_cell_clusters=30, prior="empirical",
@@ -90,7 +98,7 @@ class NestedAtomsModel:
                  cell_concentration=None, concentration_prior=(0.1, 0.1), n_init=3,
                  max_iter=500, tol=1e-6, random_state=None, n_threads=None, backend="cpp",
                  verbose=0, copy=True, learn_group_prior_scale="auto",
-                 donor_concentration="auto"):
+                 donor_concentration="auto", cell_resolution=1.0):
         self.n_group_clusters = n_group_clusters
         self.n_cell_clusters = n_cell_clusters
         self.prior = prior
@@ -109,6 +117,7 @@ class NestedAtomsModel:
         self.copy = copy
         self.learn_group_prior_scale = learn_group_prior_scale
         self.donor_concentration = donor_concentration
+        self.cell_resolution = cell_resolution
 
     # ------------------------------------------------------------------ scikit-learn protocol
     @classmethod
@@ -181,7 +190,8 @@ class NestedAtomsModel:
         return Problem(
             data=data, K=K, L=L,
             y_prior=resolve_nw_prior(data.Y, L, self.prior, self.cell_prior,
-                                     name="cell_prior"),
+                                     name="cell_prior",
+                                     resolution=float(self.cell_resolution)),
             x_prior=x_prior,
             alpha_prior=self._concentration(self.group_concentration, "group_concentration"),
             beta_prior=self._concentration(self.cell_concentration, "cell_concentration"),
@@ -210,8 +220,11 @@ class NestedAtomsModel:
             Group (individual) label of each cell, any hashable type; None puts all cells in
             one group (a Dirichlet-process mixture of the rows).
         X : array-like (J, q) or pandas.DataFrame, optional
-            Group-level covariates, one row per group in the order of the sorted unique labels,
-            or a DataFrame indexed by label.  None fits the common atoms model (CAM).
+            Group features: the vector x_j that groups are *clustered by* (with their cells'
+            make-up), e.g. genotype principal components; not what you want to adjust for
+            (sex, batch, age), since clusters will separate groups by it.  One row per group
+            in the order of the sorted unique labels, or a DataFrame indexed by label (rows of
+            groups without cells are ignored).  None fits the common atoms model (CAM).
         y : ignored
             Present for scikit-learn compatibility.
         init_group_labels : array-like (J,) or pandas.Series, optional
@@ -237,6 +250,7 @@ class NestedAtomsModel:
         prob = self._problem(data)
         n_threads = resolve_n_threads(self.n_threads)
         check_data_size(data.n_cells, data.n_groups, prob.L)
+        check_dimension(data.Y.shape[1])
         check_memory(data.n_cells, data.Y.shape[1], prob.L, int(self.n_init), self.backend)
         init_state = self._known_start(prob, init_group_labels, init_cell_labels)
         with self._blas_limits(n_threads), self._progress(int(self.n_init)) as callback:
@@ -283,8 +297,11 @@ class NestedAtomsModel:
         from ._progress import FitProgress
 
         verbose = int(self.verbose or 0)
+        # tl.fit sets _progress_delay (not a parameter) so that its default bar shows only
+        # for restarts that run longer than a few seconds.
         return FitProgress(n_init, int(self.max_iter if max_iter is None else max_iter),
-                           enabled=verbose >= 1, print_sweeps=verbose >= 2)
+                           enabled=verbose >= 1, print_sweeps=verbose >= 2,
+                           delay=getattr(self, "_progress_delay", 0.0))
 
     def _set_results(self, prob: Problem, best, runs):
         st, data = best.state, prob.data
@@ -398,7 +415,7 @@ class NestedAtomsModel:
         """q(M) of new cells, (N, L), with the global factors held fixed.
 
         Cells of a group seen in training use that group's fitted q(S).  Cells of a new group
-        (a label not in ``groups_``) need that group's covariates in ``X`` when the model was
+        (a label not in ``groups_``) need that group's features in ``X`` when the model was
         fit with X: a DataFrame indexed by group label (other rows are ignored) or an array
         with one row per new group in sorted label order.  The new groups' q(S) and their
         cells' q(M) are then optimised together (cell and group steps alternate to
@@ -420,7 +437,7 @@ class NestedAtomsModel:
         """q(S) of the groups in ``groups``: a DataFrame (groups x K) indexed by group label.
 
         Known groups keep their fitted rows; new groups are fit from their cells ``Y`` and
-        their covariates ``X`` with the global factors held fixed (see :meth:`predict_proba`).
+        their features ``X`` with the global factors held fixed (see :meth:`predict_proba`).
         """
         import pandas as pd
 
@@ -459,6 +476,64 @@ class NestedAtomsModel:
 
         self._check_fitted()
         return summarize(self, n_samples=n_samples, level=level, random_state=random_state)
+
+    def differential_abundance(self, conditions, reference=None, n_samples=4000, level=0.95,
+                               random_state=0):
+        """Difference in expected cell-cluster composition between conditions of individuals.
+
+        Parameters
+        ----------
+        conditions : mapping, pandas Series or array-like
+            The condition (e.g. "case" / "control") of each individual: a dict or Series keyed
+            by group label (individuals not in it, or with a missing value, are left out), or
+            an array aligned with ``groups_``.
+        reference : optional
+            A condition: each other condition is compared with it (other - reference).  None
+            compares every pair (a - b, a before b in sorted order).
+        n_samples, level, random_state
+            Monte Carlo draws from q, credible level, seed.
+
+        Returns
+        -------
+        DataFrame, one row per (comparison, cell cluster), cell clusters numbered as in
+        ``summary()``: ``condition_a``, ``condition_b``, ``n_a``, ``n_b`` (individuals),
+        ``mean_a``, ``mean_b`` (posterior mean of the condition's expected share of the cell
+        cluster), ``difference`` (of a minus b) with its equal-tailed interval ``lower`` /
+        ``upper``, ``prob_greater`` = P(share_a > share_b), ``observed_a`` / ``observed_b``
+        (mean per-individual share under q(M), descriptive) and ``differs`` (the interval
+        excludes 0).  Draws: S_j from q(S_j) for every individual and omega from the Beta
+        sticks of q(u), averaged per condition (``nestedatoms._abundance``).
+        """
+        import pandas as pd
+
+        from ._abundance import condition_differences
+        from ._summary import _order_by_size
+
+        self._check_fitted()
+        labels = pd.Index(self.groups_)
+        if isinstance(conditions, (dict, pd.Series)):
+            cond = pd.Series(conditions)
+            if cond.index.has_duplicates:
+                raise ValueError("conditions has duplicate group labels; give one per group.")
+            if not labels.isin(cond.index).any():
+                raise ValueError(f"conditions has no entry for any fitted group (e.g. "
+                                 f"{labels[:5].tolist()}); key it by the group labels.")
+            cond = cond.reindex(labels)
+        else:
+            values = np.asarray(conditions, dtype=object)
+            if values.ndim != 1 or values.shape[0] != labels.size:
+                raise ValueError(f"conditions must have one entry per fitted group "
+                                 f"({labels.size}, in the order of groups_), got shape "
+                                 f"{values.shape}; or pass a dict/Series keyed by label.")
+            cond = pd.Series(values, index=labels)
+        st = self.state_
+        cell_index = _order_by_size(np.bincount(self.cell_labels_, minlength=st.L), st.y_n)
+        sizes = np.maximum(self.problem_.data.group_sizes, 1)
+        observed = st.N_jl[:, cell_index] / sizes[:, None]
+        return condition_differences(st.rho, st.u_a, st.u_b, cond, cell_index,
+                                     observed=observed, reference=reference,
+                                     n_samples=n_samples, level=level,
+                                     random_state=random_state)
 
     def save(self, path):
         """Write the fitted model to ``path`` (``.npz``; open format, no pickle; see

@@ -60,7 +60,7 @@ def _new_group_x(X, labels: np.ndarray, q: int) -> np.ndarray:
         if len(missing):
             raise ValueError(
                 f"X has no row for the new group label(s) {missing.tolist()[:10]}; the model "
-                f"was fit with group covariates, so new groups need theirs (a DataFrame "
+                f"was fit with group features, so new groups need theirs (a DataFrame "
                 f"indexed by group label)."
             )
         Xa = as_float_matrix(X.loc[list(labels)], "X")
@@ -74,7 +74,7 @@ def _new_group_x(X, labels: np.ndarray, q: int) -> np.ndarray:
             )
     if Xa.shape[1] != q:
         raise ValueError(f"X has {Xa.shape[1]} columns but the model was fit with {q} group "
-                         f"covariates.")
+                         f"features.")
     return np.ascontiguousarray(Xa)
 
 
@@ -121,7 +121,7 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
         raise ValueError(f"Y has {Ya.shape[1]} features but the model was fit with {p}.")
     singletons = groups is None and fitted_groups.shape[0] != 1
     if singletons and X is not None:
-        raise ValueError("X holds covariates of new groups, but groups is None (each cell is "
+        raise ValueError("X holds the group features of new groups, but groups is None (each cell is "
                          "then an individual of its own with unknown x); pass groups with X, "
                          "or drop X.")
     if groups is None:
@@ -139,13 +139,13 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
 
     ell_x = np.zeros((J, K))
     if X is not None and not prob.has_x:
-        raise ValueError("the model was fit without group covariates (X=None, the common atoms "
+        raise ValueError("the model was fit without group features (X=None, the common atoms "
                          "model), so new groups are placed by their cells alone; pass X=None.")
     if prob.has_x and new.any() and not singletons:
         if X is None:
             raise ValueError(
                 f"X is required for the new group(s) {data.groups[new].tolist()[:10]}: the "
-                f"model was fit with group covariates. Pass their rows (a DataFrame indexed by "
+                f"model was fit with group features. Pass their rows (a DataFrame indexed by "
                 f"group label, or one row per new group in sorted label order)."
             )
         Xn = _new_group_x(X, data.groups[new], prob.X.shape[1])

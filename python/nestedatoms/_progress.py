@@ -16,12 +16,13 @@ class FitProgress:
     when ``print_sweeps``."""
 
     def __init__(self, n_init: int, max_iter: int, enabled: bool = True,
-                 print_sweeps: bool = False, file=None):
+                 print_sweeps: bool = False, file=None, delay: float = 0.0):
         self.n_init = n_init
         self.max_iter = max_iter
         self.enabled = enabled
         self.print_sweeps = print_sweeps
         self.file = file
+        self.delay = float(delay)   # seconds a restart runs before its bar appears (tqdm)
         self._bar = None
         self._restart = None
 
@@ -39,8 +40,15 @@ class FitProgress:
 
     def __call__(self, restart: int, sweep: int, value: float) -> None:
         if self.print_sweeps:
-            print(f"[nestedatoms] restart {restart} sweep {sweep}: ELBO {value:.6f}",
-                  file=self.file)
+            # Restarts numbered from 1 as on the bar; written through tqdm so a line and an
+            # open bar do not interleave.
+            line = f"[nestedatoms] restart {restart + 1}/{self.n_init} sweep {sweep}: ELBO {value:.6f}"
+            if self.enabled:
+                from tqdm.auto import tqdm
+
+                tqdm.write(line, file=self.file)
+            else:
+                print(line, file=self.file)
         if not self.enabled:
             return
         if restart != self._restart:
@@ -51,6 +59,6 @@ class FitProgress:
             label = (f"restart {restart + 1}/{self.n_init}" if self.n_init > 1
                      else "CAVI sweeps")
             self._bar = tqdm(total=self.max_iter, desc=label, unit="sweep", leave=True,
-                             file=self.file, dynamic_ncols=True)
+                             file=self.file, dynamic_ncols=True, delay=self.delay)
         self._bar.update(sweep - self._bar.n)
         self._bar.set_postfix_str(f"ELBO {value:.6g}", refresh=False)

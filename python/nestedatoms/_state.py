@@ -89,7 +89,7 @@ def _feature_variances(Z: np.ndarray) -> np.ndarray:
 
 def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
                      overrides: dict | None, name: str = "prior",
-                     layer: str = "cells") -> NWPrior:
+                     layer: str = "cells", resolution: float = 1.0) -> NWPrior:
     """The Normal-Wishart prior of one layer (SPEC 2, 'Prior defaults').
 
     ``"empirical"``: m0 = mean, nu0 = D + 5, and a scale invariant to the scale of the data:
@@ -110,6 +110,8 @@ def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
         toy design this one tracks the Bayes classifier more closely).
     bench/STUDY.md gives the evidence for both.
     ``"reference"``: m0 = 0, lam0 = 0.01, nu0 = D + 5, W0 = I.
+    ``resolution`` r divides the expected cluster width (E[Sigma]^(1/2)) by r: W0^-1 is
+    multiplied by 1 / r^2 (either preset; an explicit ``covariance_prior`` override wins).
     ``overrides`` uses scikit-learn's names (mean_prior, mean_precision_prior,
     degrees_of_freedom_prior, covariance_prior = W0^-1).  ``name`` is the estimator argument
     the overrides came from, for error messages; every value is checked against its domain.
@@ -134,6 +136,7 @@ def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
         W0inv = np.eye(D)
     else:
         raise ValueError(f"prior must be 'empirical' or 'reference', got {preset!r}.")
+    W0inv = W0inv / float(resolution) ** 2
     values = {"m0": m0, "lam0": lam0, "W0inv": W0inv, "nu0": nu0}
     for key, val in (overrides or {}).items():
         if key not in _SKLEARN_PRIOR_NAMES:

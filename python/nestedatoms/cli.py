@@ -1,9 +1,11 @@
-"""The ``nestedatoms`` command line: ``fit``, ``simulate`` and ``demo``.
+"""The ``nestedatoms`` command line: ``fit``, ``predict``, ``simulate`` and ``demo``.
 
   nestedatoms demo [--outdir DIR]                      simulate a cohort, fit it, report, plot
   nestedatoms simulate out.h5ad [--n-groups J ...]     write a synthetic cohort, truth included
-  nestedatoms fit in.h5ad out.h5ad --group-key KEY --use-rep REP [--covariates FILE]
+  nestedatoms fit in.h5ad out.h5ad --group-key KEY --use-rep REP [--group-features FILE]
                                    [--summary table.tsv] [--model model.npz] [--plots DIR]
+                                   [--condition-key COLUMN]
+  nestedatoms predict new.h5ad model.npz out.h5ad --group-key KEY --use-rep REP
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ def _model_options(parser, n_init=3):
                         "times a factor <= 1, by maximising the ELBO); default: for the "
                         "empirical prior only; --no-learn-group-prior-scale holds the x "
                         "prior as set")
+    g.add_argument("--cell-resolution", type=float, default=1.0, metavar="R",
+                   help="how fine the cell clusters are: the cell prior expects clusters R "
+                        "times narrower than its default (default 1; try 2-3 on 50 PCs)")
     g.add_argument("--n-init", type=int, default=n_init, help=f"restarts (default {n_init})")
     g.add_argument("--max-iter", type=int, default=500)
     g.add_argument("--tol", type=float, default=1e-6)
@@ -43,17 +48,18 @@ def _model_options(parser, n_init=3):
 def _model_kwargs(args) -> dict:
     return dict(n_group_clusters=args.n_group_clusters, n_cell_clusters=args.n_cell_clusters,
                 prior=args.prior, learn_group_prior_scale=args.learn_group_prior_scale,
+                cell_resolution=args.cell_resolution,
                 n_init=args.n_init, max_iter=args.max_iter, tol=args.tol,
                 random_state=args.seed, backend=args.backend, n_threads=args.threads,
                 verbose=0 if args.quiet else 1)
 
 
 def _read_table(path):
-    """A covariate table from CSV or TSV (by extension), first column = group label."""
+    """A group-feature table from CSV or TSV (by extension), first column = group label."""
     import pandas as pd
 
     if not os.path.exists(path):
-        raise FileNotFoundError(f"covariate file {path!r} does not exist.")
+        raise FileNotFoundError(f"group-feature file {path!r} does not exist.")
     lower = path.lower()
     sep = "," if lower.endswith(".csv") or lower.endswith(".csv.gz") else "\t"
     return pd.read_csv(path, sep=sep, index_col=0)
@@ -67,11 +73,11 @@ def _match_labels(table, obs_labels):
     return table
 
 
-def _plots(model, summary, outdir, coords=None):
+def _plots(data, outdir, summary=None, basis=None):
     """Write the PNGs, or say why not (matplotlib is an optional extra)."""
     try:
         from .pl import save_all
-        paths = save_all(model, outdir, coords=coords, summary=summary)
+        paths = save_all(data, outdir, summary=summary, basis=basis)
     except ImportError as exc:
         print(f"Plots skipped: {exc}")
         return []
@@ -80,29 +86,63 @@ def _plots(model, summary, outdir, coords=None):
 
 
 # ------------------------------------------------------------------------------- fit
+def _deprecated_option(args, old, new, dest_old, dest_new):
+    """Move a deprecated option's value to its new name, with a warning on stderr."""
+    value = getattr(args, dest_old, None)
+    if value is not None:
+        print(f"nestedatoms {args.command}: warning: {old} is deprecated and will be removed "
+              f"in the next release; use {new}.", file=sys.stderr)
+        setattr(args, dest_new, value)
+
+
+def _group_features_arg(args, adata):
+    """The --group-features file (as a table keyed by the obs labels) or column names."""
+    import pandas as pd
+
+    _deprecated_option(args, "--covariates", "--group-features", "covariates",
+                       "group_features")
+    _deprecated_option(args, "--covariate-columns", "--group-feature-columns",
+                       "covariate_columns", "group_feature_columns")
+    if args.group_features:
+        if args.group_key not in adata.obs.columns:
+            raise KeyError(f"--group-key {args.group_key!r} is not a column of obs; available: "
+                           f"{list(adata.obs.columns)[:20]}.")
+        return _match_labels(_read_table(args.group_features),
+                             pd.unique(adata.obs[args.group_key].to_numpy()))
+    if args.group_feature_columns:
+        return list(args.group_feature_columns)
+    return None
+
+
+def _check_basis(args, adata):
+    """Refuse a --basis the file does not have before fitting, not after."""
+    if args.plots and args.basis and args.basis not in adata.obsm:
+        raise KeyError(f"--basis {args.basis!r} is not in obsm (keys: {list(adata.obsm.keys())}); "
+                       f"compute it first (e.g. sc.tl.umap) or leave --basis out to use "
+                       f"X_umap when present, else the first two PCs of y.")
+
+
+def _summary_paths(path):
+    """The group-cluster table's path and the per-donor table's next to it."""
+    root, ext = os.path.splitext(path)
+    return path, f"{root}_groups{ext}"
+
+
 def _fit(args) -> int:
     import anndata
-    import pandas as pd
 
     from . import tl
 
     if not os.path.exists(args.input):
         raise FileNotFoundError(f"input file {args.input!r} does not exist.")
     adata = anndata.read_h5ad(args.input, backed="r" if args.backed else None)
-    covariates = None
-    if args.covariates:
-        if args.group_key not in adata.obs.columns:
-            raise KeyError(f"--group-key {args.group_key!r} is not a column of obs; available: "
-                           f"{list(adata.obs.columns)[:20]}.")
-        covariates = _match_labels(_read_table(args.covariates),
-                                   pd.unique(adata.obs[args.group_key].to_numpy()))
-    elif args.covariate_columns:
-        covariates = list(args.covariate_columns)
+    group_features = _group_features_arg(args, adata)
+    _check_basis(args, adata)
     start = time.perf_counter()
-    _, model = tl.fit(adata, group_key=args.group_key, use_rep=args.use_rep,
-                      group_covariates=covariates, key_added=args.key_added,
-                      rank_genes=False if args.no_rank_genes else "auto", return_model=True,
-                      **_model_kwargs(args))
+    model = tl.fit(adata, group_key=args.group_key, use_rep=args.use_rep,
+                   group_features=group_features, key_added=args.key_added,
+                   rank_genes=False if args.no_rank_genes else "auto", return_model=True,
+                   **_model_kwargs(args))
     seconds = time.perf_counter() - start
     summary = model.summary()
     status = ("converged" if model.converged_
@@ -110,17 +150,64 @@ def _fit(args) -> int:
     print(f"Fit {model.problem_.data.n_cells} cells of {len(model.groups_)} groups in "
           f"{seconds:.1f} s ({model.n_iter_} sweeps, ELBO {model.elbo_:.6g}, {status}).")
     print(summary)
+    if args.condition_key:
+        table = tl.differential_abundance(adata, condition_key=args.condition_key,
+                                          key=args.key_added, reference=args.reference)
+        _print_abundance(table, args.condition_key)
     adata.write_h5ad(args.output)   # a backed input's X is copied across from disk
     print(f"Results written to {args.output} (obs/obsm/uns keys '{args.key_added}...').")
     if args.summary:
         sep = "," if args.summary.lower().endswith(".csv") else "\t"
-        summary.table().to_csv(args.summary, sep=sep)
-        print(f"Summary table written to {args.summary}.")
+        clusters_path, groups_path = _summary_paths(args.summary)
+        summary.table().to_csv(clusters_path, sep=sep)
+        summary.groups.to_csv(groups_path, sep=sep)
+        print(f"Summary tables written to {clusters_path} (one row per group cluster) and "
+              f"{groups_path} (each group's cluster).")
     if args.model:
         model.save(args.model)
         print(f"Model saved to {args.model} (nestedatoms.NestedAtomsModel.load reads it).")
     if args.plots:
-        _plots(model, summary, args.plots)
+        _plots(adata, args.plots, basis=args.basis)
+    return 0
+
+
+def _print_abundance(table, condition_key):
+    import pandas as pd
+
+    cols = ["condition_a", "condition_b", "cell_cluster", "mean_a", "mean_b", "difference",
+            "lower", "upper", "differs"]
+    print(f"\nDifferential abundance between the conditions of {condition_key!r} "
+          f"(posterior from q; {int(table['differs'].sum())} of {len(table)} intervals "
+          f"exclude 0):")
+    with pd.option_context("display.width", 120, "display.precision", 3):
+        print(table[cols].to_string(index=False))
+
+
+# ------------------------------------------------------------------------------- predict
+def _predict(args) -> int:
+    import anndata
+
+    from . import tl
+
+    for path, what in ((args.input, "input file"), (args.model, "model file")):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{what} {path!r} does not exist.")
+    adata = anndata.read_h5ad(args.input)
+    group_features = _group_features_arg(args, adata)
+    _check_basis(args, adata)
+    tl.predict(adata, args.model, group_key=args.group_key, use_rep=args.use_rep,
+               group_features=group_features, key_added=args.key_added)
+    groups = adata.uns[args.key_added]["groups"]
+    print(f"Mapped {adata.n_obs} cells of {len(groups)} groups ({int((~groups['known']).sum())} "
+          f"not seen in training) onto {args.model}.")
+    import pandas as pd
+
+    with pd.option_context("display.width", 120, "display.precision", 3):
+        print(groups.to_string())
+    adata.write_h5ad(args.output)
+    print(f"Results written to {args.output} (obs/obsm/uns keys '{args.key_added}...').")
+    if args.plots:
+        _plots(adata, args.plots, basis=args.basis)
     return 0
 
 
@@ -138,12 +225,14 @@ def _simulate(args) -> int:
     adata.write_h5ad(args.output)
     print(f"Wrote {args.output}: {adata.n_obs} cells of {args.n_groups} groups; "
           f"obsm[{args.use_rep!r}] = y ({sim.Y.shape[1]} features), obs[{args.group_key!r}] "
-          f"= group, obs x0..x{sim.X.shape[1] - 1} = group covariates, obs true_cell_cluster / "
+          f"= group, obs x0..x{sim.X.shape[1] - 1} = group features, obs true_cell_cluster / "
           f"true_group_cluster and uns['truth'] = the truth.")
-    if args.covariates_out:
-        sep = "," if args.covariates_out.lower().endswith(".csv") else "\t"
-        sim.covariate_table().to_csv(args.covariates_out, sep=sep)
-        print(f"Group covariates written to {args.covariates_out}.")
+    _deprecated_option(args, "--covariates-out", "--group-features-out", "covariates_out",
+                       "group_features_out")
+    if args.group_features_out:
+        sep = "," if args.group_features_out.lower().endswith(".csv") else "\t"
+        sim.covariate_table().to_csv(args.group_features_out, sep=sep)
+        print(f"Group features written to {args.group_features_out}.")
     return 0
 
 
@@ -191,7 +280,7 @@ def _demo(args) -> int:
     if args.no_plots:
         print("Plots skipped (--no-plots).")
     else:
-        _plots(model, summary, args.outdir)
+        _plots(model, args.outdir, summary=summary)
     return 0
 
 
@@ -201,6 +290,9 @@ def _parser():
         prog="nestedatoms", description="Cluster individuals and their cells with the Nested "
         "Atoms Model.", formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n", 2)[2])
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"nestedatoms {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="simulate a OneK1K-shaped cohort, fit it, report "
@@ -226,8 +318,10 @@ def _parser():
     sim.add_argument("--lam-y", type=float, default=0.1)
     sim.add_argument("--group-key", default="donor_id")
     sim.add_argument("--use-rep", default="X_pca")
+    sim.add_argument("--group-features-out", default=None,
+                     help="also write the group features (x) as CSV/TSV")
     sim.add_argument("--covariates-out", default=None,
-                     help="also write the group covariates as CSV/TSV")
+                     help="deprecated alias of --group-features-out")
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=_simulate)
 
@@ -236,22 +330,56 @@ def _parser():
     fit.add_argument("output", help="output .h5ad (the input plus the results)")
     fit.add_argument("--group-key", required=True, help="obs column of the group labels")
     fit.add_argument("--use-rep", default="X_pca", help="obsm key of the cell representation")
-    cov = fit.add_mutually_exclusive_group()
-    cov.add_argument("--covariates", default=None,
-                     help="CSV/TSV of group covariates, first column = group label")
-    cov.add_argument("--covariate-columns", nargs="+", default=None, metavar="COLUMN",
-                     help="obs columns constant within each group, used as covariates")
+    _group_feature_options(fit)
     fit.add_argument("--key-added", default="nam")
-    fit.add_argument("--summary", default=None, help="write the group-cluster table (TSV/CSV)")
+    fit.add_argument("--summary", default=None,
+                     help="write the group-cluster table (TSV/CSV) and, next to it with "
+                          "'_groups' added to the name, each group's cluster")
     fit.add_argument("--model", default=None, help="also save the model (.npz)")
     fit.add_argument("--plots", default=None, metavar="DIR", help="write the PNG plots here")
+    fit.add_argument("--basis", default=None, metavar="OBSM_KEY",
+                     help="obsm key of the 2-D cell coordinates for the plots (default: "
+                          "X_umap when present, else the first two PCs of y)")
+    fit.add_argument("--condition-key", default=None, metavar="COLUMN",
+                     help="obs column of each donor's condition (e.g. case/control): also "
+                          "compute the differential abundance between the conditions")
+    fit.add_argument("--reference", default=None,
+                     help="with --condition-key: the condition the others are compared with")
     fit.add_argument("--backed", action="store_true",
                      help="read the input backed (its X stays on disk)")
     fit.add_argument("--no-rank-genes", action="store_true",
                      help="skip scanpy marker genes even when possible")
     _model_options(fit)
     fit.set_defaults(func=_fit)
+
+    pred = sub.add_parser("predict", help="map new cells and donors onto a saved model")
+    pred.add_argument("input", help="input .h5ad of the new cells")
+    pred.add_argument("model", help="model file written by `nestedatoms fit --model`")
+    pred.add_argument("output", help="output .h5ad (the input plus the mapped clusters)")
+    pred.add_argument("--group-key", required=True, help="obs column of the group labels")
+    pred.add_argument("--use-rep", default="X_pca",
+                      help="obsm key of the cell representation (as for the fit)")
+    _group_feature_options(pred)
+    pred.add_argument("--key-added", default="nam")
+    pred.add_argument("--plots", default=None, metavar="DIR", help="write the cell and donor "
+                      "plots here")
+    pred.add_argument("--basis", default=None, metavar="OBSM_KEY",
+                      help="obsm key of the 2-D cell coordinates for the plots")
+    pred.set_defaults(func=_predict)
     return parser
+
+
+def _group_feature_options(parser):
+    feats = parser.add_mutually_exclusive_group()
+    feats.add_argument("--group-features", default=None, metavar="FILE",
+                       help="CSV/TSV of the features donors are clustered by (e.g. genotype "
+                            "PCs; not sex, batch or age), first column = group label")
+    feats.add_argument("--group-feature-columns", nargs="+", default=None, metavar="COLUMN",
+                       help="obs columns constant within each group, used as group features")
+    feats.add_argument("--covariates", default=None, help="deprecated alias of "
+                       "--group-features")
+    feats.add_argument("--covariate-columns", nargs="+", default=None, metavar="COLUMN",
+                       help="deprecated alias of --group-feature-columns")
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fit"]
+__all__ = ["fit", "predict", "differential_abundance", "CategoricalGroupFeatureWarning"]
 
 
 def _read_inputs(adata, group_key, use_rep):
@@ -37,42 +37,77 @@ def _read_inputs(adata, group_key, use_rep):
     return Y, groups.to_numpy()
 
 
-def _covariate_table(adata, group_key, group_covariates, labels):
-    """Group covariates as a numeric DataFrame indexed by group label, or None."""
+class CategoricalGroupFeatureWarning(UserWarning):
+    """A non-numeric column was one-hot encoded into the group features x."""
+
+
+def _resolve_alias(new, old, new_name, old_name, owner="nestedatoms.tl.fit"):
+    """The value of a renamed argument, with a FutureWarning when the old name is used."""
+    import warnings
+
+    if old is None:
+        return new
+    if new is not None:
+        raise TypeError(f"{owner} got both {new_name} and its deprecated alias {old_name}; "
+                        f"pass {new_name} only.")
+    warnings.warn(f"{old_name} is deprecated and will be removed in the next release; use "
+                  f"{new_name} (the same thing: the features individuals are clustered by).",
+                  FutureWarning, stacklevel=3)
+    return old
+
+
+def _group_feature_table(adata, group_key, group_features, labels):
+    """Group features x as a numeric DataFrame indexed by group label, or None.
+
+    Rule for a table with rows of groups that have no cells (shared with the estimator's
+    ``fit`` and ``predict``): those rows are ignored.
+    """
     import pandas as pd
 
-    if group_covariates is None:
+    if group_features is None:
         return None
-    if isinstance(group_covariates, pd.DataFrame):
-        table = group_covariates
+    if isinstance(group_features, pd.DataFrame):
+        table = group_features
+        if table.index.has_duplicates:
+            dup = table.index[table.index.duplicated()].unique().tolist()
+            raise ValueError(f"group_features has duplicate index labels {dup[:10]}; give one "
+                             f"row per group.")
         missing = pd.Index(labels).difference(table.index)
         if len(missing):
             raise ValueError(
-                f"group_covariates has no row for group(s) {missing.tolist()[:10]} of "
+                f"group_features has no row for group(s) {missing.tolist()[:10]} of "
                 f"adata.obs[{group_key!r}]; index it by the group labels."
             )
-        table = table.loc[list(labels)]   # rows of groups without cells are dropped
+        table = table.loc[list(labels)]   # rows of groups without cells are ignored
     else:
-        columns = [group_covariates] if isinstance(group_covariates, str) else list(
-            group_covariates)
+        columns = [group_features] if isinstance(group_features, str) else list(
+            group_features)
         absent = [c for c in columns if c not in adata.obs.columns]
         if absent:
-            raise KeyError(f"group_covariates column(s) {absent} are not in adata.obs.")
+            raise KeyError(f"group_features column(s) {absent} are not in adata.obs.")
         obs = adata.obs[[group_key] + columns]
         n_values = obs.groupby(group_key, observed=True)[columns].nunique(dropna=False)
         varying = [c for c in columns if (n_values[c] > 1).any()]
         if varying:
             raise ValueError(
-                f"group_covariates column(s) {varying} vary within a group of {group_key!r}; "
-                f"a group covariate must be constant over each group's cells."
+                f"group_features column(s) {varying} vary within a group of {group_key!r}; "
+                f"a group feature must be constant over each group's cells."
             )
         table = obs.groupby(group_key, observed=True)[columns].first().loc[list(labels)]
     numeric = table.select_dtypes(include=["number", "bool"])
     other = [c for c in table.columns if c not in numeric.columns]
     if other:
-        # Categorical covariates enter as one indicator column per level (as a sample table
-        # for a Gaussian x would), numeric ones as they are.
+        import warnings
+
+        # pandas does the encoding: one indicator column per level.
         dummies = pd.get_dummies(table[other].astype("category"), dtype=float)
+        warnings.warn(
+            f"group_features column(s) {other} are categorical and were one-hot encoded into "
+            f"{dummies.shape[1]} indicator column(s) {list(dummies.columns)[:8]}. The model "
+            f"clusters individuals by these features, so individuals will tend to split by "
+            f"these categories (e.g. sex, batch). If you meant to adjust for them, leave them "
+            f"out of group_features; pass only continuous, comparable features such as "
+            f"genotype principal components.", CategoricalGroupFeatureWarning, stacklevel=3)
         table = pd.concat([numeric.astype(float), dummies], axis=1)
     return table.astype(float)
 
@@ -102,8 +137,9 @@ def _str_index(df, name=None):
     return out
 
 
-def fit(adata, group_key="donor_id", use_rep="X_pca", group_covariates=None, key_added="nam",
-        copy=False, rank_genes="auto", return_model=False, **model_kwargs):
+def fit(adata, group_key="donor_id", use_rep="X_pca", group_features=None, key_added="nam",
+        copy=False, rank_genes="auto", return_model=False, group_covariates=None,
+        **model_kwargs):
     """Cluster individuals and their cells with the Nested Atoms Model.
 
     Parameters
@@ -113,11 +149,19 @@ def fit(adata, group_key="donor_id", use_rep="X_pca", group_covariates=None, key
     group_key : str
         ``obs`` column holding each cell's group (individual, donor) label.
     use_rep : str
-        ``obsm`` key of the cell representation y (e.g. "X_pca", "X_scVI").
-    group_covariates : DataFrame, str or list of str, optional
-        Group-level x: a DataFrame indexed by group label (rows of absent groups are dropped),
-        or ``obs`` column(s) constant within each group.  Non-numeric columns become one
-        indicator column per level.  None fits the common atoms model (no x).
+        ``obsm`` key of the cell representation y (e.g. "X_pca", "X_scVI").  The cell
+        clusters have full covariances, so keep it low-dimensional (a warning is raised above
+        50 dimensions: run ``sc.pp.pca`` and pass ``use_rep="X_pca"``).
+    group_features : DataFrame, str or list of str, optional
+        The group-level vector x that individuals are **clustered by**, together with the
+        make-up of their cells.  Put here continuous, comparable features you want donors
+        grouped by, such as genotype principal components.  Do not put here what you want to
+        *adjust for* (sex, batch, age, unless you mean to cluster on it): the model makes
+        clusters that separate donors by these features.  A DataFrame indexed by group label
+        (rows of groups without cells are ignored), or ``obs`` column(s) constant within each
+        group.  Non-numeric columns become one indicator column per level, with a
+        ``CategoricalGroupFeatureWarning``.  None (default) clusters donors by their cell
+        make-up alone (the common atoms model).
     key_added : str
         Prefix of every result key.
     copy : bool
@@ -127,35 +171,44 @@ def fit(adata, group_key="donor_id", use_rep="X_pca", group_covariates=None, key
         ``uns[f"{key_added}_markers"]``).  "auto": when scanpy is installed and the AnnData is
         in memory with a non-empty ``X``; True: require it.
     return_model : bool
-        Also return the fitted ``NestedAtomsModel`` (for ``predict``, ``save``, plots).
+        Also return the fitted ``NestedAtomsModel`` (for ``tl.predict``, ``save``, plots).
+    group_covariates : deprecated
+        The former name of ``group_features`` (FutureWarning; removed in the next release).
     **model_kwargs
         Passed to ``NestedAtomsModel`` (``random_state`` defaults to 0 here, as in scanpy).
+        ``verbose`` defaults to 1 here: a progress bar appears when a restart runs longer
+        than a few seconds (``verbose=0`` hides it).
 
     Writes
     ------
     ``obs[f"{key_added}_cell_cluster"]``, ``obs[f"{key_added}_group_cluster"]`` : categorical
         Cell cluster of each cell and group cluster of its group, numbered by size ("0" is the
         largest), as in ``model.summary()``.
-    ``obsm[f"{key_added}_cell_probs"]`` : (n_cells, L)
-        q(M); column c is cell cluster c, columns past the occupied clusters are empty atoms.
+    ``obsm[f"{key_added}_cell_probs"]`` : (n_cells, n occupied cell clusters)
+        q(M) restricted to the occupied cell clusters: column c is cell cluster c;
+        ``uns[key_added]["cell_cluster_index"][c]`` is its index in the model.
     ``uns[key_added]`` : dict
-        ``params`` (estimator parameters), ``group_key``, ``use_rep``, ``covariates`` (the
+        ``params`` (estimator parameters), ``group_key``, ``use_rep``, ``group_features`` (the
         columns of x), ``groups`` (table indexed by group label: cluster, probability,
         n_cells), ``group_probs`` (groups x group clusters), ``group_clusters``,
         ``cell_clusters``, ``composition``, ``cell_weights``, ``differential_abundance``,
         ``coclustering`` (tables as in ``Summary``), ``cell_means``, ``elbo``, ``elbo_trace``,
-        ``elbo_traces`` (one per restart), ``n_iter``, ``converged``,
-        ``group_cluster_index`` / ``cell_cluster_index`` (summary number -> model index).
+        ``elbo_traces`` (one per restart), ``best_restart``, ``n_iter``, ``converged``,
+        ``group_cluster_index`` / ``cell_cluster_index`` (summary number -> model index),
+        ``posterior`` (q(S) and the Beta sticks of q(u), in model indices, read by
+        :func:`differential_abundance`).
 
     Returns
     -------
-    The AnnData when ``copy=True``, else None; with ``return_model=True`` the model too (as a
-    pair ``(adata_or_None, model)``).
+    As scanpy: None, or the modified copy with ``copy=True``.  With ``return_model=True``:
+    the model (``copy=False``), or ``(adata_copy, model)`` (``copy=True``).
     """
     import pandas as pd
 
     from ._model import NestedAtomsModel
 
+    group_features = _resolve_alias(group_features, group_covariates, "group_features",
+                                    "group_covariates")
     if rank_genes not in ("auto", True, False):
         raise ValueError(f"rank_genes must be 'auto', True or False, got {rank_genes!r}.")
     if copy:
@@ -166,27 +219,36 @@ def fit(adata, group_key="donor_id", use_rep="X_pca", group_covariates=None, key
         adata = adata.copy()
     Y, cell_groups = _read_inputs(adata, group_key, use_rep)
     labels = pd.unique(cell_groups)
-    X = _covariate_table(adata, group_key, group_covariates, labels)
+    X = _group_feature_table(adata, group_key, group_features, labels)
     model_kwargs.setdefault("random_state", 0)
-    model = NestedAtomsModel(**model_kwargs).fit(Y, cell_groups, X)
+    delayed_progress = "verbose" not in model_kwargs
+    model_kwargs.setdefault("verbose", 1)
+    model = NestedAtomsModel(**model_kwargs)
+    if delayed_progress:
+        # Not a parameter (get_params is unchanged): the bar shows only for slow restarts.
+        model._progress_delay = PROGRESS_DELAY_SECONDS
+    model.fit(Y, cell_groups, X)
     summ = model.summary()
     write_results(adata, model, summ, key_added, group_key=group_key, use_rep=use_rep,
-                  covariates=None if X is None else list(X.columns))
+                  group_features=None if X is None else list(X.columns))
     _rank_genes(adata, key_added, rank_genes)
-    out = adata if copy else None
-    return (out, model) if return_model else out
+    if return_model:
+        return (adata, model) if copy else model
+    return adata if copy else None
 
 
-def write_results(adata, model, summ, key_added, group_key, use_rep, covariates=None):
+# tl.fit's progress bar appears once a restart has run this long (tqdm's ``delay``).
+PROGRESS_DELAY_SECONDS = 3.0
+
+
+def write_results(adata, model, summ, key_added, group_key, use_rep, group_features=None):
     """Write a fitted model's results into ``adata`` (the keys documented in :func:`fit`)."""
     import pandas as pd
 
     L = model.cell_probs_.shape[1]
-    rest = np.setdiff1d(np.arange(L), summ.cell_cluster_index)
-    column_order = np.concatenate([summ.cell_cluster_index, rest])
-    rank = np.empty(L, dtype=np.int64)
-    rank[column_order] = np.arange(L)
-    cell_labels = rank[model.cell_labels_]
+    rank = np.full(L, -1, dtype=np.int64)
+    rank[summ.cell_cluster_index] = np.arange(summ.n_cell_clusters)
+    cell_labels = rank[model.cell_labels_]        # every argmax label is an occupied cluster
     cats_c = [str(c) for c in range(summ.n_cell_clusters)]
     cats_g = [str(c) for c in range(summ.n_group_clusters)]
     group_of_cell = pd.Index(model.groups_).get_indexer(adata.obs[group_key].to_numpy())
@@ -195,11 +257,14 @@ def write_results(adata, model, summ, key_added, group_key, use_rep, covariates=
         cell_labels.astype(str), categories=cats_c)
     adata.obs[f"{key_added}_group_cluster"] = pd.Categorical(
         group_cluster.astype(str), categories=cats_g)
-    adata.obsm[f"{key_added}_cell_probs"] = model.cell_probs_[:, column_order]
+    # Only the occupied clusters: the empty atoms of the truncation carry no information.
+    adata.obsm[f"{key_added}_cell_probs"] = np.ascontiguousarray(
+        model.cell_probs_[:, summ.cell_cluster_index])
 
     group_probs = pd.DataFrame(
         model.group_probs_[:, summ.group_cluster_index], index=pd.Index(model.groups_),
         columns=[str(c) for c in range(summ.n_group_clusters)])
+    st = model.state_
     uns = {
         "params": _json_params(model.get_params()),
         "group_key": group_key,
@@ -216,13 +281,20 @@ def write_results(adata, model, summ, key_added, group_key, use_rep, covariates=
         "elbo": float(model.elbo_),
         "elbo_trace": np.asarray(model.elbo_trace_),
         "elbo_traces": {str(r): np.asarray(t) for r, t in enumerate(model.elbo_traces_)},
+        "best_restart": int(model.best_restart_),
         "n_iter": int(model.n_iter_),
         "converged": bool(model.converged_),
         "group_cluster_index": np.asarray(summ.group_cluster_index),
         "cell_cluster_index": np.asarray(summ.cell_cluster_index),
+        # What differential_abundance needs to draw from q without the model: q(S) of every
+        # group (rows in the order of uns["groups"]) and the Beta sticks of q(u), all in the
+        # model's internal cluster indices.
+        "posterior": {"group_probs": np.asarray(st.rho, dtype=float).copy(),
+                      "cell_sticks_a": np.asarray(st.u_a, dtype=float).copy(),
+                      "cell_sticks_b": np.asarray(st.u_b, dtype=float).copy()},
     }
-    if covariates is not None:
-        uns["covariates"] = [str(c) for c in covariates]
+    if group_features is not None:
+        uns["group_features"] = [str(c) for c in group_features]
     if model.group_prior_scale_ is not None:    # h5ad stores no None: absent without x
         uns["group_prior_scale"] = float(model.group_prior_scale_)
     adata.uns[key_added] = uns
@@ -252,3 +324,230 @@ def _rank_genes(adata, key_added, mode):
         return
     sc.tl.rank_genes_groups(adata, groupby=f"{key_added}_cell_cluster",
                             key_added=f"{key_added}_markers")
+
+
+# ------------------------------------------------------------------------------ conditions
+def _per_group(adata, group_key, column, what):
+    """One value of ``obs[column]`` per group (checked constant), as a Series by str label."""
+    import pandas as pd
+
+    if column not in adata.obs.columns:
+        raise KeyError(f"{what} {column!r} is not a column of adata.obs; available columns: "
+                       f"{list(adata.obs.columns)[:20]}.")
+    obs = adata.obs[[group_key, column]]
+    n_values = obs.groupby(group_key, observed=True)[column].nunique(dropna=True)
+    varying = n_values.index[n_values > 1].tolist()
+    if varying:
+        raise ValueError(f"adata.obs[{column!r}] varies within group(s) {varying[:10]} of "
+                         f"{group_key!r}; a {what} must be constant over each group's cells.")
+    values = obs.groupby(group_key, observed=True)[column].first()
+    values.index = pd.Index([str(g) for g in values.index])
+    return values
+
+
+def _fit_results(adata, key):
+    if key not in adata.uns or not isinstance(adata.uns[key], dict):
+        raise KeyError(f"adata.uns[{key!r}] not found: run nestedatoms.tl.fit(adata, "
+                       f"key_added={key!r}) first (or pass key= the key_added you used).")
+    return adata.uns[key]
+
+
+def differential_abundance(adata, condition_key, key="nam", reference=None, n_samples=4000,
+                           level=0.95, random_state=0, key_added=None):
+    """Difference in expected cell-cluster composition between your donor conditions.
+
+    For each cell cluster found by :func:`fit`, the posterior of the difference between two
+    conditions (e.g. case - control) in the expected share of that cluster, averaged over each
+    condition's individuals.  The uncertainty is propagated from the variational posterior:
+    each of ``n_samples`` draws takes every individual's cluster from q(S_j) and the clusters'
+    compositions omega from the Beta sticks of q(u) (not a test on point estimates).  Because
+    NAM shares a composition within each individual cluster, a difference appears when the
+    conditions are distributed differently over the individual clusters; ``observed_a`` /
+    ``observed_b`` give the plain mean per-individual shares (under q(M)) for comparison.
+
+    Parameters
+    ----------
+    adata : AnnData
+        Written by :func:`fit` (reads ``uns[key]``, ``obs`` and ``obsm[f"{key}_cell_probs"]``).
+    condition_key : str
+        ``obs`` column holding each donor's condition, constant within a donor; donors with a
+        missing value are left out.
+    key : str
+        The ``key_added`` of :func:`fit`.
+    reference : optional
+        A condition to compare every other one with (other - reference); None: every pair
+        (a - b, a before b in the category or sorted order).
+    n_samples, level, random_state
+        Monte Carlo draws, credible level, seed.
+    key_added : str, optional
+        Where the result goes in ``uns``; default ``f"{key}_abundance"``.
+
+    Returns
+    -------
+    The table (also written to ``uns[key_added]["table"]``), one row per (comparison, cell
+    cluster); columns as in :meth:`NestedAtomsModel.differential_abundance`.
+    """
+    import pandas as pd
+
+    from ._abundance import condition_differences
+
+    res = _fit_results(adata, key)
+    if "posterior" not in res:
+        raise KeyError(f"adata.uns[{key!r}] has no 'posterior' (written by tl.fit of "
+                       f"nestedatoms >= 0.2); refit with nestedatoms.tl.fit.")
+    group_key = res["group_key"]
+    post = res["posterior"]
+    labels = pd.Index([str(g) for g in res["groups"].index])
+    per_group = _per_group(adata, group_key, condition_key, "condition_key")
+    cond = per_group.reindex(labels)
+    cell_index = np.asarray(res["cell_cluster_index"])
+    probs = np.asarray(adata.obsm[f"{key}_cell_probs"])
+    if probs.shape[1] != cell_index.size:      # a file written before empty columns were cut
+        probs = probs[:, cell_index]
+    cell_group = pd.Index(labels).get_indexer(adata.obs[group_key].astype(str).to_numpy())
+    sums = np.zeros((labels.size, probs.shape[1]))
+    np.add.at(sums, cell_group, probs)
+    observed = sums / np.maximum(np.bincount(cell_group, minlength=labels.size), 1)[:, None]
+    table = condition_differences(post["group_probs"], post["cell_sticks_a"],
+                                  post["cell_sticks_b"], cond, cell_index, observed=observed,
+                                  reference=reference, n_samples=n_samples, level=level,
+                                  random_state=random_state)
+    table["condition_a"] = table["condition_a"].astype(str)
+    table["condition_b"] = table["condition_b"].astype(str)
+    out = {"table": table, "condition_key": condition_key, "key": key,
+           "level": float(level), "n_samples": int(n_samples)}
+    if reference is not None:
+        out["reference"] = str(reference)
+    adata.uns[key_added or f"{key}_abundance"] = out
+    return table
+
+
+# ------------------------------------------------------------------------------ new data
+def _as_model(model_or_path):
+    import os
+
+    from ._model import NestedAtomsModel
+
+    if isinstance(model_or_path, NestedAtomsModel):
+        model_or_path._check_fitted()
+        return model_or_path
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return NestedAtomsModel.load(model_or_path)
+    if hasattr(model_or_path, "obs") and hasattr(model_or_path, "uns"):
+        raise TypeError(
+            "tl.predict needs the fitted model, which a reference AnnData does not hold (its "
+            "variational state is not stored in uns). Pass the model: "
+            "model = nestedatoms.tl.fit(adata_ref, ..., return_model=True), or a model file "
+            "written by model.save(path) / `nestedatoms fit --model PATH`.")
+    raise TypeError(f"expected a fitted NestedAtomsModel or the path of a saved one, got "
+                    f"{type(model_or_path).__name__}.")
+
+
+def _ranks(n, occupied):
+    """Summary number of every internal index: the occupied ones in order, then the rest."""
+    rank = np.empty(n, dtype=np.int64)
+    rest = np.setdiff1d(np.arange(n), occupied)
+    rank[np.concatenate([occupied, rest]).astype(np.int64)] = np.arange(n)
+    return rank
+
+
+def predict(adata, model, group_key="donor_id", use_rep="X_pca", group_features=None,
+            key_added="nam", copy=False, group_covariates=None):
+    """Map new cells and new donors onto a fitted model (like ``sc.tl.ingest``).
+
+    The model's global factors stay as fitted; each new cell gets a cell cluster and each
+    donor a donor cluster, numbered as in the reference (``model.summary()`` and the
+    reference AnnData written by :func:`fit`).  Donors seen in training keep their fitted
+    cluster; new donors are placed by their cells and, when the model was fit with group
+    features, by theirs.
+
+    Parameters
+    ----------
+    adata : AnnData
+        The new cells, with ``obsm[use_rep]`` in the same representation as the reference
+        (e.g. the reference's PCA applied to the new data, as ``sc.tl.ingest`` does).
+    model : NestedAtomsModel or path
+        The fitted model (``tl.fit(..., return_model=True)``) or a file from ``model.save``.
+    group_key, use_rep : str
+        As in :func:`fit`, for the new AnnData.
+    group_features : DataFrame, str or list of str, optional
+        The new donors' group features, as in :func:`fit` (needed for new donors when the
+        model was fit with group features; rows of other donors are ignored).
+    key_added : str
+        Prefix of the written keys.
+    copy : bool
+        Return a modified copy instead of writing into ``adata``.
+
+    Writes
+    ------
+    ``obs[f"{key_added}_cell_cluster"]``, ``obs[f"{key_added}_group_cluster"]`` (categorical,
+    the reference's numbering), ``obsm[f"{key_added}_cell_probs"]`` (q(M), one column per
+    cluster of the reference), ``uns[key_added]``: ``groups`` (per donor: ``cluster``,
+    ``probability``, ``n_cells``, ``known``), ``group_probs``, ``group_key``, ``use_rep``,
+    ``predicted`` (True), ``n_iter`` / ``converged`` of the local updates.
+
+    Returns
+    -------
+    None, or the modified copy with ``copy=True``.
+    """
+    import pandas as pd
+
+    from ._summary import _order_by_size
+
+    group_features = _resolve_alias(group_features, group_covariates, "group_features",
+                                    "group_covariates", owner="nestedatoms.tl.predict")
+    model = _as_model(model)
+    if copy:
+        adata = adata.copy()
+    Y, cell_groups = _read_inputs(adata, group_key, use_rep)
+    labels = pd.unique(cell_groups)
+    X = None
+    if group_features is not None and not model.problem_.has_x:
+        raise ValueError("the model was fit without group features (donors clustered by their "
+                         "cells alone), so new donors are placed by their cells; pass "
+                         "group_features=None.")
+    if model.problem_.has_x:
+        known = pd.Index(model.groups_)
+        if group_features is not None:
+            X = _group_feature_table(adata, group_key, group_features, labels)
+        elif not pd.Index(labels).isin(known).all():
+            new = [g for g in labels if g not in known]
+            raise ValueError(
+                f"the model was fit with group features, so the new donor(s) {new[:10]} need "
+                f"theirs: pass group_features (obs columns or a DataFrame indexed by donor), "
+                f"the same features as for tl.fit.")
+    res = model._local(Y, cell_groups, X)
+    st = model.state_
+    cell_occ = _order_by_size(np.bincount(model.cell_labels_, minlength=st.L), st.y_n)
+    group_occ = _order_by_size(np.bincount(model.group_labels_, minlength=st.K),
+                               st.rho.sum(axis=0))
+    c_rank, g_rank = _ranks(st.L, cell_occ), _ranks(st.K, group_occ)
+    cell_labels = c_rank[np.argmax(res.xi, axis=1)]
+    group_labels = g_rank[np.argmax(res.rho, axis=1)]
+    n_c = max(cell_occ.size, int(cell_labels.max()) + 1)
+    n_g = max(group_occ.size, int(group_labels.max()) + 1)
+    c_cols = np.argsort(c_rank)[:n_c]          # internal index of summary numbers 0..n_c-1
+    g_cols = np.argsort(g_rank)[:n_g]
+    group_index = pd.Index(res.groups)
+    of_cell = group_index.get_indexer(cell_groups)
+    adata.obs[f"{key_added}_cell_cluster"] = pd.Categorical(
+        cell_labels.astype(str), categories=[str(c) for c in range(n_c)])
+    adata.obs[f"{key_added}_group_cluster"] = pd.Categorical(
+        group_labels[of_cell].astype(str), categories=[str(c) for c in range(n_g)])
+    adata.obsm[f"{key_added}_cell_probs"] = np.ascontiguousarray(res.xi[:, c_cols])
+    rows = np.arange(res.rho.shape[0])
+    groups = pd.DataFrame({
+        "cluster": group_labels,
+        "probability": res.rho[rows, np.argmax(res.rho, axis=1)],
+        "n_cells": np.bincount(of_cell, minlength=group_index.size),
+        "known": res.known.astype(bool),
+    }, index=pd.Index([str(g) for g in res.groups], name="group"))
+    group_probs = pd.DataFrame(res.rho[:, g_cols], index=groups.index,
+                               columns=[str(c) for c in range(n_g)])
+    adata.uns[key_added] = {
+        "predicted": True, "group_key": group_key, "use_rep": use_rep, "groups": groups,
+        "group_probs": group_probs, "n_iter": int(res.n_iter),
+        "converged": bool(res.converged),
+        "cell_cluster_index": c_cols, "group_cluster_index": g_cols,
+    }
+    return adata if copy else None
