@@ -118,3 +118,22 @@ def test_bad_labels_are_refused(toy, kwargs, match):
     m = na.NestedAtomsModel(n_group_clusters=10, n_cell_clusters=10, n_init=1)
     with pytest.raises(InvalidParameterError, match=match):
         m.fit(toy.Y, toy.groups, toy.X, **kwargs)
+
+
+def test_tl_fit_reads_the_starting_labels_from_obs(toy):
+    """Column names in obs give the same start as the arrays they hold."""
+    adata = toy.to_anndata()
+    adata.obs["start_cell"] = toy.cell_truth.astype(str)
+    adata.obs["start_group"] = adata.obs["true_group_cluster"].astype(str)
+    model = na.tl.fit(adata, init_group_labels="start_group", init_cell_labels="start_cell",
+                      return_model=True, n_init=1, max_iter=1, tol=0, verbose=0,
+                      rank_genes=False)
+    direct = na.NestedAtomsModel(n_init=1, max_iter=1, tol=0, random_state=0)
+    direct.fit(toy.Y, toy.groups, None, init_group_labels=toy.group_truth,
+               init_cell_labels=toy.cell_truth)
+    assert model.elbo_trace_[0] == direct.elbo_trace_[0]
+    assert np.isinf(adata.uns["nam"]["donor_concentration"])
+    adata.obs.loc[adata.obs.index[0], "start_group"] = "elsewhere"
+    with pytest.raises(ValueError, match="varies within group"):
+        na.tl.fit(adata, init_group_labels="start_group", n_init=1, verbose=0,
+                  rank_genes=False)

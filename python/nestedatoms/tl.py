@@ -139,7 +139,7 @@ def _str_index(df, name=None):
 
 def fit(adata, group_key="donor_id", use_rep="X_pca", group_features=None, key_added="nam",
         copy=False, rank_genes="auto", return_model=False, group_covariates=None,
-        **model_kwargs):
+        init_group_labels=None, init_cell_labels=None, **model_kwargs):
     """Cluster individuals and their cells with the Nested Atoms Model.
 
     Parameters
@@ -174,6 +174,12 @@ def fit(adata, group_key="donor_id", use_rep="X_pca", group_features=None, key_a
         Also return the fitted ``NestedAtomsModel`` (for ``tl.predict``, ``save``, plots).
     group_covariates : deprecated
         The former name of ``group_features`` (FutureWarning; removed in the next release).
+    init_group_labels : str or pandas.Series, optional
+        Start the first restart from known donor labels: an ``obs`` column constant within
+        each group (e.g. a clinical group), or a Series indexed by group label.  NaN: no label.
+    init_cell_labels : str or array-like, optional
+        Start from known cell labels: an ``obs`` column (e.g. "leiden") or one label per cell.
+        Both as in :meth:`NestedAtomsModel.fit`: a start, not a constraint.
     **model_kwargs
         Passed to ``NestedAtomsModel`` (``random_state`` defaults to 0 here, as in scanpy).
         ``verbose`` defaults to 1 here: a progress bar appears when a restart runs longer
@@ -227,7 +233,10 @@ def fit(adata, group_key="donor_id", use_rep="X_pca", group_features=None, key_a
     if delayed_progress:
         # Not a parameter (get_params is unchanged): the bar shows only for slow restarts.
         model._progress_delay = PROGRESS_DELAY_SECONDS
-    model.fit(Y, cell_groups, X)
+    model.fit(Y, cell_groups, X,
+              init_group_labels=_group_start(adata, group_key, init_group_labels),
+              init_cell_labels=(adata.obs[init_cell_labels].to_numpy(dtype=object)
+                                if isinstance(init_cell_labels, str) else init_cell_labels))
     summ = model.summary()
     write_results(adata, model, summ, key_added, group_key=group_key, use_rep=use_rep,
                   group_features=None if X is None else list(X.columns))
@@ -235,6 +244,27 @@ def fit(adata, group_key="donor_id", use_rep="X_pca", group_features=None, key_a
     if return_model:
         return (adata, model) if copy else model
     return adata if copy else None
+
+
+def _group_start(adata, group_key, init_group_labels):
+    """``init_group_labels`` as a Series indexed by group label (an obs column is read once
+    per group and must be constant within it)."""
+    import pandas as pd
+
+    if not isinstance(init_group_labels, str):
+        return init_group_labels
+    if init_group_labels not in adata.obs:
+        raise KeyError(f"init_group_labels={init_group_labels!r} is not an obs column; give "
+                       f"a column constant within each {group_key!r}, or a pandas Series "
+                       f"indexed by group label.")
+    frame = pd.DataFrame({"g": adata.obs[group_key].to_numpy(dtype=object),
+                          "v": adata.obs[init_group_labels].to_numpy(dtype=object)})
+    distinct = frame.dropna().groupby("g")["v"].nunique()
+    varying = distinct.index[distinct.to_numpy() > 1].tolist()
+    if varying:
+        raise ValueError(f"obs column {init_group_labels!r} varies within group(s) "
+                         f"{varying[:10]}; a group's starting label must be one value.")
+    return frame.groupby("g")["v"].first()
 
 
 # tl.fit's progress bar appears once a restart has run this long (tqdm's ``delay``).
@@ -297,6 +327,8 @@ def write_results(adata, model, summ, key_added, group_key, use_rep, group_featu
         uns["group_features"] = [str(c) for c in group_features]
     if model.group_prior_scale_ is not None:    # h5ad stores no None: absent without x
         uns["group_prior_scale"] = float(model.group_prior_scale_)
+    # inf: NAM exactly (the donors showed no variation beyond chance)
+    uns["donor_concentration"] = float(getattr(model, "donor_concentration_", np.inf))
     adata.uns[key_added] = uns
 
 
