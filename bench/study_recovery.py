@@ -469,6 +469,7 @@ def toy(n_seeds: int):
                          sim_prior_fit_minus_truth=sim_margin,
                          two_stage_group_ari=ari(sim.group_truth, two_stage_groups),
                          learned_width=model.group_prior_scale_,
+                         donor_concentration=model.donor_concentration_,
                          fixed_width_group_ari=ari(sim.group_truth, fixed.group_labels_),
                          seconds=seconds, fixed_width_seconds=fixed_seconds))
         print(rows[-1], flush=True)
@@ -494,7 +495,9 @@ def toy(n_seeds: int):
                  "`smallest_true_cluster`: individuals in the smallest true "
                  "cluster.  `two_stage_group_ari`: the two-stage baseline told T = 3.  "
                  "`learned_width`: the factor (<= 1) on the x prior's width that the default "
-                 "fit learned.  `fixed_width_group_ari`: the same fit with "
+                 "fit learned.  `donor_concentration`: the donors' concentration the "
+                 "default fit learned (inf: no variation beyond chance, NAM exactly).  "
+                 "`fixed_width_group_ari`: the same fit with "
                  "`learn_group_prior_scale=False` (the x prior held as set), in "
                  "`fixed_width_seconds` (the default fit: `seconds`, the two run one after "
                  "the other in the same process).\n\n")
