@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 import warnings
+from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -27,7 +29,7 @@ import numpy as np
 from ._init import initial_state, relabel_by_size, state_from_labels
 from ._moves import learn_group_prior_width
 from ._state import Problem, State
-from ._steps import elbo, sweep
+from ._steps import BLOCKS, elbo
 
 __all__ = ["RunResult", "run_cavi", "fit_restarts", "restart_rngs", "FitInterruptedWarning",
            "NumericalError"]
@@ -73,6 +75,10 @@ class RunResult:
     converged: bool = False
     seed: int | None = None
     interrupted: bool = False
+    # seconds per phase ("init", "cells", "groups", ..., "elbo", "move:<name>") and one
+    # record per move that changed the state: {"sweep", "move", "gain"} (gain: ELBO change)
+    timings: dict = field(default_factory=lambda: defaultdict(float))
+    moves: list = field(default_factory=list)
 
 
 @contextmanager
@@ -127,6 +133,38 @@ class _Checkpoint:
             self.elbo, self.n_iter = value, n_iter
 
 
+class _Phases:
+    """Times every block and move of a run into ``result.timings`` and logs the moves that
+    fired with their ELBO gain into ``result.moves`` (one perf_counter pair per call)."""
+
+    def __init__(self, result: RunResult):
+        self.timings, self.moves = result.timings, result.moves
+
+    def sweep(self, be, prob, st, n_threads):
+        for name, update in BLOCKS:
+            start = time.perf_counter()
+            update(be, prob, st, n_threads)
+            self.timings[name] += time.perf_counter() - start
+
+    def elbo(self, be, prob, st):
+        start = time.perf_counter()
+        value = elbo(be, prob, st)
+        self.timings["elbo"] += time.perf_counter() - start
+        return value
+
+    def move(self, move, be, prob, st, n_threads, it, before):
+        """Run one move; returns (fired, ELBO after: ``before`` when it did not fire)."""
+        name = getattr(move, "__name__", type(move).__name__)
+        start = time.perf_counter()
+        fired = bool(move(be, prob, st, n_threads))
+        self.timings[f"move:{name}"] += time.perf_counter() - start
+        if not fired:
+            return False, before
+        after = self.elbo(be, prob, st)
+        self.moves.append({"sweep": it, "move": name, "gain": after - before})
+        return True, after
+
+
 # Sweeps between tries of the costly moves in a run that has not converged yet.
 _STALL_PERIOD = 50
 
@@ -146,22 +184,23 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
     # sweeps have converged, and the sweeps resume if one of them raised the ELBO.
     final_moves = [m for m in moves if getattr(m, "at_convergence", False)]
     moves = [m for m in moves if not getattr(m, "at_convergence", False)]
+    phases = _Phases(result)
     try:
         for it in range(1, max_iter + 1):
-            sweep(be, prob, st, n_threads)
+            phases.sweep(be, prob, st, n_threads)
             moved = False
+            cur = phases.elbo(be, prob, st)
             for move in moves:
-                moved |= bool(move(be, prob, st, n_threads))
-            cur = elbo(be, prob, st)
+                fired, cur = phases.move(move, be, prob, st, n_threads, it, cur)
+                moved |= fired
             settled = not moved and abs(cur - prev) <= tol * abs(cur)
             # A run that creeps (heavily overlapping clusters can gain a few nats a sweep for
             # hundreds of sweeps) would never reach the costly moves: try them every
             # _STALL_PERIOD sweeps as well.  They only ever raise the ELBO.
             if final_moves and tol > 0 and (settled or it % _STALL_PERIOD == 0):
                 for move in final_moves:
-                    moved |= bool(move(be, prob, st, n_threads))
-                if moved:
-                    cur = elbo(be, prob, st)
+                    fired, cur = phases.move(move, be, prob, st, n_threads, it, cur)
+                    moved |= fired
             # The trace grows before the checkpoint moves on, so an interrupt between the two
             # only trims the trace back to the checkpoint (trace and n_iter always agree).
             result.trace.append(cur)
@@ -241,9 +280,12 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
     interrupted = False
     try:
         for r, (rng, seed) in enumerate(zip(rngs, seeds)):
+            start = time.perf_counter()
             st = make_state(be, prob, rng)
+            init_seconds = time.perf_counter() - start
             cb = None if callback is None else (lambda it, value, r=r: callback(r, it, value))
             run = run_cavi(be, prob, st, max_iter, tol, n_threads, moves=moves, callback=cb)
+            run.timings["init"] += init_seconds
             run.seed = seed
             runs.append(run)
             if best is None or run.elbo > best.elbo:

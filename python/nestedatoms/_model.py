@@ -332,6 +332,18 @@ class NestedAtomsModel:
         self.elbo_trace_ = np.asarray(best.trace)
         self.elbo_traces_ = [np.asarray(r.trace) for r in runs]
         self.best_restart_ = next(i for i, r in enumerate(runs) if r is best)
+        # where the time went, summed over restarts (seconds per phase), and every move that
+        # changed the state, with its restart, sweep and ELBO gain
+        timings = {}
+        for r in runs:
+            for phase, seconds in r.timings.items():
+                timings[phase] = timings.get(phase, 0.0) + seconds
+        self.timings_ = dict(sorted(timings.items(), key=lambda kv: -kv[1]))
+        self.moves_ = [dict(restart=i, **m) for i, r in enumerate(runs) for m in r.moves]
+        if self.verbose >= 2:
+            total = sum(self.timings_.values())
+            print("time per phase (s, all restarts): " + ", ".join(
+                f"{k} {v:.3g} ({100 * v / total:.0f}%)" for k, v in self.timings_.items()))
         self.n_iter_ = best.n_iter
         self.converged_ = best.converged
 
