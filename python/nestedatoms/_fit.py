@@ -16,6 +16,7 @@ lets the fit stop at once however long a sweep takes.
 
 from __future__ import annotations
 
+import copy
 import signal
 import threading
 import time
@@ -261,6 +262,15 @@ def restart_rngs(random_state, n_init: int):
         int(c.generate_state(1)[0]) for c in children]
 
 
+def _with_fixed_concentration(prob: Problem, concentration: float) -> Problem:
+    """A shallow copy of the problem that holds the donor concentration at ``concentration``
+    (the data and priors are shared, not copied)."""
+    fixed = copy.copy(prob)
+    fixed.learn_donor_concentration = False
+    fixed.donor_concentration = float(concentration)
+    return fixed
+
+
 def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, random_state,
                  n_threads: int = 1, moves=(), init_state=None, callback=None):
     """Run ``n_init`` starts; return the run with the highest final ELBO, and all runs.
@@ -272,6 +282,11 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
     KeyboardInterrupt no further restart starts; the best complete run so far is returned
     with ``converged = False`` and ``interrupted = True`` (an interrupt before any run has a
     complete state propagates).
+
+    Where the donor concentration c is learned (``prob.learn_donor_concentration``), the
+    first restart learns it and the others run with c fixed at its value: the objective
+    depends on c (each donor's terms are weighted by zeta_j(c)), so only runs under one c
+    can be compared by their ELBO.
     """
     make_state = init_state or initial_state
     rngs, seeds = restart_rngs(random_state, n_init)
@@ -285,6 +300,8 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
             init_seconds = time.perf_counter() - start
             cb = None if callback is None else (lambda it, value, r=r: callback(r, it, value))
             run = run_cavi(be, prob, st, max_iter, tol, n_threads, moves=moves, callback=cb)
+            if r == 0 and prob.learn_donor_concentration:
+                prob = _with_fixed_concentration(prob, run.state.donor_concentration)
             run.timings["init"] += init_seconds
             run.seed = seed
             runs.append(run)
