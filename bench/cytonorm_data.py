@@ -46,9 +46,11 @@ LINEAGE_OF_GATE = {
 def resources_dir() -> str:
     """The folder of cytonormpy's packaged example data; ImportError if it is not installed."""
     spec = importlib.util.find_spec("cytonormpy")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the real-data example needs cytonormpy: pip install cytonormpy")
-    return os.path.join(list(spec.submodule_search_locations)[0], "_resources")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        resources = os.path.join(folder, "_resources")
+        if os.path.isfile(os.path.join(resources, "test_adata.h5ad")):
+            return resources
+    raise ImportError("the real-data example needs cytonormpy: pip install cytonormpy")
 
 
 def gate(A: pd.DataFrame) -> np.ndarray:
