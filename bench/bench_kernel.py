@@ -76,7 +76,7 @@ def main():
             for _ in range(args.repeat):
                 mm.append(bc.best_time(lambda: np.matmul(a, b, out=out), 1)[0])
                 cpu0 = bc.cpu_seconds()
-                cs.append(bc.best_time(lambda: be.cell_step(*step_args, t), 1)[0])
+                cs.append(bc.best_time(lambda t=t: be.cell_step(*step_args, t), 1)[0])
                 # CPU time the process obtained per wall second: on a shared machine the
                 # scheduler may give two threads far less than two cores.
                 cores.append((bc.cpu_seconds() - cpu0) / cs[-1])

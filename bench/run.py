@@ -213,7 +213,8 @@ def figures(raw: dict) -> list:
 def print_report(raw: dict, rows: list, quick: bool) -> None:
     mm = raw.get("matmul_env_as_set", {"blas": [], "gflops": {}, "n": 0})
     k = raw.get("kernel")
-    print(f"# nestedatoms benchmark{' (--quick: reduced sizes, figures not comparable)' if quick else ''}")
+    note = " (--quick: reduced sizes, figures not comparable)" if quick else ""
+    print(f"# nestedatoms benchmark{note}")
     print()
     print(f"* command: `{raw['command']}` (commit {raw['commit']}, {raw['date']})")
     print(f"* machine: {raw['machine']}; load average before {raw['load_before']}, after "

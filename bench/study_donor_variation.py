@@ -78,7 +78,8 @@ def one(concentration, cells, donors, rep, alpha0_y=25.0):
                          cell_ari=ari(sim.cell_truth, m.cell_labels_),
                          clusters=len(np.unique(m.group_labels_)),
                          true_clusters=len(np.unique(sim.group_truth)),
-                         c_hat=m.donor_concentration_, bayes_ari=bayes, seconds=time.perf_counter() - t))
+                         c_hat=m.donor_concentration_, bayes_ari=bayes,
+                         seconds=time.perf_counter() - t))
     return rows
 
 
@@ -121,13 +122,15 @@ def main():
         r = runs[-2:]
         print(f"c={setting[0]:g} cells={setting[1]} donors={setting[2]} rep={setting[3]} "
               f"alpha0_y={r[0]['alpha0_y']:g}: "
-              + f"Bayes ARI {r[0]['bayes_ari']:.3f} | " + " | ".join(f"{x['method']}: ARI {x['donor_ari']:.3f}, {x['clusters']} "
-                                                 f"clusters, c {x['c_hat']:.3g}" for x in r), flush=True)
+              + f"Bayes ARI {r[0]['bayes_ari']:.3f} | "
+              + " | ".join(f"{x['method']}: ARI {x['donor_ari']:.3f}, {x['clusters']} "
+                           f"clusters, c {x['c_hat']:.3g}" for x in r), flush=True)
         if args.out:                 # as it goes: a partial run keeps what it measured
             pd.DataFrame(runs).to_csv(args.out, index=False)
     df = pd.DataFrame(runs)
     table = df.groupby(["alpha0_y", "donors", "cells", "c", "method"]).agg(
-        bayes_ari=("bayes_ari", "median"), donor_ari=("donor_ari", "median"), clusters=("clusters", "median"),
+        bayes_ari=("bayes_ari", "median"), donor_ari=("donor_ari", "median"),
+        clusters=("clusters", "median"),
         true=("true_clusters", "median"), cell_ari=("cell_ari", "median"),
         c_hat=("c_hat", "median")).reset_index()
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))

@@ -36,7 +36,7 @@ Usage::
     python bench/study_recovery.py --ceiling-priors --summarise   # its table from its CSV
     python bench/study_recovery.py --ordering-check   # misses against the labelling gap
     python bench/study_recovery.py --prior-scale-eb   # the learned x width with its cap lifted
-    python bench/study_recovery.py --unequal-widths   # the learned width, clusters of unequal widths
+    python bench/study_recovery.py --unequal-widths   # the learned width, unequal widths
 
 ``--toy`` fits the published toy design (``simulate(random_state=seed)``) with the defaults
 and writes ``bench/results/toy_design.md``: individual and cell ARI, the Bayes classifier's
@@ -481,7 +481,8 @@ def toy(n_seeds: int):
                  "labels minus from the true ones (> 0: the model prefers the fit's answer).  "
                  "`elbo_fit_minus_mode`: from the fit's labels minus from the true cells and "
                  "the exact posterior mode described below (> 0: the model prefers the fit's "
-                 "answer to the mode; about 0 where the fit is the mode).  `sim_prior_fit_minus_truth`: under the simulator's atom priors "
+                 "answer to the mode; about 0 where the fit is the mode).  "
+                 "`sim_prior_fit_minus_truth`: under the simulator's atom priors "
                  "NW(0, 0.1, I, D + 5), CAVI from the true cells with the fit's individual "
                  "partition minus CAVI from the true cells with the true one (0: same "
                  "partition; > 0: NAM with the true atom priors also prefers the fit's "
@@ -549,7 +550,7 @@ def prior_check(n_seeds: int):
             prob.x_prior = resolve_nw_prior(sim.X, K, "empirical", variants[name] or None,
                                             name="group_prior", layer="groups")
 
-            def converged(groups):
+            def converged(groups, prob=prob, cells=cells):
                 st = state_from_labels(be, prob, cells, groups)
                 return run_cavi(be, prob, st, max_iter=1000, tol=1e-9).elbo, st.rho.argmax(1)
 
@@ -562,8 +563,8 @@ def prior_check(n_seeds: int):
                       if not adjusted_partition_equal(groups, truth_groups)]
             margin = truth - max(rivals) if rivals else np.inf
             wins[name] += margin > 0
-            lines.append(f"| {seed} | {name} | "
-                         f"{'every rival returns to the truth' if not rivals else f'{margin:.1f}'} |")
+            verdict = "every rival returns to the truth" if not rivals else f"{margin:.1f}"
+            lines.append(f"| {seed} | {name} | {verdict} |")
             print(lines[-1], flush=True)
     with open(os.path.join(RESULTS, "prior_check.md"), "w") as fh:
         fh.write("Published toy design, true cells fixed: converged ELBO from the true individual "
