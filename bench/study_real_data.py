@@ -273,7 +273,7 @@ def main():
 
     # The default fit, through the AnnData interface (scanpy style).
     t = time.perf_counter()
-    _, model = na.tl.fit(adata, group_key="sample", use_rep="X_lineage", key_added="nam",
+    model = na.tl.fit(adata, group_key="sample", use_rep="X_lineage", key_added="nam",
                          return_model=True, n_threads=1, random_state=0)
     t_default = time.perf_counter() - t
     summ = model.summary()
@@ -340,7 +340,7 @@ def main():
     if not args.quick:
         # The Nested Atoms Model exactly (no donor variation), through tl as well.
         t = time.perf_counter()
-        _, exact = na.tl.fit(adata, group_key="sample", use_rep="X_lineage",
+        exact = na.tl.fit(adata, group_key="sample", use_rep="X_lineage",
                              key_added="nam_exact", return_model=True, n_threads=1,
                              random_state=0, donor_concentration=np.inf, rank_genes=False)
         t_exact = time.perf_counter() - t
