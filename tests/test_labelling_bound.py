@@ -370,6 +370,18 @@ def test_bound_below_exact_log_evidence(be, kind):
         assert best_bonus > 0.8 * np.log(6)
 
 
+def test_mixture_entropy_bound_on_random_discrete_mixtures():
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        n, d = rng.integers(2, 6), rng.integers(2, 8)
+        P = rng.dirichlet(np.full(d, rng.choice([0.1, 1.0, 10.0])), size=n)
+        w = rng.dirichlet(np.full(n, rng.choice([0.2, 1.0, 5.0])))
+        H = stats.entropy(w @ P)
+        Hi = np.array([stats.entropy(q) for q in P])
+        log_bc = lb.log_bc_categorical(P[:, None, :], P[None, :, :])
+        assert lb.mixture_entropy_bound(w, Hi, log_bc) <= H + 1e-12
+
+
 def test_overlap_terms_are_needed():
     """Without the overlap terms (BC = 0 between components) the entropy 'bound' is
     sum w_i H_i + H(w), which is an upper bound: for overlapping components it exceeds the
