@@ -154,6 +154,7 @@ def donor(seeds, be_name="cpp", held=False):
           "auto fit's c and under NAM (c = inf) ==")
     print("'split': each cluster of the auto fit cut in two by 2-means on the compositions; "
           "'nam': the partition of the NAM fit (donor_concentration=inf).")
+    print("'truth': the true partition of the individuals (with the auto fit's cells).")
     print("d = alternative - auto (positive: the alternative wins)")
     for s in seeds:
         t0 = time.time()
@@ -175,7 +176,8 @@ def donor(seeds, be_name="cpp", held=False):
             ra, _ = scorer(be, prob, cells_auto, auto.group_labels_)
             for alt, (cells, groups) in (("nam", (np.argmax(nam.state_.xi, axis=1),
                                                   nam.group_labels_)),
-                                         ("split", (cells_auto, split_g))):
+                                         ("split", (cells_auto, split_g)),
+                                         ("truth", (cells_auto, truth_g))):
                 rb, _ = scorer(be, prob, cells, groups)
                 de, db = rb.elbo - ra.elbo, rb.value - ra.value
                 print(f"   under {name:6s} {alt:5s}: m {ra.n_occupied} -> {rb.n_occupied}  "
@@ -189,14 +191,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("designs", nargs="*", default=["toy", "grid", "donor"])
     ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--seed-start", type=int, default=0)
     ap.add_argument("--donor-seeds", type=int, default=5)
     ap.add_argument("--backend", default="cpp")
     args = ap.parse_args()
     for d in args.designs:
         if d in ("donor", "donor-held"):
-            donor(range(args.donor_seeds), args.backend, held=(d == "donor-held"))
+            donor(range(args.seed_start, args.seed_start + args.donor_seeds), args.backend,
+                  held=(d == "donor-held"))
         else:
-            truth_vs_fit(d, range(args.seeds), args.backend)
+            truth_vs_fit(d, range(args.seed_start, args.seed_start + args.seeds), args.backend)
 
 
 if __name__ == "__main__":

@@ -527,3 +527,27 @@ def test_labelling_bound_of_a_fitted_model():
     assert res.elbo == pytest.approx(elbo(get_backend("numpy"), model.problem_, model.state_))
     assert res.value >= res.elbo
     assert res.n_orders == math.factorial(res.n_occupied)
+
+
+@pytest.mark.parametrize("kind", ["flat", "cam"])
+def test_degenerate_cases(be, kind):
+    """K = 1 (one order: the bound is the ELBO), no x (CAM), and no occupied cluster."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from conftest import make_problem
+
+    prob = make_problem(kind, K=3)
+    groups = np.zeros(prob.data.n_groups, int) if kind == "flat" else \
+        np.arange(prob.data.n_groups) % 2
+    st = _converged(be, prob, np.arange(prob.data.n_cells) % prob.L, groups)
+    res = lb.labelling_bound(be, prob, st)
+    assert res.value >= res.elbo - 1e-10
+    if kind == "flat":
+        assert res.n_orders == 1 and res.value == pytest.approx(res.elbo, abs=1e-6)
+    if kind == "cam":
+        assert res.n_occupied >= 1 and res.n_orders == math.factorial(res.n_occupied)
+    # no occupied cluster at all (every R_k <= 1/2): one (empty) order
+    res0 = lb.labelling_bound(be, prob, st, min_occupancy=1e9)
+    assert res0.n_occupied == 0 and res0.n_orders == 1
+    assert res0.value >= res0.elbo - 1e-10

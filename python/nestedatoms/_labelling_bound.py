@@ -224,8 +224,10 @@ def candidate_orders(m: int, max_orders: int = 720):
     """Orders of m occupied clusters: all m! when m! <= max_orders (identity first); otherwise
     the identity, every transposition, then every 3-cycle, cut at max_orders.  Returns
     (orders (n, m) int, exhaustive)."""
+    if m <= 1:
+        return np.arange(m, dtype=np.int64).reshape(1, m), True
     if math.factorial(m) <= max_orders:
-        return np.array(list(itertools.permutations(range(m))), dtype=np.int64).reshape(-1, m), True
+        return np.array(list(itertools.permutations(range(m))), dtype=np.int64), True
     ident = tuple(range(m))
     orders = [ident]
     for a, b in itertools.combinations(range(m), 2):
