@@ -22,6 +22,8 @@ NAM (c = inf), by ELBO and by bound.
 
     python bench/study_labelling_bound.py toy grid donor donor-held [--seeds 10] [--donor-seeds 5]
 
+'toy-split' / 'grid-split': the fit's partition against a split of it (q(S) held), on data
+without donor variation.
 'donor-held' scores each partition with q(S) held at it (the other blocks swept), as a split
 move proposes it; 'donor' lets the sweeps move from it.
 """
@@ -84,6 +86,35 @@ def sim_of(design, seed):
                        random_state=seed)
 
 
+def split_check(design, seeds, be_name="cpp"):
+    """Data without donor variation: does the bound prefer a split of the fit's partition
+    (each cluster cut in two by 2-means on the joint group features), q(S) held at each?"""
+    from nestedatoms._init import group_features
+
+    be = get_backend(be_name)
+    print(f"\n== {design}: the fit's partition vs a split of it, q(S) held, by ELBO and bound ==")
+    print("seed  m_fit m_split  dELBO(split-fit)  dBound(split-fit)  bonus fit/split")
+    n_elbo = n_bound = 0
+    for s in seeds:
+        t0 = time.time()
+        sim = sim_of(design, s)
+        model = na.NestedAtomsModel(random_state=s, backend=be_name).fit(sim.Y, sim.groups,
+                                                                         sim.X)
+        prob = model.problem_
+        cells = np.argmax(model.state_.xi, axis=1)
+        split_g = split_partition(model.state_.N_jl, model.group_labels_,
+                                  np.random.default_rng(s),
+                                  features=group_features(prob, model.state_.N_jl))
+        ra, _ = score_held(be, prob, cells, model.group_labels_)
+        rb, _ = score_held(be, prob, cells, split_g)
+        de, db = rb.elbo - ra.elbo, rb.value - ra.value
+        n_elbo += de > 0
+        n_bound += db > 0
+        print(f"{s:4d}  {ra.n_occupied:5d} {rb.n_occupied:7d}  {de:16.3f}  {db:17.3f}  "
+              f"{ra.bonus:.2f}/{rb.bonus:.2f}  ({time.time() - t0:.0f} s)", flush=True)
+    print(f"{design}: the split wins by ELBO in {n_elbo}, by bound in {n_bound} of {len(seeds)}")
+
+
 def truth_vs_fit(design, seeds, be_name="cpp"):
     be = get_backend(be_name)
     print(f"\n== {design}: fit vs truth, scored by single ELBO and by labelling bound ==")
@@ -126,12 +157,13 @@ def truth_vs_fit(design, seeds, be_name="cpp"):
     return rows
 
 
-def split_partition(N_jl, labels, rng):
+def split_partition(N_jl, labels, rng, features=None):
     """Each cluster of ``labels`` with >= 2 individuals cut in two by 2-means on the
-    individuals' compositions N_jl / n_j (the over-split that donor variation invites)."""
+    individuals' compositions N_jl / n_j (the over-split that donor variation invites), or on
+    ``features``."""
     from nestedatoms._init import kmeans_labels
 
-    comp = N_jl / N_jl.sum(axis=1, keepdims=True)
+    comp = N_jl / N_jl.sum(axis=1, keepdims=True) if features is None else features
     out = np.asarray(labels).copy()
     nxt = out.max() + 1
     for k in np.unique(labels):
@@ -196,7 +228,10 @@ def main():
     ap.add_argument("--backend", default="cpp")
     args = ap.parse_args()
     for d in args.designs:
-        if d in ("donor", "donor-held"):
+        if d in ("toy-split", "grid-split"):
+            split_check(d.split("-")[0], range(args.seed_start, args.seed_start + args.seeds),
+                        args.backend)
+        elif d in ("donor", "donor-held"):
             donor(range(args.seed_start, args.seed_start + args.donor_seeds), args.backend,
                   held=(d == "donor-held"))
         else:
