@@ -487,7 +487,10 @@ def test_never_below_elbo_on_random_states(be):
         st = state_from_labels(be, prob, rng.integers(2, size=cl.size),
                                rng.integers(4, size=labels.size))
         st = run_cavi(be, prob, st, max_iter=3, tol=0.0).state
+        before = st.copy()
         res = lb.labelling_bound(be, prob, st)
+        for name, value in vars(before).items():          # the state is left as it was
+            np.testing.assert_array_equal(getattr(st, name), value)
         assert res.value >= res.elbo - 1e-10
         assert np.all(res.log_bc <= 1e-12)
         assert res.weights.sum() == pytest.approx(1.0) and np.all(res.weights >= 0)
