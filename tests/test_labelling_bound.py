@@ -554,3 +554,14 @@ def test_degenerate_cases(be, kind):
     res0 = lb.labelling_bound(be, prob, st, min_occupancy=1e9)
     assert res0.n_occupied == 0 and res0.n_orders == 1
     assert res0.value >= res0.elbo - 1e-10
+
+
+def test_estimator_method_reports_the_bound():
+    import nestedatoms as na
+
+    sim = na.simulate(random_state=0)
+    m = na.NestedAtomsModel(random_state=0, n_init=1).fit(sim.Y, sim.groups, sim.X)
+    b = m.labelling_bound()
+    assert b.value >= m.elbo_ - 1e-9 * abs(m.elbo_)
+    assert b.elbo == pytest.approx(m.elbo_, rel=1e-12)
+    assert 0.0 < b.bonus <= np.log(6) + 1e-9      # 3 separated clusters: at most log 3!
