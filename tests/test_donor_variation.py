@@ -316,3 +316,16 @@ def test_restarts_share_the_learned_concentration():
     # the kept restart is the best under that one c
     assert m.elbo_ == max(t[-1] for t in m.elbo_traces_)
     assert ari(sim.group_truth, m.group_labels_) == 1.0
+
+
+def test_nam_data_stays_nam_when_groups_are_close():
+    """NAM-exact data whose groups differ little (compositions ~ Dir(100 / 6)): the first
+    convergence may hold two groups merged; a concentration learned there read their
+    difference as donor variation and merged all three (c = 177).  Learned after the group
+    search, it stays infinite and the fit is NAM's."""
+    sim = na.simulate(n_groups=24, cells_per_group=400, n_group_clusters=3, n_cell_clusters=6,
+                      n_cell_features=10, alpha0_x=1000.0, alpha0_y=100.0,
+                      random_state=1000 * 0 + 24 + 400)
+    m = na.NestedAtomsModel(random_state=0, n_init=1).fit(sim.Y, sim.groups)
+    assert np.isinf(m.donor_concentration_)
+    assert ari(sim.group_truth, m.group_labels_) == 1.0
