@@ -28,17 +28,11 @@ from ._init import initial_state, relabel_by_size, state_from_labels
 from ._moves import learn_group_prior_width
 from ._state import Problem, State
 from ._steps import elbo, sweep
+# public home: nestedatoms.exceptions; these names are kept for old imports
+from .exceptions import FitInterruptedWarning, NumericalError
 
 __all__ = ["RunResult", "run_cavi", "fit_restarts", "restart_rngs", "FitInterruptedWarning",
            "NumericalError"]
-
-
-class FitInterruptedWarning(UserWarning):
-    """A fit was stopped by KeyboardInterrupt; the model holds the best complete state."""
-
-
-class NumericalError(ValueError):
-    """A posterior became numerically singular in float64 (see ``_explain_singular``)."""
 
 
 def _is_singular_posterior(exc: Exception) -> bool:
@@ -127,6 +121,17 @@ class _Checkpoint:
             self.elbo, self.n_iter = value, n_iter
 
 
+def _finite_elbo(value: float, it: int) -> float:
+    """The ELBO, or a NumericalError: a NaN or infinite ELBO is never passed off as a result
+    (both backends; NumPy would otherwise only warn and carry NaN through every sweep)."""
+    if not np.isfinite(value):
+        raise NumericalError(
+            f"the ELBO became {value} after {it} sweep(s): float64 cannot carry this fit. "
+            f"Standardise Y (and X) (each column to mean 0, variance 1), use prior='empirical' "
+            f"(scaled to the data), or widen covariance_prior in cell_prior / group_prior.")
+    return float(value)
+
+
 # Sweeps between tries of the costly moves in a run that has not converged yet.
 _STALL_PERIOD = 50
 
@@ -139,7 +144,7 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
     ends with the state of its last complete sweep (see the module docstring) and a
     :class:`FitInterruptedWarning`; an interrupt before the first ELBO is evaluated propagates.
     """
-    prev = elbo(be, prob, st)
+    prev = _finite_elbo(elbo(be, prob, st), 0)
     result = RunResult(state=st, elbo=prev)
     checkpoint = _Checkpoint(st, prev)
     # Moves marked ``at_convergence`` are costly (a search or a split): they run only once the
@@ -152,7 +157,7 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
             moved = False
             for move in moves:
                 moved |= bool(move(be, prob, st, n_threads))
-            cur = elbo(be, prob, st)
+            cur = _finite_elbo(elbo(be, prob, st), it)
             settled = not moved and abs(cur - prev) <= tol * abs(cur)
             # A run that creeps (heavily overlapping clusters can gain a few nats a sweep for
             # hundreds of sweeps) would never reach the costly moves: try them every
@@ -161,7 +166,7 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
                 for move in final_moves:
                     moved |= bool(move(be, prob, st, n_threads))
                 if moved:
-                    cur = elbo(be, prob, st)
+                    cur = _finite_elbo(elbo(be, prob, st), it)
             # The trace grows before the checkpoint moves on, so an interrupt between the two
             # only trims the trace back to the checkpoint (trace and n_iter always agree).
             result.trace.append(cur)

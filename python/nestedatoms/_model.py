@@ -205,6 +205,12 @@ class NestedAtomsModel:
         """
         self._check_params()
         be = get_backend(self.backend)
+        # Refuse a fit that cannot fit in memory before copying anything (Y's shape is known
+        # without converting it); checked again below once the data is validated.
+        shape = _shape_of(Y)
+        if shape is not None:
+            check_memory(shape[0], shape[1], int(self.n_cell_clusters), int(self.n_init),
+                         self.backend)
         data = prepare_data(Y, groups, X, copy=bool(self.copy))
         prob = self._problem(data)
         n_threads = resolve_n_threads(self.n_threads)
@@ -215,7 +221,22 @@ class NestedAtomsModel:
                                       float(self.tol), self.random_state, n_threads,
                                       moves=DEFAULT_MOVES, callback=callback)
         self._set_results(prob, best, runs)
+        self._warn_unconverged(best)
         return self
+
+    def _warn_unconverged(self, run):
+        """ConvergenceWarning when max_iter, not tol, ended the kept run (tol = 0 asks for
+        exactly max_iter sweeps; an interrupted fit has warned already)."""
+        if run.converged or getattr(run, "interrupted", False) or float(self.tol) == 0.0:
+            return
+        import warnings
+
+        from .exceptions import ConvergenceWarning
+
+        warnings.warn(
+            f"the fit stopped at max_iter={int(self.max_iter)} sweeps before the relative ELBO "
+            f"change fell below tol={self.tol:g} (converged_ = False); raise max_iter, or "
+            f"continue with model.resume().", ConvergenceWarning, stacklevel=3)
 
     def _blas_limits(self, n_threads):
         from threadpoolctl import threadpool_limits
@@ -322,6 +343,7 @@ class NestedAtomsModel:
         runs[best] = run
         self._set_results(prob, run, runs)
         self.best_restart_ = best
+        self._warn_unconverged(run)
         return self
 
     # ------------------------------------------------------------------ new data
@@ -426,6 +448,17 @@ class _Run:
 
     def __init__(self, trace):
         self.trace = trace
+
+
+def _shape_of(a):
+    """(rows, columns) of a 2-D array-like without converting it, or None if unknown."""
+    shape = getattr(a, "shape", None)
+    if shape is None or len(shape) != 2:
+        return None
+    try:
+        return int(shape[0]), int(shape[1])
+    except (TypeError, ValueError):
+        return None
 
 
 def _series(values, index, name):
