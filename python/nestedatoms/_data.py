@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._labels import factorize_labels
+
 __all__ = ["NestedData", "prepare_data", "as_float_matrix"]
 
 
@@ -174,35 +176,10 @@ def _check_spread(a: np.ndarray, name: str) -> None:
 
 
 def _factorize_groups(groups, n_cells: int):
-    """Integer codes (N,) and unique labels (J,), labels sorted where they can be ordered."""
-    import pandas as pd
-
+    """Integer codes (N,) and unique labels (J,) in sorted order (rules: ``_labels``)."""
     if groups is None:
         return np.zeros(n_cells, dtype=np.int64), np.array([0])
-    if hasattr(groups, "to_numpy") and not isinstance(groups, np.ndarray):
-        values = groups
-    else:
-        values = np.asarray(groups)
-        if values.ndim != 1:
-            raise ValueError(f"groups must be 1-D (one label per cell), got shape "
-                             f"{values.shape}.")
-    if len(values) != n_cells:
-        raise ValueError(
-            f"groups has {len(values)} labels but Y has {n_cells} rows; give exactly one "
-            f"group label per cell."
-        )
-    try:
-        codes, uniques = pd.factorize(values, sort=True)
-    except TypeError:  # labels of mixed types cannot be ordered: keep first appearance
-        codes, uniques = pd.factorize(values, sort=False)
-    if (codes < 0).any():
-        bad = np.nonzero(codes < 0)[0]
-        raise ValueError(
-            f"groups has {bad.size} missing label(s) (NaN/None), at cell(s) "
-            f"{bad[:10].tolist()}; every cell needs a group label."
-        )
-    uniques = np.asarray(uniques)
-    return codes.astype(np.int64), uniques
+    return factorize_labels(groups, n_cells)
 
 
 def _align_X(X, groups: np.ndarray) -> np.ndarray:
