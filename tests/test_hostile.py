@@ -302,3 +302,318 @@ def test_declared_sizes_are_checked_before_allocation(model_file, tmp_path):
 def test_missing_file_is_an_os_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         na.NestedAtomsModel.load(tmp_path / "nothing.npz")
+
+
+# =========================================================================================
+# 4. Group labels: one documented order (sorted values), checked against an independent truth
+# =========================================================================================
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from nestedatoms._data import prepare_data  # noqa: E402
+
+_LABEL_POOLS = {
+    "str": st.text(alphabet="ab1._ Z", min_size=0, max_size=4),
+    "int": st.integers(-10**12, 10**12),
+    "float": st.floats(-1e6, 1e6, allow_nan=False),
+    "bool": st.booleans(),
+}
+
+
+def _container(labels, how, rng):
+    import pandas as pd
+
+    if how == "list":
+        return list(labels)
+    if how == "array":
+        return np.asarray(labels, dtype=object)
+    if how == "series":
+        return pd.Series(labels, dtype=object)
+    # a Categorical whose categories are in a random order, with an unused one when possible
+    cats = list(dict.fromkeys(labels))
+    rng.shuffle(cats)
+    return pd.Categorical(labels, categories=cats)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(sorted(_LABEL_POOLS)), data=st.data(),
+       how=st.sampled_from(["list", "array", "series", "categorical"]))
+def test_x_rows_follow_sorted_labels_for_every_container(kind, data, how):
+    """Independent truth: a dict label -> covariate row, keyed in Python; X given as an array
+    in sorted(set(labels)) order, or as a DataFrame in a shuffled order."""
+    import pandas as pd
+
+    uniq = data.draw(st.lists(_LABEL_POOLS[kind], min_size=1, max_size=6, unique=True))
+    rng = np.random.default_rng(len(uniq))
+    cells = [uniq[i] for i in data.draw(st.lists(st.integers(0, len(uniq) - 1),
+                                                 min_size=len(uniq), max_size=30))]
+    cells += [u for u in uniq if u not in cells]          # every label has a cell
+    rng.shuffle(cells)
+    truth = {u: np.array([float(i), -float(i) * 10]) for i, u in enumerate(rng.permutation(
+        len(uniq)).tolist())}
+    truth = {uniq[k]: v for k, v in truth.items()}
+    Y = np.arange(len(cells) * 2, dtype=float).reshape(-1, 2)
+    X_sorted = np.array([truth[u] for u in sorted(uniq)])
+    groups = _container(cells, how, rng)
+    for X in (X_sorted, pd.DataFrame([truth[u] for u in uniq[::-1]], index=uniq[::-1])):
+        d = prepare_data(Y, groups, X)
+        assert list(d.groups) == sorted(uniq)
+        for j, label in enumerate(d.groups):
+            np.testing.assert_array_equal(d.X[j], truth[label])
+            rows = d.order[d.offsets[j]:d.offsets[j + 1]]
+            assert all(cells[r] == label and type(cells[r]) is type(label) or
+                       cells[r] == label for r in rows)
+            assert len(rows) == sum(c == label for c in cells)
+            np.testing.assert_array_equal(d.Y[d.offsets[j]:d.offsets[j + 1]], Y[rows])
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=st.sampled_from(sorted(_LABEL_POOLS)), b=st.sampled_from(sorted(_LABEL_POOLS)),
+       data=st.data())
+def test_mixed_label_kinds_are_refused(a, b, data):
+    if a == b:
+        return
+    la = data.draw(_LABEL_POOLS[a])
+    lb = data.draw(_LABEL_POOLS[b])
+    with pytest.raises(ValueError, match="mixes label types"):
+        prepare_data(np.zeros((4, 1)) + np.arange(4)[:, None], [la, lb, la, lb])
+
+
+@pytest.mark.parametrize("labels,fragment", [
+    ([1, 1.0, True, 2], "mixes label types"),
+    ([1, "1", 2, 2], "mixes label types"),
+    ([np.int64(1), 1.0, 2, 2], "mixes label types"),
+    ([(1, 2), (1, 2), (3, 4), (3, 4)], "tuple"),
+    ([b"a", b"a", b"b", b"b"], "bytes"),
+    (np.array([b"a", b"a", b"b", b"b"]), "bytes"),
+    (["a", None, "b", "b"], "missing"),
+    ([1.0, np.nan, 2.0, 2.0], "missing"),
+    (["a", np.nan, "b", "b"], "missing"),
+    ("categorical-nan", "missing"),
+    ("string-na", "missing"),
+    ([object(), object(), 1, 1], "strings or numbers"),
+    (np.array(["2020-01-01"] * 4, dtype="datetime64[D]"), "strings or numbers"),
+])
+def test_ambiguous_or_missing_labels_are_refused(labels, fragment):
+    import pandas as pd
+
+    if isinstance(labels, str) and labels == "categorical-nan":
+        labels = pd.Categorical(["a", None, "b", "b"])
+    elif isinstance(labels, str) and labels == "string-na":
+        labels = pd.Series(["a", None, "b", "b"], dtype="string")
+    Y = np.arange(8.0).reshape(4, 2)
+    with pytest.raises(ValueError, match=fragment):
+        na.NestedAtomsModel(**FAST).fit(Y, labels)
+
+
+def test_string_labels_that_look_like_numbers_stay_strings(tmp_path):
+    sim = _small_sim()
+    names = np.array(["1.5", "01", "1e3", "True", "nan", "-0"])
+    groups = names[np.searchsorted(sim.group_names, sim.groups)]
+    model = na.NestedAtomsModel(**FAST).fit(sim.Y, groups, sim.X)
+    assert sorted(model.groups_.tolist()) == sorted(names.tolist())
+    assert all(isinstance(g, str) for g in model.groups_)
+    model.save(tmp_path / "m.npz")
+    back = na.NestedAtomsModel.load(tmp_path / "m.npz")
+    assert back.groups_.tolist() == model.groups_.tolist()
+    np.testing.assert_array_equal(back.predict(sim.Y, groups), model.predict(sim.Y, groups))
+
+
+@pytest.mark.parametrize("kind", ["str", "int", "float", "bool", "categorical", "bigint"])
+def test_labels_round_trip_through_save_and_predict(tmp_path, kind):
+    import pandas as pd
+
+    sim = _small_sim(n_groups=6 if kind != "bool" else 2)
+    idx = np.searchsorted(sim.group_names, sim.groups)
+    table = {"str": np.array(list("fedcba"), dtype=object), "int": np.array([5, -3, 7, 0, 2, 9]),
+             "float": np.array([0.5, -2.25, 3.0, 1e-3, 7.5, 2.0]),
+             "bool": np.array([True, False]),
+             "categorical": np.array(list("zyxwvu"), dtype=object),
+             "bigint": np.array([2**70 + i for i in range(6)], dtype=object)}[kind]
+    labels = table[idx]
+    groups = (pd.Categorical(labels, categories=list("uvwxyz")[::-1]) if kind == "categorical"
+              else labels)
+    X = sim.X[: len(table)]
+    Xs = X[np.argsort(np.argsort(table.tolist()))] if False else X   # noqa: SIM222
+    # X rows in sorted label order: row of label l = X[position of l in table]
+    order = sorted(range(len(table)), key=lambda i: table[i])
+    X_sorted = X[order]
+    model = na.NestedAtomsModel(**FAST).fit(sim.Y, groups, X_sorted)
+    for j, label in enumerate(model.groups_):
+        np.testing.assert_array_equal(model.problem_.data.X[j], X[list(table).index(label)])
+    del Xs
+    model.save(tmp_path / "m.npz")
+    back = na.NestedAtomsModel.load(tmp_path / "m.npz")
+    assert back.groups_.tolist() == model.groups_.tolist()
+    np.testing.assert_array_equal(back.predict(sim.Y, groups), model.predict(sim.Y, groups))
+
+
+def test_predict_refuses_labels_of_another_kind():
+    sim = _small_sim()
+    labels = np.searchsorted(sim.group_names, sim.groups)          # ints 0..5
+    model = na.NestedAtomsModel(**FAST).fit(sim.Y, labels, sim.X)
+    with pytest.raises(ValueError, match="str labels but the model was fit with int"):
+        model.predict(sim.Y, labels.astype(str))
+    with pytest.raises(ValueError, match="float labels but the model was fit with int"):
+        model.predict(sim.Y, labels.astype(float))
+
+
+def test_predict_with_categorical_new_groups_uses_sorted_order():
+    """New groups given as a Categorical whose categories are reversed: X (an array) is
+    matched in sorted label order, as for fit.  x alone separates the clusters here."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    J, n = 10, 30
+    xs = np.where(np.arange(J) % 2 == 0, 10.0, -10.0)[:, None] + rng.normal(0, 0.1, (J, 1))
+    groups = np.repeat([f"g{j}" for j in range(J)], n)
+    Y = rng.normal(size=(J * n, 2))
+    model = na.NestedAtomsModel(n_group_clusters=3, n_cell_clusters=2, n_init=2, max_iter=60,
+                                random_state=0).fit(Y, groups, xs)
+    cluster_of_sign = {np.sign(xs[j, 0]): model.group_labels_[j] for j in range(J)}
+    assert len(set(cluster_of_sign.values())) == 2
+    new = pd.Categorical(np.repeat(["n1", "n2", "n3"], n), categories=["n3", "n2", "n1"])
+    X_new = np.array([[10.0], [10.0], [-10.0]])      # n1, n2, n3 in sorted order
+    got = model.predict_groups(Y[: 3 * n], new, X_new)
+    assert got["n1"] == cluster_of_sign[1.0] and got["n2"] == cluster_of_sign[1.0]
+    assert got["n3"] == cluster_of_sign[-1.0]
+
+
+# =========================================================================================
+# 5. Every public output finite, or the call raises
+# =========================================================================================
+@pytest.fixture(scope="module", params=["cpp", "numpy"])
+def fitted(request):
+    sim = _small_sim()
+    model = na.NestedAtomsModel(backend=request.param, **FAST).fit(sim.Y, sim.groups, sim.X)
+    return model, sim
+
+
+EXTREME = [1e155, 1e200, -1e250, 1.7e308]
+
+
+@pytest.mark.parametrize("value", EXTREME)
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("where", ["population", "known", "new"])
+@pytest.mark.parametrize("method", ["predict_proba", "predict", "score_samples", "score"])
+def test_extreme_new_rows_raise_instead_of_nan(fitted, value, rows, where, method):
+    model, sim = fitted
+    Yn = np.full((rows, sim.Y.shape[1]), value)
+    kw = {"population": {}, "known": dict(groups=[sim.groups[0]] * rows),
+          "new": dict(groups=["zz"] * rows, X=np.zeros((1, sim.X.shape[1])))}[where]
+    with pytest.raises(na.NumericalError, match=r"row\(s\) \[0"):
+        getattr(model, method)(Yn, **kw)
+
+
+@pytest.mark.parametrize("value", EXTREME)
+@pytest.mark.parametrize("method", ["predict_proba", "predict_group_proba", "predict_groups"])
+def test_extreme_x_of_a_new_individual_raises(fitted, value, method):
+    model, sim = fitted
+    X_new = np.full((1, sim.X.shape[1]), value)
+    with pytest.raises(na.NumericalError, match=r"new group\(s\) \['zz'\]"):
+        getattr(model, method)(sim.Y[:5], ["zz"] * 5, X_new)
+
+
+@pytest.mark.parametrize("value", [1e3, 1e50, 1e100])
+def test_large_but_representable_rows_give_finite_answers(fitted, value):
+    model, sim = fitted
+    Yn = np.vstack([sim.Y[:3], np.full((1, sim.Y.shape[1]), value)])
+    for out in (model.predict_proba(Yn), model.score_samples(Yn, [sim.groups[0]] * 4)):
+        assert np.isfinite(out).all()
+
+
+def test_a_non_finite_elbo_raises_on_both_backends(monkeypatch):
+    """Whatever makes the ELBO NaN, neither backend returns it as a trace."""
+    import nestedatoms._fit as fit_mod
+
+    sim = _small_sim()
+    real = fit_mod.elbo
+    calls = {"n": 0}
+
+    def poisoned(be, prob, st):
+        calls["n"] += 1
+        return real(be, prob, st) if calls["n"] < 4 else float("nan")
+
+    monkeypatch.setattr(fit_mod, "elbo", poisoned)
+    for backend in ("cpp", "numpy"):
+        calls["n"] = 0
+        with pytest.raises(na.NumericalError, match=r"ELBO became nan after \d+ sweep"):
+            na.NestedAtomsModel(backend=backend, **FAST).fit(sim.Y, sim.groups, sim.X)
+
+
+# =========================================================================================
+# 8. Public exceptions and warnings
+# =========================================================================================
+def test_exceptions_are_public_and_old_paths_still_work():
+    import nestedatoms._fit as fit_mod
+    import nestedatoms._validation as val_mod
+    from nestedatoms import exceptions
+
+    assert na.InvalidParameterError is exceptions.InvalidParameterError \
+        is val_mod.InvalidParameterError
+    assert na.NumericalError is exceptions.NumericalError is fit_mod.NumericalError
+    assert na.FitInterruptedWarning is exceptions.FitInterruptedWarning \
+        is fit_mod.FitInterruptedWarning
+    assert issubclass(na.ModelFileError, ValueError)
+    assert issubclass(na.ConvergenceWarning, UserWarning)
+    assert issubclass(na.InvalidParameterError, ValueError)
+    assert issubclass(na.InvalidParameterError, TypeError)
+    for name in exceptions.__all__:
+        assert name in na.__all__
+    err = na.ModelFileError("/x/m.npz", "bad")
+    import pickle
+
+    back = pickle.loads(pickle.dumps(err))
+    assert str(back) == str(err) and back.path == "/x/m.npz"
+
+
+def test_import_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, nestedatoms; heavy = [m for m in ('sklearn', 'matplotlib', 'anndata',"
+            " 'scanpy') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_convergence_warning_when_max_iter_ends_the_fit():
+    sim = _small_sim()
+    kw = {**FAST, "tol": 1e-12, "max_iter": 3}
+    with pytest.warns(na.ConvergenceWarning, match="max_iter=3"):
+        model = na.NestedAtomsModel(**kw).fit(sim.Y, sim.groups, sim.X)
+    assert not model.converged_
+    with pytest.warns(na.ConvergenceWarning, match="max_iter"):
+        model.resume(2)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", na.ConvergenceWarning)
+        na.NestedAtomsModel(**{**kw, "tol": 0}).fit(sim.Y, sim.groups, sim.X)   # asked for 3
+        done = na.NestedAtomsModel(**{**kw, "tol": 1e-3, "max_iter": 500}).fit(
+            sim.Y, sim.groups, sim.X)
+    assert done.converged_
+
+
+# =========================================================================================
+# 9. Memory: refused before the data is copied
+# =========================================================================================
+def test_memory_refused_before_any_copy(monkeypatch):
+    import nestedatoms._model as model_mod
+    import nestedatoms._validation as val_mod
+
+    monkeypatch.delenv(val_mod.SKIP_MEMORY_CHECK_ENV, raising=False)
+    monkeypatch.setattr(val_mod, "available_memory_bytes", lambda: 10_000)
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("prepare_data ran before the memory check")
+
+    monkeypatch.setattr(model_mod, "prepare_data", no_copy)
+    Y = np.lib.stride_tricks.as_strided(np.zeros(1), shape=(10**9, 5), strides=(0, 0))
+    with pytest.raises(MemoryError, match="this fit needs about"):
+        na.NestedAtomsModel(n_cell_clusters=30).fit(Y)
+    import pandas as pd
+
+    with pytest.raises(MemoryError):
+        na.NestedAtomsModel().fit(pd.DataFrame(np.zeros((2000, 3))))

@@ -203,7 +203,8 @@ def _align_X(X, groups: np.ndarray) -> np.ndarray:
                 f"X has rows for group label(s) {extra.tolist()[:10]} that have no cells; drop "
                 f"those rows (X = X.loc[unique cell groups])."
             )
-        return as_float_matrix(X.loc[labels], "X")
+        # by position: .loc with boolean labels would be a mask, not a lookup
+        return as_float_matrix(X.iloc[X.index.get_indexer(labels)], "X")
     Xa = as_float_matrix(X, "X")
     if Xa.shape[0] != groups.shape[0]:
         raise ValueError(

@@ -358,7 +358,9 @@ class NestedAtomsModel:
         self._check_fitted()
         be = get_backend(self.backend)
         n_threads = resolve_n_threads(self.n_threads)
-        with self._blas_limits(n_threads):
+        # Overflow for extreme rows is detected on the results (NumericalError), not left
+        # to NumPy's RuntimeWarnings.
+        with self._blas_limits(n_threads), np.errstate(over="ignore", invalid="ignore"):
             return local_fit(be, self.problem_, self.state_, self.groups_, Y, groups, X,
                              n_threads=n_threads, with_scores=with_scores)
 

@@ -64,7 +64,8 @@ def _new_group_x(X, labels: np.ndarray, q: int) -> np.ndarray:
                 f"was fit with group covariates, so new groups need theirs (a DataFrame "
                 f"indexed by group label)."
             )
-        Xa = as_float_matrix(X.loc[list(labels)], "X")
+        # by position: .loc with boolean labels would be a mask, not a lookup
+        Xa = as_float_matrix(X.iloc[X.index.get_indexer(pd.Index(labels))], "X")
     else:
         Xa = as_float_matrix(X, "X")
         if Xa.shape[0] != len(labels):

@@ -51,7 +51,8 @@ def _covariate_table(adata, group_key, group_covariates, labels):
                 f"group_covariates has no row for group(s) {missing.tolist()[:10]} of "
                 f"adata.obs[{group_key!r}]; index it by the group labels."
             )
-        table = table.loc[list(labels)]   # rows of groups without cells are dropped
+        # rows of groups without cells are dropped; by position (boolean labels are no mask)
+        table = table.iloc[table.index.get_indexer(pd.Index(labels))]
     else:
         columns = [group_covariates] if isinstance(group_covariates, str) else list(
             group_covariates)
@@ -66,7 +67,8 @@ def _covariate_table(adata, group_key, group_covariates, labels):
                 f"group_covariates column(s) {varying} vary within a group of {group_key!r}; "
                 f"a group covariate must be constant over each group's cells."
             )
-        table = obs.groupby(group_key, observed=True)[columns].first().loc[list(labels)]
+        table = obs.groupby(group_key, observed=True)[columns].first()
+        table = table.iloc[table.index.get_indexer(pd.Index(labels))]
     numeric = table.select_dtypes(include=["number", "bool"])
     other = [c for c in table.columns if c not in numeric.columns]
     if other:
