@@ -14,7 +14,8 @@ import numpy as np
 
 from ._labels import factorize_labels
 
-__all__ = ["NestedData", "prepare_data", "as_float_matrix"]
+__all__ = ["NestedData", "prepare_data", "as_float_matrix", "check_constant_columns",
+           "exact_column_means"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,47 @@ def _check_spread(a: np.ndarray, name: str) -> None:
                 f"to fit it. Centre {name} first ({name} - {name}.mean(axis=0)), or "
                 f"standardise its columns."
             )
+
+
+def exact_column_means(a: np.ndarray) -> np.ndarray:
+    """Column means, exact for constant columns (their value, not a rounded sum / n).
+
+    The data are centred by these means; a constant column must centre to exactly 0, or the
+    rounding of a large constant (1e20: an error of ~1e4) becomes a spurious variation.
+    """
+    means = a.mean(axis=0)
+    if a.shape[0]:
+        first = a[0]
+        constant = np.all(a == first, axis=0)
+        means[constant] = first[constant]
+    return means
+
+
+def check_constant_columns(a: np.ndarray, name: str, columns=None) -> None:
+    """Refuse a column that is exactly constant over >= 2 rows beside columns that vary.
+
+    A constant feature carries no information, yet it does not leave the fit alone: its zero
+    scatter lets the Wishart posterior of every cluster concentrate in that direction, a
+    reward that grows with the cluster's size, so it pulls the fit towards merging clusters
+    (a constant column of Y collapsed a fit with three clear cell clusters into one).  Data
+    in which nothing varies (identical cells, one group) are not refused: there is nothing
+    to drop, and the fit is the single cluster it should be.
+    """
+    if a.shape[0] < 2:
+        return
+    constant = np.all(a == a[0], axis=0)
+    if constant.any() and not constant.all():
+        idx = np.nonzero(constant)[0]
+        keep = np.nonzero(~constant)[0]
+        names = ([repr(columns[i]) for i in idx] if columns is not None
+                 else [f"{name}[:, {i}]" for i in idx])
+        keep_txt = (f"{name}[:, {keep.tolist()}]" if columns is None
+                    else f"{name}[{[columns[i] for i in keep]!r}]")
+        raise ValueError(
+            f"{name} has {idx.size} constant column(s) ({', '.join(names[:10])}"
+            f"{' ...' if idx.size > 10 else ''}; e.g. every row is {a[0, idx[0]]:.6g}): a "
+            f"constant feature carries no information but biases the fit towards fewer "
+            f"clusters. Drop it: {keep_txt}.")
 
 
 def _factorize_groups(groups, n_cells: int):

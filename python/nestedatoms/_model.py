@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 
 from ._backend import get_backend, resolve_n_threads
-from ._data import prepare_data
+from ._data import check_constant_columns, prepare_data
 from ._fit import fit_restarts
 from ._moves import DEFAULT_MOVES
 from ._state import ConcentrationPrior, Problem, resolve_nw_prior
@@ -212,6 +212,9 @@ class NestedAtomsModel:
             check_memory(shape[0], shape[1], int(self.n_cell_clusters), int(self.n_init),
                          self.backend)
         data = prepare_data(Y, groups, X, copy=bool(self.copy))
+        check_constant_columns(data.Y, "Y", getattr(Y, "columns", None))
+        if data.X is not None:
+            check_constant_columns(data.X, "X", getattr(X, "columns", None))
         prob = self._problem(data)
         n_threads = resolve_n_threads(self.n_threads)
         check_data_size(data.n_cells, data.n_groups, prob.L)
