@@ -693,3 +693,66 @@ def test_kmeans_seeding_ignores_a_constant_column(magnitude):
     a = kmeans_labels(Z, 3, np.random.default_rng(0))
     b = kmeans_labels(with_col, 3, np.random.default_rng(0))
     np.testing.assert_array_equal(a, b)
+
+
+# =========================================================================================
+# 7. AnnData
+# =========================================================================================
+def _adata(seed=0):
+    return na.simulate_cohort(n_groups=12, median_cells=20, random_state=seed).to_anndata()
+
+
+@pytest.mark.parametrize("value", [None, np.nan])
+@pytest.mark.parametrize("as_category", [True, False])
+def test_missing_categorical_covariate_is_refused_like_a_numeric_one(value, as_category):
+    import pandas as pd
+
+    adata = _adata()
+    donors = adata.obs["donor_id"].astype(str)
+    site = np.where(donors.str[-1].isin(list("02468")), "north", "south").astype(object)
+    site[(donors == donors.iloc[0]).to_numpy()] = value
+    adata.obs["site"] = pd.Categorical(site) if as_category else site
+    before = adata.obs.copy()
+    with pytest.raises(ValueError, match=r"\['site'\] are missing \(NaN\) for group\(s\) \["):
+        na.tl.fit(adata, group_covariates=["x0", "site"], **FAST)
+    pd.testing.assert_frame_equal(adata.obs, before)          # nothing written
+    adata.obs["num"] = np.where(donors == donors.iloc[0], np.nan, 1.0) + np.arange(
+        adata.n_obs) * 0
+    with pytest.raises(ValueError):
+        na.tl.fit(adata, group_covariates=["x0", "num"], **FAST)
+
+
+@pytest.mark.parametrize("key_added", ["nam", "res"])
+@pytest.mark.parametrize("which", ["{k}", "{k}_cell_cluster", "{k}_group_cluster"])
+@pytest.mark.parametrize("role", ["group_key", "covariate"])
+def test_results_may_not_overwrite_the_inputs(key_added, which, role):
+    import pandas as pd
+
+    adata = _adata()
+    col = which.format(k=key_added)
+    adata.obs[col] = adata.obs["donor_id"] if role == "group_key" else adata.obs["x0"]
+    before = adata.obs.copy()
+    kw = (dict(group_key=col) if role == "group_key"
+          else dict(group_covariates=["x1", col]))
+    with pytest.raises(ValueError, match=rf"\['{col}'\] are inputs of this fit"):
+        na.tl.fit(adata, key_added=key_added, **kw, **FAST)
+    pd.testing.assert_frame_equal(adata.obs, before)
+    assert key_added not in adata.uns
+
+
+def test_tl_fit_with_categorical_groups_matches_string_groups():
+    """The obs column as a Categorical with its categories reversed gives the fit that the
+    same labels as strings give (sorted order everywhere)."""
+    import pandas as pd
+
+    a, b = _adata(), _adata()
+    a.obs["donor_id"] = pd.Categorical(a.obs["donor_id"].astype(str),
+                                       categories=sorted(set(a.obs["donor_id"].astype(str)),
+                                                         reverse=True))
+    b.obs["donor_id"] = b.obs["donor_id"].astype(str).to_numpy()
+    cov = ["x0", "x1", "x2"]
+    _, ma = na.tl.fit(a, group_covariates=cov, return_model=True, **FAST)
+    _, mb = na.tl.fit(b, group_covariates=cov, return_model=True, **FAST)
+    assert ma.groups_.tolist() == mb.groups_.tolist()
+    np.testing.assert_array_equal(ma.problem_.data.X, mb.problem_.data.X)
+    np.testing.assert_array_equal(ma.cell_probs_, mb.cell_probs_)

@@ -71,6 +71,15 @@ def _covariate_table(adata, group_key, group_covariates, labels):
         table = table.iloc[table.index.get_indexer(pd.Index(labels))]
     numeric = table.select_dtypes(include=["number", "bool"])
     other = [c for c in table.columns if c not in numeric.columns]
+    missing = table[other].isna() if other else None
+    if missing is not None and missing.to_numpy().any():
+        # a numeric NaN is refused (by the fit); a categorical one would silently become an
+        # all-zero indicator row, so it is refused here the same way
+        bad = missing.any(axis=1)
+        cols = [c for c in other if missing[c].any()]
+        raise ValueError(
+            f"group_covariates column(s) {cols} are missing (NaN) for group(s) "
+            f"{table.index[bad].tolist()[:10]}; fill them in, or drop those groups' cells.")
     if other:
         # Categorical covariates enter as one indicator column per level (as a sample table
         # for a Gaussian x would), numeric ones as they are.
@@ -160,6 +169,7 @@ def fit(adata, group_key="donor_id", use_rep="X_pca", group_covariates=None, key
 
     if rank_genes not in ("auto", True, False):
         raise ValueError(f"rank_genes must be 'auto', True or False, got {rank_genes!r}.")
+    _check_result_keys(adata, group_key, group_covariates, key_added)
     if copy:
         if adata.isbacked:
             raise ValueError("copy=True on a backed AnnData would need its expression matrix "
@@ -177,6 +187,30 @@ def fit(adata, group_key="donor_id", use_rep="X_pca", group_covariates=None, key
     _rank_genes(adata, key_added, rank_genes)
     out = adata if copy else None
     return (out, model) if return_model else out
+
+
+def result_obs_keys(key_added):
+    """The obs columns :func:`fit` writes."""
+    return (f"{key_added}_cell_cluster", f"{key_added}_group_cluster")
+
+
+def _check_result_keys(adata, group_key, group_covariates, key_added):
+    """Refuse a key_added whose results would overwrite the input columns being read."""
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
+    inputs = [group_key]
+    if isinstance(group_covariates, str):
+        inputs.append(group_covariates)
+    elif group_covariates is not None and not hasattr(group_covariates, "columns"):
+        inputs += list(group_covariates)
+    # key_added itself too: it names the results (uns[key_added]), and a grouping column of
+    # that name reads as one of them
+    clash = [c for c in inputs if c in (key_added, *result_obs_keys(key_added))]
+    if clash:
+        raise ValueError(
+            f"adata.obs column(s) {clash} are inputs of this fit but also where its results "
+            f"go (key_added={key_added!r} writes {list(result_obs_keys(key_added))}); pass "
+            f"another key_added, e.g. key_added='nam2'.")
 
 
 def write_results(adata, model, summ, key_added, group_key, use_rep, covariates=None):
