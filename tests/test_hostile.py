@@ -756,3 +756,254 @@ def test_tl_fit_with_categorical_groups_matches_string_groups():
     assert ma.groups_.tolist() == mb.groups_.tolist()
     np.testing.assert_array_equal(ma.problem_.data.X, mb.problem_.data.X)
     np.testing.assert_array_equal(ma.cell_probs_, mb.cell_probs_)
+
+
+# =========================================================================================
+# 2. Atomic writes: an interrupted write leaves the previous file as it was
+# =========================================================================================
+def _no_temp_left(folder):
+    return [p.name for p in folder.iterdir() if ".tmp" in p.name] == []
+
+
+def _partial_then(exc):
+    """A writer that writes half a file, then fails as a kill or Ctrl-C would."""
+    def writer(path, *args, **kwargs):
+        with open(path, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a file")
+        raise exc
+    return writer
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, OSError("disk full"), RuntimeError])
+def test_interrupted_model_save_keeps_the_old_file(model_file, tmp_path, monkeypatch, exc):
+    _, raw, model = model_file
+    target = tmp_path / "model.npz"
+    target.write_bytes(raw)
+    import nestedatoms._io as io_mod
+
+    monkeypatch.setattr(io_mod.np, "savez_compressed", _partial_then(exc))
+    with pytest.raises(exc if isinstance(exc, type) else type(exc)):
+        model.save(target)
+    assert target.read_bytes() == raw and _no_temp_left(tmp_path)
+    monkeypatch.undo()
+    model.save(tmp_path / "model")                 # .npz appended, as before
+    assert (tmp_path / "model.npz").read_bytes() != b"" and _no_temp_left(tmp_path)
+    assert oct((tmp_path / "model.npz").stat().st_mode & 0o777) != "0o600"
+
+
+def test_interrupted_plot_keeps_the_old_png(model_file, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from nestedatoms.pl import plot_paths, save_all
+
+    _, _, model = model_file
+    paths = save_all(model, tmp_path)
+    assert paths == plot_paths(tmp_path)
+    before = {p: open(p, "rb").read() for p in paths}
+    monkeypatch.setattr(Figure, "savefig", lambda self, path, **kw: _partial_then(
+        KeyboardInterrupt)(path))
+    with pytest.raises(KeyboardInterrupt):
+        save_all(model, tmp_path)
+    assert {p: open(p, "rb").read() for p in paths} == before and _no_temp_left(tmp_path)
+
+
+_KILL_SCRIPT = r"""
+import sys, numpy as np, nestedatoms as na
+model = na.NestedAtomsModel.load(sys.argv[1])
+print("ready", flush=True)
+while True:
+    model.save(sys.argv[2])
+"""
+
+
+def test_sigkill_during_repeated_saves_never_leaves_a_broken_file(model_file, tmp_path):
+    """A process saving over the same file again and again is SIGKILLed at staggered
+    moments: every time, the file is a complete model (old or new), never a torn one."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src, raw, model = model_file
+    target = tmp_path / "live.npz"
+    target.write_bytes(raw)
+    for delay in (0.05, 0.13, 0.21, 0.34, 0.55):
+        proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(src), str(target)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert _same_model(na.NestedAtomsModel.load(target), model)
+    for leftover in tmp_path.glob(".live.npz.*.tmp.npz"):     # what a kill may leave
+        leftover.unlink()
+
+
+# =========================================================================================
+# 6. Command line: outputs checked first, one-line errors, exit 130, nothing half-written
+# =========================================================================================
+SMALL = ["--n-group-clusters", "3", "--n-cell-clusters", "4", "--n-init", "1", "--quiet",
+         "--max-iter", "10"]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from nestedatoms.cli import main
+
+    folder = tmp_path_factory.mktemp("cohort")
+    path = folder / "in.h5ad"
+    assert main(["simulate", str(path), "--n-groups", "10", "--median-cells", "15",
+                 "--n-cell-features", "2", "--n-group-features", "2"]) == 0
+    return path
+
+
+def _run(argv, capsys):
+    from nestedatoms.cli import main
+
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _fit_argv(cohort, out, *extra):
+    return ["fit", cohort, out, "--group-key", "donor_id", *SMALL, *extra]
+
+
+def test_cli_refuses_existing_outputs_unless_forced(cohort, tmp_path, capsys):
+    out = tmp_path / "out.h5ad"
+    out.write_bytes(b"precious")
+    code, err = _run(_fit_argv(cohort, out), capsys)
+    assert code == 2 and "exists; pass --force" in err and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == b"precious"
+    code, _ = _run(_fit_argv(cohort, out, "--force"), capsys)
+    assert code == 0 and anndata_read(out).n_obs > 0 and _no_temp_left(tmp_path)
+
+
+def anndata_read(path):
+    import anndata
+
+    return anndata.read_h5ad(path)
+
+
+def test_cli_can_write_over_its_own_input_with_force(cohort, tmp_path, capsys):
+    import shutil
+
+    own = tmp_path / "own.h5ad"
+    shutil.copy(cohort, own)
+    code, err = _run(_fit_argv(own, own), capsys)
+    assert code == 2 and "exists" in err
+    code, _ = _run(_fit_argv(own, own, "--force"), capsys)
+    assert code == 0 and "nam" in anndata_read(own).uns
+
+
+@pytest.mark.parametrize("case", ["model in missing folder", "model under a file",
+                                  "output is a folder", "summary same as output",
+                                  "model same as output", "plots under a file",
+                                  "summary is a folder"])
+def test_cli_checks_every_output_before_reading_or_fitting(cohort, tmp_path, capsys, case):
+    """Each bad output is reported before the input is read: the input here is not even an
+    HDF5 file, so an error about the output proves the order."""
+    bogus = tmp_path / "bogus.h5ad"
+    bogus.write_text("not hdf5")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    (tmp_path / "dir.h5ad").mkdir()
+    out = tmp_path / "out.h5ad"
+    extra = {
+        "model in missing folder": ["--model", tmp_path / "nope" / "m.npz"],
+        "model under a file": ["--model", a_file / "m.npz"],
+        "output is a folder": [],
+        "summary same as output": ["--summary", out],
+        "model same as output": ["--model", tmp_path / "out.h5ad.npz"],
+        "plots under a file": ["--plots", a_file / "plots"],
+        "summary is a folder": ["--summary", tmp_path / "dir.h5ad"],
+    }[case]
+    target = tmp_path / "dir.h5ad" if case == "output is a folder" else out
+    if case == "model same as output":
+        target = tmp_path / "out.h5ad.npz"
+        extra = ["--model", tmp_path / "out.h5ad"]
+    code, err = _run(_fit_argv(bogus, target, *extra), capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "as an .h5ad file" not in err, err          # the input was not read yet
+    assert not out.exists() or case == "summary same as output"
+
+
+@pytest.mark.parametrize("case", ["missing", "not hdf5", "a folder", "empty file"])
+def test_cli_bad_inputs_exit_2_on_one_line(tmp_path, capsys, case):
+    path = tmp_path / "in.h5ad"
+    if case == "not hdf5":
+        path.write_text("hello")
+    elif case == "a folder":
+        path.mkdir()
+    elif case == "empty file":
+        path.write_bytes(b"")
+    code, err = _run(_fit_argv(path, tmp_path / "out.h5ad"), capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "in.h5ad" in err
+    assert not (tmp_path / "out.h5ad").exists()
+
+
+def test_cli_interrupted_fit_writes_nothing_and_exits_130(cohort, tmp_path, capsys,
+                                                          monkeypatch):
+    import nestedatoms._fit as fit_mod
+
+    real = fit_mod.sweep
+    calls = {"n": 0}
+
+    def sweep_then_interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_mod, "sweep", sweep_then_interrupt)
+    out, model = tmp_path / "out.h5ad", tmp_path / "m.npz"
+    code, err = _run(_fit_argv(cohort, out, "--model", model, "--summary", tmp_path / "s.tsv",
+                               "--plots", tmp_path / "plots"), capsys)
+    assert code == 130 and "interrupted after 2 sweep(s)" in err and "nothing written" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_cli_interrupt_while_writing_keeps_the_old_output(cohort, tmp_path, capsys,
+                                                         monkeypatch):
+    import anndata
+
+    out = tmp_path / "out.h5ad"
+    out.write_bytes(b"old result")
+    monkeypatch.setattr(anndata.AnnData, "write_h5ad",
+                        lambda self, path, *a, **k: _partial_then(KeyboardInterrupt)(path))
+    code, err = _run(_fit_argv(cohort, out, "--force"), capsys)
+    assert code == 130 and "interrupted" in err
+    assert out.read_bytes() == b"old result" and _no_temp_left(tmp_path)
+
+
+def test_cli_sigint_exits_130_and_writes_nothing(tmp_path):
+    """A real Ctrl-C (SIGINT to the process) in the middle of a long fit."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from nestedatoms.cli import main
+
+    src = tmp_path / "big.h5ad"
+    assert main(["simulate", str(src), "--n-groups", "100", "--median-cells", "50"]) == 0
+    out = tmp_path / "out.h5ad"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nestedatoms.cli", "fit", str(src), str(out), "--group-key",
+         "donor_id", "--max-iter", "100000", "--tol", "0", "--n-init", "1",
+         "--model", str(tmp_path / "m.npz")],
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    seen = ""
+    while time.time() < deadline and "sweep" not in seen:   # the progress bar has started
+        seen += proc.stderr.read(1)
+    assert "sweep" in seen, seen
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert not out.exists() and not (tmp_path / "m.npz").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["big.h5ad"]
