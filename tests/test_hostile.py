@@ -1007,3 +1007,24 @@ def test_cli_sigint_exits_130_and_writes_nothing(tmp_path):
     assert proc.returncode == 130, err
     assert not out.exists() and not (tmp_path / "m.npz").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["big.h5ad"]
+
+
+def test_cli_simulate_and_demo_refuse_existing_outputs(tmp_path, capsys):
+    from nestedatoms.pl import plot_paths
+
+    out = tmp_path / "sim.h5ad"
+    out.write_bytes(b"keep")
+    code, err = _run(["simulate", out, "--n-groups", "5"], capsys)
+    assert code == 2 and "exists; pass --force" in err and out.read_bytes() == b"keep"
+    cov = tmp_path / "x.tsv"
+    cov.write_text("keep")
+    code, err = _run(["simulate", tmp_path / "new.h5ad", "--covariates-out", cov], capsys)
+    assert code == 2 and "--covariates-out" in err and not (tmp_path / "new.h5ad").exists()
+    png = plot_paths(tmp_path)[2]
+    open(png, "wb").write(b"old plot")
+    code, err = _run(["demo", "--outdir", tmp_path, "--n-groups", "5"], capsys)
+    assert code == 2 and "exists; pass --force" in err and open(png, "rb").read() == b"old plot"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    code, err = _run(["demo", "--outdir", a_file / "sub"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
