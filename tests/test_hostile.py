@@ -335,7 +335,13 @@ def _container(labels, how, rng):
     return pd.Categorical(labels, categories=cats)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomized (the same cases in every run, as the rest of the suite); set
+# NESTEDATOMS_FUZZ_RANDOM=1 to explore new ones
+_RANDOM = os.environ.get("NESTEDATOMS_FUZZ_RANDOM") == "1"
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=not _RANDOM,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(sorted(_LABEL_POOLS)), data=st.data(),
        how=st.sampled_from(["list", "array", "series", "categorical"]))
 def test_x_rows_follow_sorted_labels_for_every_container(kind, data, how):
@@ -367,7 +373,7 @@ def test_x_rows_follow_sorted_labels_for_every_container(kind, data, how):
             np.testing.assert_array_equal(d.Y[d.offsets[j]:d.offsets[j + 1]], Y[rows])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None, derandomize=not _RANDOM)
 @given(a=st.sampled_from(sorted(_LABEL_POOLS)), b=st.sampled_from(sorted(_LABEL_POOLS)),
        data=st.data())
 def test_mixed_label_kinds_are_refused(a, b, data):
