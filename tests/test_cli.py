@@ -121,7 +121,7 @@ def test_fit_learns_the_group_prior_width_unless_told_not_to(tmp_path):
         out_path, model_path = tmp_path / "out.h5ad", tmp_path / "model.npz"
         assert main(["fit", str(sim_path), str(out_path), "--group-key", "donor_id",
                      "--group-features", str(cov_path), "--model", str(model_path),
-                     *SMALL_MODEL, *flag]) == 0
+                     *SMALL_MODEL, "--force", *flag]) == 0      # the outputs exist after 1
         model = na.NestedAtomsModel.load(model_path)
         assert model.learn_group_prior_scale == param
         assert model.problem_.learn_x_prior_scale is learned

@@ -104,16 +104,17 @@ def test_file_is_open_format(tmp_path):
 def test_bad_files_are_refused(tmp_path):
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(na.ModelFileError, match="junk.npz: not a valid nestedatoms model file: "
+                                                "it could not be read"):
         na.NestedAtomsModel.load(junk)
     other = tmp_path / "other.npz"
     np.savez(other, a=np.arange(3))
-    with pytest.raises(ValueError, match="not a nestedatoms model"):
+    with pytest.raises(na.ModelFileError, match="no metadata.json"):
         na.NestedAtomsModel.load(other)
     future = tmp_path / "future.npz"
     meta = {"format": "nestedatoms-model", "format_version": 99}
     np.savez(future, **{"metadata.json": np.frombuffer(json.dumps(meta).encode(), np.uint8)})
-    with pytest.raises(ValueError, match="newer"):
+    with pytest.raises(na.ModelFileError, match="newer"):
         na.NestedAtomsModel.load(future)
     with pytest.raises(ValueError, match="not fitted"):
         na.NestedAtomsModel().save(tmp_path / "x.npz")

@@ -5,12 +5,15 @@ The heavy lifting lives in a C++ core (``nestedatoms._core``); a pure-NumPy refe
 """
 
 from ._model import NestedAtomsModel
+from .exceptions import (ConvergenceWarning, FitInterruptedWarning, InvalidParameterError,
+                         ModelFileError, NumericalError)
 from ._simulate import Simulation, simulate, simulate_cohort
 
 __version__ = "0.1.0"
 
 __all__ = ["NestedAtomsModel", "Simulation", "Summary", "simulate", "simulate_cohort", "tl",
-           "pl", "show_config", "__version__"]
+           "pl", "show_config", "__version__", "exceptions", "InvalidParameterError",
+           "NumericalError", "ModelFileError", "ConvergenceWarning", "FitInterruptedWarning"]
 
 # ``tl`` (AnnData) and ``pl`` (matplotlib) load on first use, so ``import nestedatoms`` stays
 # light and works without the optional extras.

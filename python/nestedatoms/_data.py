@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["NestedData", "prepare_data", "as_float_matrix"]
+from ._labels import factorize_labels
+
+__all__ = ["NestedData", "prepare_data", "as_float_matrix", "check_constant_columns",
+           "exact_column_means"]
 
 
 @dataclass(frozen=True)
@@ -173,36 +176,52 @@ def _check_spread(a: np.ndarray, name: str) -> None:
             )
 
 
-def _factorize_groups(groups, n_cells: int):
-    """Integer codes (N,) and unique labels (J,), labels sorted where they can be ordered."""
-    import pandas as pd
+def exact_column_means(a: np.ndarray) -> np.ndarray:
+    """Column means, exact for constant columns (their value, not a rounded sum / n).
 
+    The data are centred by these means; a constant column must centre to exactly 0, or the
+    rounding of a large constant (1e20: an error of ~1e4) becomes a spurious variation.
+    """
+    means = a.mean(axis=0)
+    if a.shape[0]:
+        first = a[0]
+        constant = np.all(a == first, axis=0)
+        means[constant] = first[constant]
+    return means
+
+
+def check_constant_columns(a: np.ndarray, name: str, columns=None) -> None:
+    """Refuse a column that is exactly constant over >= 2 rows beside columns that vary.
+
+    A constant feature carries no information, yet it does not leave the fit alone: its zero
+    scatter lets the Wishart posterior of every cluster concentrate in that direction, a
+    reward that grows with the cluster's size, so it pulls the fit towards merging clusters
+    (a constant column of Y collapsed a fit with three clear cell clusters into one).  Data
+    in which nothing varies (identical cells, one group) are not refused: there is nothing
+    to drop, and the fit is the single cluster it should be.
+    """
+    if a.shape[0] < 2:
+        return
+    constant = np.all(a == a[0], axis=0)
+    if constant.any() and not constant.all():
+        idx = np.nonzero(constant)[0]
+        keep = np.nonzero(~constant)[0]
+        names = ([repr(columns[i]) for i in idx] if columns is not None
+                 else [f"{name}[:, {i}]" for i in idx])
+        keep_txt = (f"{name}[:, {keep.tolist()}]" if columns is None
+                    else f"{name}[{[columns[i] for i in keep]!r}]")
+        raise ValueError(
+            f"{name} has {idx.size} constant column(s) ({', '.join(names[:10])}"
+            f"{' ...' if idx.size > 10 else ''}; e.g. every row is {a[0, idx[0]]:.6g}): a "
+            f"constant feature carries no information but biases the fit towards fewer "
+            f"clusters. Drop it: {keep_txt}.")
+
+
+def _factorize_groups(groups, n_cells: int):
+    """Integer codes (N,) and unique labels (J,) in sorted order (rules: ``_labels``)."""
     if groups is None:
         return np.zeros(n_cells, dtype=np.int64), np.array([0])
-    if hasattr(groups, "to_numpy") and not isinstance(groups, np.ndarray):
-        values = groups
-    else:
-        values = np.asarray(groups)
-        if values.ndim != 1:
-            raise ValueError(f"groups must be 1-D (one label per cell), got shape "
-                             f"{values.shape}.")
-    if len(values) != n_cells:
-        raise ValueError(
-            f"groups has {len(values)} labels but Y has {n_cells} rows; give exactly one "
-            f"group label per cell."
-        )
-    try:
-        codes, uniques = pd.factorize(values, sort=True)
-    except TypeError:  # labels of mixed types cannot be ordered: keep first appearance
-        codes, uniques = pd.factorize(values, sort=False)
-    if (codes < 0).any():
-        bad = np.nonzero(codes < 0)[0]
-        raise ValueError(
-            f"groups has {bad.size} missing label(s) (NaN/None), at cell(s) "
-            f"{bad[:10].tolist()}; every cell needs a group label."
-        )
-    uniques = np.asarray(uniques)
-    return codes.astype(np.int64), uniques
+    return factorize_labels(groups, n_cells)
 
 
 def _align_X(X, groups: np.ndarray) -> np.ndarray:
@@ -221,8 +240,9 @@ def _align_X(X, groups: np.ndarray) -> np.ndarray:
                 f"add their group features to X (indexed by group label)."
             )
         # One rule with predict and tl.fit: rows of groups without cells are ignored (a
-        # cohort-wide table can serve any subset of its individuals).
-        return as_float_matrix(X.loc[labels], "X")
+        # cohort-wide table can serve any subset of its individuals).  By position: .loc
+        # with boolean labels would be a mask, not a lookup.
+        return as_float_matrix(X.iloc[X.index.get_indexer(labels)], "X")
     Xa = as_float_matrix(X, "X")
     if Xa.shape[0] != groups.shape[0]:
         raise ValueError(

@@ -31,17 +31,11 @@ from ._init import initial_state, relabel_by_size, state_from_labels
 from ._moves import learn_group_prior_width
 from ._state import Problem, State
 from ._steps import BLOCKS, elbo
+# public home: nestedatoms.exceptions; these names are kept for old imports
+from .exceptions import FitInterruptedWarning, NumericalError
 
 __all__ = ["RunResult", "run_cavi", "fit_restarts", "restart_rngs", "FitInterruptedWarning",
            "NumericalError"]
-
-
-class FitInterruptedWarning(UserWarning):
-    """A fit was stopped by KeyboardInterrupt; the model holds the best complete state."""
-
-
-class NumericalError(ValueError):
-    """A posterior became numerically singular in float64 (see ``_explain_singular``)."""
 
 
 def _is_singular_posterior(exc: Exception) -> bool:
@@ -166,6 +160,17 @@ class _Phases:
         return True, after
 
 
+def _finite_elbo(value: float, it: int) -> float:
+    """The ELBO, or a NumericalError: a NaN or infinite ELBO is never passed off as a result
+    (both backends; NumPy would otherwise only warn and carry NaN through every sweep)."""
+    if not np.isfinite(value):
+        raise NumericalError(
+            f"the ELBO became {value} after {it} sweep(s): float64 cannot carry this fit. "
+            f"Standardise Y (and X) (each column to mean 0, variance 1), use prior='empirical' "
+            f"(scaled to the data), or widen covariance_prior in cell_prior / group_prior.")
+    return float(value)
+
+
 # Sweeps between tries of the costly moves in a run that has not converged yet.
 _STALL_PERIOD = 50
 
@@ -178,7 +183,7 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
     ends with the state of its last complete sweep (see the module docstring) and a
     :class:`FitInterruptedWarning`; an interrupt before the first ELBO is evaluated propagates.
     """
-    prev = elbo(be, prob, st)
+    prev = _finite_elbo(elbo(be, prob, st), 0)
     result = RunResult(state=st, elbo=prev)
     checkpoint = _Checkpoint(st, prev)
     # Moves marked ``at_convergence`` are costly (a search or a split): they run only once the
@@ -190,10 +195,11 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
         for it in range(1, max_iter + 1):
             phases.sweep(be, prob, st, n_threads)
             moved = False
-            cur = phases.elbo(be, prob, st)
+            cur = _finite_elbo(phases.elbo(be, prob, st), it)
             for move in moves:
                 fired, cur = phases.move(move, be, prob, st, n_threads, it, cur)
                 moved |= fired
+            cur = _finite_elbo(cur, it)
             settled = not moved and abs(cur - prev) <= tol * abs(cur)
             # A run that creeps (heavily overlapping clusters can gain a few nats a sweep for
             # hundreds of sweeps) would never reach the costly moves: try them every
@@ -202,6 +208,7 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
                 for move in final_moves:
                     fired, cur = phases.move(move, be, prob, st, n_threads, it, cur)
                     moved |= fired
+                cur = _finite_elbo(cur, it)
             # The trace grows before the checkpoint moves on, so an interrupt between the two
             # only trims the trace back to the checkpoint (trace and n_iter always agree).
             result.trace.append(cur)

@@ -19,6 +19,7 @@ from ._steps import GLOBAL_BLOCKS, composition_weights
 __all__ = ["kmeans_labels", "state_from_labels", "initial_state"]
 
 _MAX_KMEANS_POINTS = 20000
+_VQ_CHUNK = 65536
 
 
 def kmeans_labels(Z: np.ndarray, k: int, rng: np.random.Generator, n_iter: int = 25,
@@ -31,11 +32,18 @@ def kmeans_labels(Z: np.ndarray, k: int, rng: np.random.Generator, n_iter: int =
     if k <= 1:
         return np.zeros(n, dtype=np.int64)
     sub = Z if n <= max_points else Z[rng.choice(n, max_points, replace=False)]
+    # k-means is translation invariant: work relative to the first row, so that a column
+    # that is constant (at 1e170, say) is exactly 0 and cannot overflow the squared
+    # distances (scipy's k-means++ crashed the interpreter on such a column).
+    ref = sub[0].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # kmeans2 warns when a cluster empties; harmless here
-        centres, _ = kmeans2(sub, k, iter=n_iter, minit="++", seed=rng)
-    labels, _ = vq(Z, centres, check_finite=False)
-    return relabel_by_size(labels.astype(np.int64))
+        centres, _ = kmeans2(sub - ref, k, iter=n_iter, minit="++", seed=rng)
+    labels = np.empty(n, dtype=np.int64)
+    for start in range(0, n, _VQ_CHUNK):      # a chunk at a time: no N x p copy of Z
+        block = Z[start:start + _VQ_CHUNK] - ref
+        labels[start:start + _VQ_CHUNK], _ = vq(block, centres, check_finite=False)
+    return relabel_by_size(labels)
 
 
 def relabel_by_size(labels: np.ndarray) -> np.ndarray:
@@ -89,9 +97,12 @@ def _composition_features(N_jl: np.ndarray) -> np.ndarray:
 
 
 def _x_features(X: np.ndarray) -> np.ndarray:
-    sd = X.std(axis=0)
+    from ._data import exact_column_means
+
+    Xc = X - exact_column_means(X)       # a constant column becomes exactly 0
+    sd = Xc.std(axis=0)
     sd[sd <= 0.0] = 1.0
-    return (X - X.mean(axis=0)) / sd / np.sqrt(X.shape[1])
+    return Xc / sd / np.sqrt(X.shape[1])
 
 
 def group_features(prob: Problem, N_jl: np.ndarray) -> np.ndarray:

@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import zipfile
 from dataclasses import MISSING, fields
 
 import numpy as np
 
+from ._atomic import atomic_path
 from ._data import NestedData
+from .exceptions import ModelFileError
 from ._state import ConcentrationPrior, NWPrior, Problem, State
 
 __all__ = ["save_model", "load_model", "FORMAT_NAME", "FORMAT_VERSION"]
@@ -146,23 +147,17 @@ def save_model(model, path) -> None:
         "n_restarts": len(model.elbo_traces_),
     }
     arrays["metadata.json"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    np.savez_compressed(os.fspath(path), **arrays)
+    # Written beside the destination and renamed over it: an interrupted save leaves the
+    # previous file intact (see _atomic).
+    with atomic_path(model_path(path), suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
-def _read_metadata(npz, path) -> dict:
-    if "metadata.json" not in npz.files:
-        raise ValueError(f"{path} is not a nestedatoms model file (no metadata.json entry).")
-    meta = json.loads(npz["metadata.json"].tobytes().decode("utf-8"))
-    if meta.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path} is not a nestedatoms model file (format "
-                         f"{meta.get('format')!r}).")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
-            f"{path} uses model format version {version}, newer than this nestedatoms reads "
-            f"({FORMAT_VERSION}); upgrade nestedatoms (pip install -U nestedatoms)."
-        )
-    return meta
+def model_path(path) -> str:
+    """Where :func:`save_model` writes ``path``: ``.npz`` is appended if missing (as
+    ``np.savez`` does)."""
+    path = os.fspath(path)
+    return path if path.endswith(".npz") else path + ".npz"
 
 
 def _restore_params(cls, params: dict) -> dict:
@@ -182,16 +177,14 @@ def _restore_params(cls, params: dict) -> dict:
 
 def load_model(cls, path):
     """Read a model written by :func:`save_model`; returns a fitted ``cls`` instance."""
+    from ._modelfile import read_model_file
+
     path = os.fspath(path)
     if not os.path.exists(path) and os.path.exists(path + ".npz"):
         path = path + ".npz"
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise ValueError(f"cannot read {path} as a nestedatoms model file: {exc}") from exc
-    with npz:
-        meta = _read_metadata(npz, path)
-        arr = {name: npz[name] for name in npz.files if name != "metadata.json"}
+    # Everything is checked (structure, metadata, every array's dtype, shape and content)
+    # before anything below is built; a damaged or foreign file raises ModelFileError.
+    meta, arr = read_model_file(path, FORMAT_NAME, FORMAT_VERSION)
     pm = meta["problem"]
     if meta["groups_json"] is not None:
         groups = np.empty(len(meta["groups_json"]), dtype=object)
@@ -235,6 +228,12 @@ def load_model(cls, path):
     params["donor_concentration"] = _concentration_from_json(
         params.get("donor_concentration")) if params.get("donor_concentration") != "auto" else "auto"
     model = cls(**_restore_params(cls, params))
+    try:
+        from ._validation import check_estimator_params
+
+        check_estimator_params(model)
+    except ValueError as exc:            # InvalidParameterError
+        raise ModelFileError(path, f"its estimator parameters are invalid: {exc}") from None
     model.problem_ = prob
     model.state_ = st
     model.groups_ = data.groups

@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 
 from ._backend import get_backend, resolve_n_threads
-from ._data import prepare_data
+from ._data import check_constant_columns, prepare_data
 from ._fit import fit_restarts
 from ._moves import DEFAULT_MOVES
 from ._state import ConcentrationPrior, Problem, resolve_nw_prior
@@ -246,7 +246,16 @@ class NestedAtomsModel:
         """
         self._check_params()
         be = get_backend(self.backend)
+        # Refuse a fit that cannot fit in memory before copying anything (Y's shape is known
+        # without converting it); checked again below once the data is validated.
+        shape = _shape_of(Y)
+        if shape is not None:
+            check_memory(shape[0], shape[1], int(self.n_cell_clusters), int(self.n_init),
+                         self.backend)
         data = prepare_data(Y, groups, X, copy=bool(self.copy))
+        check_constant_columns(data.Y, "Y", getattr(Y, "columns", None))
+        if data.X is not None:
+            check_constant_columns(data.X, "X", getattr(X, "columns", None))
         prob = self._problem(data)
         n_threads = resolve_n_threads(self.n_threads)
         check_data_size(data.n_cells, data.n_groups, prob.L)
@@ -259,6 +268,7 @@ class NestedAtomsModel:
                                       moves=DEFAULT_MOVES, init_state=init_state,
                                       callback=callback)
         self._set_results(prob, best, runs)
+        self._warn_unconverged(best)
         return self
 
     @staticmethod
@@ -283,6 +293,20 @@ class NestedAtomsModel:
             return initial_state(be, prob, rng)
 
         return init_state
+
+    def _warn_unconverged(self, run):
+        """ConvergenceWarning when max_iter, not tol, ended the kept run (tol = 0 asks for
+        exactly max_iter sweeps; an interrupted fit has warned already)."""
+        if run.converged or getattr(run, "interrupted", False) or float(self.tol) == 0.0:
+            return
+        import warnings
+
+        from .exceptions import ConvergenceWarning
+
+        warnings.warn(
+            f"the fit stopped at max_iter={int(self.max_iter)} sweeps before the relative ELBO "
+            f"change fell below tol={self.tol:g} (converged_ = False); raise max_iter, or "
+            f"continue with model.resume().", ConvergenceWarning, stacklevel=3)
 
     def _blas_limits(self, n_threads):
         from threadpoolctl import threadpool_limits
@@ -422,6 +446,7 @@ class NestedAtomsModel:
         runs[best] = run
         self._set_results(prob, run, runs)
         self.best_restart_ = best
+        self._warn_unconverged(run)
         return self
 
     # ------------------------------------------------------------------ new data
@@ -436,7 +461,9 @@ class NestedAtomsModel:
         self._check_fitted()
         be = get_backend(self.backend)
         n_threads = resolve_n_threads(self.n_threads)
-        with self._blas_limits(n_threads):
+        # Overflow for extreme rows is detected on the results (NumericalError), not left
+        # to NumPy's RuntimeWarnings.
+        with self._blas_limits(n_threads), np.errstate(over="ignore", invalid="ignore"):
             return local_fit(be, self.problem_, self.state_, self.groups_, Y, groups, X,
                              n_threads=n_threads, with_scores=with_scores)
 
@@ -584,6 +611,17 @@ class _Run:
 
     def __init__(self, trace):
         self.trace = trace
+
+
+def _shape_of(a):
+    """(rows, columns) of a 2-D array-like without converting it, or None if unknown."""
+    shape = getattr(a, "shape", None)
+    if shape is None or len(shape) != 2:
+        return None
+    try:
+        return int(shape[0]), int(shape[1])
+    except (TypeError, ValueError):
+        return None
 
 
 def _series(values, index, name):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._data import as_float_matrix, prepare_data
+from ._labels import check_same_kind
 from ._state import Problem, State
 
 __all__ = ["LocalResult", "local_fit"]
@@ -63,7 +64,8 @@ def _new_group_x(X, labels: np.ndarray, q: int) -> np.ndarray:
                 f"was fit with group features, so new groups need theirs (a DataFrame "
                 f"indexed by group label)."
             )
-        Xa = as_float_matrix(X.loc[list(labels)], "X")
+        # by position: .loc with boolean labels would be a mask, not a lookup
+        Xa = as_float_matrix(X.iloc[X.index.get_indexer(pd.Index(labels))], "X")
     else:
         Xa = as_float_matrix(X, "X")
         if Xa.shape[0] != len(labels):
@@ -128,6 +130,8 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
         groups = (np.arange(Ya.shape[0]) if singletons
                   else np.repeat(fitted_groups[:1], Ya.shape[0]))
     data = prepare_data(Ya, groups, None)
+    if not singletons:
+        check_same_kind(fitted_groups, data.groups)
     codes = (np.full(data.n_groups, -1) if singletons
              else _group_codes(fitted_groups, data.groups))
     known = codes >= 0
@@ -150,6 +154,7 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
             )
         Xn = _new_group_x(X, data.groups[new], prob.X.shape[1])
         ell_x[new] = be.expected_loglik(Xn, st.mx, st.lamx, st.Wx, st.nux)
+        _check_new_x(ell_x, new, data.groups)
 
     rho = np.empty((J, K))
     rho[known] = st.rho[codes[known]]
@@ -193,10 +198,48 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
         with np.errstate(divide="ignore", invalid="ignore"):
             ent = -np.sum(np.where(r > 0, r * np.log(r), 0.0), axis=1)
         group_score[new] = np.sum(r * (elog_pi[None, :] + ell_x[new]), axis=1) + ent
+    _check_finite(data, xi, rho, cell_score, group_score, new)
     return LocalResult(groups=data.groups, known=known, rho=rho,
                        xi=data.to_caller_order(xi), cell_score=cell_score,
                        group_score=group_score, n_iter=n_iter, converged=converged,
                        trace=trace)
+
+
+def _check_new_x(ell_x, new, labels) -> None:
+    """The new groups' x terms are finite, or a NumericalError naming those groups."""
+    from .exceptions import NumericalError
+
+    bad = new & ~np.isfinite(ell_x).all(axis=1)
+    if bad.any():
+        raise NumericalError(
+            f"the new group(s) {labels[bad].tolist()[:10]} cannot be placed: their x lies too "
+            f"far from every group cluster for float64 (e.g. values of 1e200 against "
+            f"covariates of unit scale). Check their covariates' units and scale; such groups "
+            f"are outliers of this model.")
+
+
+def _check_finite(data, xi, rho, cell_score, group_score, new) -> None:
+    """Every result for new data is finite, or a NumericalError naming the rows of Y.
+
+    Rows far enough from every cluster (say 1e200 for data of unit scale) overflow float64
+    in their squared distances; their q(M) would be NaN and ``predict`` would return a
+    valid-looking label for them.  (The new groups' x is checked before, by _check_new_x, so
+    what is left here comes from the cells.)
+    """
+    from .exceptions import NumericalError
+
+    bad = ~np.isfinite(xi).all(axis=1)
+    if cell_score is not None:
+        bad |= ~np.isfinite(cell_score)[data.order]      # caller order -> sorted layout
+    bad_groups = ~np.isfinite(rho).all(axis=1) | ~np.isfinite(group_score)
+    bad |= np.repeat(bad_groups, data.group_sizes)
+    if bad.any():
+        rows = np.sort(data.order[bad])
+        raise NumericalError(
+            f"row(s) {rows[:10].tolist()}{' ...' if rows.size > 10 else ''} of Y cannot be "
+            f"placed: they (or cells of their group) lie too far from every cell cluster for "
+            f"float64 (e.g. values of 1e200 against data of unit scale). Check their units and "
+            f"scale; such rows are outliers of this model.")
 
 
 def _cell_scores(be, st: State, data, rho, elog_omega) -> np.ndarray:

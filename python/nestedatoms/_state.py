@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._data import NestedData
+from ._data import NestedData, exact_column_means
 from ._validation import InvalidParameterError, check_nw_prior
 
 __all__ = ["NWPrior", "ConcentrationPrior", "Problem", "State", "resolve_nw_prior"]
@@ -53,7 +53,8 @@ def _robust_covariance(Z: np.ndarray) -> np.ndarray:
     D = Z.shape[1]
     if Z.shape[0] < 2:
         return np.eye(D)
-    cov = np.atleast_2d(np.cov(Z, rowvar=False))
+    # about exact means: a constant column then has exactly zero variance at any magnitude
+    cov = np.atleast_2d(np.cov(Z - exact_column_means(Z), rowvar=False))
     scale = float(np.trace(cov)) / D
     if not np.isfinite(scale) or scale <= 0.0:
         return np.eye(D)
@@ -81,7 +82,7 @@ def _feature_variances(Z: np.ndarray) -> np.ndarray:
     """
     if Z.shape[0] < 2:
         return np.ones(Z.shape[1])
-    var = Z.var(axis=0, ddof=1)
+    var = (Z - exact_column_means(Z)).var(axis=0, ddof=1)
     ok = np.isfinite(var) & (var > 0.0)
     var[~ok] = var[ok].mean() if ok.any() else 1.0
     return var
@@ -122,7 +123,7 @@ def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
     if layer not in ("groups", "cells"):
         raise ValueError(f"layer must be 'groups' or 'cells', got {layer!r}.")
     if preset == "empirical":
-        m0 = Z.mean(axis=0)
+        m0 = exact_column_means(Z)
         shrink = float(n_clusters) ** (-2.0 / D)
         if layer == "groups":
             # E[Sigma] = W0^-1 / (nu0 - D - 1): the factor makes it exactly the target
@@ -187,9 +188,10 @@ class Problem:
 
     def __post_init__(self):
         # Sufficient statistics are accumulated about the data mean: exact, and stable.
-        self.y_centre = np.ascontiguousarray(self.data.Y.mean(axis=0))
+        # (exact for constant columns, which then centre to exactly 0 at any magnitude)
+        self.y_centre = np.ascontiguousarray(exact_column_means(self.data.Y))
         X = self.data.X
-        self.x_centre = None if X is None else np.ascontiguousarray(X.mean(axis=0))
+        self.x_centre = None if X is None else np.ascontiguousarray(exact_column_means(X))
 
     @property
     def Y(self):

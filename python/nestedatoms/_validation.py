@@ -12,16 +12,12 @@ import warnings
 
 import numpy as np
 
+# public home: nestedatoms.exceptions; this name is kept for old imports
+from .exceptions import InvalidParameterError
+
 __all__ = ["InvalidParameterError", "check_estimator_params", "check_nw_prior",
            "check_data_size", "estimate_fit_bytes", "available_memory_bytes", "check_memory"]
 
-
-class InvalidParameterError(ValueError, TypeError):
-    """A parameter of the wrong type or out of its domain.
-
-    Subclasses both ValueError and TypeError (as scikit-learn's exception of the same name
-    does), so code catching either keeps working whichever of the two problems it is.
-    """
 
 
 # ------------------------------------------------------------------------------------------

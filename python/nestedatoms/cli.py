@@ -14,6 +14,13 @@ import argparse
 import os
 import sys
 import time
+import warnings
+from contextlib import contextmanager
+
+from ._atomic import atomic_path
+from ._io import model_path
+from ._outputs import check_outputs
+from .pl import plot_paths
 
 __all__ = ["main"]
 
@@ -62,7 +69,8 @@ def _read_table(path):
         raise FileNotFoundError(f"group-feature file {path!r} does not exist.")
     lower = path.lower()
     sep = "," if lower.endswith(".csv") or lower.endswith(".csv.gz") else "\t"
-    return pd.read_csv(path, sep=sep, index_col=0)
+    # the labels stay text ("1.5", "01" are not numbers); _match_labels maps them to obs
+    return pd.read_csv(path, sep=sep, index_col=0, converters={0: str})
 
 
 def _match_labels(table, obs_labels):
@@ -71,6 +79,38 @@ def _match_labels(table, obs_labels):
     table = table.copy()
     table.index = [lookup.get(str(label), label) for label in table.index]
     return table
+
+
+def _read_h5ad(path, backed=None):
+    """anndata.read_h5ad, with an error that names the file (h5py's does not say which)."""
+    import anndata
+
+    try:
+        return anndata.read_h5ad(path, backed=backed)
+    except OSError as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise OSError(f"cannot read {path!r} as an .h5ad file ({first}).") from None
+
+
+@contextmanager
+def _interrupt_noted():
+    """Yield a list that is non-empty once the fit inside reported a KeyboardInterrupt
+    (FitInterruptedWarning); other warnings are shown as usual."""
+    from .exceptions import FitInterruptedWarning
+
+    interrupted = []
+    with warnings.catch_warnings():
+        previous = warnings.showwarning
+        warnings.simplefilter("always", FitInterruptedWarning)
+
+        def show(message, category, *rest, **kwargs):
+            if issubclass(category, FitInterruptedWarning):
+                interrupted.append(str(message))
+            else:
+                previous(message, category, *rest, **kwargs)
+
+        warnings.showwarning = show          # catch_warnings restores it on exit
+        yield interrupted
 
 
 def _plots(data, outdir, summary=None, basis=None):
@@ -129,21 +169,36 @@ def _summary_paths(path):
 
 
 def _fit(args) -> int:
-    import anndata
+    import pandas as pd  # noqa: F401  (kept for the table helpers)
 
     from . import tl
 
     if not os.path.exists(args.input):
         raise FileNotFoundError(f"input file {args.input!r} does not exist.")
-    adata = anndata.read_h5ad(args.input, backed="r" if args.backed else None)
+    model_file = None if args.model is None else model_path(args.model)
+    outputs = [("output", args.output)]
+    if args.summary:
+        outputs += [("--summary", p) for p in _summary_paths(args.summary)]
+    if model_file:
+        outputs.append(("--model", model_file))
+    if args.plots:
+        outputs += [("--plots (folder created)", p) for p in plot_paths(args.plots)]
+    check_outputs(outputs, args.force)          # before the input is even read
+    adata = _read_h5ad(args.input, backed="r" if args.backed else None)
     group_features = _group_features_arg(args, adata)
     _check_basis(args, adata)
     start = time.perf_counter()
-    model = tl.fit(adata, group_key=args.group_key, use_rep=args.use_rep,
-                   group_features=group_features, key_added=args.key_added,
-                   rank_genes=False if args.no_rank_genes else "auto", return_model=True,
-                   **_model_kwargs(args))
+    with _interrupt_noted() as interrupted:
+        model = tl.fit(adata, group_key=args.group_key, use_rep=args.use_rep,
+                       group_features=group_features, key_added=args.key_added,
+                       rank_genes=False if args.no_rank_genes else "auto", return_model=True,
+                       **_model_kwargs(args))
     seconds = time.perf_counter() - start
+    if interrupted:
+        # an unconverged state is no answer: nothing is written under the final names
+        print(f"nestedatoms fit: interrupted after {model.n_iter_} sweep(s) of the kept run; "
+              f"nothing written (the fit had not converged).", file=sys.stderr)
+        return 130
     summary = model.summary()
     status = ("converged" if model.converged_
               else "NOT converged: interrupted, or raise --max-iter")
@@ -154,18 +209,21 @@ def _fit(args) -> int:
         table = tl.differential_abundance(adata, condition_key=args.condition_key,
                                           key=args.key_added, reference=args.reference)
         _print_abundance(table, args.condition_key)
-    adata.write_h5ad(args.output)   # a backed input's X is copied across from disk
+    with atomic_path(args.output, suffix=".h5ad") as tmp:
+        adata.write_h5ad(tmp)   # a backed input's X is copied across from disk
     print(f"Results written to {args.output} (obs/obsm/uns keys '{args.key_added}...').")
     if args.summary:
         sep = "," if args.summary.lower().endswith(".csv") else "\t"
         clusters_path, groups_path = _summary_paths(args.summary)
-        summary.table().to_csv(clusters_path, sep=sep)
-        summary.groups.to_csv(groups_path, sep=sep)
+        with atomic_path(clusters_path) as tmp:
+            summary.table().to_csv(tmp, sep=sep)
+        with atomic_path(groups_path) as tmp:
+            summary.groups.to_csv(tmp, sep=sep)
         print(f"Summary tables written to {clusters_path} (one row per group cluster) and "
               f"{groups_path} (each group's cluster).")
-    if args.model:
-        model.save(args.model)
-        print(f"Model saved to {args.model} (nestedatoms.NestedAtomsModel.load reads it).")
+    if model_file:
+        model.save(model_file)
+        print(f"Model saved to {model_file} (nestedatoms.NestedAtomsModel.load reads it).")
     if args.plots:
         _plots(adata, args.plots, basis=args.basis)
     return 0
@@ -185,14 +243,17 @@ def _print_abundance(table, condition_key):
 
 # ------------------------------------------------------------------------------- predict
 def _predict(args) -> int:
-    import anndata
-
     from . import tl
 
     for path, what in ((args.input, "input file"), (args.model, "model file")):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{what} {path!r} does not exist.")
-    adata = anndata.read_h5ad(args.input)
+    outputs = [("output", args.output)]
+    if args.plots:
+        outputs += [("--plots (folder created)", p) for p in plot_paths(args.plots)
+                    if p.endswith(("donors.png", "cells.png"))]    # what predict draws
+    check_outputs(outputs, args.force)          # before the input is even read
+    adata = _read_h5ad(args.input)
     group_features = _group_features_arg(args, adata)
     _check_basis(args, adata)
     tl.predict(adata, args.model, group_key=args.group_key, use_rep=args.use_rep,
@@ -204,7 +265,8 @@ def _predict(args) -> int:
 
     with pd.option_context("display.width", 120, "display.precision", 3):
         print(groups.to_string())
-    adata.write_h5ad(args.output)
+    with atomic_path(args.output, suffix=".h5ad") as tmp:
+        adata.write_h5ad(tmp)
     print(f"Results written to {args.output} (obs/obsm/uns keys '{args.key_added}...').")
     if args.plots:
         _plots(adata, args.plots, basis=args.basis)
@@ -215,6 +277,13 @@ def _predict(args) -> int:
 def _simulate(args) -> int:
     from ._simulate import simulate_cohort
 
+    _deprecated_option(args, "--covariates-out", "--group-features-out", "covariates_out",
+                       "group_features_out")
+    outputs = [("output", args.output)]
+    if args.group_features_out:
+        outputs.append(("--group-features-out", args.group_features_out))
+    check_outputs(outputs, args.force)
+
     sim = simulate_cohort(n_groups=args.n_groups, median_cells=args.median_cells,
                           n_group_clusters=args.true_group_clusters,
                           n_cell_clusters=args.true_cell_clusters,
@@ -222,16 +291,16 @@ def _simulate(args) -> int:
                           n_cell_features=args.n_cell_features, lam_x=args.lam_x,
                           lam_y=args.lam_y, random_state=args.seed)
     adata = sim.to_anndata(group_key=args.group_key, use_rep=args.use_rep)
-    adata.write_h5ad(args.output)
+    with atomic_path(args.output, suffix=".h5ad") as tmp:
+        adata.write_h5ad(tmp)
     print(f"Wrote {args.output}: {adata.n_obs} cells of {args.n_groups} groups; "
           f"obsm[{args.use_rep!r}] = y ({sim.Y.shape[1]} features), obs[{args.group_key!r}] "
           f"= group, obs x0..x{sim.X.shape[1] - 1} = group features, obs true_cell_cluster / "
           f"true_group_cluster and uns['truth'] = the truth.")
-    _deprecated_option(args, "--covariates-out", "--group-features-out", "covariates_out",
-                       "group_features_out")
     if args.group_features_out:
         sep = "," if args.group_features_out.lower().endswith(".csv") else "\t"
-        sim.covariate_table().to_csv(args.group_features_out, sep=sep)
+        with atomic_path(args.group_features_out) as tmp:
+            sim.covariate_table().to_csv(tmp, sep=sep)
         print(f"Group features written to {args.group_features_out}.")
     return 0
 
@@ -244,6 +313,9 @@ def _demo(args) -> int:
     from ._metrics import adjusted_rand_index as ari
     from ._simulate import simulate_cohort
 
+    if not args.no_plots:
+        check_outputs([("--outdir (folder created)", p) for p in plot_paths(args.outdir)],
+                      args.force)
     # lam_y = 1 lets the cell types overlap a little, as expression clusters do, so the
     # Bayes classifier itself is below 1 and the comparison with it means something.
     sim = simulate_cohort(n_groups=args.n_groups, median_cells=args.median_cells, lam_y=1.0,
@@ -260,8 +332,12 @@ def _demo(args) -> int:
           f"{np.unique(sim.cell_truth).size} cell clusters (seed {args.seed})")
     kwargs = _model_kwargs(args)
     start = time.perf_counter()
-    model = NestedAtomsModel(**kwargs).fit(sim.Y, sim.groups, sim.X)
+    with _interrupt_noted() as interrupted:
+        model = NestedAtomsModel(**kwargs).fit(sim.Y, sim.groups, sim.X)
     seconds = time.perf_counter() - start
+    if interrupted:
+        print("nestedatoms demo: interrupted; nothing written.", file=sys.stderr)
+        return 130
     print(f"Fit in {seconds:.1f} s: {args.n_init} restarts, {model.n_iter_} sweeps in the "
           f"kept one, ELBO {model.elbo_:.6g}, backend={args.backend}.")
     bayes_g, bayes_c = sim.bayes_labels()
@@ -302,6 +378,7 @@ def _parser():
     demo.add_argument("--median-cells", type=float, default=200,
                       help="median cells per individual (default 200)")
     demo.add_argument("--no-plots", action="store_true")
+    demo.add_argument("--force", action="store_true", help="replace existing plot files")
     _model_options(demo)
     demo.set_defaults(func=_demo)
 
@@ -323,6 +400,7 @@ def _parser():
     sim.add_argument("--covariates-out", default=None,
                      help="deprecated alias of --group-features-out")
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--force", action="store_true", help="replace existing output files")
     sim.set_defaults(func=_simulate)
 
     fit = sub.add_parser("fit", help="fit an .h5ad and write the results into a new .h5ad")
@@ -349,6 +427,9 @@ def _parser():
                      help="read the input backed (its X stays on disk)")
     fit.add_argument("--no-rank-genes", action="store_true",
                      help="skip scanpy marker genes even when possible")
+    fit.add_argument("--force", action="store_true",
+                     help="replace existing output files (each is written beside and renamed "
+                          "over the old one once complete, so even the input is safe)")
     _model_options(fit)
     fit.set_defaults(func=_fit)
 
@@ -365,6 +446,8 @@ def _parser():
                       "plots here")
     pred.add_argument("--basis", default=None, metavar="OBSM_KEY",
                       help="obsm key of the 2-D cell coordinates for the plots")
+    pred.add_argument("--force", action="store_true",
+                      help="replace existing output files (otherwise they are refused)")
     pred.set_defaults(func=_predict)
     return parser
 
@@ -388,10 +471,15 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("nestedatoms: interrupted.", file=sys.stderr)
+        print("nestedatoms: interrupted; files being written were left as they were.",
+              file=sys.stderr)
         return 130
-    except (FileNotFoundError, KeyError, ValueError, TypeError, ImportError) as exc:
-        print(f"nestedatoms {args.command}: error: {exc}", file=sys.stderr)
+    except (OSError, KeyError, ValueError, TypeError, ImportError, MemoryError) as exc:
+        # one line, whatever the exception (h5py's messages span several)
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, KeyError) and message.startswith(("'", '"')):
+            message = message[1:-1]
+        print(f"nestedatoms {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

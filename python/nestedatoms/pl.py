@@ -14,8 +14,10 @@ import os
 
 import numpy as np
 
+from ._atomic import atomic_path
+
 __all__ = ["elbo_traces", "composition", "donor_composition", "coclustering", "cells",
-           "differential_abundance", "save_all"]
+           "differential_abundance", "save_all", "plot_paths"]
 
 _MAX_POINTS = 30000
 
@@ -483,6 +485,16 @@ def save_all(data, outdir=".", prefix="nestedatoms_", coords=None, summary=None,
         fig = Figure(figsize=size, layout="constrained")
         draw(fig.add_subplot())
         path = os.path.join(outdir, f"{prefix}{name}.png")
-        fig.savefig(path, dpi=dpi)
+        with atomic_path(path, suffix=".png") as tmp:     # a killed run leaves the old PNG
+            fig.savefig(tmp, dpi=dpi, format="png")
         paths.append(path)
     return paths
+
+
+# The names save_all writes (the command line checks them before it fits).
+PLOT_NAMES = ("elbo", "composition", "donors", "coclustering", "cells")
+
+
+def plot_paths(outdir=".", prefix="nestedatoms_"):
+    """The paths :func:`save_all` writes into ``outdir``, in its order."""
+    return [os.path.join(outdir, f"{prefix}{name}.png") for name in PLOT_NAMES]

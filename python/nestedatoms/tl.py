@@ -78,7 +78,8 @@ def _group_feature_table(adata, group_key, group_features, labels):
                 f"group_features has no row for group(s) {missing.tolist()[:10]} of "
                 f"adata.obs[{group_key!r}]; index it by the group labels."
             )
-        table = table.loc[list(labels)]   # rows of groups without cells are ignored
+        # rows of groups without cells are ignored; by position (boolean labels are no mask)
+        table = table.iloc[table.index.get_indexer(pd.Index(labels))]
     else:
         columns = [group_features] if isinstance(group_features, str) else list(
             group_features)
@@ -93,9 +94,19 @@ def _group_feature_table(adata, group_key, group_features, labels):
                 f"group_features column(s) {varying} vary within a group of {group_key!r}; "
                 f"a group feature must be constant over each group's cells."
             )
-        table = obs.groupby(group_key, observed=True)[columns].first().loc[list(labels)]
+        table = obs.groupby(group_key, observed=True)[columns].first()
+        table = table.iloc[table.index.get_indexer(pd.Index(labels))]
     numeric = table.select_dtypes(include=["number", "bool"])
     other = [c for c in table.columns if c not in numeric.columns]
+    missing = table[other].isna() if other else None
+    if missing is not None and missing.to_numpy().any():
+        # a numeric NaN is refused (by the fit); a categorical one would silently become an
+        # all-zero indicator row, so it is refused here the same way
+        bad = missing.any(axis=1)
+        cols = [c for c in other if missing[c].any()]
+        raise ValueError(
+            f"group_features column(s) {cols} are missing (NaN) for group(s) "
+            f"{table.index[bad].tolist()[:10]}; fill them in, or drop those groups' cells.")
     if other:
         import warnings
 
@@ -217,6 +228,7 @@ def fit(adata, group_key="donor_id", use_rep="X_pca", group_features=None, key_a
                                     "group_covariates")
     if rank_genes not in ("auto", True, False):
         raise ValueError(f"rank_genes must be 'auto', True or False, got {rank_genes!r}.")
+    _check_result_keys(adata, group_key, group_features, key_added)
     if copy:
         if adata.isbacked:
             raise ValueError("copy=True on a backed AnnData would need its expression matrix "
@@ -269,6 +281,30 @@ def _group_start(adata, group_key, init_group_labels):
 
 # tl.fit's progress bar appears once a restart has run this long (tqdm's ``delay``).
 PROGRESS_DELAY_SECONDS = 3.0
+
+
+def result_obs_keys(key_added):
+    """The obs columns :func:`fit` writes."""
+    return (f"{key_added}_cell_cluster", f"{key_added}_group_cluster")
+
+
+def _check_result_keys(adata, group_key, group_features, key_added):
+    """Refuse a key_added whose results would overwrite the input columns being read."""
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
+    inputs = [group_key]
+    if isinstance(group_features, str):
+        inputs.append(group_features)
+    elif group_features is not None and not hasattr(group_features, "columns"):
+        inputs += list(group_features)
+    # key_added itself too: it names the results (uns[key_added]), and a grouping column of
+    # that name reads as one of them
+    clash = [c for c in inputs if c in (key_added, *result_obs_keys(key_added))]
+    if clash:
+        raise ValueError(
+            f"adata.obs column(s) {clash} are inputs of this fit but also where its results "
+            f"go (key_added={key_added!r} writes {list(result_obs_keys(key_added))}); pass "
+            f"another key_added, e.g. key_added='nam2'.")
 
 
 def write_results(adata, model, summ, key_added, group_key, use_rep, group_features=None):
