@@ -181,9 +181,13 @@ def test_fit_with_conditions_umap_plots_then_predict(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "mapped_plots").iterdir()) == [
         "nestedatoms_cells.png", "nestedatoms_donors.png"]
     # a new donor without its features: the error names the fix
+    assert main(["predict", str(tmp_path / "new.h5ad"), str(model_path),
+                 str(tmp_path / "mapped2.h5ad"), "--group-key", "donor_id"]) == 2
+    assert "pass group_features" in capsys.readouterr().err
+    # an existing output is refused before anything is read
     assert main(["predict", str(tmp_path / "new.h5ad"), str(model_path), str(mapped_path),
                  "--group-key", "donor_id"]) == 2
-    assert "pass group_features" in capsys.readouterr().err
+    assert "pass --force" in capsys.readouterr().err
 
 
 def test_basis_names_the_plot_coordinates(tmp_path, capsys):

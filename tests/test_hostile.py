@@ -757,8 +757,8 @@ def test_tl_fit_with_categorical_groups_matches_string_groups():
                                                          reverse=True))
     b.obs["donor_id"] = b.obs["donor_id"].astype(str).to_numpy()
     cov = ["x0", "x1", "x2"]
-    _, ma = na.tl.fit(a, group_covariates=cov, return_model=True, **FAST)
-    _, mb = na.tl.fit(b, group_covariates=cov, return_model=True, **FAST)
+    ma = na.tl.fit(a, group_features=cov, return_model=True, **FAST)
+    mb = na.tl.fit(b, group_features=cov, return_model=True, **FAST)
     assert ma.groups_.tolist() == mb.groups_.tolist()
     np.testing.assert_array_equal(ma.problem_.data.X, mb.problem_.data.X)
     np.testing.assert_array_equal(ma.cell_probs_, mb.cell_probs_)

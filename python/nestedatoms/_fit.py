@@ -30,7 +30,7 @@ import numpy as np
 from ._init import initial_state, relabel_by_size, state_from_labels
 from ._moves import learn_group_prior_width
 from ._state import Problem, State
-from ._steps import BLOCKS, elbo
+from ._steps import BLOCKS, elbo, sweep
 # public home: nestedatoms.exceptions; these names are kept for old imports
 from .exceptions import FitInterruptedWarning, NumericalError
 
@@ -134,12 +134,20 @@ class _Phases:
 
     def __init__(self, result: RunResult):
         self.timings, self.moves = result.timings, result.moves
+        self.blocks = tuple((name, self._timed(name, update)) for name, update in BLOCKS)
+
+    def _timed(self, name, update):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return update(*args, **kwargs)
+            finally:
+                self.timings[name] += time.perf_counter() - start
+        return timed
 
     def sweep(self, be, prob, st, n_threads):
-        for name, update in BLOCKS:
-            start = time.perf_counter()
-            update(be, prob, st, n_threads)
-            self.timings[name] += time.perf_counter() - start
+        # through the module's ``sweep`` (one place to hook a sweep, as the tests do)
+        sweep(be, prob, st, n_threads, self.blocks)
 
     def elbo(self, be, prob, st):
         start = time.perf_counter()

@@ -53,7 +53,9 @@ def _json_safe(value):
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):
-        return float(value)
+        # JSON has no inf (and load refuses it): the one infinite parameter,
+        # donor_concentration=inf (NAM exactly), is stored as null and read back as inf
+        return float(value) if np.isfinite(value) else None
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, dict):
@@ -144,6 +146,9 @@ def save_model(model, path) -> None:
         "groups_json": json_groups,
         "state_scalars": state_scalars,
         "fitted": {name: _json_safe(getattr(model, name)) for name in _FITTED_SCALARS},
+        # how the fit went: seconds per phase and the moves that changed it
+        "log": {"timings_": _json_safe(getattr(model, "timings_", {})),
+                "moves_": _json_safe(getattr(model, "moves_", []))},
         "n_restarts": len(model.elbo_traces_),
     }
     arrays["metadata.json"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
@@ -244,6 +249,9 @@ def load_model(cls, path):
     model.elbo_traces_ = [arr[f"fitted/elbo_traces_/{r}"] for r in range(meta["n_restarts"])]
     model.group_prior_scale_ = float(st.x_prior_scale) if prob.has_x else None
     model.donor_concentration_ = float(st.donor_concentration)
+    log = meta.get("log") or {}           # absent from files written before it existed
+    model.timings_ = dict(log.get("timings_", {}))
+    model.moves_ = [dict(m) for m in log.get("moves_", [])]
     return model
 
 

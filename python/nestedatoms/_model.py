@@ -611,6 +611,7 @@ class _Run:
 
     def __init__(self, trace):
         self.trace = trace
+        self.timings, self.moves = {}, []     # spent before the resume, not logged again
 
 
 def _shape_of(a):

@@ -40,7 +40,7 @@ _MAX_DEFLATE_RATIO = 1100
 _NPY_HEADER_SLACK = 2**16
 
 _STATE_SCALARS = ("alpha_shape", "alpha_rate", "beta_shape", "beta_rate", "H_xi", "H_rho",
-                  "x_prior_scale")
+                  "x_prior_scale", "donor_concentration")
 _FITTED_FLOAT = ("group_probs_", "group_weights_", "cell_weights_", "cell_means_",
                  "cell_covariances_", "group_means_", "group_covariances_", "elbo_trace_")
 _FITTED_INT = ("group_labels_", "cell_labels_")
@@ -116,9 +116,23 @@ def _check_meta(meta, format_name: str, format_version: int) -> None:
         _need(_is_num(sc.get(name)), f"state_scalars.{name} is missing or not a finite number")
     for name in _STATE_SCALARS[:4]:
         _need(sc[name] > 0, f"state_scalars.{name} must be > 0")
-    if "x_prior_scale" in sc:
-        _need(_is_num(sc["x_prior_scale"]) and sc["x_prior_scale"] > 0,
-              "state_scalars.x_prior_scale must be a finite number > 0")
+    for name in ("x_prior_scale", "donor_concentration"):     # absent: their defaults
+        if name in sc:
+            _need(_is_num(sc[name]) and sc[name] > 0,
+                  f"state_scalars.{name} must be a finite number > 0")
+    _need(isinstance(pm.get("learn_donor_concentration", False), bool),
+          "problem.learn_donor_concentration is not true/false")
+    c = pm.get("donor_concentration")
+    _need(c is None or (_is_num(c) and c > 0),
+          "problem.donor_concentration is neither null (infinite) nor a number > 0")
+    log = meta.get("log", {})
+    _need(isinstance(log, dict) and isinstance(log.get("timings_", {}), dict)
+          and all(isinstance(k, str) and _is_num(v) for k, v in log.get("timings_", {}).items())
+          and isinstance(log.get("moves_", []), list)
+          and all(isinstance(m, dict) and _is_int(m.get("sweep")) and isinstance(m.get("move"), str)
+                  and _is_int(m.get("restart", 0)) and (m.get("gain") is None or _is_num(m.get("gain")))
+                  for m in log.get("moves_", [])),
+          "log is not a record of timings and moves")
     fit = meta["fitted"]
     _need(_is_int(fit.get("n_features_in_")), "fitted.n_features_in_ is not an integer")
     _need(_is_num(fit.get("elbo_")), "fitted.elbo_ is not a finite number")

@@ -183,6 +183,9 @@ def _fit(args) -> int:
         outputs.append(("--model", model_file))
     if args.plots:
         outputs += [("--plots (folder created)", p) for p in plot_paths(args.plots)]
+        if args.condition_key:              # save_all adds the abundance plot then
+            outputs.append(("--plots (folder created)",
+                            os.path.join(args.plots, "nestedatoms_abundance.png")))
     check_outputs(outputs, args.force)          # before the input is even read
     adata = _read_h5ad(args.input, backed="r" if args.backed else None)
     group_features = _group_features_arg(args, adata)
