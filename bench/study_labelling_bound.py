@@ -199,7 +199,8 @@ def donor(seeds, be_name="cpp", held=False):
         cells_auto = np.argmax(auto.state_.xi, axis=1)
         split_g = split_partition(auto.state_.N_jl, auto.group_labels_,
                                   np.random.default_rng(s))
-        print(f"seed {s}: c_auto = {c:.1f}; ARI auto {adjusted_rand_index(truth_g, auto.group_labels_):.2f}, "
+        ari_auto = adjusted_rand_index(truth_g, auto.group_labels_)
+        print(f"seed {s}: c_auto = {c:.1f}; ARI auto {ari_auto:.2f}, "
               f"nam {adjusted_rand_index(truth_g, nam.group_labels_):.2f}, "
               f"split {adjusted_rand_index(truth_g, split_g):.2f} ({time.time() - t0:.0f} s)")
         for name, conc in (("c_auto", c), ("NAM", np.inf)):

@@ -9,7 +9,6 @@
 * identical components earn nothing, well separated ones log m!; never below the ELBO.
 """
 
-import copy
 import itertools
 import math
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["get_backend", "resolve_n_threads", "available_cpus", "BACKENDS", "core_module", "available_isas"]
+__all__ = ["get_backend", "resolve_n_threads", "available_cpus", "BACKENDS", "core_module",
+           "available_isas"]
 
 BACKENDS = ("cpp", "numpy")
 

@@ -230,8 +230,9 @@ def load_model(cls, path):
     # them
     params.setdefault("learn_group_prior_scale", False)
     # likewise, files from before donor variation were fitted as NAM exactly
-    params["donor_concentration"] = _concentration_from_json(
-        params.get("donor_concentration")) if params.get("donor_concentration") != "auto" else "auto"
+    if params.get("donor_concentration") != "auto":
+        params["donor_concentration"] = _concentration_from_json(
+            params.get("donor_concentration"))
     model = cls(**_restore_params(cls, params))
     try:
         from ._validation import check_estimator_params

@@ -48,7 +48,7 @@ import numpy as np
 from scipy.special import betaln, gammaln, logsumexp
 
 from ._state import Problem, State
-from ._steps import elbo, update_alpha, update_group_sticks
+from ._steps import elbo, update_alpha
 
 __all__ = ["LabellingBound", "labelling_bound", "labelling_bound_of", "relabelled_state",
            "candidate_orders", "log_bc_categorical", "log_bc_beta", "log_bc_gamma",

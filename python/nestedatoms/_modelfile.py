@@ -126,13 +126,16 @@ def _check_meta(meta, format_name: str, format_version: int) -> None:
     _need(c is None or (_is_num(c) and c > 0),
           "problem.donor_concentration is neither null (infinite) nor a number > 0")
     log = meta.get("log", {})
-    _need(isinstance(log, dict) and isinstance(log.get("timings_", {}), dict)
-          and all(isinstance(k, str) and _is_num(v) for k, v in log.get("timings_", {}).items())
-          and isinstance(log.get("moves_", []), list)
-          and all(isinstance(m, dict) and _is_int(m.get("sweep")) and isinstance(m.get("move"), str)
-                  and _is_int(m.get("restart", 0)) and (m.get("gain") is None or _is_num(m.get("gain")))
-                  for m in log.get("moves_", [])),
-          "log is not a record of timings and moves")
+    _need(isinstance(log, dict), "log is not a record of timings and moves")
+    timings, moves = log.get("timings_", {}), log.get("moves_", [])
+    _need(isinstance(timings, dict)
+          and all(isinstance(k, str) and _is_num(v) for k, v in timings.items()),
+          "log.timings_ is not a table of seconds per phase")
+    _need(isinstance(moves, list)
+          and all(isinstance(m, dict) and _is_int(m.get("sweep")) and _is_int(m.get("restart", 0))
+                  and isinstance(m.get("move"), str)
+                  and (m.get("gain") is None or _is_num(m.get("gain"))) for m in moves),
+          "log.moves_ is not a list of move records")
     fit = meta["fitted"]
     _need(_is_int(fit.get("n_features_in_")), "fitted.n_features_in_ is not an integer")
     _need(_is_num(fit.get("elbo_")), "fitted.elbo_ is not a finite number")

@@ -123,9 +123,9 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
         raise ValueError(f"Y has {Ya.shape[1]} features but the model was fit with {p}.")
     singletons = groups is None and fitted_groups.shape[0] != 1
     if singletons and X is not None:
-        raise ValueError("X holds the group features of new groups, but groups is None (each cell is "
-                         "then an individual of its own with unknown x); pass groups with X, "
-                         "or drop X.")
+        raise ValueError("X holds the group features of new groups, but groups is None (each "
+                         "cell is then an individual of its own with unknown x); pass groups "
+                         "with X, or drop X.")
     if groups is None:
         groups = (np.arange(Ya.shape[0]) if singletons
                   else np.repeat(fitted_groups[:1], Ya.shape[0]))
@@ -176,7 +176,7 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
     if new.any():
         prev = _local_elbo(be, prob, st, elog_pi, elog_omega, ell_x, rho, new, stats, zeta)
         trace.append(prev)
-        for n_iter in range(1, max_iter + 1):
+        for n_iter in range(1, max_iter + 1):  # noqa: B007 (n_iter is reported after the loop)
             fixed_rows = rho[known].copy()
             be.group_step(_scaled(stats[0], zeta), elog_pi, elog_omega, ell_x, rho)
             rho[known] = fixed_rows

@@ -42,7 +42,8 @@ class FitProgress:
         if self.print_sweeps:
             # Restarts numbered from 1 as on the bar; written through tqdm so a line and an
             # open bar do not interleave.
-            line = f"[nestedatoms] restart {restart + 1}/{self.n_init} sweep {sweep}: ELBO {value:.6f}"
+            line = (f"[nestedatoms] restart {restart + 1}/{self.n_init} sweep {sweep}: "
+                    f"ELBO {value:.6f}")
             if self.enabled:
                 from tqdm.auto import tqdm
 

@@ -235,7 +235,8 @@ def simulate(n_groups=12, cells_per_group=100, n_group_clusters=3, n_cell_cluste
     else:
         c = float(donor_concentration)
         if not c > 0:
-            raise ValueError(f"donor_concentration must be > 0 or None, got {donor_concentration!r}.")
+            raise ValueError(f"donor_concentration must be > 0 or None, got "
+                             f"{donor_concentration!r}.")
         # a floor keeps every Dirichlet parameter positive when a type has weight ~0
         donor_omega = np.column_stack([rng.dirichlet(np.maximum(c * omega[:, k], 1e-12))
                                        for k in S])

@@ -11,7 +11,8 @@ import numpy as np
 from ._state import ConcentrationPrior, NWPrior, Problem, State
 
 __all__ = ["composition_weights", "composition_counts", "tempered", "group_weights",
-           "cell_weights", "weighted_entropy", "weighted_y_stats", "BLOCKS", "sweep", "elbo", "elbo_terms", "concentration_expectations",
+           "cell_weights", "weighted_entropy", "weighted_y_stats", "BLOCKS", "sweep", "elbo",
+           "elbo_terms", "concentration_expectations",
            "expected_stick_weights", "effective_x_prior", "learn_x_prior_scale"]
 
 
