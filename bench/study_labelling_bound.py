@@ -86,6 +86,13 @@ def sim_of(design, seed):
                        random_state=seed)
 
 
+def fitted(design, seed, be_name):
+    """The design's data set for ``seed`` and the default fit of it."""
+    sim = sim_of(design, seed)
+    return sim, na.NestedAtomsModel(random_state=seed, backend=be_name).fit(sim.Y, sim.groups,
+                                                                           sim.X)
+
+
 def split_check(design, seeds, be_name="cpp"):
     """Data without donor variation: does the bound prefer a split of the fit's partition
     (each cluster cut in two by 2-means on the joint group features), q(S) held at each?"""
@@ -97,9 +104,7 @@ def split_check(design, seeds, be_name="cpp"):
     n_elbo = n_bound = 0
     for s in seeds:
         t0 = time.time()
-        sim = sim_of(design, s)
-        model = na.NestedAtomsModel(random_state=s, backend=be_name).fit(sim.Y, sim.groups,
-                                                                         sim.X)
+        sim, model = fitted(design, s, be_name)
         prob = model.problem_
         cells = np.argmax(model.state_.xi, axis=1)
         split_g = split_partition(model.state_.N_jl, model.group_labels_,
@@ -123,9 +128,7 @@ def truth_vs_fit(design, seeds, be_name="cpp"):
     rows = []
     for s in seeds:
         t0 = time.time()
-        sim = sim_of(design, s)
-        model = na.NestedAtomsModel(random_state=s, backend=be_name).fit(sim.Y, sim.groups,
-                                                                         sim.X)
+        sim, model = fitted(design, s, be_name)
         prob = model.problem_
         data = prob.data
         truth_g = np.asarray(sim.group_truth)

@@ -111,13 +111,17 @@ def test_bad_conditions_name_the_fix(planted):
         model.differential_abundance(condition, reference="healthy")
 
 
+def _as_anndata(anndata, Y, groups, condition):
+    """The planted cohort as cells with a donor and a condition column."""
+    obs = pd.DataFrame({"donor_id": groups, "status": condition[groups].to_numpy()},
+                       index=[f"c{i}" for i in range(len(groups))])
+    return anndata.AnnData(obs=obs, obsm={"X_pca": Y})
+
+
 def test_anndata_table_matches_the_estimator_and_survives_h5ad(planted, tmp_path):
     anndata = pytest.importorskip("anndata")
     Y, groups, truth, condition, model = planted
-    adata = anndata.AnnData(obs=pd.DataFrame({"donor_id": groups,
-                                              "status": condition[groups].to_numpy()},
-                                             index=[f"c{i}" for i in range(len(groups))]),
-                            obsm={"X_pca": Y})
+    adata = _as_anndata(anndata, Y, groups, condition)
     fitted = na.tl.fit(adata, group_key="donor_id", rank_genes=False, n_group_clusters=5,
                        n_cell_clusters=6, n_init=1, return_model=True, verbose=0)
     assert fitted.elbo_ == model.elbo_
@@ -141,10 +145,7 @@ def test_anndata_table_matches_the_estimator_and_survives_h5ad(planted, tmp_path
 def test_only_the_result_key_is_written(planted):
     anndata = pytest.importorskip("anndata")
     Y, groups, truth, condition, model = planted
-    adata = anndata.AnnData(obs=pd.DataFrame({"donor_id": groups,
-                                              "status": condition[groups].to_numpy()},
-                                             index=[f"c{i}" for i in range(len(groups))]),
-                            obsm={"X_pca": Y})
+    adata = _as_anndata(anndata, Y, groups, condition)
     na.tl.fit(adata, rank_genes=False, n_group_clusters=5, n_cell_clusters=6, n_init=1,
               verbose=0)
     obs, obsm = adata.obs.copy(), {k: v.copy() for k, v in adata.obsm.items()}
