@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
@@ -76,11 +77,16 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--out", default=None, help="write the runs as CSV here")
+    ap.add_argument("--nam-grid", type=int, default=0, metavar="REPS",
+                    help="only: the default against NAM exactly on the recovery study's "
+                         "grid (data drawn from NAM itself), REPS replicates per cell")
     ap.add_argument("--summarise", metavar="CSV", default=None,
                     help="only write bench/results/donor_variation.md from a runs CSV")
     args = ap.parse_args()
     if args.summarise:
         return summarise(args.summarise)
+    if args.nam_grid:
+        return nam_grid(args.nam_grid)
     reps = range(args.reps)
     if args.quick:
         grid = [(100.0, 200, 24, 0)]
@@ -122,6 +128,59 @@ def main():
         true=("true_clusters", "median"), cell_ari=("cell_ari", "median"),
         c_hat=("c_hat", "median")).reset_index()
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+
+
+def nam_grid(reps):
+    """On data drawn from NAM itself (the recovery grid, J = 12 and 100), the default must be
+    NAM exactly: c infinite and the same partitions, up to the 1e-3 level of its test."""
+    import itertools
+
+    import pandas as pd
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from study_recovery import make_data
+
+    cells = [("model", lam, 12, n_j, T, L) for lam, n_j, T, L in
+             itertools.product((0.01, 0.1, 0.5), (100, 1000), (3, 6), (3, 6))]
+    cells += [("model", lam, 100, 100, T, L) for lam, T, L in
+              itertools.product((0.01, 0.1, 0.5), (3, 6), (3, 6))]
+    cells += [("same-composition", 0.1, J, 100, 2, 2) for J in (12, 100)]
+    rows = []
+    for cell in cells:
+        for rep in range(reps if cell[2] == 12 else 1):
+            sim, seed = make_data(*cell, rep)
+            fits = {}
+            for name, setting in (("nam", np.inf), ("default", "auto")):
+                m = na.NestedAtomsModel(random_state=seed, n_init=N_INIT,
+                                        donor_concentration=setting)
+                fits[name] = m.fit(sim.Y, sim.groups, sim.X)
+            same = (na.adjusted_rand_index(fits["nam"].group_labels_,
+                                           fits["default"].group_labels_) == 1.0
+                    and na.adjusted_rand_index(fits["nam"].cell_labels_,
+                                               fits["default"].cell_labels_) == 1.0)
+            rows.append(dict(scenario=cell[0], lam=cell[1], J=cell[2], n_j=cell[3], T=cell[4],
+                             L=cell[5], rep=rep, c=fits["default"].donor_concentration_,
+                             same_partitions=same,
+                             ari_nam=ari(sim.group_truth, fits["nam"].group_labels_),
+                             ari_default=ari(sim.group_truth, fits["default"].group_labels_)))
+            print(rows[-1], flush=True)
+    df = pd.DataFrame(rows)
+    finite = df[np.isfinite(df.c)]
+    text = (f"NAM's own data (the recovery grid's cells: J = 12 with n_j = 100 and 1000, "
+            f"{reps} replicate(s) each; J = 100 with n_j = 100, 1 each; lam in 0.01, 0.1, 0.5; "
+            f"T, L in 3, 6; and the same-composition scenario), one restart per fit: the "
+            f"default against NAM exactly (`python bench/study_donor_variation.py --nam-grid "
+            f"{reps}`).\n\n* data sets: {len(df)}\n* the default learned a finite c on: "
+            f"{len(finite)}\n* same individual and cell partitions as NAM exactly: "
+            f"{int(df.same_partitions.sum())}\n* median individual ARI, NAM exactly / "
+            f"default: {df.ari_nam.median():.3f} / {df.ari_default.median():.3f}\n")
+    if len(finite):
+        text += "\nWhere c was finite:\n\n" + finite.to_string(index=False) + "\n"
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                        "donor_variation_nam_grid.md")
+    with open(path, "w") as fh:
+        fh.write(text)
+    print(text)
 
 
 def summarise(csv_path):
