@@ -62,8 +62,9 @@ group search, and the restarts share the first restart's c.)
   further). The default never splits by plate; it separates the two controls in 1 of 5 seeds
   (seed 0, c of about 1000; then its differential-abundance table names the NK, monocyte and
   granulocyte clusters) and keeps all six samples together in the other 4 (c of 270-1000).
-  So with six samples of two donors the learned concentration is conservative: the plate-to-plate spread within one control (the ungated fraction: 53-137
-  events per 1000) is as large as the difference between the controls.
+  So with six samples of two donors the learned concentration is conservative: the
+  plate-to-plate spread within one control (the ungated fraction: 53-137 events per 1000) is
+  as large as the difference between the controls.
 * **The learned c also coarsens the cells.** zeta_j weights each sample's y terms too, so at
   c of about 270 the 6000 cells count as about 1300 and the fit finds 7-8 cell clusters,
   sometimes with CD4 and CD8 T cells together; at c of about 1000, 10-11 with them apart.
