@@ -2,6 +2,9 @@
 
 The heavy lifting lives in a C++ core (``nestedatoms._core``); a pure-NumPy reference backend
 (``nestedatoms.reference``) implements the same steps and serves as the test oracle.
+
+"Model section N" in the docstrings is section N of the model's mathematics, written out in
+``docs/model.md`` of the source distribution (the model, every update and the full ELBO).
 """
 
 from ._model import NestedAtomsModel

@@ -9,7 +9,7 @@ with an ``.npy`` reader) holding
 * ``data/*``: the training data in the fit's group-sorted layout (``Y``, ``offsets``, ``X``,
   ``groups``, ``order``), which is what lets a loaded model resume fitting;
 * ``prior/*``: the Normal-Wishart prior arrays (m0, W0^-1) of each layer and the data centres;
-* ``state/*``: every array of the variational state (SPEC section 3) and its cached statistics;
+* ``state/*``: every array of the variational state (model section 3) and its cached statistics;
 * ``fitted/*``: the fitted attributes ending in ``_`` and every restart's ELBO trace
   (``cell_probs_`` is ``state/xi`` put back in the caller's cell order, so it is not stored).
 

@@ -1,7 +1,7 @@
-"""A labelling-aware lower bound on the evidence (SPEC 6b; docs/labelling_bound.md).
+"""A labelling-aware lower bound on the evidence (model section 6b).
 
-The mean-field ELBO of SPEC 6 scores one labelling of the occupied individual clusters.  This
-module scores the mixture over relabellings
+The mean-field ELBO of model section 6 scores one labelling of the occupied individual
+clusters.  This module scores the mixture over relabellings
 
     q_mix = sum_sigma w_sigma q_sigma,
 
@@ -32,7 +32,7 @@ of the m! orders is as valid as all of them), and B(e_identity) = ELBO_identity 
 the state, so the bound never falls below the single-labelling ELBO.  Clusters that overlap
 (soft rho, near atoms) have BC near 1 and earn nothing; well separated ones earn up to log m!.
 
-Under donor variation (finite ``donor_concentration``) the ELBO of SPEC 6 is the tempered
+Under donor variation (finite ``donor_concentration``) the ELBO of model section 6 is the tempered
 objective; q(M) is shared by every component, so the same argument bounds the tempered
 objective of the mixture, and the bound is then a bound on that objective's optimum (the
 tempered evidence), like ``elbo_`` itself.
@@ -64,7 +64,7 @@ class LabellingBound:
     """The labelling-aware bound of a state.
 
     value : the bound on log p(X, Y) (the tempered evidence under donor variation).
-    elbo : the single-labelling ELBO of the state as given (SPEC 6).
+    elbo : the single-labelling ELBO of the state as given (model section 6).
     n_orders : how many orders of the occupied clusters the mixture holds.
     weights : (n_orders,) the mixture weights w (on the simplex).
     log_m_factorial : log m!, the bonus of m well separated clusters of equal weight.

@@ -1,4 +1,4 @@
-"""Recovery metrics (SPEC section 9)."""
+"""Recovery metrics (model section 9)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ class NestedAtomsModel:
     n_cell_clusters : int, default 30
         Truncation level L for cell clusters.
     prior : {"empirical", "reference"}, default "empirical"
-        Normal-Wishart prior preset for both layers (see SPEC section 2).
+        Normal-Wishart prior preset for both layers (see the model's section 2: 'Prior defaults').
     group_prior, cell_prior : dict, optional
         Overrides of the x / y Normal-Wishart priors with scikit-learn's names:
         ``mean_prior`` (m0), ``mean_precision_prior`` (lam0), ``degrees_of_freedom_prior``
@@ -70,7 +70,7 @@ class NestedAtomsModel:
         ``group_prior_scale_`` reports it.  Never broader than the prior as set, since a
         broader prior is confounded with merging.  It matters where individual clusters are
         much tighter than the prior expects (well-separated x, few individuals per
-        cluster); elsewhere f stays 1 (``bench/STUDY.md`` section 1).  "auto" learns it for
+        cluster); elsewhere f stays 1 (measured by the recovery study).  "auto" learns it for
         the default x prior (``prior="empirical"`` with no, or an empty, ``group_prior``) and
         holds a prior you chose (``"reference"``, the published setting, or an override)
         exactly as set; True learns it for any x prior; False never.  No effect without X.
@@ -241,7 +241,7 @@ class NestedAtomsModel:
         )
 
     def _learns_group_prior_scale(self) -> bool:
-        # "auto": the learned width refines the data-scaled default (SPEC 2 leaves that
+        # "auto": the learned width refines the data-scaled default (section 2 leaves that
         # default to the quality study); a prior the user chose is theirs to keep
         if isinstance(self.learn_group_prior_scale, str):        # "auto" (validated)
             return self.prior == "empirical" and not self.group_prior   # None or {}
@@ -412,7 +412,7 @@ class NestedAtomsModel:
 
     # ------------------------------------------------------------------ labelling-aware bound
     def labelling_bound(self, max_orders: int = 720):
-        """The labelling-aware lower bound on log p(X, Y) (docs/labelling_bound.md).
+        """The labelling-aware lower bound on log p(X, Y) (model section 6b).
 
         ``elbo_`` scores one labelling of the occupied individual clusters; this bound is the
         ELBO of a mixture over their relabellings (group sticks and alpha re-optimised per

@@ -443,7 +443,7 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
     Where the problem learns the x prior's width, each candidate is scored at its own width
     (learned after refining it, then refined again), and the best is kept with its width: the
     fit's objective is the ELBO at the best width, and a tight partition scored at the width
-    of a merged one looks worse than it is (bench/STUDY.md section 4 has two grid fits that
+    of a merged one looks worse than it is (the recovery study has two grid fits that
     missed the truth this way before candidates were scored at their own widths).
     """
     from ._init import group_feature_views, kmeans_labels

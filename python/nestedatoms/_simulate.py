@@ -1,4 +1,4 @@
-"""Synthetic nested data drawn from the model itself (SPEC section 8), with the truth."""
+"""Synthetic nested data drawn from the model itself (model section 8), with the truth."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 
 __all__ = ["Simulation", "simulate", "simulate_cohort"]
 
-# Atom precisions are drawn from Wishart(dim + ATOM_DF_EXTRA, I) (SPEC section 8)
+# Atom precisions are drawn from Wishart(dim + ATOM_DF_EXTRA, I) (model section 8)
 ATOM_DF_EXTRA = 5
 
 
@@ -34,7 +34,7 @@ class Simulation:
     x_precisions: np.ndarray
     y_means: np.ndarray
     y_precisions: np.ndarray
-    # the generating hyperparameters (SPEC 8), for the exact partition posterior
+    # the generating hyperparameters (model section 8), for the exact partition posterior
     alpha0_x: float = 25.0
     alpha0_y: float = 25.0
     lam_x: float = 0.1
@@ -183,7 +183,7 @@ def simulate(n_groups=12, cells_per_group=100, n_group_clusters=3, n_cell_cluste
              n_group_features=5, n_cell_features=5, alpha0_x=25.0, alpha0_y=25.0,
              lam_x=0.1, lam_y=0.1, donor_concentration=None, donor_shift=0.0,
              random_state=None) -> Simulation:
-    """Draw a cohort from the Nested Atoms Model (SPEC section 8), optionally departing from
+    """Draw a cohort from the Nested Atoms Model (model section 8), optionally departing from
     it as real cohorts do.
 
     The defaults are the published toy design: J = 12 groups of 100 cells, 3 group clusters,
@@ -272,7 +272,7 @@ def simulate_cohort(n_groups=200, median_cells=150, cells_sd=0.6, min_cells=20,
     ``min_cells``), as in single-cell cohorts such as OneK1K (~1,000 donors, a few hundred to a
     few thousand cells each); x plays genotype principal components (q = 5) and y expression
     principal components (p = 10) of ``n_cell_clusters`` cell types.  Everything else is
-    :func:`simulate` (SPEC section 8).
+    :func:`simulate` (model section 8).
     """
     rng = np.random.default_rng(random_state)
     sizes = np.maximum(np.round(rng.lognormal(np.log(median_cells), cells_sd, int(n_groups))),

@@ -1,8 +1,8 @@
-"""Priors, the problem being fit, and the variational state (SPEC sections 2 and 3).
+"""Priors, the problem being fit, and the variational state (model sections 2 and 3).
 
 The state is a plain bag of NumPy arrays that Python owns; either backend reads it and writes
 it in place, which is what lets tests step one state with both backends block by block.
-Names follow SPEC's symbols.
+Names follow the symbols of the model's specification.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _robust_covariance(Z: np.ndarray) -> np.ndarray:
 
 
 # How much narrower than its share of the volume each individual cluster is expected to be
-# (x layer, "empirical" prior); bench/study_recovery.py --prior-ablation measures the choice.
+# (x layer, "empirical" prior); the recovery study's prior ablation measured the choice.
 GROUP_SEPARATION = 2.0
 
 
@@ -91,14 +91,14 @@ def _feature_variances(Z: np.ndarray) -> np.ndarray:
 def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
                      overrides: dict | None, name: str = "prior",
                      layer: str = "cells", resolution: float = 1.0) -> NWPrior:
-    """The Normal-Wishart prior of one layer (SPEC 2, 'Prior defaults').
+    """The Normal-Wishart prior of one layer (model section 2, 'Prior defaults').
 
     ``"empirical"``: m0 = mean, nu0 = D + 5, and a scale invariant to the scale of the data:
       * ``layer="groups"`` (x): W0^-1 = (nu0 - D - 1) diag(Cov) / (2 G^(2/D)) and
         lam0 = 1 / (2 G^(2/D)), so that a priori E[Sigma] = diag(Cov) / (2 G^(2/D)) exactly
         and the atom means spread like the data, E[Sigma] / lam0 = diag(Cov).  A group
         cluster holds few individuals, so this prior weighs as much as the data there, and
-        two choices matter (bench/STUDY.md measures both):
+        two choices matter (the recovery study measured both):
         - the diagonal: the off-diagonal part of Cov comes from where the cluster centres
           lie, so a prior shaped like Cov stretches every cluster along the directions that
           separate clusters and makes wrong merges cheap.  The diagonal keeps the invariance
@@ -109,7 +109,7 @@ def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
       * ``layer="cells"`` (y): W0^-1 = nu0 Cov / G^(2/D), lam0 = 0.01 (E[Sigma] 2.5 times
         broader at D = 5; with hundreds of cells per atom the difference is small, and on the
         toy design this one tracks the Bayes classifier more closely).
-    bench/STUDY.md gives the evidence for both.
+    The recovery study gives the evidence for both.
     ``"reference"``: m0 = 0, lam0 = 0.01, nu0 = D + 5, W0 = I.
     ``resolution`` r divides the expected cluster width (E[Sigma]^(1/2)) by r: W0^-1 is
     multiplied by 1 / r^2 (either preset; an explicit ``covariance_prior`` override wins).
@@ -212,7 +212,7 @@ class Problem:
 
 @dataclass
 class State:
-    """Variational parameters (SPEC 3) plus the statistics cached from the local factors.
+    """Variational parameters (model section 3) plus the statistics cached from the local factors.
 
     ``N_jl, y_n, y_s1, y_s2, H_xi`` are functions of ``xi`` and ``H_rho`` of ``rho``; the steps
     that change xi or rho refresh them, so the ELBO never needs another pass over the cells.

@@ -1,4 +1,4 @@
-"""The CAVI blocks (SPEC 5) and the ELBO (SPEC 6), written once over any backend.
+"""The CAVI blocks (model section 5) and the ELBO (section 6), written once over any backend.
 
 Each block replaces one set of variational factors by its exact coordinate-ascent optimum
 given all the others, so none of them can lower the ELBO; tests check this block by block.
@@ -38,7 +38,7 @@ def _ell_x(be, prob: Problem, st: State) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Donor-level variation: the tempered objective (docs/model.md, "Donors vary")
+# Donor-level variation: the tempered objective (model section 2b, "Donors vary")
 # ---------------------------------------------------------------------------------------------
 def composition_weights(sizes: np.ndarray, concentration: float):
     """zeta_j = (1 + c) / (n_j + c), or None for c = inf (NAM exactly, every zeta_j = 1).
@@ -164,8 +164,8 @@ def _widened(p: NWPrior, f: float) -> NWPrior:
 
 # log f is learned in [_LOG_SCALE_MIN, _LOG_SCALE_MAX]: never broader than the prior as set
 # (a broader prior is confounded with merging: merged clusters are broad, and a broad prior
-# makes merges cheap, so the ELBO rewards the pair; bench/study_prior_scale.py lifts the cap to
-# measure this, bench/STUDY.md section 1), down to e^-8 of its width.
+# makes merges cheap, so the ELBO rewards the pair; the recovery study lifted the cap to
+# measure this), down to e^-8 of its width.
 _LOG_SCALE_MIN, _LOG_SCALE_MAX = -8.0, 0.0
 
 
@@ -255,7 +255,7 @@ def sweep(be, prob: Problem, st: State, n_threads: int = 1, blocks=BLOCKS) -> No
 # ELBO
 # ---------------------------------------------------------------------------------------------
 def elbo_terms(be, prob: Problem, st: State) -> dict:
-    """Every term of SPEC section 6, all constants kept (entropies carry an ``H_`` prefix)."""
+    """Every term of model section 6, all constants kept (entropies carry an ``H_`` prefix)."""
     t = {}
     elog_pi, elog_omega = _elog_pi(be, st), _elog_omega(be, st)
     py = prob.y_prior

@@ -6,7 +6,7 @@ listed.  ``group_cluster_index`` / ``cell_cluster_index`` map each summary numbe
 model's internal index (the columns of ``group_probs_`` / ``cell_probs_``).
 
 Credible intervals are equal-tailed Monte Carlo intervals from independent draws of the Beta
-sticks of q(v) and q(u) (SPEC section 3), turned into weights by stick breaking; point values
+sticks of q(v) and q(u) (model section 3), turned into weights by stick breaking; point values
 are the exact posterior means E[pi], E[omega].
 """
 

@@ -232,7 +232,7 @@ def available_memory_bytes() -> int | None:
 
 
 def estimate_fit_bytes(n_cells: int, p: int, L: int, n_init: int, backend: str) -> dict:
-    """The dominant allocations of a fit, in bytes, by item (SPEC 3: xi is N x L).
+    """The dominant allocations of a fit, in bytes, by item (model section 3: xi is N x L).
 
     * the state's xi (sorted layout), and the checkpoint of the last complete sweep that
       lets an interrupted fit keep a consistent model;

@@ -1,4 +1,4 @@
-"""Pure-NumPy reference backend: every step of SPEC sections 4-6, written to be read.
+"""Pure-NumPy reference backend: every step of model sections 4-6, written to be read.
 
 This module is the oracle the C++ core (``nestedatoms._core``) is tested against and the
 baseline it is benchmarked against.  Both backends expose the same functions with the same
@@ -30,7 +30,7 @@ LOG_2PI = np.log(2.0 * np.pi)
 
 
 # --------------------------------------------------------------------------------------------
-# Special functions (SPEC 7)
+# Special functions (model section 7)
 # --------------------------------------------------------------------------------------------
 def digamma_(x):
     """Digamma psi(x), elementwise."""
@@ -48,7 +48,7 @@ def _g(a, b):
 
 
 # --------------------------------------------------------------------------------------------
-# Stick-breaking weights (SPEC 4, 5.3-5.6)
+# Stick-breaking weights (model section 4, 5.3-5.6)
 # --------------------------------------------------------------------------------------------
 def expected_log_stick_weights(a, b):
     """E log of stick-breaking weights: (G - 1, C) Beta parameters -> (G, C).
@@ -112,7 +112,7 @@ def categorical_entropy(r):
 
 
 # --------------------------------------------------------------------------------------------
-# Normal-Wishart factors (SPEC 4, 5.7, 6)
+# Normal-Wishart factors (model section 4, 5.7, 6)
 # --------------------------------------------------------------------------------------------
 def _logdet_spd(A):
     """log|A| of symmetric positive-definite matrices (..., D, D), through Cholesky."""
@@ -191,7 +191,7 @@ def nw_loglik_from_stats(n, s1, s2, centre, m, lam, W, nu):
 
     Per atom: 1/2 [n (E log|Lambda| - D/lam - D log 2 pi) - nu sum_i w_i (z_i - m)' W (z_i - m)],
     with sum_i w_i (z_i - m)' W (z_i - m) = tr(s2 W) - 2 s1' W mc + n mc' W mc, mc = m - centre.
-    This equals SPEC's n [tr(S W) + (xbar - m)' W (xbar - m)] without dividing by n.
+    This equals the model's n [tr(S W) + (xbar - m)' W (xbar - m)] without dividing by n.
     """
     D = m.shape[1]
     elogdet = expected_logdet(W, nu)
@@ -204,7 +204,7 @@ def nw_loglik_from_stats(n, s1, s2, centre, m, lam, W, nu):
 
 
 def nw_prior_term(m, lam, W, nu, m0, lam0, W0inv, nu0):
-    """E_q log p(theta) summed over atoms (SPEC 6)."""
+    """E_q log p(theta) summed over atoms (model section 6)."""
     G, D = m.shape
     elogdet = expected_logdet(W, nu)
     log_b0 = log_wishart_norm(np.linalg.inv(W0inv)[None], np.array([nu0]))[0]
@@ -219,7 +219,7 @@ def nw_prior_term(m, lam, W, nu, m0, lam0, W0inv, nu0):
 
 
 def nw_entropy(m, lam, W, nu):
-    """Entropy of the Normal-Wishart factors, summed over atoms (SPEC 6)."""
+    """Entropy of the Normal-Wishart factors, summed over atoms (model section 6)."""
     D = m.shape[1]
     elogdet = expected_logdet(W, nu)
     h_wishart = -log_wishart_norm(W, nu) - 0.5 * (nu - D - 1.0) * elogdet + 0.5 * nu * D
@@ -228,7 +228,7 @@ def nw_entropy(m, lam, W, nu):
 
 
 # --------------------------------------------------------------------------------------------
-# Local steps (SPEC 5.1, 5.2)
+# Local steps (model section 5.1, 5.2)
 # --------------------------------------------------------------------------------------------
 def cell_step(Y, offsets, rho, elog_omega, m, lam, W, nu, centre, xi_out, n_threads=1,
               group_weight=None):
