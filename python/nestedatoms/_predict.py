@@ -17,6 +17,7 @@ import numpy as np
 from ._data import as_float_matrix, prepare_data
 from ._labels import check_same_kind
 from ._state import Problem, State
+from ._steps import scale_rows
 
 __all__ = ["LocalResult", "local_fit"]
 
@@ -80,11 +81,6 @@ def _new_group_x(X, labels: np.ndarray, q: int) -> np.ndarray:
     return np.ascontiguousarray(Xa)
 
 
-def _scaled(per_group: np.ndarray, zeta) -> np.ndarray:
-    """Row j times zeta_j (the donor-variation tempering); as is when zeta is None."""
-    return per_group if zeta is None else np.ascontiguousarray(per_group * zeta[:, None])
-
-
 def _local_elbo(be, prob: Problem, st: State, elog_pi, elog_omega, ell_x, rho, new, stats,
                 zeta=None):
     """The terms of the ELBO that involve the new local factors (globals fixed), with the
@@ -95,7 +91,7 @@ def _local_elbo(be, prob: Problem, st: State, elog_pi, elog_omega, ell_x, rho, n
     """
     N_jl, n, s1, s2, H_xi = stats
     total = be.nw_loglik_from_stats(n, s1, s2, prob.y_centre, st.my, st.lamy, st.Wy, st.nuy)
-    total += float(np.sum((_scaled(N_jl, zeta) @ elog_omega) * rho)) + H_xi
+    total += float(np.sum((scale_rows(N_jl, zeta) @ elog_omega) * rho)) + H_xi
     if new.any():
         r = np.ascontiguousarray(rho[new])
         total += float(np.sum(r * (elog_pi[None, :] + ell_x[new])))
@@ -178,7 +174,7 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
         trace.append(prev)
         for n_iter in range(1, max_iter + 1):  # noqa: B007 (n_iter is reported after the loop)
             fixed_rows = rho[known].copy()
-            be.group_step(_scaled(stats[0], zeta), elog_pi, elog_omega, ell_x, rho)
+            be.group_step(scale_rows(stats[0], zeta), elog_pi, elog_omega, ell_x, rho)
             rho[known] = fixed_rows
             trace.append(_local_elbo(be, prob, st, elog_pi, elog_omega, ell_x, rho, new, stats,
                                      zeta))

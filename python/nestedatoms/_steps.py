@@ -10,7 +10,7 @@ import numpy as np
 
 from ._state import ConcentrationPrior, NWPrior, Problem, State
 
-__all__ = ["composition_weights", "composition_counts", "tempered", "group_weights",
+__all__ = ["composition_weights", "composition_counts", "scale_rows", "tempered", "group_weights",
            "cell_weights", "weighted_entropy", "weighted_y_stats", "BLOCKS", "sweep", "elbo",
            "elbo_terms", "concentration_expectations",
            "expected_stick_weights", "effective_x_prior", "learn_x_prior_scale"]
@@ -71,12 +71,14 @@ def cell_weights(prob: Problem, st: State, rows=None):
     return w if rows is None else w[rows]
 
 
+def scale_rows(per_group: np.ndarray, zeta) -> np.ndarray:
+    """``per_group`` (J, .) with row j times zeta_j; the array itself when zeta is None."""
+    return per_group if zeta is None else np.ascontiguousarray(per_group * zeta[:, None])
+
+
 def tempered(prob: Problem, st: State, per_group: np.ndarray) -> np.ndarray:
-    """``per_group`` (J, .) with row j times zeta_j; the array itself when zeta = 1."""
-    zeta = group_weights(prob, st)
-    if zeta is None:
-        return per_group
-    return np.ascontiguousarray(per_group * zeta[:, None])
+    """``per_group`` with row j times the state's zeta_j (see ``scale_rows``)."""
+    return scale_rows(per_group, group_weights(prob, st))
 
 
 def composition_counts(prob: Problem, st: State) -> np.ndarray:
