@@ -179,6 +179,12 @@ def _finite_elbo(value: float, it: int) -> float:
     return float(value)
 
 
+def _settled(cur: float, prev: float, tol: float, moved: bool) -> bool:
+    """The convergence test: no move fired and |Delta ELBO| <= tol |ELBO| (a *relative* test,
+    unlike scikit-learn's mixtures, whose ``tol`` bounds the absolute change per sample)."""
+    return not moved and abs(cur - prev) <= tol * abs(cur)
+
+
 # Sweeps between tries of the costly moves in a run that has not converged yet.
 _STALL_PERIOD = 50
 
@@ -208,7 +214,7 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
                 fired, cur = phases.move(move, be, prob, st, n_threads, it, cur)
                 moved |= fired
             cur = _finite_elbo(cur, it)
-            settled = not moved and abs(cur - prev) <= tol * abs(cur)
+            settled = _settled(cur, prev, tol, moved)
             # A run that creeps (heavily overlapping clusters can gain a few nats a sweep for
             # hundreds of sweeps) would never reach the costly moves: try them every
             # _STALL_PERIOD sweeps as well.  They only ever raise the ELBO.
@@ -225,7 +231,7 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
             result.elbo = cur
             if callback is not None:
                 callback(it, cur)
-            if tol > 0 and not moved and abs(cur - prev) <= tol * abs(cur):
+            if tol > 0 and _settled(cur, prev, tol, moved):
                 result.converged = True
                 break
             prev = cur
@@ -261,7 +267,7 @@ def elbo_from_labels(be, prob: Problem, cell_labels: np.ndarray, group_labels: n
     # order, so equal partitions must also be equally numbered
     st = state_from_labels(be, prob, relabel_by_size(np.asarray(cell_labels))[prob.data.order],
                            relabel_by_size(np.asarray(group_labels)))
-    moves = (move_named("learn_group_prior_width"),) if prob.learn_x_prior_scale else ()
+    moves = (move_named("learn_group_prior_scale"),) if prob.learn_group_prior_scale else ()
     return run_cavi(be, prob, st, max_iter=max_iter, tol=tol, moves=moves).elbo
 
 
