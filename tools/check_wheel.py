@@ -8,7 +8,8 @@
    libgomp, the ``.pyi`` stubs and ``py.typed``.
 3. Install it into a fresh virtual environment with no compiler on PATH: PATH is the venv's bin
    plus a folder of symlinks to a few tools, none a compiler or a linker (checked), and
-   CC/CXX/LD are /bin/false, so nothing can be built from source.
+   CC/CXX/LD are /bin/false, so nothing can be built from source (the control: a source install
+   of this package in that environment fails, for want of a compiler).
 4. From a copy of the tests outside the source tree, so that ``import nestedatoms`` can only
    find the installed wheel (checked): the core has OpenMP and every ISA build this CPU runs,
    a small ``nestedatoms demo`` recovers its individual clusters, and the quick test subset of
@@ -156,6 +157,22 @@ def no_compiler_env(work: Path, venv_py: Path) -> dict:
     return env
 
 
+def control_cannot_compile(py: Path, env: dict, work: Path) -> None:
+    """The control: in that environment a source install of this very package must fail."""
+    cmd = [py, "-m", "pip", "install", "--no-deps", ROOT,
+           f"--config-settings=build-dir={work / 'build-control'}"]
+    log("control, must fail: $ " + " ".join(map(str, cmd)))
+    out = subprocess.run(cmd, env=env, text=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+    if out.returncode == 0:
+        fail("a source install succeeded in the no-compiler environment: it has a compiler")
+    if "compiler" not in out.stdout.lower():
+        print(out.stdout[-3000:])
+        fail("the source install failed, but not for want of a compiler (output above)")
+    line = next(ln.strip() for ln in out.stdout.splitlines() if "compiler" in ln.lower())
+    log(f"control ok, the source install failed: {line}")
+
+
 def runtime_dependencies() -> list:
     return list(pyproject()["project"]["dependencies"])
 
@@ -165,6 +182,7 @@ def install_wheel(work: Path, python: str, wheel: Path, full: bool) -> tuple[Pat
     env = no_compiler_env(work, py)
     deps_s, _ = run([py, "-m", "pip", "install", "--quiet", *runtime_dependencies()], env=env)
     pkg_s, _ = run([py, "-m", "pip", "install", "--quiet", "--no-deps", wheel], env=env)
+    control_cannot_compile(py, env, work)
     cib = pyproject()["tool"]["cibuildwheel"]
     extras = [f"{wheel}[test]"] if full else list(cib["test-requires"])
     run([py, "-m", "pip", "install", "--quiet", *extras], env=env)
