@@ -21,7 +21,7 @@
 runtime dependencies are installed first in both venvs and timed apart, so the package's own
 install times compare like for like).  Usage:
 
-    python3 tools/check_wheel.py                 # lean: ~3-4 min on 2 cores, most of it the build
+    python3 tools/check_wheel.py                 # lean: 3-5 min on 2 shared cores, most of it the build
     python3 tools/check_wheel.py --full --source-install --keep
     python3 tools/check_wheel.py --wheel wheelhouse/nestedatoms-...whl   # check a built wheel
     python3 tools/check_wheel.py --python /path/to/python3.9             # another interpreter
