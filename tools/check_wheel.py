@@ -30,6 +30,7 @@ install times compare like for like).  Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -40,10 +41,11 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import NoReturn
 
 try:
     import tomllib
-except ImportError:  # Python < 3.11
+except ImportError:  # Python < 3.11: pip install tomli
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +74,7 @@ def run(cmd, *, cwd=None, env=None, capture=False) -> tuple[float, str]:
     return time.perf_counter() - start, (out.stdout or "")
 
 
-def fail(msg: str) -> None:
+def fail(msg: str) -> NoReturn:
     sys.exit(f"[check_wheel] FAILED: {msg}")
 
 
@@ -228,8 +230,6 @@ print(json.dumps({"file": nestedatoms.__file__, "isas": available_isas(),
 
 
 def check_installed(py: Path, env: dict, cwd: Path) -> dict:
-    import json
-
     _, out = run([py, "-c", SANITY], cwd=cwd, env=env, capture=True)
     info = json.loads(out.strip().splitlines()[-1])
     site = Path(py).parent.parent.resolve()
