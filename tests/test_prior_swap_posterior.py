@@ -1,5 +1,5 @@
 """The prior pieces the recovery study swaps into the exact partition posterior
-(bench/prior_swap_posterior.py), against closed forms: they carry the study's claim about which
+(studies/prior_swap_posterior.py), against closed forms: they carry the study's claim about which
 of NAM's priors moves the mode off the truth."""
 
 import os
@@ -13,7 +13,7 @@ from scipy.special import gammaln
 from nestedatoms._init import relabel_by_first_appearance
 from nestedatoms._partition_posterior import nw_log_marginal, posterior_from_scores, subset_members
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "bench"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "studies"))
 from prior_swap_posterior import (dp_partition_label_term,  # noqa: E402
                                   labelling_gap, modes_with_nam_priors,
                                   stick_breaking_log_marginal)

@@ -1,9 +1,9 @@
-"""Real nested data: the CyTOF files that ship inside the cytonormpy wheel (bench/cytonorm_data.py).
+"""Real nested data: the CyTOF files that ship inside the cytonormpy wheel (studies/cytonorm_data.py).
 
 Six whole-blood samples: the same two control samples (Control_1, Control_2) on each of three
 plates, 1000 events each, arcsinh(x/5) of 20 lineage markers, hand-gated into major blood
 lineages.  Skipped unless cytonormpy is installed (``pip install cytonormpy``; it is located,
-never imported).  The numbers behind the thresholds are in bench/results/real_data.md.
+never imported).  The numbers behind the thresholds are in studies/results/real_data.md.
 """
 
 import os
@@ -14,7 +14,7 @@ import pytest
 
 import nestedatoms as na
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "bench"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "studies"))
 cytonorm_data = pytest.importorskip("cytonorm_data")
 
 try:

@@ -18,13 +18,13 @@ What a scientist looks at, and what this script writes:
   Nested Atoms Model exactly (``donor_concentration=numpy.inf``) and a few fixed values;
 * stability over random_state; fit times (n_threads=1).
 
-Outputs: ``bench/results/real_data.md`` and three PNGs ``bench/results/real_data_*.png``.
+Outputs: ``studies/results/real_data.md`` and three PNGs ``studies/results/real_data_*.png``.
 Uses only the public API (``nestedatoms.NestedAtomsModel``, ``nestedatoms.tl``,
 ``nestedatoms.pl``).
 
     pip install cytonormpy            # the data (and ".[test]" or ".[plot]" for the plots)
-    python bench/study_real_data.py            # about 4 min on the shared 2-core machine
-    python bench/study_real_data.py --quick    # the default fit only (about 30 s)
+    python studies/study_real_data.py            # about 4 min on the shared 2-core machine
+    python studies/study_real_data.py --quick    # the default fit only (about 30 s)
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ import pandas as pd
 
 import nestedatoms as na
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cytonorm_data  # noqa: E402
+import cytonorm_data  # a sibling: scripts run as python studies/<name>.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results")
@@ -267,8 +266,8 @@ def main():
         return all(p[control_of == c].nunique() == 1 for c in control_of.unique())
 
     w("# Real nested data: CyTOF whole blood, two shared controls on three plates\n")
-    w("Made by `python bench/study_real_data.py` (data: the `cytonormpy` wheel, "
-      "`pip install cytonormpy`; loader `bench/cytonorm_data.py`). Everything below is "
+    w("Made by `python studies/study_real_data.py` (data: the `cytonormpy` wheel, "
+      "`pip install cytonormpy`; loader `studies/cytonorm_data.py`). Everything below is "
       "measured by that script; n_threads=1 on the shared 2-core machine.\n")
     w("## Data\n")
     w(f"* {adata.n_obs} cells (events), {len(control_of)} samples = groups: the same two "

@@ -20,7 +20,7 @@ a split of the default's partition (each cluster cut in two by 2-means on the co
 every partition scored under the auto fit's c (the objective the default maximises) and under
 NAM (c = inf), by ELBO and by bound.
 
-    python bench/study_labelling_bound.py toy grid donor donor-held [--seeds 10] [--donor-seeds 5]
+    python studies/study_labelling_bound.py toy grid donor donor-held [--seeds 10] [--donor-seeds 5]
 
 'toy-split' / 'grid-split': the fit's partition against a split of it (q(S) held), on data
 without donor variation.

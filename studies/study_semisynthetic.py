@@ -17,11 +17,11 @@ Nothing is downloaded: the data set ships inside the scanpy wheel.
 
 Usage::
 
-    python bench/study_semisynthetic.py            # 3 replicates, J = 30, n_j = 60
-    python bench/study_semisynthetic.py --reps 10
+    python studies/study_semisynthetic.py            # 3 replicates, J = 30, n_j = 60
+    python studies/study_semisynthetic.py --reps 10
 
-Writes ``bench/results/semisynthetic_runs.csv`` (one row per fit, appended as it goes) and
-``bench/results/semisynthetic_summary.md``.
+Writes ``studies/results/semisynthetic_runs.csv`` (one row per fit, appended as it goes) and
+``studies/results/semisynthetic_summary.md``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from study_recovery import METHODS, RESULTS, markdown_table  # noqa: E402
+from study_recovery import METHODS, RESULTS, markdown_table
 
 RUNS_CSV = os.path.join(RESULTS, "semisynthetic_runs.csv")
 FIELDS = ["rep", "method", "group_ari", "cell_ari_bulk_labels", "cell_ari_louvain",

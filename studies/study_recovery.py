@@ -10,7 +10,7 @@ Methods:
 * ``NAM``: ``NestedAtomsModel`` with its defaults (n_init=3; the x prior's width learned);
 * ``NAM n_init=1``: one start;
 * ``NAM fixed x width``: the defaults with ``learn_group_prior_scale=False``, the x prior held
-  as set (the default until the width was learned; ``bench/STUDY.md`` section 1);
+  as set (the default until the width was learned; ``studies/STUDY.md`` section 1);
 * ``CAM``: the same estimator with x dropped (X=None);
 * ``two-stage``: scikit-learn's ``BayesianGaussianMixture`` (Dirichlet process, 30 components)
   on the cells, then ``KMeans`` on each individual's cell-cluster composition joined with its
@@ -22,24 +22,24 @@ Cells are judged against the Bayes classifier under the true parameters
 
 Usage::
 
-    python bench/study_recovery.py             # reduced grid: n_j = 100, T = L, 3 replicates
-    python bench/study_recovery.py --full      # the whole grid, 10 replicates (hours)
-    python bench/study_recovery.py --full --reps 3 --n-j 1000 --J 12   # one slice of it
-    python bench/study_recovery.py --summarise # tables and figure from the runs CSV only
-    python bench/study_recovery.py --toy 10    # the published toy design, seeds 0..9
-    python bench/study_recovery.py --prior-check 10   # truth vs merges under x-prior variants
-    python bench/study_recovery.py --prior-ablation 10   # default fits under x-prior variants
-    python bench/study_recovery.py --misses    # why each grid miss at lam <= 0.1 happened
-    python bench/study_recovery.py --ceiling   # the exact posterior mode at J = 12 (minutes)
-    python bench/study_recovery.py --ceiling-ablation   # what keeps NAM from it at T = 6
-    python bench/study_recovery.py --ceiling-priors   # the mode with NAM's priors swapped in
-    python bench/study_recovery.py --ceiling-priors --summarise   # its table from its CSV
-    python bench/study_recovery.py --ordering-check   # misses against the labelling gap
-    python bench/study_recovery.py --prior-scale-eb   # the learned x width with its cap lifted
-    python bench/study_recovery.py --unequal-widths   # the learned width, unequal widths
+    python studies/study_recovery.py             # reduced grid: n_j = 100, T = L, 3 replicates
+    python studies/study_recovery.py --full      # the whole grid, 10 replicates (hours)
+    python studies/study_recovery.py --full --reps 3 --n-j 1000 --J 12   # one slice of it
+    python studies/study_recovery.py --summarise # tables and figure from the runs CSV only
+    python studies/study_recovery.py --toy 10    # the published toy design, seeds 0..9
+    python studies/study_recovery.py --prior-check 10   # truth vs merges under x-prior variants
+    python studies/study_recovery.py --prior-ablation 10   # default fits under x-prior variants
+    python studies/study_recovery.py --misses    # why each grid miss at lam <= 0.1 happened
+    python studies/study_recovery.py --ceiling   # the exact posterior mode at J = 12 (minutes)
+    python studies/study_recovery.py --ceiling-ablation   # what keeps NAM from it at T = 6
+    python studies/study_recovery.py --ceiling-priors   # the mode with NAM's priors swapped in
+    python studies/study_recovery.py --ceiling-priors --summarise   # its table from its CSV
+    python studies/study_recovery.py --ordering-check   # misses against the labelling gap
+    python studies/study_recovery.py --prior-scale-eb   # the learned x width with its cap lifted
+    python studies/study_recovery.py --unequal-widths   # the learned width, unequal widths
 
 ``--toy`` fits the published toy design (``simulate(random_state=seed)``) with the defaults
-and writes ``bench/results/toy_design.md``: individual and cell ARI, the Bayes classifier's
+and writes ``studies/results/toy_design.md``: individual and cell ARI, the Bayes classifier's
 cell ARI, the exact posterior mode of the individual partition, and NAM's ELBO from the fit's
 answer minus that from the truth and from the mode (>= 0: the model scores the fit's answer at
 least as high, so no better search would change it).
@@ -50,9 +50,9 @@ The ceiling analyses (``--ceiling``, ``--ceiling-ablation``, ``--ceiling-priors`
 
 ``--n-j``, ``--J``, ``--lam``, ``--tied`` / ``--untied`` restrict the grid, so that slices can
 run in separate processes (they append to the same CSV, one short line per write).
-Each finished fit is appended to ``bench/results/recovery_runs.csv`` at once (a rerun skips
+Each finished fit is appended to ``studies/results/recovery_runs.csv`` at once (a rerun skips
 the rows already there), so the study can be stopped and resumed; the summary is
-``bench/results/recovery_summary.md`` and the figure ``bench/results/recovery.png``.
+``studies/results/recovery_summary.md`` and the figure ``studies/results/recovery.png``.
 """
 
 from __future__ import annotations
@@ -393,7 +393,7 @@ def write_grid_misses(table, max_lam):
     with open(os.path.join(RESULTS, "grid_misses.md"), "w") as fh:
         fh.write(f"Every default NAM fit of the grid at lam <= {max_lam} with individual ARI "
                  "below 1 or cell ARI more than 0.01 below the Bayes classifier's, refitted "
-                 "(`python bench/study_recovery.py --misses`).  Every ELBO below is of CAVI "
+                 "(`python studies/study_recovery.py --misses`).  Every ELBO below is of CAVI "
                  "run to tol = 1e-9 from hard labels, so that no margin comes from one run "
                  "stopping earlier than another.  `elbo_fit_minus_truth`: from the fit's "
                  "labels minus from the true ones, default priors.  `mode_ari`, "
@@ -580,7 +580,7 @@ def prior_check(n_seeds: int):
 
 
 def x_prior_ablation_variants(X, K):
-    """group_prior overrides for the default-fit ablation of bench/STUDY.md section 1."""
+    """group_prior overrides for the default-fit ablation of studies/STUDY.md section 1."""
     q = X.shape[1]
     cov = np.atleast_2d(np.cov(X, rowvar=False))
     share, nu0 = K ** (-2.0 / q), q + 5.0

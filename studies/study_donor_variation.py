@@ -7,8 +7,8 @@ fits per data set, both with the package's defaults otherwise (but one restart):
 default).  Reports per setting the median donor ARI, the median number of donor clusters and
 the median learned c.  Uses only the public API.
 
-    python bench/study_donor_variation.py                 # the grid (about 40 min on 2 idle cores)
-    python bench/study_donor_variation.py --quick         # one small setting (CI smoke run)
+    python studies/study_donor_variation.py                 # the grid (about 40 min on 2 idle cores)
+    python studies/study_donor_variation.py --quick         # one small setting (CI smoke run)
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main():
                     help="only: the default against NAM exactly on the recovery study's "
                          "grid (data drawn from NAM itself), REPS replicates per cell")
     ap.add_argument("--summarise", metavar="CSV", default=None,
-                    help="only write bench/results/donor_variation.md from a runs CSV")
+                    help="only write studies/results/donor_variation.md from a runs CSV")
     args = ap.parse_args()
     if args.summarise:
         return summarise(args.summarise)
@@ -137,7 +137,6 @@ def nam_grid(reps):
 
     import pandas as pd
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from study_recovery import make_data
 
     cells = [("model", lam, 12, n_j, T, L) for lam, n_j, T, L in
@@ -169,7 +168,7 @@ def nam_grid(reps):
     text = (f"NAM's own data (the recovery grid's cells: J = 12 with n_j = 100 and 1000, "
             f"{reps} replicate(s) each; J = 100 with n_j = 100, 1 each; lam in 0.01, 0.1, 0.5; "
             f"T, L in 3, 6; and the same-composition scenario), one restart per fit: the "
-            f"default against NAM exactly (`python bench/study_donor_variation.py --nam-grid "
+            f"default against NAM exactly (`python studies/study_donor_variation.py --nam-grid "
             f"{reps}`).\n\n* data sets: {len(df)}\n* the default learned a finite c on: "
             f"{len(finite)}\n* same individual and cell partitions as NAM exactly: "
             f"{int(df.same_partitions.sum())}\n* median individual ARI, NAM exactly / "
@@ -217,8 +216,8 @@ def summarise(csv_path):
               for row in table.itertuples(index=False)]
     with open(path, "w") as fh:
         fh.write(
-            "Donors that vary around their cluster (`python bench/study_donor_variation.py`; "
-            "this table: `--summarise bench/results/donor_variation_runs.csv`).  3 true donor "
+            "Donors that vary around their cluster (`python studies/study_donor_variation.py`; "
+            "this table: `--summarise studies/results/donor_variation_runs.csv`).  3 true donor "
             "clusters differing in composition only (CAM, no x), 6 cell types, p = 10; each "
             "donor's composition ~ Dirichlet(c x its cluster's), c = inf: NAM exactly; "
             "alpha0_y = 25 (the default separation) or 100 (closer compositions).  "

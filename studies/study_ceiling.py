@@ -1,5 +1,5 @@
 """The exact posterior mode of the individual partition as the study's ceiling at J = 12, and
-what separates NAM's fits from it (``bench/STUDY.md`` section 4).  Run through
+what separates NAM's fits from it (``studies/STUDY.md`` section 4).  Run through
 ``study_recovery.py`` (``--ceiling``, ``--ceiling-ablation``, ``--ceiling-priors``,
 ``--ordering-check``); it shares that script's grid, data and results files.
 """
@@ -24,8 +24,8 @@ def ceiling():
     given; ``Simulation.group_partition_posterior``), the Bayes answer under 0-1 loss for a
     method that has to learn the parameters, against every method's rows.
 
-    Writes ``bench/results/ceiling_runs.csv`` (one row per data set) and
-    ``bench/results/ceiling_summary.md`` (medians per grid cell beside each method's).  The
+    Writes ``studies/results/ceiling_runs.csv`` (one row per data set) and
+    ``studies/results/ceiling_summary.md`` (medians per grid cell beside each method's).  The
     same-composition scenario is left out: its cells are redrawn outside the model, so the
     model's posterior is not its ceiling.
     """
@@ -61,7 +61,7 @@ def ceiling():
     with open(os.path.join(RESULTS, "ceiling_summary.md"), "w") as fh:
         fh.write("J = 12 grid (scenario \"model\", 10 replicates a cell): the exact posterior "
                  "mode of the individual partition under the model that drew the data "
-                 "(`python bench/study_recovery.py --ceiling`; parameters integrated out, the "
+                 "(`python studies/study_recovery.py --ceiling`; parameters integrated out, the "
                  "cells' true labels given: it also knows T, alpha0 and lam, more than any method "
                  "is told).  `mode_ari`: "
                  "its median individual ARI; `truth_is_mode`: replicates where the truth is "
@@ -77,7 +77,7 @@ def ceiling_ablation(lams=(0.01, 0.1), J=12, n_j=100, T=6, L=3):
     fits (``n_init = 1``), the same with the x prior's width held as set, with the
     simulator's own atom priors for x and y (held as set: they are the truth), and with alpha
     also fixed at the simulator's alpha0_x.  Writes
-    ``bench/results/ceiling_ablation.md``."""
+    ``studies/results/ceiling_ablation.md``."""
     from sklearn.metrics import adjusted_rand_score as ari
 
     import nestedatoms as na
@@ -104,7 +104,7 @@ def ceiling_ablation(lams=(0.01, 0.1), J=12, n_j=100, T=6, L=3):
         print(row, flush=True)
     table = pd.DataFrame(rows)
     with open(os.path.join(RESULTS, "ceiling_ablation.md"), "w") as fh:
-        fh.write(f"J = {J}, n_j = {n_j}, T = {T}, L = {L} (`python bench/study_recovery.py "
+        fh.write(f"J = {J}, n_j = {n_j}, T = {T}, L = {L} (`python studies/study_recovery.py "
                  f"--ceiling-ablation`): individual ARI of the posterior mode under the model "
                  f"that drew the data (`mode`; told T, alpha0, lam and the cells' true "
                  f"labels) and of NAM fits (`n_init = 1`) with the default "
@@ -124,7 +124,7 @@ def ceiling_priors(lams=(0.01, 0.1), J=12, T=6):
     """Which of NAM's priors moves the exact posterior mode off the truth where NAM misses
     (J = 12, T = 6): the mode with NAM's partition, composition and x priors swapped in for the
     generating model's, one at a time and all together (``prior_swap_posterior``), beside NAM's
-    default fits from the runs CSV.  Writes ``bench/results/ceiling_priors.md`` and
+    default fits from the runs CSV.  Writes ``studies/results/ceiling_priors.md`` and
     ``ceiling_priors_runs.csv``."""
     from sklearn.metrics import adjusted_rand_score as ari
 
@@ -155,7 +155,7 @@ PROFILED_WIDTH = "profiled x width"
 
 
 def summarise_ceiling_priors(J=12, T=6):
-    """``bench/results/ceiling_priors.md`` from ``ceiling_priors_runs.csv`` and the runs CSV."""
+    """``studies/results/ceiling_priors.md`` from ``ceiling_priors_runs.csv`` and the runs CSV."""
     import pandas as pd
 
     table = pd.read_csv(CEILING_PRIORS_CSV)
@@ -178,10 +178,10 @@ def summarise_ceiling_priors(J=12, T=6):
                                                < 1e-9).groupby(groups).sum()
     medians = joined.groupby(keys)[names + list(fits) + [PROFILED_WIDTH]].median()
     with open(os.path.join(RESULTS, "ceiling_priors.md"), "w") as fh:
-        fh.write(f"J = {J}, T = {T} (`python bench/study_recovery.py --ceiling-priors`): the "
+        fh.write(f"J = {J}, T = {T} (`python studies/study_recovery.py --ceiling-priors`): the "
                  "exact posterior mode of the individual partition, the cells' true labels "
                  "given, under the generating model and with NAM's own priors swapped in "
-                 "(`bench/prior_swap_posterior.py`: a Dirichlet process with alpha ~ "
+                 "(`studies/prior_swap_posterior.py`: a Dirichlet process with alpha ~ "
                  "Gamma(0.1, 0.1) integrated out; stick-breaking compositions with beta at its "
                  "type-II MAP; NAM's data-scaled x prior at its width as set), and with all "
                  f"three and the x prior's width f profiled (`{PROFILED}`: the joint mode over "
@@ -204,7 +204,7 @@ def ordering_check(J=12, T=6, max_lam=0.1):
     of the fit over the truth (``elbo_from_labels`` both) against the labelling gap
     (``prior_swap_posterior.labelling_gap``: how far SPEC's objective under-counts a
     partition against NAM's exchangeable Dirichlet process), truth minus fit.  Writes
-    ``bench/results/ordering_check.md``."""
+    ``studies/results/ordering_check.md``."""
     from sklearn.metrics import adjusted_rand_score as ari
 
     from nestedatoms._backend import get_backend
@@ -242,7 +242,7 @@ def ordering_check(J=12, T=6, max_lam=0.1):
     with open(os.path.join(RESULTS, "ordering_check.md"), "w") as fh:
         fh.write(f"Every default NAM fit at J = {J}, T = {T}, lam <= {max_lam} (scenario "
                  "\"model\") whose individual ARI is below 1, refitted "
-                 "(`python bench/study_recovery.py --ordering-check`).  "
+                 "(`python studies/study_recovery.py --ordering-check`).  "
                  "`elbo_fit_minus_truth`: NAM's ELBO from the fit's labels minus from the "
                  "true ones (both by `elbo_from_labels`).  `labelling_gap_truth_minus_fit`: "
                  "log p(partition) under NAM's Dirichlet process, alpha integrated under its "
