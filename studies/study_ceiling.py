@@ -123,14 +123,13 @@ def ceiling_ablation(lams=(0.01, 0.1), J=12, n_j=100, T=6, L=3):
 def ceiling_priors(lams=(0.01, 0.1), J=12, T=6):
     """Which of NAM's priors moves the exact posterior mode off the truth where NAM misses
     (J = 12, T = 6): the mode with NAM's partition, composition and x priors swapped in for the
-    generating model's, one at a time and all together (``prior_swap_posterior``), beside NAM's
-    default fits from the runs CSV.  Writes ``studies/results/ceiling_priors.md`` and
-    ``ceiling_priors_runs.csv``."""
+    generating model's, one at a time and all together
+    (``nestedatoms.diagnostics.modes_with_nam_priors``), beside NAM's default fits from the
+    runs CSV.  Writes ``studies/results/ceiling_priors.md`` and ``ceiling_priors_runs.csv``."""
     from sklearn.metrics import adjusted_rand_score as ari
 
     import nestedatoms as na
-    from nestedatoms._state import resolve_nw_prior
-    from prior_swap_posterior import modes_with_nam_priors
+    from nestedatoms.diagnostics import modes_with_nam_priors, x_prior_for
 
     import pandas as pd
 
@@ -138,7 +137,7 @@ def ceiling_priors(lams=(0.01, 0.1), J=12, T=6):
     rows = []
     for lam, n_j, L, rep in itertools.product(lams, (100, 1000), (3, 6), range(10)):
         sim, _ = make_data("model", lam, J, n_j, T, L, rep)
-        nam_x = resolve_nw_prior(sim.X, K, "empirical", None, layer="groups")
+        nam_x = x_prior_for(sim.X, K)
         modes = modes_with_nam_priors(sim, nam_x, profile_x_width=True)
         rows.append(dict(lam=lam, n_j=n_j, L=L, rep=rep,
                          **{name: ari(sim.group_truth, post.map_labels)
@@ -181,7 +180,8 @@ def summarise_ceiling_priors(J=12, T=6):
         fh.write(f"J = {J}, T = {T} (`python studies/study_recovery.py --ceiling-priors`): the "
                  "exact posterior mode of the individual partition, the cells' true labels "
                  "given, under the generating model and with NAM's own priors swapped in "
-                 "(`studies/prior_swap_posterior.py`: a Dirichlet process with alpha ~ "
+                 "(`nestedatoms.diagnostics.modes_with_nam_priors`: a Dirichlet process with "
+                 "alpha ~ "
                  "Gamma(0.1, 0.1) integrated out; stick-breaking compositions with beta at its "
                  "type-II MAP; NAM's data-scaled x prior at its width as set), and with all "
                  f"three and the x prior's width f profiled (`{PROFILED}`: the joint mode over "
@@ -202,13 +202,12 @@ def summarise_ceiling_priors(J=12, T=6):
 def ordering_check(J=12, T=6, max_lam=0.1):
     """Every default NAM miss at J = 12, T = 6, lam <= ``max_lam``, refitted: NAM's ELBO margin
     of the fit over the truth (``elbo_from_labels`` both) against the labelling gap
-    (``prior_swap_posterior.labelling_gap``: how far SPEC's objective under-counts a
+    (``nestedatoms.diagnostics.labelling_gap``: how far the ELBO under-counts a
     partition against NAM's exchangeable Dirichlet process), truth minus fit.  Writes
     ``studies/results/ordering_check.md``."""
     from sklearn.metrics import adjusted_rand_score as ari
 
-    from nestedatoms._backend import get_backend
-    from prior_swap_posterior import labelling_gap
+    from nestedatoms.diagnostics import labelling_gap
 
     import pandas as pd
 
@@ -224,9 +223,8 @@ def ordering_check(J=12, T=6, max_lam=0.1):
         alpha = st.alpha_shape / st.alpha_rate
         margin = (converged_elbo(model.problem_, model.cell_labels_, model.group_labels_)
                   - converged_elbo(model.problem_, sim.cell_truth, sim.group_truth))
-        be = get_backend("cpp")
-        gap = (labelling_gap(be, model.problem_, sim.cell_truth, sim.group_truth)
-               - labelling_gap(be, model.problem_, model.cell_labels_, model.group_labels_))
+        gap = (labelling_gap(model, sim.cell_truth, sim.group_truth)
+               - labelling_gap(model, model.cell_labels_, model.group_labels_))
         rows.append(dict(lam=r.lam, n_j=r.n_j, L=r.L, rep=r.rep,
                          group_ari=ari(sim.group_truth, model.group_labels_),
                          true_clusters=np.unique(sim.group_truth).size,

@@ -5,22 +5,22 @@ Each data set: J donors in 3 clusters that differ in composition only (CAM: no x
 fits per data set, both with the package's defaults otherwise (but one restart): NAM exactly
 (``donor_concentration=numpy.inf``, the old default) and the learned concentration ("auto", the
 default).  Reports per setting the median donor ARI, the median number of donor clusters and
-the median learned c.  Uses only the public API.
+the median learned c.  Uses only the public API (and ``nestedatoms.diagnostics``).
 
-    python studies/study_donor_variation.py                 # the grid (about 40 min on 2 idle cores)
-    python studies/study_donor_variation.py --quick         # one small setting (CI smoke run)
+    python studies/study_donor_variation.py           # the grid (about 40 min on 2 idle cores)
+    python studies/study_donor_variation.py --quick   # one small setting (CI smoke run)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
 import nestedatoms as na
+from nestedatoms.diagnostics import bayes_donor_labels
 
 
 ari = na.adjusted_rand_index
@@ -28,26 +28,6 @@ ari = na.adjusted_rand_index
 
 # One restart per fit (the default has 3): the grid is large, and both methods get the same.
 N_INIT = 1
-
-
-def bayes_donor_labels(sim, concentration):
-    """The Bayes classifier of the donors: argmax_k log pi_k + log p(N_j. | k) with the true
-    weights, compositions and c, from the true cell-type counts (Dirichlet-multinomial; the
-    multinomial at c = inf).  The ceiling for a method that must learn all of them."""
-    from scipy.special import gammaln
-
-    codes = np.searchsorted(sim.group_names, sim.groups)
-    counts = np.zeros((sim.X.shape[0], sim.cell_weights.shape[0]))
-    np.add.at(counts, (codes, sim.cell_truth), 1.0)
-    log_w = np.log(np.maximum(sim.cell_weights, 1e-300))               # (L, T)
-    if np.isinf(concentration):
-        loglik = counts @ log_w
-    else:
-        a = concentration * np.maximum(sim.cell_weights, 1e-12)          # (L, T)
-        n = counts.sum(axis=1, keepdims=True)
-        loglik = (gammaln(a.sum(axis=0))[None, :] - gammaln(n + a.sum(axis=0)[None, :])
-                  + (gammaln(counts[:, :, None] + a[None]) - gammaln(a)[None]).sum(axis=1))
-    return np.argmax(np.log(sim.group_weights)[None, :] + loglik, axis=1)
 
 
 def one(concentration, cells, donors, rep, alpha0_y=25.0):

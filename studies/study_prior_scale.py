@@ -12,10 +12,10 @@ assumed.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 
+from nestedatoms.diagnostics import uncapped_x_width
 from study_recovery import RESULTS, RUNS_CSV, fit_nam_model, make_data, markdown_table
 
 # the grid's method names of the two fits this study compares with: the width held at the
@@ -29,20 +29,6 @@ def rose_fell(new, base):
     return new > base + 1e-9, new < base - 1e-9
 
 
-@contextlib.contextmanager
-def uncapped_width(max_log_scale: float = 8.0):
-    """Let the learned width exceed the prior as set, up to e^max_log_scale (for this study
-    only: the package caps it at 1)."""
-    from nestedatoms import _steps
-
-    saved = _steps._LOG_SCALE_MAX
-    _steps._LOG_SCALE_MAX = float(max_log_scale)
-    try:
-        yield
-    finally:
-        _steps._LOG_SCALE_MAX = saved
-
-
 def prior_scale_eb(lams=(0.01, 0.1, 0.5), J=12, n_j=100, shapes=((3, 3), (3, 6), (6, 3), (6, 6)),
                    n_rep=10):
     """Uncapped fits of the model data at J = ``J``, n_j = ``n_j`` (``prior_scale_eb_runs.csv``),
@@ -54,7 +40,7 @@ def prior_scale_eb(lams=(0.01, 0.1, 0.5), J=12, n_j=100, shapes=((3, 3), (3, 6),
     rows = []
     for lam, (T, L), rep in itertools.product(lams, shapes, range(n_rep)):
         sim, seed = make_data("model", lam, J, n_j, T, L, rep)
-        with uncapped_width():
+        with uncapped_x_width(8.0):
             model = fit_nam_model(sim, seed, learn_group_prior_scale=True)
         rows.append(dict(lam=lam, T=T, L=L, rep=rep,
                          uncapped=ari(sim.group_truth, model.group_labels_),

@@ -45,8 +45,8 @@ answer minus that from the truth and from the mode (>= 0: the model scores the f
 least as high, so no better search would change it).
 
 The ceiling analyses (``--ceiling``, ``--ceiling-ablation``, ``--ceiling-priors``,
-``--ordering-check``) live in ``study_ceiling.py``, the exact posterior pieces they use in
-``prior_swap_posterior.py``.
+``--ordering-check``) live in ``study_ceiling.py``; the exact posterior pieces they use are
+public, in ``nestedatoms.diagnostics``.
 
 ``--n-j``, ``--J``, ``--lam``, ``--tied`` / ``--untied`` restrict the grid, so that slices can
 run in separate processes (they append to the same CSV, one short line per write).
@@ -58,7 +58,6 @@ the rows already there), so the study can be stopped and resumed; the summary is
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import itertools
 import os
@@ -68,7 +67,7 @@ import warnings
 
 import numpy as np
 
-from nestedatoms._partition_posterior import MAX_GROUPS
+from nestedatoms.diagnostics import MAX_GROUPS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -285,36 +284,35 @@ def _figure(runs):
 
 
 def simulator_prior(dim, lam):
-    """The simulator's atom prior NW(0, lam, I, dim + 5) (SPEC 8) as estimator overrides."""
-    from nestedatoms._simulate import ATOM_DF_EXTRA
+    """The simulator's atom prior NW(0, lam, I, dim + 5) (model section 8) as estimator
+    overrides."""
+    from nestedatoms.diagnostics import simulator_atom_prior
 
-    return dict(mean_prior=0.0, mean_precision_prior=lam, covariance_prior=np.eye(dim),
-                degrees_of_freedom_prior=dim + float(ATOM_DF_EXTRA))
+    prior = simulator_atom_prior(dim, lam)
+    return dict(mean_prior=0.0, mean_precision_prior=prior.lam0, covariance_prior=prior.W0inv,
+                degrees_of_freedom_prior=prior.nu0)
 
 
 def simulator_problem(prob, sim, lam=0.1):
-    """``prob`` with both atom priors replaced by the simulator's own (SPEC 8): NW(0, lam, I,
-    D + 5).  NAM's own partition and composition priors (Dirichlet process, stick-breaking)
-    stay: for the model that drew the data in full see ``Simulation.group_partition_posterior``.
+    """``prob`` with both atom priors replaced by the simulator's own (model section 8):
+    NW(0, lam, I, D + 5).  NAM's own partition and composition priors (Dirichlet process,
+    stick-breaking) stay: for the model that drew the data in full see
+    ``Simulation.group_partition_posterior``.
     """
-    from nestedatoms._state import NWPrior
+    from nestedatoms.diagnostics import problem_with, simulator_atom_prior
 
-    out = copy.copy(prob)
-    out.learn_group_prior_scale = False        # the true prior, not a width fitted to the data
-    q, p = sim.X.shape[1], sim.Y.shape[1]
-    out.x_prior = NWPrior(m0=np.zeros(q), lam0=lam, W0inv=np.eye(q), nu0=q + 5.0)
-    out.y_prior = NWPrior(m0=np.zeros(p), lam0=lam, W0inv=np.eye(p), nu0=p + 5.0)
-    return out
+    # the true prior, not a width fitted to the data
+    return problem_with(prob, x_prior=simulator_atom_prior(sim.X.shape[1], lam),
+                        y_prior=simulator_atom_prior(sim.Y.shape[1], lam), learn_x_width=False)
 
 
 def converged_elbo(problem, cells, groups):
     """NAM's ELBO from CAVI run to tol = 1e-9 from hard labels (``elbo_from_labels``): every
     side of a comparison goes through here, so that no margin comes from one run stopping
     earlier than another."""
-    from nestedatoms._backend import get_backend
-    from nestedatoms._fit import elbo_from_labels
+    from nestedatoms.diagnostics import elbo_from_labels
 
-    return elbo_from_labels(get_backend("cpp"), problem, cells, groups)
+    return elbo_from_labels(problem, cells, groups)
 
 
 def margins_against_truth(model, sim, lam=0.1, mode_labels=None):
@@ -434,7 +432,7 @@ def toy(n_seeds: int):
     from sklearn.metrics import adjusted_rand_score as ari
 
     import nestedatoms as na
-    from nestedatoms.moves import adjusted_partition_equal
+    from nestedatoms.diagnostics import same_partition
 
     import pandas as pd
 
@@ -458,8 +456,7 @@ def toy(n_seeds: int):
                          group_ari_bayes=ari(sim.group_truth, bayes_groups),
                          group_ari_mode=ari(sim.group_truth, mode.map_labels),
                          p_truth=np.exp(mode.log_prob_truth),
-                         fit_is_mode=adjusted_partition_equal(model.group_labels_,
-                                                              mode.map_labels),
+                         fit_is_mode=same_partition(model.group_labels_, mode.map_labels),
                          n_groups_found=len(np.unique(model.group_labels_)),
                          smallest_true_cluster=int(np.bincount(sim.group_truth).min()),
                          cell_ari=ari(sim.cell_truth, model.cell_labels_),
@@ -507,7 +504,7 @@ def toy(n_seeds: int):
 
 def two_means_splits(X, groups):
     """Each true cluster of two or more individuals split in two by 2-means on x."""
-    from nestedatoms._init import kmeans_labels
+    from nestedatoms.diagnostics import kmeans_labels
 
     rng = np.random.default_rng(0)
     T = int(groups.max()) + 1
@@ -527,32 +524,28 @@ def prior_check(n_seeds: int):
     of two true clusters and every 2-means split of one, under each x prior: how often does
     the truth score highest, neither merged nor over-split?"""
     import nestedatoms as na
-    from nestedatoms._backend import get_backend
-    from nestedatoms._data import prepare_data
-    from nestedatoms._fit import run_cavi
-    from nestedatoms._init import state_from_labels
-    from nestedatoms.moves import adjusted_partition_equal
-    from nestedatoms._state import resolve_nw_prior
+    from nestedatoms.diagnostics import (problem_for, problem_with, same_partition,
+                                         score_partition, x_prior_for)
 
-    be = get_backend("cpp")
     wins = {name: 0 for name in PRIOR_CHECK_VARIANTS}
     lines = []
     for seed in range(n_seeds):
         sim = na.simulate(random_state=seed)
-        data = prepare_data(sim.Y, sim.groups, sim.X)
-        cells = sim.cell_truth[data.order]
         T = int(sim.group_truth.max()) + 1
         K = na.NestedAtomsModel().n_group_clusters
         variants = x_prior_ablation_variants(sim.X, K)
         for name in PRIOR_CHECK_VARIANTS:
             # each prior as set: the width is not learned (plain CAVI below runs no move)
-            prob = na.NestedAtomsModel(learn_group_prior_scale=False)._problem(data)
-            prob.x_prior = resolve_nw_prior(sim.X, K, "empirical", variants[name] or None,
-                                            name="group_prior", layer="groups")
+            prob = problem_with(
+                problem_for(na.NestedAtomsModel(learn_group_prior_scale=False), sim.Y,
+                            sim.groups, sim.X),
+                x_prior=x_prior_for(sim.X, K, variants[name]))
 
-            def converged(groups, prob=prob, cells=cells):
-                st = state_from_labels(be, prob, cells, groups)
-                return run_cavi(be, prob, st, max_iter=1000, tol=1e-9).elbo, st.rho.argmax(1)
+            # labels numbered by size, as elbo_from_labels numbers them (before the move to
+            # studies/ this check started CAVI from the labels as given)
+            def converged(groups, prob=prob, cells=sim.cell_truth):
+                score = score_partition(prob, cells, groups, bound=False)
+                return score.elbo, score.group_labels
 
             truth, truth_groups = converged(sim.group_truth)
             starts = [np.where(sim.group_truth == b, a, sim.group_truth)
@@ -560,7 +553,7 @@ def prior_check(n_seeds: int):
             starts += list(two_means_splits(sim.X, sim.group_truth))
             # a rival start that CAVI carries back to the true partition is no rival
             rivals = [value for value, groups in map(converged, starts)
-                      if not adjusted_partition_equal(groups, truth_groups)]
+                      if not same_partition(groups, truth_groups)]
             margin = truth - max(rivals) if rivals else np.inf
             wins[name] += margin > 0
             verdict = "every rival returns to the truth" if not rivals else f"{margin:.1f}"

@@ -1,9 +1,6 @@
 """The prior pieces the recovery study swaps into the exact partition posterior
-(studies/prior_swap_posterior.py), against closed forms: they carry the study's claim about which
-of NAM's priors moves the mode off the truth."""
-
-import os
-import sys
+(``nestedatoms.diagnostics``, implemented in ``_prior_swap``), against closed forms: they carry
+the study's claim about which of NAM's priors moves the mode off the truth."""
 
 import numpy as np
 import pytest
@@ -11,12 +8,10 @@ from scipy import integrate, stats
 from scipy.special import gammaln
 
 from nestedatoms._init import relabel_by_first_appearance
-from nestedatoms._partition_posterior import nw_log_marginal, posterior_from_scores, subset_members
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "studies"))
-from prior_swap_posterior import (dp_partition_label_term,  # noqa: E402
-                                  labelling_gap, modes_with_nam_priors,
-                                  stick_breaking_log_marginal)
+from nestedatoms.diagnostics import (dp_partition_label_term, labelling_gap,
+                                     mode_with_profiled_x_width, modes_with_nam_priors,
+                                     nw_log_marginal, posterior_from_scores, problem_for,
+                                     stick_breaking_log_marginal, subset_members, x_prior_for)
 
 
 @pytest.mark.parametrize("J", [1, 4, 9])
@@ -83,16 +78,12 @@ def test_labelling_gap_at_a_fixed_alpha_against_a_sum_over_every_labelling(group
     summed over every labelling, and SPEC's group-stick terms at their optimum for a hard
     partition are log p(its size-sorted labelling) (q(v) is then the exact posterior of the
     sticks): the gap is what the brute-force sum adds."""
-    from nestedatoms._backend import get_backend
-    from nestedatoms._data import prepare_data
-
     import nestedatoms as na
 
     sim = na.simulate(random_state=0)
-    prob = na.NestedAtomsModel(group_concentration=0.8)._problem(
-        prepare_data(sim.Y, sim.groups, sim.X))
+    prob = problem_for(na.NestedAtomsModel(group_concentration=0.8), sim.Y, sim.groups, sim.X)
     groups = np.asarray(groups)
-    assert labelling_gap(get_backend("numpy"), prob, sim.cell_truth, groups) == pytest.approx(
+    assert labelling_gap(prob, sim.cell_truth, groups, backend="numpy") == pytest.approx(
         _brute_force_labelling_gap(groups, 0.8), abs=1e-6)
 
 
@@ -100,11 +91,9 @@ def test_swapped_prior_modes_start_from_the_generating_posterior():
     """The assembly: with nothing swapped, the mode and evidence are those of
     ``Simulation.group_partition_posterior``, built independently."""
     import nestedatoms as na
-    from nestedatoms._state import resolve_nw_prior
 
     sim = na.simulate(n_groups=8, cells_per_group=30, random_state=3)
-    modes = modes_with_nam_priors(sim, resolve_nw_prior(sim.X, 30, "empirical", None,
-                                                         layer="groups"))
+    modes = modes_with_nam_priors(sim, x_prior_for(sim.X, 30))
     reference = sim.group_partition_posterior()
     np.testing.assert_array_equal(modes["generating"].map_labels, reference.map_labels)
     assert modes["generating"].log_evidence == pytest.approx(reference.log_evidence, abs=1e-9)
@@ -116,8 +105,6 @@ def test_profiled_width_mode_is_the_joint_maximum_over_partitions_and_widths():
     """The mode with the x prior's width profiled is the (partition, width) pair that scores
     highest, found here by scoring every partition of six individuals at every width."""
     import itertools
-
-    from prior_swap_posterior import mode_with_profiled_x_width
 
     J, q = 6, 2
     rng = np.random.default_rng(12)
@@ -167,11 +154,10 @@ def test_profiled_width_at_the_width_as_set_is_the_all_three_mode():
     """The wiring of the profiled entry (x prior at width f, beta as under all three): with a
     grid of the single width 1 it is exactly the mode under all three NAM priors."""
     import nestedatoms as na
-    from nestedatoms._state import resolve_nw_prior
 
     sim = na.simulate(n_groups=8, cells_per_group=30, n_group_clusters=3, lam_x=0.01,
                       random_state=5)
-    prior = resolve_nw_prior(sim.X, 30, "empirical", None, layer="groups")
+    prior = x_prior_for(sim.X, 30)
     at_one = modes_with_nam_priors(sim, prior, profile_x_width=True, log_widths=np.zeros(1))
     profiled = at_one["all three NAM priors, x width profiled"]
     fixed = at_one["all three NAM priors"]

@@ -4,7 +4,7 @@ time, for the generating model's.
 ``Simulation.group_partition_posterior`` scores partitions under the model that drew the data:
 Dir(alpha0_x / T) cluster weights with T known, cell-type compositions from Dir(alpha0_y / L),
 and x atoms from the simulator's NW(0, lam, I, q + 5).  NAM has its own version of each piece
-(SPEC section 2).  Every piece below still factors over the blocks of a partition, so the same
+(model section 2).  Every piece below still factors over the blocks of a partition, so the same
 exact subset enumeration applies (``posterior_from_scores``), and one can ask which of NAM's
 priors moves the mode away from the truth, with no variational approximation and no search in
 the way:
@@ -16,7 +16,7 @@ the way:
   with the cell types in order of size as NAM orders its atoms and a truncation above their
   number (so every type has a stick):
   p(M_B | beta) = prod_l B(1 + n_l, beta + n_>l) / B(1, beta). beta is shared by every cluster
-  (SPEC), which couples the blocks, so it is set to its type-II MAP over a grid under
+  (model section 2), which couples the blocks, so it is set to its type-II MAP over a grid under
   Gamma(a, b) (NAM estimates it from the data as well);
 * **x atoms**: NAM's default "empirical" x prior (``resolve_nw_prior``), scaled by the data,
   at its width as set; and, with all three swapped in, also with the width profiled: the joint
@@ -34,16 +34,21 @@ import numpy as np
 from scipy.special import betaln, gammaln, logsumexp
 from scipy.stats import gamma
 
-from nestedatoms._partition_posterior import (PartitionPosterior, _dirichlet_multinomial,
-                                              nw_log_marginal, posterior_from_scores,
-                                              subset_members)
-from nestedatoms._steps import _LOG_SCALE_MAX, _LOG_SCALE_MIN, _widened
-from nestedatoms._simulate import ATOM_DF_EXTRA
+from ._init import relabel_by_size, state_from_labels
+from ._partition_posterior import (PartitionPosterior, _dirichlet_multinomial, nw_log_marginal,
+                                   posterior_from_scores, subset_members)
+from ._simulate import ATOM_DF_EXTRA
+from ._steps import (_LOG_SCALE_MAX, _LOG_SCALE_MIN, _widened, elbo_terms, update_alpha,
+                     update_group_sticks)
 
-# SPEC section 2: a_alpha = b_alpha = a_beta = b_beta = 0.1
+__all__ = ["ProfiledPartitionMode", "dp_partition_label_term", "stick_breaking_log_marginal",
+           "modes_with_nam_priors", "mode_with_profiled_x_width", "labelling_gap",
+           "LOG_WIDTH_GRID"]
+
+# model section 2: a_alpha = b_alpha = a_beta = b_beta = 0.1
 CONCENTRATION_SHAPE, CONCENTRATION_RATE = 0.1, 0.1
 BETA_GRID = 2.0 ** np.arange(-4.0, 5.0)              # 1/16 .. 16, factors of 2
-# NAM learns log f in [-8, 0] (``nestedatoms._steps``); the profile searches that range in
+# NAM learns log f in [-8, 0] (``_steps``); the profile searches that range in
 # steps of 1/4
 LOG_WIDTH_GRID = np.arange(_LOG_SCALE_MIN, _LOG_SCALE_MAX + 0.125, 0.25)
 
@@ -150,7 +155,7 @@ class ProfiledPartitionMode(PartitionPosterior):
 
 def _x_prior_at(prior, f: float):
     """lam0, nu0, W0^-1, m0 of NAM's x prior at width f, as the fit scales it
-    (``nestedatoms._steps._widened``: W0^-1 and lam0 times f)."""
+    (``_steps._widened``: W0^-1 and lam0 times f)."""
     p = _widened(prior, f)
     return p.lam0, p.nu0, p.W0inv, p.m0
 
@@ -178,10 +183,10 @@ def mode_with_profiled_x_width(block_scores_at, label_term: np.ndarray, truth: n
 
 
 def labelling_gap(be, prob, cells: np.ndarray, groups: np.ndarray) -> float:
-    """How far SPEC's objective under-counts a partition of the individuals, in nats: the
+    """How far the ELBO (model section 6) under-counts a partition of the individuals, in nats: the
     exact log prior probability of the partition under NAM's Dirichlet process (alpha
     integrated under its Gamma prior, or at its fixed value) minus the partition-prior terms
-    of SPEC's ELBO at their optimum for that hard partition, labelled by size (E log p(S | v),
+    of the ELBO at their optimum for that hard partition, labelled by size (E log p(S | v),
     log p(v | alpha), log p(alpha) and the entropies of q(v) and q(alpha); the fit's q(S) is
     hard, so H(S) = 0).  ``cells``, ``groups``: labels in the caller's order; ``prob``: the
     fit's problem, whose truncation K and concentration prior are used.
@@ -190,9 +195,6 @@ def labelling_gap(be, prob, cells: np.ndarray, groups: np.ndarray) -> float:
     more than a merged one.  With alpha fixed it is exactly what a brute-force sum over every
     labelling adds to the size-sorted one (tested).
     """
-    from nestedatoms._init import relabel_by_size, state_from_labels
-    from nestedatoms._steps import elbo_terms, update_alpha, update_group_sticks
-
     groups = relabel_by_size(np.asarray(groups))
     st = state_from_labels(be, prob, relabel_by_size(np.asarray(cells))[prob.data.order],
                            groups)
