@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
@@ -24,6 +25,9 @@ from nestedatoms.diagnostics import bayes_donor_labels
 
 
 ari = na.adjusted_rand_index
+# A smoke run (--quick) writes here instead of results/ (study_recovery.rerun_in_scratch).
+RESULTS = (os.environ.get("NESTEDATOMS_STUDY_RESULTS")
+           or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
 
 
 # One restart per fit (the default has 3): the grid is large, and both methods get the same.
@@ -54,7 +58,9 @@ def one(concentration, cells, donors, rep, alpha0_y=25.0):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true",
+                    help="one small setting, then its summary and one data set of --nam-grid "
+                         "(CI smoke run)")
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--out", default=None, help="write the runs as CSV here")
     ap.add_argument("--nam-grid", type=int, default=0, metavar="REPS",
@@ -63,6 +69,10 @@ def main():
     ap.add_argument("--summarise", metavar="CSV", default=None,
                     help="only write studies/results/donor_variation.md from a runs CSV")
     args = ap.parse_args()
+    if args.quick and not os.environ.get("NESTEDATOMS_STUDY_RESULTS"):
+        from study_recovery import rerun_in_scratch
+
+        return rerun_in_scratch(__file__, sys.argv[1:])
     if args.summarise:
         return summarise(args.summarise)
     if args.nam_grid:
@@ -70,6 +80,8 @@ def main():
     reps = range(args.reps)
     if args.quick:
         grid = [(100.0, 200, 24, 0)]
+        args.out = args.out or os.path.join(RESULTS, "donor_variation_quick_runs.csv")
+        os.makedirs(RESULTS, exist_ok=True)
     else:
         concentrations = [10.0, 30.0, 100.0, 300.0, np.inf]
         # variation x (cells per donor, donors): 50-2000 cells, 24-96 donors
@@ -108,9 +120,12 @@ def main():
         true=("true_clusters", "median"), cell_ari=("cell_ari", "median"),
         c_hat=("c_hat", "median")).reset_index()
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    if args.quick:
+        summarise(args.out)
+        nam_grid(1, cells=[("model", 0.1, 12, 40, 3, 3)])
 
 
-def nam_grid(reps):
+def nam_grid(reps, cells=None):
     """On data drawn from NAM itself (the recovery grid, J = 12 and 100), the default must be
     NAM exactly: c infinite and the same partitions, up to the 1e-3 level of its test."""
     import itertools
@@ -119,11 +134,12 @@ def nam_grid(reps):
 
     from study_recovery import make_data
 
-    cells = [("model", lam, 12, n_j, T, L) for lam, n_j, T, L in
-             itertools.product((0.01, 0.1, 0.5), (100, 1000), (3, 6), (3, 6))]
-    cells += [("model", lam, 100, 100, T, L) for lam, T, L in
-              itertools.product((0.01, 0.1, 0.5), (3, 6), (3, 6))]
-    cells += [("same-composition", 0.1, J, 100, 2, 2) for J in (12, 100)]
+    if cells is None:
+        cells = [("model", lam, 12, n_j, T, L) for lam, n_j, T, L in
+                 itertools.product((0.01, 0.1, 0.5), (100, 1000), (3, 6), (3, 6))]
+        cells += [("model", lam, 100, 100, T, L) for lam, T, L in
+                  itertools.product((0.01, 0.1, 0.5), (3, 6), (3, 6))]
+        cells += [("same-composition", 0.1, J, 100, 2, 2) for J in (12, 100)]
     rows = []
     for cell in cells:
         for rep in range(reps if cell[2] == 12 else 1):
@@ -155,8 +171,7 @@ def nam_grid(reps):
             f"default: {df.ari_nam.median():.3f} / {df.ari_default.median():.3f}\n")
     if len(finite):
         text += "\nWhere c was finite:\n\n" + finite.to_string(index=False) + "\n"
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                        "donor_variation_nam_grid.md")
+    path = os.path.join(RESULTS, "donor_variation_nam_grid.md")
     with open(path, "w") as fh:
         fh.write(text)
     print(text)
@@ -184,8 +199,7 @@ def summarise(csv_path):
                         seconds_before=before.seconds.median(),
                         seconds_after=after.seconds.median()))
     table = pd.DataFrame(out)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                        "donor_variation.md")
+    path = os.path.join(RESULTS, "donor_variation.md")
 
     def fmt(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v)
@@ -209,4 +223,4 @@ def summarise(csv_path):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,6 +21,7 @@ every partition scored under the auto fit's c (the objective the default maximis
 NAM (c = inf), by ELBO and by bound.
 
     python studies/study_labelling_bound.py toy grid donor donor-held [--seeds 10] [--donor-seeds 5]
+    python studies/study_labelling_bound.py --quick    # toy, toy-split, donor-held; one seed
 
 'toy-split' / 'grid-split': the fit's partition against a split of it (q(S) held), on data
 without donor variation.
@@ -199,7 +200,11 @@ def main():
     ap.add_argument("--seed-start", type=int, default=0)
     ap.add_argument("--donor-seeds", type=int, default=5)
     ap.add_argument("--backend", default="cpp")
+    ap.add_argument("--quick", action="store_true",
+                    help="toy, toy-split and donor-held on one seed each (CI smoke run)")
     args = ap.parse_args()
+    if args.quick:
+        args.designs, args.seeds, args.donor_seeds = ["toy", "toy-split", "donor-held"], 1, 1
     for d in args.designs:
         if d in ("toy-split", "grid-split"):
             split_check(d.split("-")[0], range(args.seed_start, args.seed_start + args.seeds),

@@ -37,6 +37,7 @@ Usage::
     python studies/study_recovery.py --ordering-check   # misses against the labelling gap
     python studies/study_recovery.py --prior-scale-eb   # the learned x width with its cap lifted
     python studies/study_recovery.py --unequal-widths   # the learned width, unequal widths
+    python studies/study_recovery.py --quick   # every analysis at its smallest (CI smoke run)
 
 ``--toy`` fits the published toy design (``simulate(random_state=seed)``) with the defaults
 and writes ``studies/results/toy_design.md``: individual and cell ARI, the Bayes classifier's
@@ -70,13 +71,26 @@ import numpy as np
 from nestedatoms.diagnostics import MAX_GROUPS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
+# A smoke run (--quick) writes here instead of results/ (see rerun_in_scratch).
+RESULTS_ENV = "NESTEDATOMS_STUDY_RESULTS"
+RESULTS = os.environ.get(RESULTS_ENV) or os.path.join(HERE, "results")
 RUNS_CSV = os.path.join(RESULTS, "recovery_runs.csv")
 FIELDS = ["scenario", "lam", "J", "n_j", "T", "L", "rep", "method", "group_ari", "cell_ari",
           "cell_ari_bayes", "group_ari_bayes", "n_groups_found", "n_cells_found", "seconds"]
 METHODS = ("NAM", "NAM n_init=1", "CAM", "two-stage", "NAM fixed x width")
 # margins within this many nats count as ties: CAVI to tol = 1e-9 on ELBOs of order 1e4-1e6
 TIE_NATS = 0.01
+
+
+def rerun_in_scratch(script, argv) -> int:
+    """Run ``script argv`` again in a fresh interpreter whose results folder (RESULTS_ENV) is a
+    temporary one, removed afterwards: a smoke run never overwrites the study's results."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="nestedatoms-study-") as scratch:
+        return subprocess.call([sys.executable, script, *argv],
+                               env={**os.environ, RESULTS_ENV: scratch})
 
 
 # ------------------------------------------------------------------------------ scenarios
@@ -109,14 +123,19 @@ def make_data(scenario, lam, J, n_j, T, L, rep):
 
 
 # ------------------------------------------------------------------------------ methods
-def fit_nam_model(sim, seed, n_init=3, use_x=True, **options):
+# restarts of a "NAM" fit: the estimator's default (the smoke run uses 1)
+N_INIT = 3
+
+
+def fit_nam_model(sim, seed, n_init=None, use_x=True, **options):
     import nestedatoms as na
 
-    model = na.NestedAtomsModel(n_init=n_init, random_state=seed, n_threads=1, **options)
+    model = na.NestedAtomsModel(n_init=N_INIT if n_init is None else n_init,
+                                random_state=seed, n_threads=1, **options)
     return model.fit(sim.Y, sim.groups, sim.X if use_x else None)
 
 
-def fit_nam(sim, seed, n_init=3, use_x=True, **options):
+def fit_nam(sim, seed, n_init=None, use_x=True, **options):
     model = fit_nam_model(sim, seed, n_init, use_x, **options)
     return model.group_labels_, model.cell_labels_
 
@@ -168,7 +187,7 @@ def done_keys():
                 for r in csv.DictReader(fh)}
 
 
-def run(full: bool, n_rep: int, methods, **filters):
+def run(full: bool, n_rep: int, methods, cells=None, **filters):
     from sklearn.metrics import adjusted_rand_score as ari
 
     os.makedirs(RESULTS, exist_ok=True)
@@ -179,7 +198,7 @@ def run(full: bool, n_rep: int, methods, **filters):
         if new_file:
             writer.writeheader()
         for rep in range(n_rep):                 # replicates outermost: every cell gets data
-            for scenario, lam, J, n_j, T, L in grid(full, **filters):
+            for scenario, lam, J, n_j, T, L in cells or grid(full, **filters):
                 todo = [m for m in methods
                         if (scenario, lam, J, n_j, T, L, rep, m) not in done]
                 if not todo:
@@ -343,17 +362,18 @@ def margins_against_truth(model, sim, lam=0.1, mode_labels=None):
     return from_fit - from_truth, sim_margin, from_fit - from_mode
 
 
-def grid_misses(max_lam: float = 0.1):
+def grid_misses(max_lam: float = 0.1, max_group_ari: float = 1.0):
     """Every default NAM fit of the grid at lam <= ``max_lam`` that misses a target (individual
     ARI below 1, or cell ARI more than 0.01 below the Bayes classifier's), refitted and judged
-    by ``margins_against_truth``: is the miss the model's answer or the search's fault?"""
+    by ``margins_against_truth``: is the miss the model's answer or the search's fault?
+    (``max_group_ari`` above 1 takes every fit: the smoke run's.)"""
     from sklearn.metrics import adjusted_rand_score as ari
 
     import pandas as pd
 
     runs = pd.read_csv(RUNS_CSV)
     nam = runs[(runs.method == "NAM") & (runs.lam <= max_lam)]
-    missed = nam[(nam.group_ari < 1.0) | (nam.cell_ari < nam.cell_ari_bayes - 0.01)]
+    missed = nam[(nam.group_ari < max_group_ari) | (nam.cell_ari < nam.cell_ari_bayes - 0.01)]
     rows = []
     for r in missed.sort_values(["n_j", "J", "T", "L", "lam", "rep"]).itertuples(index=False):
         sim, seed = make_data(r.scenario, r.lam, r.J, r.n_j, r.T, r.L, r.rep)
@@ -441,16 +461,14 @@ def toy(n_seeds: int):
         sim = na.simulate(random_state=seed)
         bayes_groups, bayes_cells = sim.bayes_labels()
         start = time.perf_counter()
-        model = na.NestedAtomsModel(random_state=seed, n_threads=1).fit(sim.Y, sim.groups,
-                                                                        sim.X)
+        model = fit_nam_model(sim, seed)
         seconds = time.perf_counter() - start
         mode = sim.group_partition_posterior()
         fit_minus_truth, sim_margin, fit_minus_mode = margins_against_truth(
             model, sim, mode_labels=mode.map_labels)
         two_stage_groups, _ = fit_two_stage(sim, seed, int(sim.group_truth.max()) + 1)
         start = time.perf_counter()
-        fixed = na.NestedAtomsModel(random_state=seed, n_threads=1,
-                                    learn_group_prior_scale=False).fit(sim.Y, sim.groups, sim.X)
+        fixed = fit_nam_model(sim, seed, learn_group_prior_scale=False)
         fixed_seconds = time.perf_counter() - start
         rows.append(dict(seed=seed, group_ari=ari(sim.group_truth, model.group_labels_),
                          group_ari_bayes=ari(sim.group_truth, bayes_groups),
@@ -519,7 +537,7 @@ def two_means_splits(X, groups):
             yield split
 
 
-def prior_check(n_seeds: int):
+def prior_check(n_seeds: int, variants=None):
     """At the true cells, CAVI from the true individual partition against CAVI from every merge
     of two true clusters and every 2-means split of one, under each x prior: how often does
     the truth score highest, neither merged nor over-split?"""
@@ -527,19 +545,20 @@ def prior_check(n_seeds: int):
     from nestedatoms.diagnostics import (problem_for, problem_with, same_partition,
                                          score_partition, x_prior_for)
 
-    wins = {name: 0 for name in PRIOR_CHECK_VARIANTS}
+    names = variants or PRIOR_CHECK_VARIANTS
+    wins = {name: 0 for name in names}
     lines = []
     for seed in range(n_seeds):
         sim = na.simulate(random_state=seed)
         T = int(sim.group_truth.max()) + 1
         K = na.NestedAtomsModel().n_group_clusters
-        variants = x_prior_ablation_variants(sim.X, K)
-        for name in PRIOR_CHECK_VARIANTS:
+        overrides = x_prior_ablation_variants(sim.X, K)
+        for name in names:
             # each prior as set: the width is not learned (plain CAVI below runs no move)
             prob = problem_with(
                 problem_for(na.NestedAtomsModel(learn_group_prior_scale=False), sim.Y,
                             sim.groups, sim.X),
-                x_prior=x_prior_for(sim.X, K, variants[name]))
+                x_prior=x_prior_for(sim.X, K, overrides[name]))
 
             # labels numbered by size, as elbo_from_labels numbers them (before the move to
             # studies/ this check started CAVI from the labels as given)
@@ -619,7 +638,7 @@ PRIOR_CHECK_VARIANTS = (
 )
 
 
-def prior_ablation(n_seeds: int):
+def prior_ablation(n_seeds: int, variants=None):
     """Default fits (n_init = 1) on the toy design under each x-prior variant, the width held
     as set (``learn_group_prior_scale=False``): this ablation chose the prior's fixed scale,
     which the learned width then only narrows."""
@@ -632,6 +651,8 @@ def prior_ablation(n_seeds: int):
         sim = na.simulate(random_state=seed)
         K = na.NestedAtomsModel().n_group_clusters
         for name, overrides in x_prior_ablation_variants(sim.X, K).items():
+            if variants is not None and name not in variants:
+                continue
             model = na.NestedAtomsModel(n_init=1, random_state=seed, n_threads=1,
                                         group_prior=overrides or None,
                                         learn_group_prior_scale=False)
@@ -650,6 +671,49 @@ def prior_ablation(n_seeds: int):
             scores = np.asarray(scores)
             fh.write(f"| {name} | {int(np.sum(scores > 1 - 1e-12))} / {len(scores)} | "
                      f"{np.median(scores):.2f} |\n")
+
+
+# The smoke run's data set: J = 12, T = 6, L = 3 at lam = 0.1, the grid cell the ceiling
+# analyses study, with 40 cells an individual instead of 100 to keep CI short.
+QUICK_CELL = ("model", 0.1, 12, 40, 6, 3)
+
+
+def quick():
+    """Every analysis of the study (and of study_ceiling / study_prior_scale) at its
+    smallest: one data set, one replicate, one seed and one restart a fit, so that a change
+    to the package that breaks a study fails CI.  The findings of such a run mean nothing."""
+    import study_ceiling
+    import study_prior_scale
+
+    global N_INIT
+    N_INIT = 1
+    _, lam, J, n_j, T, L = QUICK_CELL
+    os.makedirs(RESULTS, exist_ok=True)
+    steps = [
+        ("grid", lambda: run(False, 1, METHODS, cells=[QUICK_CELL])),
+        ("summary", summarise),
+        ("toy", lambda: toy(1)),
+        ("prior check", lambda: prior_check(1, variants=PRIOR_CHECK_VARIANTS[3:4])),
+        ("prior ablation", lambda: prior_ablation(1, variants=PRIOR_CHECK_VARIANTS[3:4])),
+        ("misses", lambda: grid_misses(max_lam=lam, max_group_ari=1.0 + 1e-9)),
+        ("ceiling", lambda: study_ceiling.ceiling(cells=[QUICK_CELL], n_rep=1)),
+        ("ceiling ablation", lambda: study_ceiling.ceiling_ablation(lams=(lam,), n_j=n_j,
+                                                                    n_rep=1)),
+        ("ceiling priors", lambda: study_ceiling.ceiling_priors(lams=(lam,), n_js=(n_j,),
+                                                                Ls=(L,), n_rep=1)),
+        ("ordering check", lambda: study_ceiling.ordering_check(max_lam=lam,
+                                                                only_misses=False)),
+        ("prior scale EB", lambda: study_prior_scale.prior_scale_eb(
+            lams=(lam,), n_j=n_j, shapes=((T, L),), n_rep=1)),
+        ("unequal widths", lambda: study_prior_scale.unequal_widths(
+            lams=(lam,), Js=(J,), n_j=n_j, shapes=((T, L),), n_rep=1)),
+        ("width timing", lambda: study_prior_scale.width_timing(
+            lams=(lam,), Js=(J,), n_j=n_j, shapes=((T, L),), n_rep=1)),
+    ]
+    for name, step in steps:
+        start = time.perf_counter()
+        step()
+        print(f"## quick: {name} ran in {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def main(argv=None):
@@ -696,7 +760,15 @@ def main(argv=None):
     tie = parser.add_mutually_exclusive_group()
     tie.add_argument("--tied", action="store_true", help="only T = L (with --full)")
     tie.add_argument("--untied", action="store_true", help="only T != L (with --full)")
+    parser.add_argument("--quick", action="store_true",
+                        help="every analysis on one small data set (CI smoke run: checks that "
+                             f"the study runs, not its findings), written to ${RESULTS_ENV} or "
+                             "a temporary folder, never to results/")
     args = parser.parse_args(argv)
+    if args.quick:
+        if not os.environ.get(RESULTS_ENV):
+            return rerun_in_scratch(__file__, sys.argv[1:] if argv is None else argv)
+        return quick()
     if args.prior_check:
         os.makedirs(RESULTS, exist_ok=True)
         return prior_check(args.prior_check)
@@ -739,4 +811,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as the module study_ceiling and study_prior_scale import, not as a second copy of it
+    # (__main__), so that they share its settings (N_INIT)
+    import study_recovery
+
+    sys.exit(study_recovery.main())
