@@ -15,6 +15,10 @@ import nestedatoms as na
 from nestedatoms import diagnostics as dg
 from nestedatoms.exceptions import InvalidParameterError
 
+needs_dirichlet_multinomial = pytest.mark.skipif(
+    not hasattr(stats, "dirichlet_multinomial"), reason="scipy.stats.dirichlet_multinomial: "
+    "scipy >= 1.11")
+
 
 @pytest.fixture(scope="module")
 def toy():
@@ -186,6 +190,7 @@ def test_partition_posterior_is_the_simulations():
     assert post.log_evidence == pytest.approx(ref.log_evidence, abs=1e-12)
 
 
+@needs_dirichlet_multinomial
 def test_dirichlet_multinomial_against_scipy():
     """scipy's pmf counts every ordering of the sequence: divide by the multinomial
     coefficient to get one sequence's probability."""
@@ -198,6 +203,7 @@ def test_dirichlet_multinomial_against_scipy():
                                rtol=1e-10)
 
 
+@needs_dirichlet_multinomial
 @pytest.mark.parametrize("concentration", [np.inf, 30.0])
 def test_bayes_donor_labels_against_scipy(concentration):
     """argmax_k log pi_k + log p(N_j. | k), with scipy's multinomial and Dirichlet-multinomial
