@@ -102,11 +102,21 @@ def test_labelling_bound_is_the_models(toy):
     lambda m, s: dg.score_partition(m, s.cell_truth, s.group_truth[:-1]),
     lambda m, s: dg.labelling_gap(m, s.cell_truth, s.group_truth[1:]),
     lambda m, s: dg.elbo_from_labels(na.NestedAtomsModel(), s.cell_truth, s.group_truth),
+    lambda m, s: dg.elbo_from_labels(m, np.arange(s.cell_truth.size), s.group_truth),
+    lambda m, s: dg.score_partition(m, s.cell_truth, np.where(s.group_truth == 0, np.nan, 1.0)),
 ])
 def test_bad_input_names_the_problem(toy, call):
     sim, model = toy
-    with pytest.raises(InvalidParameterError, match="fit the model first|one label per cell"):
+    with pytest.raises(InvalidParameterError,
+                       match="fit the model first|one label per cell|n_cell_clusters|NaN"):
         call(model, sim)
+
+
+def test_labels_may_be_any_that_sort(toy):
+    sim, model = toy
+    names = np.array(["a", "b", "c", "d", "e", "f"])
+    assert dg.elbo_from_labels(model, names[sim.cell_truth], names[sim.group_truth]) == \
+        pytest.approx(dg.elbo_from_labels(model, sim.cell_truth, sim.group_truth), rel=1e-12)
 
 
 def test_same_partition():

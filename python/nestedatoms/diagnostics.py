@@ -253,9 +253,11 @@ def elbo_from_labels(problem, cell_labels, group_labels, *, backend: str = "cpp"
     problem : NestedAtomsModel or its problem_
         The data and priors (a fitted model's, or from :func:`problem_for`).
     cell_labels : array-like (N,)
-        Each cell's cluster, in the caller's cell order (as ``cell_labels_``).
+        Each cell's cluster, in the caller's cell order (as ``cell_labels_``); any labels that
+        sort (numbers, strings), at most ``n_cell_clusters`` of them.
     group_labels : array-like (J,)
-        Each individual's cluster, in the order of the model's ``groups_``.
+        Each individual's cluster, in the order of the model's ``groups_``; at most
+        ``n_group_clusters`` of them.
     backend : {"cpp", "numpy"}, default "cpp"
     max_iter, tol : int, float
         The sweeps' cap and relative tolerance.
@@ -302,8 +304,7 @@ def score_partition(problem, cell_labels, group_labels, *, hold_groups: bool = F
     from ._steps import BLOCKS, elbo
 
     prob, be = _problem_of(problem), _backend(backend)
-    cell_labels, group_labels = np.asarray(cell_labels), np.asarray(group_labels)
-    _check_lengths(prob, cell_labels, group_labels)
+    cell_labels, group_labels = _partition(prob, cell_labels, group_labels)
     if not hold_groups:
         run = run_from_labels(be, prob, cell_labels, group_labels, max_iter, tol)
         st, value, n_iter, converged = run.state, run.elbo, run.n_iter, run.converged
@@ -325,14 +326,31 @@ def score_partition(problem, cell_labels, group_labels, *, hold_groups: bool = F
         n_iter=n_iter, converged=converged)
 
 
-def _check_lengths(prob: Problem, cell_labels, group_labels) -> None:
+def _partition(prob: Problem, cell_labels, group_labels):
+    """The labels as codes 0, 1, ... (any labels that sort: numbers or strings), checked
+    against the problem's cells, groups and truncations."""
     from .exceptions import InvalidParameterError
 
-    if cell_labels.shape != (prob.data.n_cells,) or group_labels.shape != (prob.data.n_groups,):
-        raise InvalidParameterError(
-            f"labels of shape {cell_labels.shape} (cells) and {group_labels.shape} (groups) do "
-            f"not match the problem's {prob.data.n_cells} cells and {prob.data.n_groups} "
-            f"groups; pass one label per cell (caller's order) and one per group (groups_).")
+    out = []
+    for labels, n, limit, what, option in (
+            (cell_labels, prob.data.n_cells, prob.L, "cell", "n_cell_clusters"),
+            (group_labels, prob.data.n_groups, prob.K, "group", "n_group_clusters")):
+        labels = np.asarray(labels)
+        if labels.shape != (n,):
+            raise InvalidParameterError(
+                f"{what} labels of shape {labels.shape} do not match the problem's {n} "
+                f"{what}s; pass one label per cell (caller's order) and one per group (in the "
+                f"order of groups_).")
+        if labels.dtype.kind in "fc" and not np.isfinite(labels).all():
+            raise InvalidParameterError(f"{what} labels contain NaN or inf; pass one finite "
+                                        f"label per {what}.")
+        _, codes = np.unique(labels, return_inverse=True)
+        if codes.size and codes.max() >= limit:
+            raise InvalidParameterError(
+                f"{codes.max() + 1} {what} clusters, more than the problem's truncation "
+                f"{option} = {limit}; refit with a larger {option} or merge clusters.")
+        out.append(codes.reshape(-1))
+    return out
 
 
 def labelling_bound(model, *, max_orders: int = 720) -> LabellingBound:
@@ -382,8 +400,7 @@ def labelling_gap(problem, cell_labels, group_labels, *, backend: str = "cpp") -
     from ._prior_swap import labelling_gap as gap
 
     prob = _problem_of(problem)
-    cell_labels, group_labels = np.asarray(cell_labels), np.asarray(group_labels)
-    _check_lengths(prob, cell_labels, group_labels)
+    cell_labels, group_labels = _partition(prob, cell_labels, group_labels)
     return gap(_backend(backend), prob, cell_labels, group_labels)
 
 
