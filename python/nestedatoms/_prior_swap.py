@@ -55,8 +55,25 @@ LOG_WIDTH_GRID = np.arange(_LOG_SCALE_MIN, _LOG_SCALE_MAX + 0.125, 0.25)
 
 def dp_partition_label_term(J: int, shape: float = CONCENTRATION_SHAPE,
                             rate: float = CONCENTRATION_RATE) -> np.ndarray:
-    """log int alpha^b Gamma(alpha) / Gamma(alpha + J) Gamma(alpha; shape, rate) d alpha, for
-    b = 0..J (b = 0 impossible: -inf); with gammaln(n_k) per block it is the DP's EPPF."""
+    """The part of a Dirichlet process's partition prior that depends on the number of blocks.
+
+    log int alpha^b Gamma(alpha) / Gamma(alpha + J) Gamma(alpha; shape, rate) d alpha, by
+    quadrature on log alpha; with gammaln(n_k) for each block of size n_k it is the DP's
+    exchangeable partition probability, alpha integrated out.
+
+    Parameters
+    ----------
+    J : int
+        The number of individuals.
+    shape, rate : float, default 0.1, 0.1
+        The Gamma prior of the concentration alpha (model section 2).
+
+    Returns
+    -------
+    ndarray (J + 1,)
+        Entry b for b blocks (b = 0 is impossible: -inf), as ``posterior_from_scores`` takes
+        its ``label_term``.
+    """
     # log alpha; Gamma(0.1, 0.1) keeps about 2% of its mass below e^-40, so reach far down
     t = np.linspace(-400.0, 12.0, 82401)
     alpha = np.exp(t)
@@ -68,8 +85,22 @@ def dp_partition_label_term(J: int, shape: float = CONCENTRATION_SHAPE,
 
 
 def stick_breaking_log_marginal(counts: np.ndarray, beta: float) -> np.ndarray:
-    """log p(one sequence of cell types with these counts), rows of ``counts`` (columns already
-    in stick order), under stick-breaking weights with u_l ~ Beta(1, beta)."""
+    """log p(one sequence of cell types with these counts) under stick-breaking weights.
+
+    p(M | beta) = prod_l B(1 + n_l, beta + n_>l) / B(1, beta), the weights' sticks
+    u_l ~ Beta(1, beta) integrated out.
+
+    Parameters
+    ----------
+    counts : ndarray (n, L)
+        Counts per cell type, one row per sequence, columns already in stick order.
+    beta : float
+        The sticks' concentration.
+
+    Returns
+    -------
+    ndarray (n,)
+    """
     beyond = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1] - counts     # n_>l
     return (betaln(1.0 + counts, beta + beyond) - betaln(1.0, beta)).sum(axis=1)
 
@@ -162,14 +193,29 @@ def _x_prior_at(prior, f: float):
 
 def mode_with_profiled_x_width(block_scores_at, label_term: np.ndarray, truth: np.ndarray,
                                log_widths: np.ndarray = LOG_WIDTH_GRID) -> ProfiledPartitionMode:
-    """The joint mode over (partition, x prior width f), f on a grid of log f: what NAM's fit
-    maximises, which learns f for the partition it reaches (and, in the group search, for each
-    candidate), whereas the modes above hold the width as set.
+    """The joint mode over (partition, x prior width f), f on a grid of log f.
 
-    ``block_scores_at(f)``: the score of every non-empty subset as one block at width f (as
-    ``posterior_from_scores`` takes it, without the leading 0); ``label_term`` as there.  The
+    What NAM's fit maximises when it learns f for the partition it reaches (and, in the group
+    search, for each candidate), whereas the other modes hold the width as set.  The
     unnormalised log posterior of a partition at f is its block scores plus the label term, so
     the mode at each f and its score ``log_prob_map + log_evidence`` give the joint maximum.
+
+    Parameters
+    ----------
+    block_scores_at : callable
+        ``block_scores_at(f)``: the score of every non-empty subset as one block at width f
+        (as ``posterior_from_scores`` takes it, without the leading 0).
+    label_term : ndarray (b_max + 1,)
+        As ``posterior_from_scores`` takes it.
+    truth : ndarray (J,)
+        A partition whose probability is reported (at the chosen width).
+    log_widths : ndarray, default LOG_WIDTH_GRID
+        The grid of log f searched.
+
+    Returns
+    -------
+    ProfiledPartitionMode
+        The mode at the best width, that width in ``x_width``.
     """
     best, best_score, best_f = None, -np.inf, np.nan
     for log_f in log_widths:
@@ -183,8 +229,8 @@ def mode_with_profiled_x_width(block_scores_at, label_term: np.ndarray, truth: n
 
 
 def labelling_gap(be, prob, cells: np.ndarray, groups: np.ndarray) -> float:
-    """How far the ELBO (model section 6) under-counts a partition of the individuals, in nats: the
-    exact log prior probability of the partition under NAM's Dirichlet process (alpha
+    """How far the ELBO (model section 6) under-counts a partition of the individuals, in nats:
+    the exact log prior probability of the partition under NAM's Dirichlet process (alpha
     integrated under its Gamma prior, or at its fixed value) minus the partition-prior terms
     of the ELBO at their optimum for that hard partition, labelled by size (E log p(S | v),
     log p(v | alpha), log p(alpha) and the entropies of q(v) and q(alpha); the fit's q(S) is
