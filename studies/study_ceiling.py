@@ -138,11 +138,11 @@ def ceiling_priors(lams=(0.01, 0.1), J=12, T=6, n_js=(100, 1000), Ls=(3, 6), n_r
     for lam, n_j, L, rep in itertools.product(lams, n_js, Ls, range(n_rep)):
         sim, _ = make_data("model", lam, J, n_j, T, L, rep)
         nam_x = x_prior_for(sim.X, K)
-        modes = modes_with_nam_priors(sim, nam_x, profile_x_width=True)
+        modes = modes_with_nam_priors(sim, nam_x, profile_group_prior_scale=True)
         rows.append(dict(lam=lam, n_j=n_j, L=L, rep=rep,
                          **{name: ari(sim.group_truth, post.map_labels)
                             for name, post in modes.items()},
-                         **{PROFILED_WIDTH: modes[PROFILED].x_width}))
+                         **{PROFILED_WIDTH: modes[PROFILED].group_prior_scale}))
         print(rows[-1], flush=True)
     pd.DataFrame(rows).to_csv(CEILING_PRIORS_CSV, index=False)
     summarise_ceiling_priors(J, T)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 
-from nestedatoms.diagnostics import uncapped_x_width
+from nestedatoms.diagnostics import uncapped_group_prior_scale
 from study_recovery import RESULTS, RUNS_CSV, fit_nam_model, make_data, markdown_table
 
 # the grid's method names of the two fits this study compares with: the width held at the
@@ -40,7 +40,7 @@ def prior_scale_eb(lams=(0.01, 0.1, 0.5), J=12, n_j=100, shapes=((3, 3), (3, 6),
     rows = []
     for lam, (T, L), rep in itertools.product(lams, shapes, range(n_rep)):
         sim, seed = make_data("model", lam, J, n_j, T, L, rep)
-        with uncapped_x_width(8.0):
+        with uncapped_group_prior_scale(8.0):
             model = fit_nam_model(sim, seed, learn_group_prior_scale=True)
         rows.append(dict(lam=lam, T=T, L=L, rep=rep,
                          uncapped=ari(sim.group_truth, model.group_labels_),

@@ -322,7 +322,8 @@ def simulator_problem(prob, sim, lam=0.1):
 
     # the true prior, not a width fitted to the data
     return problem_with(prob, x_prior=simulator_atom_prior(sim.X.shape[1], lam),
-                        y_prior=simulator_atom_prior(sim.Y.shape[1], lam), learn_x_width=False)
+                        y_prior=simulator_atom_prior(sim.Y.shape[1], lam),
+                        learn_group_prior_scale=False)
 
 
 def converged_elbo(problem, cells, groups):

@@ -143,14 +143,14 @@ def test_problem_for_is_the_problem_fit_solves(toy):
 
 def test_problem_with_swaps_pieces_and_leaves_the_model_alone(toy):
     sim, model = toy
-    before = (model.problem_.x_prior, model.problem_.learn_x_prior_scale,
+    before = (model.problem_.x_prior, model.problem_.learn_group_prior_scale,
               model.problem_.donor_concentration)
     atoms = dg.simulator_atom_prior(sim.X.shape[1], 0.1)
-    swapped = dg.problem_with(model, x_prior=atoms, learn_x_width=False, donor_concentration=50)
-    assert swapped.x_prior is atoms and not swapped.learn_x_prior_scale
+    swapped = dg.problem_with(model, x_prior=atoms, learn_group_prior_scale=False, donor_concentration=50)
+    assert swapped.x_prior is atoms and not swapped.learn_group_prior_scale
     assert swapped.donor_concentration == 50.0 and not swapped.learn_donor_concentration
     assert swapped.data is model.problem_.data
-    assert (model.problem_.x_prior, model.problem_.learn_x_prior_scale,
+    assert (model.problem_.x_prior, model.problem_.learn_group_prior_scale,
             model.problem_.donor_concentration) == before
     # the simulator's prior, model section 8: NW(0, lam, I, q + 5)
     q = sim.X.shape[1]
@@ -159,7 +159,7 @@ def test_problem_with_swaps_pieces_and_leaves_the_model_alone(toy):
     assert (atoms.lam0, atoms.nu0) == (0.1, q + 5.0)
 
 
-def test_uncapped_x_width_lifts_the_cap_only_inside_the_block():
+def test_uncapped_group_prior_scale_lifts_the_cap_only_inside_the_block():
     """Poorly separated individuals (lam_x = 1) want a wider x prior than the one set: capped
     at f = 1 by default, above it inside the block, capped again after it (even after an
     error inside)."""
@@ -170,9 +170,9 @@ def test_uncapped_x_width_lifts_the_cap_only_inside_the_block():
             sim.Y, sim.groups, sim.X).group_prior_scale_
 
     assert width() <= 1.0
-    with dg.uncapped_x_width(8.0):
+    with dg.uncapped_group_prior_scale(8.0):
         assert 1.0 < width() <= np.exp(8.0)
-    with pytest.raises(RuntimeError), dg.uncapped_x_width(8.0):
+    with pytest.raises(RuntimeError), dg.uncapped_group_prior_scale(8.0):
         raise RuntimeError
     assert width() <= 1.0
 

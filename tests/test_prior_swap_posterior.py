@@ -9,7 +9,7 @@ from scipy.special import gammaln
 
 from nestedatoms._init import relabel_by_first_appearance
 from nestedatoms.diagnostics import (dp_partition_label_term, labelling_gap,
-                                     mode_with_profiled_x_width, modes_with_nam_priors,
+                                     mode_with_profiled_group_prior_scale, modes_with_nam_priors,
                                      nw_log_marginal, posterior_from_scores, problem_for,
                                      stick_breaking_log_marginal, subset_members, x_prior_for)
 
@@ -119,9 +119,9 @@ def test_profiled_width_mode_is_the_joint_maximum_over_partitions_and_widths():
         return (gammaln(sizes) + other
                 + nw_log_marginal(X, members, lam0 * f, nu0, W0inv * f, X.mean(axis=0)))
 
-    log_widths = np.linspace(-8.0, 0.0, 17)
+    log_scales = np.linspace(-8.0, 0.0, 17)
     truth = np.repeat([0, 1], 3)
-    got = mode_with_profiled_x_width(block_scores_at, label_term, truth, log_widths)
+    got = mode_with_profiled_group_prior_scale(block_scores_at, label_term, truth, log_scales)
 
     # every partition once (labels by first appearance), as bit masks of its blocks
     partitions = [np.array(labels) for labels in itertools.product(range(J), repeat=J)
@@ -130,24 +130,24 @@ def test_profiled_width_mode_is_the_joint_maximum_over_partitions_and_widths():
     masks = [np.array([int((1 << np.nonzero(p == k)[0]).sum()) for k in np.unique(p)]) - 1
              for p in partitions]
     best, best_score = None, -np.inf
-    for log_f in log_widths:
+    for log_f in log_scales:
         scores = block_scores_at(np.exp(log_f))
         for labels, m in zip(partitions, masks):
             score = scores[m].sum() + label_term[m.size]
             if score > best_score:
                 best, best_score = (labels, np.exp(log_f)), score
     np.testing.assert_array_equal(got.map_labels, best[0])
-    assert got.x_width == pytest.approx(best[1], rel=1e-12)
+    assert got.group_prior_scale == pytest.approx(best[1], rel=1e-12)
     assert got.log_prob_map + got.log_evidence == pytest.approx(best_score, abs=1e-9)
     # not a trivial case: the width moves inside the grid; at the width as set the mode is
     # another partition; and choosing the width by the evidence alone (type-II) would give
     # another width, so the test tells the joint mode from that
-    assert np.exp(log_widths[0]) < got.x_width < 1.0
-    as_set = mode_with_profiled_x_width(block_scores_at, label_term, truth, np.zeros(1))
+    assert np.exp(log_scales[0]) < got.group_prior_scale < 1.0
+    as_set = mode_with_profiled_group_prior_scale(block_scores_at, label_term, truth, np.zeros(1))
     assert not np.array_equal(as_set.map_labels, got.map_labels)
     evidence = [posterior_from_scores(np.concatenate([[0.0], block_scores_at(np.exp(f))]),
-                                      label_term, truth).log_evidence for f in log_widths]
-    assert np.exp(log_widths[int(np.argmax(evidence))]) != pytest.approx(got.x_width)
+                                      label_term, truth).log_evidence for f in log_scales]
+    assert np.exp(log_scales[int(np.argmax(evidence))]) != pytest.approx(got.group_prior_scale)
 
 
 def test_profiled_width_at_the_width_as_set_is_the_all_three_mode():
@@ -158,14 +158,14 @@ def test_profiled_width_at_the_width_as_set_is_the_all_three_mode():
     sim = na.simulate(n_groups=8, cells_per_group=30, n_group_clusters=3, lam_x=0.01,
                       random_state=5)
     prior = x_prior_for(sim.X, 30)
-    at_one = modes_with_nam_priors(sim, prior, profile_x_width=True, log_widths=np.zeros(1))
+    at_one = modes_with_nam_priors(sim, prior, profile_group_prior_scale=True, log_scales=np.zeros(1))
     profiled = at_one["all three NAM priors, x width profiled"]
     fixed = at_one["all three NAM priors"]
     np.testing.assert_array_equal(profiled.map_labels, fixed.map_labels)
     assert profiled.log_evidence == pytest.approx(fixed.log_evidence, abs=1e-9)
-    assert profiled.x_width == 1.0
+    assert profiled.group_prior_scale == 1.0
     # and over the default grid the joint score can only rise
-    grid = modes_with_nam_priors(sim, prior, profile_x_width=True)
+    grid = modes_with_nam_priors(sim, prior, profile_group_prior_scale=True)
     wide = grid["all three NAM priors, x width profiled"]
     assert (wide.log_prob_map + wide.log_evidence
             >= fixed.log_prob_map + fixed.log_evidence - 1e-9)

@@ -20,8 +20,8 @@ the way:
   Gamma(a, b) (NAM estimates it from the data as well);
 * **x atoms**: NAM's default "empirical" x prior (``resolve_nw_prior``), scaled by the data,
   at its width as set; and, with all three swapped in, also with the width profiled: the joint
-  mode over the partition and the width f (``mode_with_profiled_x_width``), which is what the
-  fit maximises when it learns f (``learn_group_prior_scale``).
+  mode over the partition and the width f (``mode_with_profiled_group_prior_scale``), which
+  is what the fit maximises when it learns f (``learn_group_prior_scale``).
 
 The cells' true labels are still given, as in ``group_partition_posterior``.
 """
@@ -42,15 +42,15 @@ from ._steps import (_LOG_SCALE_MAX, _LOG_SCALE_MIN, _widened, elbo_terms, updat
                      update_group_sticks)
 
 __all__ = ["ProfiledPartitionMode", "dp_partition_label_term", "stick_breaking_log_marginal",
-           "modes_with_nam_priors", "mode_with_profiled_x_width", "labelling_gap",
-           "LOG_WIDTH_GRID"]
+           "modes_with_nam_priors", "mode_with_profiled_group_prior_scale", "labelling_gap",
+           "LOG_SCALE_GRID"]
 
 # model section 2: a_alpha = b_alpha = a_beta = b_beta = 0.1
 CONCENTRATION_SHAPE, CONCENTRATION_RATE = 0.1, 0.1
 BETA_GRID = 2.0 ** np.arange(-4.0, 5.0)              # 1/16 .. 16, factors of 2
 # NAM learns log f in [-8, 0] (``_steps``); the profile searches that range in
 # steps of 1/4
-LOG_WIDTH_GRID = np.arange(_LOG_SCALE_MIN, _LOG_SCALE_MAX + 0.125, 0.25)
+LOG_SCALE_GRID = np.arange(_LOG_SCALE_MIN, _LOG_SCALE_MAX + 0.125, 0.25)
 
 
 def dp_partition_label_term(J: int, shape: float = CONCENTRATION_SHAPE,
@@ -105,15 +105,15 @@ def stick_breaking_log_marginal(counts: np.ndarray, beta: float) -> np.ndarray:
     return (betaln(1.0 + counts, beta + beyond) - betaln(1.0, beta)).sum(axis=1)
 
 
-def modes_with_nam_priors(sim, nam_x_prior, profile_x_width: bool = False,
-                          log_widths: np.ndarray = LOG_WIDTH_GRID) -> dict:
+def modes_with_nam_priors(sim, nam_x_prior, profile_group_prior_scale: bool = False,
+                          log_scales: np.ndarray = LOG_SCALE_GRID) -> dict:
     """The exact mode (``PartitionPosterior``) under the generating model and with NAM's
     partition prior, composition prior, x prior, and all three, swapped in.
 
     ``nam_x_prior``: NAM's ``NWPrior`` for x on these data, at its width as set.
-    ``profile_x_width``: also "all three NAM priors, x width profiled"
-    (``mode_with_profiled_x_width`` over ``log_widths``, a ``ProfiledPartitionMode``), with
-    beta as under all three.
+    ``profile_group_prior_scale``: also "all three NAM priors, x width profiled"
+    (``mode_with_profiled_group_prior_scale`` over ``log_scales``, a
+    ``ProfiledPartitionMode``), with beta as under all three.
     """
     J, q = sim.X.shape
     members = subset_members(J)
@@ -163,25 +163,25 @@ def modes_with_nam_priors(sim, nam_x_prior, profile_x_width: bool = False,
     modes, betas = {}, {}
     for name, pieces in names.items():
         modes[name], betas[name] = mode(*pieces)
-    if profile_x_width:
+    if profile_group_prior_scale:
         # beta stays at the type-II MAP found with the width as set (re-choosing it for every
         # width would multiply the enumerations by the size of BETA_GRID)
         beta = betas["all three NAM priors"]
         base = (partition["NAM"][0]
                 + stick_breaking_log_marginal(block_counts, beta))
-        modes["all three NAM priors, x width profiled"] = mode_with_profiled_x_width(
+        modes["all three NAM priors, x width profiled"] = mode_with_profiled_group_prior_scale(
             lambda f: base + nw_log_marginal(sim.X, members, *_x_prior_at(nam_x_prior, f)),
-            partition["NAM"][1], sim.group_truth, log_widths)
+            partition["NAM"][1], sim.group_truth, log_scales)
     return modes
 
 
 @dataclass(frozen=True)
 class ProfiledPartitionMode(PartitionPosterior):
-    """A ``PartitionPosterior`` at the x prior width ``x_width`` that, jointly with the
+    """A ``PartitionPosterior`` at the x prior width ``group_prior_scale`` that, jointly with the
     partition, maximises the unnormalised posterior (``log_prob_map`` and ``log_evidence`` are
     those at that width)."""
 
-    x_width: float = 1.0
+    group_prior_scale: float = 1.0
 
 
 def _x_prior_at(prior, f: float):
@@ -191,8 +191,8 @@ def _x_prior_at(prior, f: float):
     return p.lam0, p.nu0, p.W0inv, p.m0
 
 
-def mode_with_profiled_x_width(block_scores_at, label_term: np.ndarray, truth: np.ndarray,
-                               log_widths: np.ndarray = LOG_WIDTH_GRID) -> ProfiledPartitionMode:
+def mode_with_profiled_group_prior_scale(block_scores_at, label_term: np.ndarray, truth: np.ndarray,
+                               log_scales: np.ndarray = LOG_SCALE_GRID) -> ProfiledPartitionMode:
     """The joint mode over (partition, x prior width f), f on a grid of log f.
 
     What NAM's fit maximises when it learns f for the partition it reaches (and, in the group
@@ -209,23 +209,23 @@ def mode_with_profiled_x_width(block_scores_at, label_term: np.ndarray, truth: n
         As ``posterior_from_scores`` takes it.
     truth : ndarray (J,)
         A partition whose probability is reported (at the chosen width).
-    log_widths : ndarray, default LOG_WIDTH_GRID
+    log_scales : ndarray, default LOG_SCALE_GRID
         The grid of log f searched.
 
     Returns
     -------
     ProfiledPartitionMode
-        The mode at the best width, that width in ``x_width``.
+        The mode at the best width, that width in ``group_prior_scale``.
     """
     best, best_score, best_f = None, -np.inf, np.nan
-    for log_f in log_widths:
+    for log_f in log_scales:
         f = float(np.exp(log_f))
         post = posterior_from_scores(np.concatenate([[0.0], block_scores_at(f)]), label_term,
                                      truth)
         score = post.log_prob_map + post.log_evidence
         if score > best_score:
             best, best_score, best_f = post, score, f
-    return ProfiledPartitionMode(**vars(best), x_width=best_f)
+    return ProfiledPartitionMode(**vars(best), group_prior_scale=best_f)
 
 
 def labelling_gap(be, prob, cells: np.ndarray, groups: np.ndarray) -> float:

@@ -14,7 +14,7 @@ that the study, and anyone checking a fit of their own, need no private name:
   (:func:`same_partition`);
 * **the problem a fit solves**, built or altered for such a comparison (:func:`problem_for`,
   :func:`problem_with`, :func:`x_prior_for`, :func:`simulator_atom_prior`,
-  :func:`uncapped_x_width`), and the pieces the group search works with
+  :func:`uncapped_group_prior_scale`), and the pieces the group search works with
   (:func:`group_features`, :func:`kmeans_labels`).
 
 Every function here is a thin layer over the implementation the fit itself uses, so a study
@@ -32,23 +32,23 @@ import numpy as np
 
 from ._labelling_bound import LabellingBound
 from ._partition_posterior import MAX_GROUPS, PartitionPosterior, nw_log_marginal, subset_members
-from ._prior_swap import (LOG_WIDTH_GRID, ProfiledPartitionMode, dp_partition_label_term,
-                          mode_with_profiled_x_width, stick_breaking_log_marginal)
+from ._prior_swap import (LOG_SCALE_GRID, ProfiledPartitionMode, dp_partition_label_term,
+                          mode_with_profiled_group_prior_scale, stick_breaking_log_marginal)
 from ._state import NWPrior, Problem
 
 __all__ = [
     # ceilings from the truth
-    "PartitionPosterior", "ProfiledPartitionMode", "MAX_GROUPS", "LOG_WIDTH_GRID",
+    "PartitionPosterior", "ProfiledPartitionMode", "MAX_GROUPS", "LOG_SCALE_GRID",
     "partition_posterior", "posterior_from_scores", "subset_members", "nw_log_marginal",
     "dirichlet_multinomial_log_marginal", "dp_partition_label_term",
-    "stick_breaking_log_marginal", "modes_with_nam_priors", "mode_with_profiled_x_width",
+    "stick_breaking_log_marginal", "modes_with_nam_priors", "mode_with_profiled_group_prior_scale",
     "bayes_donor_labels",
     # comparing partitions under NAM's objective
     "PartitionScore", "LabellingBound", "elbo_from_labels", "score_partition",
     "labelling_bound", "labelling_gap", "same_partition",
     # the problem a fit solves
     "NWPrior", "problem_for", "problem_with", "x_prior_for", "simulator_atom_prior",
-    "uncapped_x_width", "group_features", "kmeans_labels",
+    "uncapped_group_prior_scale", "group_features", "kmeans_labels",
 ]
 
 
@@ -149,8 +149,8 @@ def dirichlet_multinomial_log_marginal(counts, a: float) -> np.ndarray:
     return _dirichlet_multinomial(np.atleast_2d(np.asarray(counts, dtype=np.float64)), a)
 
 
-def modes_with_nam_priors(sim, x_prior: NWPrior, *, profile_x_width: bool = False,
-                          log_widths=LOG_WIDTH_GRID) -> dict:
+def modes_with_nam_priors(sim, x_prior: NWPrior, *, profile_group_prior_scale: bool = False,
+                          log_scales=LOG_SCALE_GRID) -> dict:
     """The exact partition mode with NAM's priors swapped in for the generating model's.
 
     Which of NAM's priors (partition, composition, x atoms) moves the mode of the individual
@@ -162,10 +162,10 @@ def modes_with_nam_priors(sim, x_prior: NWPrior, *, profile_x_width: bool = Fals
         Data from :func:`nestedatoms.simulate` (J at most :data:`MAX_GROUPS`).
     x_prior : NWPrior
         NAM's x prior on these data at its width as set (:func:`x_prior_for`).
-    profile_x_width : bool, default False
+    profile_group_prior_scale : bool, default False
         Also the joint mode over the partition and the x prior's width, all three priors
         swapped in (what a fit that learns the width maximises).
-    log_widths : ndarray, default LOG_WIDTH_GRID
+    log_scales : ndarray, default LOG_SCALE_GRID
         The grid of log widths that profile searches.
 
     Returns
@@ -177,7 +177,8 @@ def modes_with_nam_priors(sim, x_prior: NWPrior, *, profile_x_width: bool = Fals
     """
     from ._prior_swap import modes_with_nam_priors as modes
 
-    return modes(sim, x_prior, profile_x_width=profile_x_width, log_widths=log_widths)
+    return modes(sim, x_prior, profile_group_prior_scale=profile_group_prior_scale,
+                 log_scales=log_scales)
 
 
 def bayes_donor_labels(sim, concentration: float = np.inf) -> np.ndarray:
@@ -415,7 +416,7 @@ def same_partition(a, b) -> bool:
     -------
     bool
     """
-    from ._moves import adjusted_partition_equal     # _moves is being split into a package
+    from .moves import adjusted_partition_equal
 
     return bool(adjusted_partition_equal(np.asarray(a), np.asarray(b)))
 
@@ -443,7 +444,7 @@ def problem_for(model, Y, groups, X=None) -> Problem:
 
 
 def problem_with(problem, *, x_prior: NWPrior | None = None, y_prior: NWPrior | None = None,
-                 learn_x_width: bool | None = None,
+                 learn_group_prior_scale: bool | None = None,
                  donor_concentration: float | None = None) -> Problem:
     """A copy of a problem with some priors swapped (the data are shared, not copied).
 
@@ -452,7 +453,7 @@ def problem_with(problem, *, x_prior: NWPrior | None = None, y_prior: NWPrior | 
     problem : NestedAtomsModel or its problem_
     x_prior, y_prior : NWPrior, optional
         The atom priors to use instead (:func:`x_prior_for`, :func:`simulator_atom_prior`).
-    learn_x_width : bool, optional
+    learn_group_prior_scale : bool, optional
         Whether the x prior's width is learned (False holds the prior as set).
     donor_concentration : float, optional
         Hold the donors' concentration c at this value (inf: NAM exactly).
@@ -466,8 +467,8 @@ def problem_with(problem, *, x_prior: NWPrior | None = None, y_prior: NWPrior | 
         out.x_prior = x_prior
     if y_prior is not None:
         out.y_prior = y_prior
-    if learn_x_width is not None:
-        out.learn_x_prior_scale = bool(learn_x_width)
+    if learn_group_prior_scale is not None:
+        out.learn_group_prior_scale = bool(learn_group_prior_scale)
     if donor_concentration is not None:
         out.learn_donor_concentration = False
         out.donor_concentration = float(donor_concentration)
@@ -519,7 +520,7 @@ def simulator_atom_prior(dim: int, lam: float) -> NWPrior:
 
 
 @contextlib.contextmanager
-def uncapped_x_width(max_log_scale: float = 8.0):
+def uncapped_group_prior_scale(max_log_scale: float = 8.0):
     """Let a learned x width exceed the prior as set, up to e**max_log_scale, inside the block.
 
     The package caps the learned factor f of the x prior's width at 1; this lifts the cap for
