@@ -277,12 +277,19 @@ def elbo_from_labels(be, prob: Problem, cell_labels: np.ndarray, group_labels: n
     ELBO at the best width, so scoring two partitions at one width would compare them under
     a prior neither fit uses.
     """
+    return run_from_labels(be, prob, cell_labels, group_labels, max_iter, tol).elbo
+
+
+def run_from_labels(be, prob: Problem, cell_labels: np.ndarray, group_labels: np.ndarray,
+                    max_iter: int = 1000, tol: float = 1e-9) -> RunResult:
+    """The run behind ``elbo_from_labels``, its state kept (for the labelling bound of the
+    partition it reaches, or the partition itself)."""
     # numbered by size, as the fit numbers them: the stick-breaking prior depends on the
     # order, so equal partitions must also be equally numbered
     st = state_from_labels(be, prob, relabel_by_size(np.asarray(cell_labels))[prob.data.order],
                            relabel_by_size(np.asarray(group_labels)))
     moves = (move_named("learn_group_prior_scale"),) if prob.learn_group_prior_scale else ()
-    return run_cavi(be, prob, st, max_iter=max_iter, tol=tol, moves=moves).elbo
+    return run_cavi(be, prob, st, max_iter=max_iter, tol=tol, moves=moves)
 
 
 def restart_rngs(random_state, n_init: int):
