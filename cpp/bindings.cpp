@@ -23,6 +23,7 @@
 #include "cell_step.hpp"
 #include "common.hpp"
 #include "elbo_terms.hpp"
+#include "group_ascent.hpp"
 #include "group_step.hpp"
 #include "normal_wishart.hpp"
 #include "parallel.hpp"
@@ -525,6 +526,145 @@ double group_step(const py::object& N_jl_obj, const py::object& elog_pi_obj,
                            r);
 }
 
+// ---- group-only ascent ---------------------------------------------------------------------
+
+// (shape, rate, fixed) with fixed None (learned) or a positive value.
+nam::ConcentrationSpec concentration_spec(const py::object& obj, const std::string& name) {
+    py::tuple t;
+    try {
+        t = py::tuple(obj);
+    } catch (const py::error_already_set&) {
+        fail(name + " must be a tuple (shape, rate, fixed), fixed None when learned");
+    }
+    if (t.size() != 3) fail(name + " must be a tuple (shape, rate, fixed), fixed None when learned");
+    nam::ConcentrationSpec c{t[0].cast<double>(), t[1].cast<double>(),
+                             t[2].is_none() ? std::nan("") : t[2].cast<double>()};
+    if (c.learned() && !(c.shape > 0.0 && c.rate > 0.0 && std::isfinite(c.shape) &&
+                         std::isfinite(c.rate)))
+        fail(name + ": a learned concentration needs a finite positive shape and rate");
+    if (!c.learned() && !(c.fixed > 0.0 && std::isfinite(c.fixed)))
+        fail(name + ": a fixed concentration must be finite and positive, got " +
+             std::to_string(c.fixed));
+    return c;
+}
+
+void check_finite(const Arr& a, const std::string& name) {
+    const double* p = a.data();
+    for (py::ssize_t i = 0; i < a.size(); ++i)
+        if (!std::isfinite(p[i])) fail(name + " must be finite (found " + std::to_string(p[i]) + ")");
+}
+
+py::array_t<double> numpy_copy(const double* data, const std::vector<py::ssize_t>& shape) {
+    py::array_t<double> a(shape);
+    std::copy(data, data + a.size(), a.mutable_data());
+    return a;
+}
+
+py::list group_ascent(const py::object& counts_obj, const py::object& rho_obj,
+                      const py::object& conc_obj, const py::object& x_scale_obj,
+                      const py::object& X_obj, const py::object& x_centre_obj,
+                      const py::object& x_prior_obj, const py::object& alpha_prior_obj,
+                      const py::object& beta_prior_obj, int max_iter, double tol,
+                      int n_threads) {
+    Shapes s;
+    Arr counts = as_array(counts_obj, "counts"), rho = as_array(rho_obj, "rho"),
+        conc = as_array(conc_obj, "conc"), x_scale = as_array(x_scale_obj, "x_scale");
+    s.check(counts, "counts", {"J", "L"});
+    s.check(rho, "rho", {"B", "J", "K"});
+    s.define("4", 4);
+    s.check(conc, "conc", {"B", "4"});
+    s.check(x_scale, "x_scale", {"B"});
+    s.at_least("J", 1, "counts");
+    s.at_least("L", 1, "counts");
+    s.at_least("K", 1, "rho");
+    if (max_iter < 0) fail("max_iter must be >= 0, got " + std::to_string(max_iter));
+    if (!(tol >= 0.0)) fail("tol must be >= 0, got " + std::to_string(tol));
+    check_finite(counts, "counts");
+    check_finite(rho, "rho");
+    check_finite(conc, "conc");
+    for (py::ssize_t b = 0; b < x_scale.size(); ++b)
+        if (!(x_scale.data()[b] > 0.0 && std::isfinite(x_scale.data()[b])))
+            fail("x_scale must be finite and positive, got " + std::to_string(x_scale.data()[b]));
+    const Index B = s["B"], J = s["J"], L = s["L"], K = s["K"];
+
+    nam::GroupAscentInput in{};
+    in.counts = counts.data();
+    in.J = J;
+    in.L = L;
+    in.K = K;
+    in.alpha = concentration_spec(alpha_prior_obj, "alpha_prior");
+    in.beta = concentration_spec(beta_prior_obj, "beta_prior");
+    in.max_iter = max_iter;
+    in.tol = tol;
+    Arr X, x_centre, m0, W0inv;
+    if (!X_obj.is_none()) {
+        X = as_array(X_obj, "X");
+        s.check(X, "X", {"J", "q"});
+        s.at_least("q", 1, "X");
+        check_finite(X, "X");
+        x_centre = as_array(x_centre_obj, "x_centre");
+        s.check(x_centre, "x_centre", {"q"});
+        py::tuple prior;
+        try {
+            prior = py::tuple(x_prior_obj);
+        } catch (const py::error_already_set&) {
+            fail("x_prior must be a tuple (m0, lam0, W0inv, nu0) when X is given");
+        }
+        if (prior.size() != 4) fail("x_prior must be a tuple (m0, lam0, W0inv, nu0) when X is given");
+        m0 = as_array(prior[0], "x_prior m0");
+        W0inv = as_array(prior[2], "x_prior W0inv");
+        s.check(m0, "x_prior m0", {"q"});
+        s.check(W0inv, "x_prior W0inv", {"q", "q"});
+        in.X = X.data();
+        in.q = s["q"];
+        in.x_centre = x_centre.data();
+        in.x_prior = nam::NWPrior{m0.data(), prior[1].cast<double>(), W0inv.data(),
+                                  prior[3].cast<double>(), in.q};
+    }
+    std::vector<nam::GroupFactors> cands(static_cast<size_t>(B));
+    for (Index b = 0; b < B; ++b) {
+        auto& f = cands[static_cast<size_t>(b)];
+        f.rho = nam::CMapRowMat(rho.data() + b * J * K, J, K);
+        const double* c = conc.data() + 4 * b;
+        f.alpha_shape = c[0];
+        f.alpha_rate = c[1];
+        f.beta_shape = c[2];
+        f.beta_rate = c[3];
+        f.x_scale = x_scale.data()[b];
+    }
+    {
+        py::gil_scoped_release release;
+        nam::group_ascent(in, cands, n_threads);
+    }
+    py::list out;
+    const Index q = in.q;
+    for (const auto& f : cands) {
+        py::dict d;
+        d["rho"] = numpy_copy(f.rho.data(), {J, K});
+        d["v_a"] = numpy_copy(f.v_a.data(), {K - 1, 1});
+        d["v_b"] = numpy_copy(f.v_b.data(), {K - 1, 1});
+        d["u_a"] = numpy_copy(f.u_a.data(), {L - 1, K});
+        d["u_b"] = numpy_copy(f.u_b.data(), {L - 1, K});
+        d["alpha_shape"] = f.alpha_shape;
+        d["alpha_rate"] = f.alpha_rate;
+        d["beta_shape"] = f.beta_shape;
+        d["beta_rate"] = f.beta_rate;
+        if (in.X) {
+            d["mx"] = numpy_copy(f.mx.data(), {K, q});
+            d["lamx"] = numpy_copy(f.lamx.data(), {K});
+            d["Wx"] = numpy_copy(f.Wx.data(), {K, q, q});
+            d["nux"] = numpy_copy(f.nux.data(), {K});
+        } else {
+            for (const char* key : {"mx", "lamx", "Wx", "nux"}) d[key] = py::none();
+        }
+        d["H_rho"] = f.H_rho;
+        d["elbo"] = f.elbo;
+        d["n_iter"] = f.n_iter;
+        out.append(d);
+    }
+    return out;
+}
+
 // ---- build information --------------------------------------------------------------------
 
 py::dict build_info() {
@@ -660,6 +800,12 @@ PYBIND11_MODULE(NESTEDATOMS_MODULE_NAME, mod) {
     mod.def("group_step", &group_step, arg("N_jl"), arg("elog_pi"), arg("elog_omega"),
             arg("ell_x"), arg("rho_out"), "Update q(S) into rho_out; returns the entropy.");
 
+    mod.def("group_ascent", &group_ascent, arg("counts"), arg("rho"), arg("conc"),
+            arg("x_scale"), arg("X"), arg("x_centre"), arg("x_prior"), arg("alpha_prior"),
+            arg("beta_prior"), arg("max_iter") = 200, arg("tol") = 1e-7, arg("n_threads") = 1,
+            "Group-only coordinate ascent (cells fixed) of B candidates to convergence; returns "
+            "one dict of refined factors per candidate, with the group-level ELBO.  Candidates "
+            "run in parallel; results are bitwise identical for every n_threads.");
     mod.def("openmp_enabled", &nam::openmp_enabled, "Whether the core was built with OpenMP.");
     mod.def("max_threads", &nam::max_threads, "Threads OpenMP would use by default (1 without).");
     mod.def("cpu_features", &cpu_features,

@@ -17,42 +17,6 @@ namespace nam {
 
 namespace {
 
-// The kernel works on one feature row per cell, phi(y) = [packed upper triangle of zc zc' | zc | 1]
-// with zc = y - centre (F = p(p+1)/2 + p + 1 columns).  Both halves of the cell step are then one
-// GEMM per block of cells:
-//   * logits (nb x L) = Phi (nb x F) * A (F x L), because the expected log-likelihood
-//     ell_l(y) = c_l - 1/2 (zc - mc_l)' Q_l (zc - mc_l), Q_l = nu_l W_l, mc_l = m_l - centre,
-//     is linear in phi(y) (A holds -Q/2 on the diagonal, -Q off it, Q mc and the constant);
-//   * the statistics (L x F) = xi' (L x nb) * Phi hold n, s1 and the packed s2 at once.
-// Using the packed symmetric outer product halves the flops of the dense formulation (4 N L p^2
-// per sweep) and turns everything into two well-shaped products.  Expanding the quadratic form
-// about the data centre loses ~eps |zc|^2 |Q| in absolute terms, far below anything that moves xi.
-Index packed_size(Index p) { return p * (p + 1) / 2; }
-
-RowMat loglik_coefficients(const GaussianAtoms& atoms, const NWView& q, const double* centre) {
-    const Index p = q.D, L = q.G, P = packed_size(p), F = P + p + 1;
-    const double Dd = static_cast<double>(p);
-    RowMat A(F, L);
-    Mat Q(p, p);
-    Vec mc(p);
-    for (Index l = 0; l < L; ++l) {
-        const double* W = q.W + l * p * p;
-        // Lower triangle, as the Cholesky factorisation that validated W reads it.
-        for (Index d = 0; d < p; ++d)
-            for (Index e = 0; e <= d; ++e) Q(d, e) = Q(e, d) = q.nu[l] * W[d * p + e];
-        for (Index d = 0; d < p; ++d) mc[d] = q.m[l * p + d] - centre[d];
-        const Vec Qmc = Q * mc;
-        Index k = 0;
-        for (Index d = 0; d < p; ++d) {
-            A(k++, l) = -0.5 * Q(d, d);
-            for (Index e = d + 1; e < p; ++e) A(k++, l) = -Q(d, e);
-        }
-        for (Index d = 0; d < p; ++d) A(P + d, l) = Qmc[d];
-        A(P + p, l) = atoms.constant[l] - 0.5 * Dd / q.lam[l] - 0.5 * mc.dot(Qmc);
-    }
-    return A;
-}
-
 // Partial sums of one chunk (a fixed run of consecutive blocks, summed in cell order by the one
 // thread that owns it).  N_jl rows are kept for the groups the chunk's cells belong to only.
 struct Chunk {
@@ -99,7 +63,7 @@ constexpr double kPollSeconds = 0.1;
 double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threads,
                  const std::function<bool()>& interrupted) {
     const Index N = in.N, p = in.p, J = in.J, L = in.L;
-    const Index P = packed_size(p), F = P + p + 1;
+    const Index F = packed_size(p) + p + 1;
     // Everything that can fail (Cholesky of W, value checks) happens here, before the parallel
     // region and before any output is written.
     const GaussianAtoms atoms = prepare_atoms(in.atoms, "W");
@@ -176,18 +140,8 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
         const Index start = b * kCellBlock;
         const Index nb = std::min(kCellBlock, N - start);
         auto Phi = sc.Phi.topRows(nb);
-        for (Index i = 0; i < nb; ++i) {
-            const double* y = in.Y + (start + i) * p;
-            double* row = Phi.row(i).data();
-            double* zc = row + P;
-            for (Index d = 0; d < p; ++d) zc[d] = y[d] - in.centre[d];
-            Index k = 0;
-            for (Index d = 0; d < p; ++d) {
-                const double zd = zc[d];
-                for (Index e = d; e < p; ++e) row[k++] = zd * zc[e];
-            }
-            row[F - 1] = 1.0;
-        }
+        for (Index i = 0; i < nb; ++i)
+            packed_features(in.Y + (start + i) * p, in.centre, p, Phi.row(i).data());
         auto logits = sc.logits.topRows(nb);
         logits.noalias() = Phi * A;
 
@@ -273,17 +227,8 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
         N_jl.middleRows(ch.first_group, ch.Nrows.rows()) += ch.Nrows;
     }
 
-    // Unpack the statistics: n is the last column, s1 the p before it, s2 the packed triangle
-    // (mirrored, so s2 is exactly symmetric).
-    const CMapRowMat S(total.data() + 1, L, F);
-    for (Index l = 0; l < L; ++l) {
-        out.n[l] = S(l, F - 1);
-        for (Index d = 0; d < p; ++d) out.s1[l * p + d] = S(l, P + d);
-        double* s2 = out.s2 + l * p * p;
-        Index k = 0;
-        for (Index d = 0; d < p; ++d)
-            for (Index e = d; e < p; ++e) s2[d * p + e] = s2[e * p + d] = S(l, k++);
-    }
+    // Unpack the statistics: n is the last column, s1 the p before it, s2 the packed triangle.
+    unpack_stats(CMapRowMat(total.data() + 1, L, F), p, out.n, out.s1, out.s2);
     return total[0];
 }
 

@@ -2,7 +2,7 @@
 shapes follow SPEC's symbols: N cells, J groups, K group clusters, L cell clusters, G atoms
 of dimension D, C columns of sticks."""
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -42,6 +42,12 @@ def cell_step(Y: ArrayLike, offsets: ArrayLike, rho: ArrayLike, elog_omega: Arra
               ) -> Tuple[Array, Array, Array, Array, float]: ...
 def group_step(N_jl: ArrayLike, elog_pi: ArrayLike, elog_omega: ArrayLike, ell_x: ArrayLike,
                rho_out: Array) -> float: ...
+def group_ascent(counts: ArrayLike, rho: ArrayLike, conc: ArrayLike, x_scale: ArrayLike,
+                 X: Optional[ArrayLike], x_centre: Optional[ArrayLike],
+                 x_prior: Optional[Tuple[ArrayLike, float, ArrayLike, float]],
+                 alpha_prior: Tuple[float, float, Optional[float]],
+                 beta_prior: Tuple[float, float, Optional[float]], max_iter: int = 200,
+                 tol: float = 1e-7, n_threads: int = 1) -> List[dict]: ...
 def openmp_enabled() -> bool: ...
 def max_threads() -> int: ...
 def cpu_features() -> dict: ...
