@@ -300,7 +300,7 @@ def simulator_problem(prob, sim, lam=0.1):
     from nestedatoms._state import NWPrior
 
     out = copy.copy(prob)
-    out.learn_x_prior_scale = False        # the true prior, not a width fitted to the data
+    out.learn_group_prior_scale = False        # the true prior, not a width fitted to the data
     q, p = sim.X.shape[1], sim.Y.shape[1]
     out.x_prior = NWPrior(m0=np.zeros(q), lam0=lam, W0inv=np.eye(q), nu0=q + 5.0)
     out.y_prior = NWPrior(m0=np.zeros(p), lam0=lam, W0inv=np.eye(p), nu0=p + 5.0)
@@ -434,7 +434,7 @@ def toy(n_seeds: int):
     from sklearn.metrics import adjusted_rand_score as ari
 
     import nestedatoms as na
-    from nestedatoms._moves import adjusted_partition_equal
+    from nestedatoms.moves import adjusted_partition_equal
 
     import pandas as pd
 
@@ -531,7 +531,7 @@ def prior_check(n_seeds: int):
     from nestedatoms._data import prepare_data
     from nestedatoms._fit import run_cavi
     from nestedatoms._init import state_from_labels
-    from nestedatoms._moves import adjusted_partition_equal
+    from nestedatoms.moves import adjusted_partition_equal
     from nestedatoms._state import resolve_nw_prior
 
     be = get_backend("cpp")

@@ -124,7 +124,7 @@ def test_fit_learns_the_group_prior_width_unless_told_not_to(tmp_path):
                      *SMALL_MODEL, "--force", *flag]) == 0      # the outputs exist after 1
         model = na.NestedAtomsModel.load(model_path)
         assert model.learn_group_prior_scale == param
-        assert model.problem_.learn_x_prior_scale is learned
+        assert model.problem_.learn_group_prior_scale is learned
         scales.setdefault(learned, []).append(model.group_prior_scale_)
     assert scales[False] == [1.0, 1.0] and all(0.0 < f <= 1.0 for f in scales[True])
 

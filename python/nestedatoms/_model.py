@@ -9,7 +9,7 @@ import numpy as np
 from ._backend import get_backend, resolve_n_threads
 from ._data import check_constant_columns, prepare_data
 from ._fit import fit_restarts
-from ._moves import DEFAULT_MOVES
+from .moves import DEFAULT_MOVES
 from ._state import ConcentrationPrior, Problem, resolve_nw_prior
 from ._steps import expected_stick_weights
 from ._validation import (check_data_size, check_dimension, check_estimator_params,
@@ -46,7 +46,10 @@ class NestedAtomsModel:
     max_iter : int, default 500
         Maximum number of CAVI sweeps per restart.
     tol : float, default 1e-6
-        Stop when |Delta ELBO| / |ELBO| < tol; 0 runs exactly ``max_iter`` sweeps.
+        Stop when |Delta ELBO| / |ELBO| < tol and no move changed the state: a *relative*
+        change of the whole ELBO, unlike scikit-learn's ``GaussianMixture``, whose ``tol``
+        bounds the absolute change of the per-sample bound.  0 runs exactly ``max_iter``
+        sweeps.
     random_state : int, numpy Generator or None
         Seed for reproducible restarts.
     n_threads : int or None
@@ -234,7 +237,7 @@ class NestedAtomsModel:
             x_prior=x_prior,
             alpha_prior=self._concentration(self.group_concentration, "group_concentration"),
             beta_prior=self._concentration(self.cell_concentration, "cell_concentration"),
-            learn_x_prior_scale=self._learns_group_prior_scale(),
+            learn_group_prior_scale=self._learns_group_prior_scale(),
             learn_donor_concentration=isinstance(self.donor_concentration, str),
             donor_concentration=(float("inf") if isinstance(self.donor_concentration, str)
                                  else float(self.donor_concentration)),
@@ -385,7 +388,7 @@ class NestedAtomsModel:
         if prob.has_x:
             self.group_means_ = st.mx.copy()
             self.group_covariances_ = _expected_covariances(st.Wx, st.nux)
-            self.group_prior_scale_ = float(st.x_prior_scale)
+            self.group_prior_scale_ = float(st.group_prior_scale)
         else:
             self.group_means_ = None
             self.group_covariances_ = None
