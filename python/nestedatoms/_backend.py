@@ -62,6 +62,10 @@ class Backend(Protocol):
                   n_threads=1, group_weight=None) -> tuple: ...
     def group_step(self, N_jl, elog_pi, elog_omega, ell_x, rho_out) -> float: ...
 
+    # the group search's inner loop: group-only coordinate ascent of a batch of candidates
+    def group_ascent(self, counts, rho, conc, x_scale, X, x_centre, x_prior, alpha_prior,
+                     beta_prior, max_iter=200, tol=1e-7, n_threads=1) -> list: ...
+
 
 def backend_functions() -> list:
     """The names of the functions a :class:`Backend` provides."""

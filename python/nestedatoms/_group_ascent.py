@@ -24,10 +24,13 @@ def _spec(prior: ConcentrationPrior):
             None if prior.fixed is None else float(prior.fixed))
 
 
-def concentration_factors(st: State) -> tuple:
-    """The state's q(alpha) and q(beta) as the ascent's start: (shape, rate, shape, rate)."""
-    return (float(st.alpha_shape), float(st.alpha_rate), float(st.beta_shape),
-            float(st.beta_rate))
+def concentration_factors(source) -> tuple:
+    """The q(alpha) and q(beta) of a state (or of a ``group_ascent`` result) as an ascent's
+    start: (alpha_shape, alpha_rate, beta_shape, beta_rate)."""
+    names = ("alpha_shape", "alpha_rate", "beta_shape", "beta_rate")
+    if isinstance(source, dict):
+        return tuple(float(source[n]) for n in names)
+    return tuple(float(getattr(source, n)) for n in names)
 
 
 def cell_level_elbo(be, prob: Problem, st: State, n_threads: int = 1) -> float:
@@ -72,4 +75,4 @@ def apply_group_factors(st: State, result: dict, width: float | None = None) -> 
         st.mx, st.lamx, st.Wx, st.nux = (result["mx"], result["lamx"], result["Wx"],
                                          result["nux"])
     if width is not None:
-        st.x_prior_scale = float(width)
+        st.group_prior_scale = float(width)
