@@ -24,6 +24,7 @@
 #include "common.hpp"
 #include "elbo_terms.hpp"
 #include "group_ascent.hpp"
+#include "merge_entropy.hpp"
 #include "group_step.hpp"
 #include "normal_wishart.hpp"
 #include "parallel.hpp"
@@ -504,6 +505,73 @@ py::tuple cell_step(const py::object& Y_obj, const py::object& offsets_obj,
     return py::make_tuple(N_jl, n, s1, s2, entropy);
 }
 
+py::tuple cell_step_rows(const py::object& Y_obj, const py::object& offsets_obj,
+                         const py::object& rows_obj, const py::object& rho_obj,
+                         const py::object& elog_omega_obj, const py::object& m,
+                         const py::object& lam, const py::object& W, const py::object& nu,
+                         const py::object& centre_obj, const py::object& xi_obj, int n_threads,
+                         const py::object& group_weight_obj) {
+    Shapes s;
+    Arr Y = as_array(Y_obj, "Y");
+    s.check(Y, "Y", {"N", "p"});
+    const Index N = s["N"];
+    auto offsets = as_offsets(offsets_obj, N);
+    const Index J = offsets.shape(0) - 1;
+    py::array raw_rows = py::array::ensure(rows_obj);
+    if (!raw_rows || (raw_rows.dtype().kind() != 'i' && raw_rows.dtype().kind() != 'u'))
+        fail("rows must be an integer array of cell indices");
+    auto rows = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(raw_rows);
+    if (!rows || rows.ndim() != 1) fail("rows must be 1-D, got shape " + shape_str(raw_rows));
+    const std::int64_t* r = rows.data();
+    const Index n_rows = rows.shape(0);
+    for (Index i = 0; i < n_rows; ++i) {
+        if (r[i] < 0 || r[i] >= N)
+            fail("rows must index the N = " + std::to_string(N) + " cells, got " +
+                 std::to_string(r[i]));
+        if (i > 0 && r[i] <= r[i - 1]) fail("rows must be strictly increasing (sorted, unique)");
+    }
+    Arr rho = as_array(rho_obj, "rho"), elog_omega = as_array(elog_omega_obj, "elog_omega");
+    s.define("J", J);
+    s.check(rho, "rho", {"J", "K"});
+    s.check(elog_omega, "elog_omega", {"L", "K"});
+    NWArrays q = nw_arrays(m, lam, W, nu, s, "L", "p");
+    s.at_least("L", 1, "elog_omega");
+    Arr centre = as_array(centre_obj, "centre");
+    s.check(centre, "centre", {"p"});
+    const Index p = s["p"], K = s["K"], L = s["L"];
+    auto xi = out_array(xi_obj, "xi", {N, L}, "(N, L)");
+    for (const auto& [arr, name] :
+         std::vector<std::pair<py::array, const char*>>{{Y, "Y"}, {rho, "rho"},
+             {elog_omega, "elog_omega"}, {q.m, "m"}, {q.lam, "lam"}, {q.W, "W"}, {q.nu, "nu"},
+             {centre, "centre"}, {offsets, "offsets"}, {rows, "rows"}})
+        if (overlaps(xi, arr)) fail(std::string("xi must not share memory with ") + name);
+    auto dN = new_array(J, L);
+    auto dn = new_array(L);
+    auto ds1 = new_array(L, p);
+    auto ds2 = new_array(L, p, p);
+    nam::CellStepInput in{Y.data(), N,         p,      offsets.data(), J, rho.data(), K,
+                          elog_omega.data(), L, q.view(), centre.data()};
+    Arr group_weight;
+    if (!group_weight_obj.is_none()) {
+        group_weight = as_array(group_weight_obj, "group_weight");
+        s.check(group_weight, "group_weight", {"J"});
+        const double* w = group_weight.data();
+        for (Index j = 0; j < J; ++j)
+            if (!(w[j] >= 0.0 && std::isfinite(w[j])))
+                fail("group_weight must be finite and >= 0, got " + std::to_string(w[j]));
+        if (overlaps(xi, group_weight)) fail("xi must not share memory with group_weight");
+        in.group_weight = w;
+    }
+    nam::CellRowsOutput out{xi.mutable_data(), dN.mutable_data(), dn.mutable_data(),
+                            ds1.mutable_data(), ds2.mutable_data()};
+    double dH;
+    {
+        py::gil_scoped_release release;
+        dH = nam::cell_step_rows(in, r, n_rows, out, n_threads);
+    }
+    return py::make_tuple(dN, dn, ds1, ds2, dH);
+}
+
 double group_step(const py::object& N_jl_obj, const py::object& elog_pi_obj,
                   const py::object& elog_omega_obj, const py::object& ell_x_obj,
                   const py::object& rho_out_obj) {
@@ -665,6 +733,62 @@ py::list group_ascent(const py::object& counts_obj, const py::object& rho_obj,
     return out;
 }
 
+// ---- entropy change of merged atoms -------------------------------------------------------
+
+py::array_t<double> merged_entropy_change(const py::object& xi_obj, const py::object& groups_obj,
+                                          const py::object& offsets_obj,
+                                          const py::object& group_weight_obj, int n_threads) {
+    Shapes s;
+    Arr xi = as_array(xi_obj, "xi");
+    s.check(xi, "xi", {"N", "L"});
+    const Index N = s["N"], L = s["L"];
+    std::vector<std::int64_t> cols, starts{0};
+    for (const auto& group : groups_obj) {
+        std::vector<std::int64_t> members;
+        try {
+            members = group.cast<std::vector<std::int64_t>>();
+        } catch (const py::cast_error&) {
+            fail("groups must be a list of lists of column indices");
+        }
+        for (const auto l : members) {
+            if (l < 0 || l >= L)
+                fail("groups: column " + std::to_string(l) + " is not one of the L = " +
+                     std::to_string(L) + " columns of xi");
+            if (std::find(cols.begin() + starts.back(), cols.end(), l) != cols.end())
+                fail("groups: column " + std::to_string(l) + " appears twice in one group");
+            cols.push_back(l);
+        }
+        starts.push_back(static_cast<std::int64_t>(cols.size()));
+    }
+    const Index n_groups = static_cast<Index>(starts.size()) - 1;
+    py::array_t<std::int64_t> offsets;
+    Arr group_weight;
+    const std::int64_t* off = nullptr;
+    const double* gw = nullptr;
+    Index J = 0;
+    if (!group_weight_obj.is_none()) {
+        offsets = as_offsets(offsets_obj, N);
+        J = offsets.shape(0) - 1;
+        s.define("J", J);
+        group_weight = as_array(group_weight_obj, "group_weight");
+        s.check(group_weight, "group_weight", {"J"});
+        for (Index j = 0; j < J; ++j)
+            if (!(group_weight.data()[j] >= 0.0 && std::isfinite(group_weight.data()[j])))
+                fail("group_weight must be finite and >= 0");
+        off = offsets.data();
+        gw = group_weight.data();
+    }
+    auto out = new_array(n_groups);
+    double* o = out.mutable_data();
+    const double* x = xi.data();
+    {
+        py::gil_scoped_release release;
+        nam::merged_entropy_change(x, N, L, cols.data(), starts.data(), n_groups, off, gw, J, o,
+                                   n_threads);
+    }
+    return out;
+}
+
 // ---- build information --------------------------------------------------------------------
 
 py::dict build_info() {
@@ -797,6 +921,12 @@ PYBIND11_MODULE(NESTEDATOMS_MODULE_NAME, mod) {
             "all available threads; results are bitwise identical for every n_threads.  "
             "group_weight (J,), optional: weight of each group's cells in (n, s1, s2) and the "
             "entropy (xi and N_jl are unweighted).");
+    mod.def("cell_step_rows", &cell_step_rows, arg("Y"), arg("offsets"), arg("rows"),
+            arg("rho"), arg("elog_omega"), arg("m"), arg("lam"), arg("W"), arg("nu"),
+            arg("centre"), arg("xi"), arg("n_threads") = 1, arg("group_weight") = py::none(),
+            "Update q(M) of the given cells (rows: increasing indices) in xi, in place; returns "
+            "the change (dN_jl, dn, ds1, ds2, dH) of the statistics the cell step returns.  "
+            "Bitwise identical for every n_threads.");
     mod.def("group_step", &group_step, arg("N_jl"), arg("elog_pi"), arg("elog_omega"),
             arg("ell_x"), arg("rho_out"), "Update q(S) into rho_out; returns the entropy.");
 
@@ -806,6 +936,12 @@ PYBIND11_MODULE(NESTEDATOMS_MODULE_NAME, mod) {
             "Group-only coordinate ascent (cells fixed) of B candidates to convergence; returns "
             "one dict of refined factors per candidate, with the group-level ELBO.  Candidates "
             "run in parallel; results are bitwise identical for every n_threads.");
+    mod.def("merged_entropy_change", &merged_entropy_change, arg("xi"), arg("groups"),
+            arg("offsets") = py::none(), arg("group_weight") = py::none(),
+            arg("n_threads") = 1,
+            "Change of -sum xi log xi when each group of xi's columns is summed into one: "
+            "(n_groups,), rows weighted by their group's group_weight (with offsets) if given.  "
+            "One pass over xi; bitwise identical for every n_threads.");
     mod.def("openmp_enabled", &nam::openmp_enabled, "Whether the core was built with OpenMP.");
     mod.def("max_threads", &nam::max_threads, "Threads OpenMP would use by default (1 without).");
     mod.def("cpu_features", &cpu_features,

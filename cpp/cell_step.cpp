@@ -7,6 +7,7 @@
 #include <exception>
 #include <vector>
 
+#include "elbo_terms.hpp"
 #include "parallel.hpp"
 
 #if defined(__SSE2__) || defined(_M_X64)
@@ -229,6 +230,127 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
 
     // Unpack the statistics: n is the last column, s1 the p before it, s2 the packed triangle.
     unpack_stats(CMapRowMat(total.data() + 1, L, F), p, out.n, out.s1, out.s2);
+    return total[0];
+}
+
+
+double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n_rows,
+                      const CellRowsOutput& out, int n_threads) {
+    const Index p = in.p, J = in.J, L = in.L;
+    const Index F = packed_size(p) + p + 1;
+    const GaussianAtoms atoms = prepare_atoms(in.atoms, "W");
+    const RowMat A = loglik_coefficients(atoms, in.atoms, in.centre);
+    RowMat bias(J, L);
+    if (in.K > 0)
+        bias.noalias() = CMapRowMat(in.rho, J, in.K) * CMapRowMat(in.elog_omega, L, in.K).transpose();
+    else
+        bias.setZero();
+    MapRowMat dN(out.dN_jl, J, L);
+    dN.setZero();
+    std::vector<double> total(static_cast<size_t>(1 + L * F), 0.0);
+    if (n_rows > 0) {
+        // The group of each row (rows ascend, so one forward scan of the offsets).
+        std::vector<Index> group(static_cast<size_t>(n_rows));
+        for (Index i = 0, j = 0; i < n_rows; ++i) {
+            while (in.offsets[j + 1] <= rows[i]) ++j;
+            group[static_cast<size_t>(i)] = j;
+        }
+        // Fixed chunks of blocks, summed in chunk order: results independent of the threads.
+        const Index n_blocks = (n_rows + kCellBlock - 1) / kCellBlock;
+        const Index dense_size = 1 + L * F;
+        const Index max_chunks =
+            std::clamp<Index>((Index(64) << 20) / (8 * dense_size), Index(16), Index(1024));
+        const Index chunk_blocks = std::max<Index>(1, (n_blocks + max_chunks - 1) / max_chunks);
+        const Index n_chunks = (n_blocks + chunk_blocks - 1) / chunk_blocks;
+        std::vector<Chunk> chunks(static_cast<size_t>(n_chunks));
+        for (Index c = 0; c < n_chunks; ++c) {
+            Chunk& ch = chunks[c];
+            const Index first = c * chunk_blocks * kCellBlock;
+            const Index last = std::min(n_rows, (c + 1) * chunk_blocks * kCellBlock) - 1;
+            ch.dense.assign(static_cast<size_t>(dense_size), 0.0);
+            ch.first_group = group[first];
+            ch.Nrows = RowMat::Zero(group[last] - ch.first_group + 1, L);
+        }
+        const Index worth_threads = std::max<Index>(1, n_blocks / kMinBlocksPerThread);
+        const int threads = static_cast<int>(std::min<Index>(
+            {static_cast<Index>(resolve_threads(n_threads)), n_chunks, worth_threads}));
+        std::exception_ptr error = nullptr;
+        std::atomic<bool> stop{false};
+
+        auto process_block = [&](Index b, Chunk& ch, Scratch& sc, RowMat& delta) {
+            const Index start = b * kCellBlock;
+            const Index nb = std::min(kCellBlock, n_rows - start);
+            auto Phi = sc.Phi.topRows(nb);
+            for (Index i = 0; i < nb; ++i)
+                packed_features(in.Y + rows[start + i] * p, in.centre, p, Phi.row(i).data());
+            auto logits = sc.logits.topRows(nb);
+            logits.noalias() = Phi * A;
+            auto d = delta.topRows(nb);
+            double entropy_change = 0.0;
+            for (Index i = 0; i < nb; ++i) {
+                const Index j = group[static_cast<size_t>(start + i)];
+                auto row = logits.row(i);
+                row += bias.row(j);
+                // the cell step's normalisation, operation for operation (cell_step above)
+                const double mx = row.maxCoeff();
+                row.array() -= mx;
+                sc.expo = (row.array() < kLogTiny).select(0.0, row.array().exp()).matrix();
+                const double sum = sc.expo.sum();
+                double dot = 0.0;
+                for (Index l = 0; l < L; ++l)
+                    if (sc.expo[l] > 0.0) dot += sc.expo[l] * row[l];
+                double* xrow = out.xi + rows[start + i] * L;
+                double old_entropy = 0.0;
+                for (Index l = 0; l < L; ++l) old_entropy += entr(xrow[l]);
+                const double new_entropy = std::log(sum) - dot / sum;
+                for (Index l = 0; l < L; ++l) {
+                    const double x = sc.expo[l] / sum;
+                    d(i, l) = x - xrow[l];
+                    xrow[l] = x;
+                }
+                ch.Nrows.row(j - ch.first_group) += d.row(i);
+                const double w = in.group_weight ? in.group_weight[j] : 1.0;
+                entropy_change += w * (new_entropy - old_entropy);
+                if (in.group_weight) Phi.row(i) *= w;
+            }
+            ch.dense[0] += entropy_change;
+            MapRowMat stats(ch.dense.data() + 1, L, F);
+            stats.noalias() += d.transpose() * Phi;
+        };
+
+#ifdef NESTEDATOMS_OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+        {
+            Scratch sc(std::min(n_rows, kCellBlock), F, L);
+            RowMat delta(std::min(n_rows, kCellBlock), L);
+            const FlushDenormals flush;
+#ifdef NESTEDATOMS_OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+            for (Index c = 0; c < n_chunks; ++c) {
+                const Index b_end = std::min(n_blocks, (c + 1) * chunk_blocks);
+                for (Index b = c * chunk_blocks; b < b_end; ++b) {
+                    if (stop.load(std::memory_order_relaxed)) break;
+                    try {
+                        process_block(b, chunks[c], sc, delta);
+                    } catch (...) {
+#ifdef NESTEDATOMS_OPENMP
+#pragma omp critical(nestedatoms_rows_error)
+#endif
+                        if (!error) error = std::current_exception();
+                        stop.store(true);
+                    }
+                }
+            }
+        }
+        if (error) std::rethrow_exception(error);
+        for (const Chunk& ch : chunks) {
+            for (Index e = 0; e < dense_size; ++e) total[e] += ch.dense[e];
+            dN.middleRows(ch.first_group, ch.Nrows.rows()) += ch.Nrows;
+        }
+    }
+    unpack_stats(CMapRowMat(total.data() + 1, L, F), p, out.dn, out.ds1, out.ds2);
     return total[0];
 }
 

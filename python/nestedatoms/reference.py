@@ -254,6 +254,43 @@ def cell_step(Y, offsets, rho, elog_omega, m, lam, W, nu, centre, xi_out, n_thre
     return N_jl, n, s1, s2, float(np.sum(w_cell[:, None] * entr(xi_out)))
 
 
+def cell_step_rows(Y, offsets, rows, rho, elog_omega, m, lam, W, nu, centre, xi, n_threads=1,
+                   group_weight=None):
+    """The cell step of the given cells only (``rows``: increasing indices into Y), written
+    into the full ``xi`` in place; returns the change it made, (dN_jl, dn, ds1, ds2, dH), to
+    the statistics ``cell_step`` returns (dn, ds1, ds2 and dH weighted by ``group_weight``)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    J, L = rho.shape[0], xi.shape[1]
+    groups = np.repeat(np.arange(J), np.diff(offsets))[rows]
+    sub_offsets = np.concatenate([[0], np.cumsum(np.bincount(groups, minlength=J))])
+    old = xi[rows]
+    new = np.empty_like(old)
+    cell_step(Y[rows], sub_offsets, rho, elog_omega, m, lam, W, nu, centre, new)
+    delta = new - old
+    w = None if group_weight is None else np.asarray(group_weight, dtype=np.float64)[groups]
+    dn, ds1, ds2 = weighted_stats(Y[rows], delta if w is None else delta * w[:, None], centre)
+    dN = np.zeros((J, L))
+    np.add.at(dN, groups, delta)
+    change = entr(new).sum(axis=1) - entr(old).sum(axis=1)
+    xi[rows] = new
+    return dN, dn, ds1, ds2, float(np.sum(change if w is None else w * change))
+
+
+def merged_entropy_change(xi, groups, offsets=None, group_weight=None, n_threads=1):
+    """Change of -sum xi log xi when each group of xi's columns (a list of column-index
+    lists) is summed into one column: (n_groups,).  With ``group_weight`` (J,) and ``offsets``,
+    each cell's entropy counts with its group's weight."""
+    w = None
+    if group_weight is not None:
+        w = np.repeat(np.asarray(group_weight, dtype=np.float64), np.diff(offsets))
+    out = np.zeros(len(groups))
+    for g, cols in enumerate(groups):
+        cols = list(cols)
+        per_cell = entr(xi[:, cols].sum(axis=1)) - entr(xi[:, cols]).sum(axis=1)
+        out[g] = float(per_cell.sum() if w is None else w @ per_cell)
+    return out
+
+
 def group_step(N_jl, elog_pi, elog_omega, ell_x, rho_out):
     """Update q(S): rho_jk ∝ exp(E log pi_k + sum_l N_jl E log omega_lk + ell^x_k(x_j)).
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._state import Problem, State
-from .._steps import cell_weights, elbo, weighted_entropy
+from .._steps import elbo, group_weights
 from ._base import gain_ok, restore, snapshot
 from .merge_atoms import atom_score, fold_atom_stats
 
@@ -59,7 +59,7 @@ def agglomerate_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> 
         return False
     before = elbo(be, prob, st)
     saved = snapshot(st)
-    entropy_change = _GroupEntropyChange(be, st.xi, cell_weights(prob, st))
+    entropy_change = _GroupEntropyChange(be, prob, st, n_threads)
     best_value, best_level, best_change = before, None, 0.0
     for i, level in enumerate(levels):
         fold_atom_stats(be, prob, st, level, n_threads)
@@ -83,30 +83,18 @@ def agglomerate_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> 
 
 
 class _GroupEntropyChange:
-    """Entropy of q(M) after summing a group of xi's columns, minus before; cached per group
-    and per column, and read by row blocks so that no N x L temporary is made."""
+    """Entropy of q(M) after summing a group of xi's columns, minus before; cached per group.
+    One backend call (``merged_entropy_change``) per new group: a pass over xi's rows with no
+    gathered copy of the columns."""
 
-    def __init__(self, be, xi: np.ndarray, weights=None, rows: int = 1 << 15):
-        self.be, self.xi, self.rows, self.weights = be, xi, rows, weights
-        self.columns: dict[int, float] = {}
+    def __init__(self, be, prob: Problem, st: State, n_threads: int = 1):
+        self.be, self.xi, self.offsets = be, st.xi, prob.offsets
+        self.weights, self.n_threads = group_weights(prob, st), n_threads
         self.groups: dict[tuple, float] = {}
-
-    def _entropy_of_sum(self, cols) -> float:
-        # the backend's entropy, as the cached H_xi is computed, on an (rows, 1) block
-        total = 0.0
-        for start in range(0, self.xi.shape[0], self.rows):
-            block = self.xi[start:start + self.rows, cols].sum(axis=1, keepdims=True)
-            w = None if self.weights is None else self.weights[start:start + self.rows]
-            total += weighted_entropy(self.be, block, w)
-        return total
 
     def __call__(self, group) -> float:
         key = tuple(sorted(group))
         if key not in self.groups:
-            for l in key:
-                if l not in self.columns:
-                    self.columns[l] = self._entropy_of_sum([l])
-            self.groups[key] = (self._entropy_of_sum(list(key))
-                                - sum(self.columns[l] for l in key))
+            self.groups[key] = float(self.be.merged_entropy_change(
+                self.xi, [list(key)], self.offsets, self.weights, self.n_threads)[0])
         return self.groups[key]
-

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._state import Problem, State
-from .._steps import cell_weights, elbo, weighted_entropy
+from .._steps import elbo, group_weights
 from ._base import gain_ok, refresh_without_cells, restore, snapshot
 
 
@@ -48,18 +48,18 @@ def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
     while True:  # ends: every accepted merge empties one more atom
         before = elbo(be, prob, st)
         accepted = False
-        for l1, l2 in _cell_pairs(be, prob, st, max_pairs):
-            # The proposal is judged on the statistics alone (nothing below reads xi), so xi
-            # is rewritten only for an accepted merge: one (N, 2) read per proposal.
+        pairs = _cell_pairs(be, prob, st, max_pairs)
+        # every proposal is judged on the statistics alone, plus the entropy change of q(M)
+        # (one pass over xi for all the pairs); xi is rewritten only for an accepted merge
+        entropy_changes = be.merged_entropy_change(
+            st.xi, [list(pair) for pair in pairs], prob.offsets, group_weights(prob, st),
+            n_threads) if pairs else []
+        for (l1, l2), entropy_change in zip(pairs, entropy_changes):
             saved = snapshot(st)
-            pair = st.xi[:, [l1, l2]]
-            merged = pair.sum(axis=1, keepdims=True)
-            w = cell_weights(prob, st)
-            st.H_xi = (st.H_xi - weighted_entropy(be, pair, w)
-                       + weighted_entropy(be, merged, w))
+            st.H_xi = st.H_xi + float(entropy_change)
             fold_atom_stats(be, prob, st, [[l1, l2]], n_threads)
             if gain_ok(elbo(be, prob, st), before):
-                st.xi[:, l1] = merged[:, 0]
+                st.xi[:, l1] += st.xi[:, l2]
                 st.xi[:, l2] = 0.0
                 accepted = changed = True
                 break
