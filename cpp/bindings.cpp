@@ -412,6 +412,24 @@ double nw_entropy(const py::object& m, const py::object& lam, const py::object& 
     return nam::nw_entropy(v);
 }
 
+py::array_t<double> nw_scores(const py::object& n, const py::object& s1, const py::object& s2,
+                              const py::object& centre, const py::object& m0, double lam0,
+                              const py::object& W0inv, double nu0) {
+    Shapes s;
+    StatsArrays st = stats_arrays(n, s1, s2, centre, s);
+    PriorArrays pr = prior_arrays(m0, lam0, W0inv, nu0, s);
+    s.at_least("D", 1, "s1");
+    const Index G = s["G"], D = s["D"];
+    auto out = new_array(G);
+    double* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        nam::nw_scores(st.n.data(), st.s1.data(), st.s2.data(), G, st.centre.data(),
+                       pr.prior(D), o);
+    }
+    return out;
+}
+
 // ---- local steps --------------------------------------------------------------------------
 
 py::array_t<std::int64_t> as_offsets(const py::object& obj, Index N) {
@@ -914,6 +932,10 @@ PYBIND11_MODULE(NESTEDATOMS_MODULE_NAME, mod) {
     mod.def("nw_entropy", &nw_entropy, arg("m"), arg("lam"), arg("W"), arg("nu"),
             "Entropy of the Normal-Wishart factors, summed.");
 
+    mod.def("nw_scores", &nw_scores, arg("n"), arg("s1"), arg("s2"), arg("centre"), arg("m0"),
+            arg("lam0"), arg("W0inv"), arg("nu0"),
+            "Per atom: loglik + prior term + entropy at the atom's posterior given its "
+            "statistics, (G,).");
     mod.def("cell_step", &cell_step, arg("Y"), arg("offsets"), arg("rho"), arg("elog_omega"),
             arg("m"), arg("lam"), arg("W"), arg("nu"), arg("centre"), arg("xi_out"),
             arg("n_threads") = 1, arg("group_weight") = py::none(),

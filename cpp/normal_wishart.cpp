@@ -329,4 +329,20 @@ double nw_entropy(const NWView& q) {
     return total;
 }
 
+void nw_scores(const double* n, const double* s1, const double* s2, Index G, const double* centre,
+               const NWPrior& prior, double* out) {
+    const Index D = prior.D;
+    std::vector<double> m(static_cast<size_t>(D)), W(static_cast<size_t>(D * D));
+    double lam = 0.0, nu = 0.0;
+    for (Index g = 0; g < G; ++g) {
+        // one atom at a time, through the same functions (and so the same bits) as the Python
+        // composition nw_posterior -> nw_loglik_from_stats + nw_prior_term + nw_entropy
+        nw_posterior(n + g, s1 + g * D, s2 + g * D * D, 1, centre, prior, m.data(), &lam,
+                     W.data(), &nu);
+        const NWView v{m.data(), &lam, W.data(), &nu, 1, D};
+        out[g] = nw_loglik_from_stats(n + g, s1 + g * D, s2 + g * D * D, centre, v) +
+                 nw_prior_term(v, prior) + nw_entropy(v);
+    }
+}
+
 }  // namespace nam

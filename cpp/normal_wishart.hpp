@@ -109,5 +109,9 @@ double nw_loglik_from_stats(const double* n, const double* s1, const double* s2,
                             const double* centre, const NWView& q);
 double nw_prior_term(const NWView& q, const NWPrior& prior);
 double nw_entropy(const NWView& q);
+// Per atom g: the NW part of the ELBO at the atom's optimal factor given its statistics,
+// loglik + prior term + entropy (the merge moves' score of a proposed atom), into out (G).
+void nw_scores(const double* n, const double* s1, const double* s2, Index G, const double* centre,
+               const NWPrior& prior, double* out);
 
 }  // namespace nam

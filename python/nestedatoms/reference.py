@@ -228,6 +228,18 @@ def nw_entropy(m, lam, W, nu):
                         + 0.5 * D + h_wishart))
 
 
+def nw_scores(n, s1, s2, centre, m0, lam0, W0inv, nu0):
+    """Per atom: the NW part of the ELBO (loglik + prior term + entropy) at the atom's posterior
+    given its statistics, (G,)."""
+    out = np.empty(n.shape[0])
+    for g in range(n.shape[0]):
+        stats = (n[g:g + 1], s1[g:g + 1], s2[g:g + 1])
+        q = nw_posterior(*stats, centre, m0, lam0, W0inv, nu0)
+        out[g] = (nw_loglik_from_stats(*stats, centre, *q)
+                  + nw_prior_term(*q, m0, lam0, W0inv, nu0) + nw_entropy(*q))
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Local steps (model section 5.1, 5.2)
 # --------------------------------------------------------------------------------------------
