@@ -19,6 +19,20 @@ std::pair<double, double> expectations(const ConcentrationSpec& prior, double sh
     return gamma_expectations(shape, rate);
 }
 
+// out (K x C) = rho' (K x J) * B (J x C), skipping rho's zeros.  A group-level rho is close to
+// one-hot (the composition evidence separates clusters by hundreds of nats, and the group step
+// cuts what is below e^-600 of a row's largest to exactly 0), so this reads about one row of B
+// per group where the dense product reads K.  Sums run over j in order: deterministic.
+template <class Right>
+void sparse_transpose_product(const RowMat& rho, const Right& B, RowMat& out) {
+    out.setZero(rho.cols(), B.cols());
+    for (Index j = 0; j < rho.rows(); ++j)
+        for (Index k = 0; k < rho.cols(); ++k) {
+            const double r = rho(j, k);
+            if (r != 0.0) out.row(k) += r * B.row(j);
+        }
+}
+
 // Everything one candidate's ascent reads and writes besides its GroupFactors; owned by the
 // candidate's thread for the duration of the candidate.
 class Ascent {
@@ -77,7 +91,7 @@ class Ascent {
         R_ = f.rho.colwise().sum().transpose();
         const double e_alpha = expectations(in_.alpha, f.alpha_shape, f.alpha_rate).first;
         update_sticks(R_.data(), K, 1, e_alpha, f.v_a.data(), f.v_b.data());
-        Q_.noalias() = CMapRowMat(in_.counts, in_.J, L).transpose() * f.rho;
+        cell_stick_counts(f.rho);
         const double e_beta = expectations(in_.beta, f.beta_shape, f.beta_rate).first;
         update_sticks(Q_.data(), L, K, e_beta, f.u_a.data(), f.u_b.data());
         if (in_.alpha.learned())
@@ -93,8 +107,14 @@ class Ascent {
         }
     }
 
+    // Q (L x K) = counts' rho, through its transpose (the sparse product's orientation).
+    void cell_stick_counts(const RowMat& rho) {
+        sparse_transpose_product(rho, CMapRowMat(in_.counts, in_.J, in_.L), Qt_);
+        Q_ = Qt_.transpose();
+    }
+
     void x_stats(const GroupFactors& f) {
-        stats_.noalias() = f.rho.transpose() * Phi_;
+        sparse_transpose_product(f.rho, Phi_, stats_);
         unpack_stats(stats_, in_.q, n_.data(), s1_.data(), s2_.data());
     }
 
@@ -132,7 +152,7 @@ class Ascent {
         expected_log_stick_weights(f.u_a.data(), f.u_b.data(), L - 1, K, elog_omega_.data());
         R_ = f.rho.colwise().sum().transpose();
         t += R_.dot(elog_pi_);                                     // log p(S)
-        Q_.noalias() = CMapRowMat(in_.counts, in_.J, L).transpose() * f.rho;
+        cell_stick_counts(f.rho);
         t += (Q_.array() * elog_omega_.array()).sum();                   // log p(M)
         const auto [e_a, elog_a] = expectations(in_.alpha, f.alpha_shape, f.alpha_rate);
         const auto [e_b, elog_b] = expectations(in_.beta, f.beta_shape, f.beta_rate);
@@ -154,7 +174,7 @@ class Ascent {
     NWPrior prior_{};
     RowMat W0inv_;
     Vec R_, elog_pi_;
-    RowMat Q_, elog_omega_, logits_, old_, stats_, s1_, s2_, ell_x_;
+    RowMat Q_, Qt_, elog_omega_, logits_, old_, stats_, s1_, s2_, ell_x_;
     Vec n_;
 };
 
