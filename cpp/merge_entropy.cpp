@@ -42,17 +42,18 @@ void merged_entropy_change(const double* xi, Index N, Index L, const std::int64_
             }
             const double* row = xi + i * L;
             for (Index g = 0; g < n_groups; ++g) {
+                // logarithms only where the row has two or more nonzero entries in the group
                 int nonzero = 0;
-                double sum = 0.0, parts = 0.0;
+                double sum = 0.0;
                 for (std::int64_t k = starts[g]; k < starts[g + 1]; ++k) {
                     const double x = row[cols[k]];
-                    if (x != 0.0) {
-                        ++nonzero;
-                        sum += x;
-                        parts += entr(x);
-                    }
+                    nonzero += x != 0.0;
+                    sum += x;
                 }
-                if (nonzero > 1) acc[g] += w * (entr(sum) - parts);
+                if (nonzero < 2) continue;
+                double parts = 0.0;
+                for (std::int64_t k = starts[g]; k < starts[g + 1]; ++k) parts += entr(row[cols[k]]);
+                acc[g] += w * (entr(sum) - parts);
             }
         }
     }

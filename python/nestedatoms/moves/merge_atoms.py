@@ -47,15 +47,13 @@ def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
     while True:  # ends: every accepted merge empties one more atom
         before = elbo(be, prob, st)
         accepted = False
-        pairs = _cell_pairs(be, prob, st, max_pairs)
-        # every proposal is judged on the statistics alone, plus the entropy change of q(M)
-        # (one pass over xi for all the pairs); xi is rewritten only for an accepted merge
-        entropy_changes = be.merged_entropy_change(
-            st.xi, [list(pair) for pair in pairs], prob.offsets, group_weights(prob, st),
-            n_threads) if pairs else []
-        for (l1, l2), entropy_change in zip(pairs, entropy_changes):
+        for l1, l2 in _cell_pairs(be, prob, st, max_pairs):
+            # the proposal is judged on the statistics alone, plus the entropy change of q(M)
+            # (one pass over xi's rows, no gathered columns; pair by pair, as the first pair
+            # is often accepted); xi is rewritten only for an accepted merge
             saved = snapshot(st)
-            st.H_xi = st.H_xi + float(entropy_change)
+            st.H_xi = st.H_xi + float(be.merged_entropy_change(
+                st.xi, [[l1, l2]], prob.offsets, group_weights(prob, st), n_threads)[0])
             fold_atom_stats(be, prob, st, [[l1, l2]], n_threads)
             if gain_ok(elbo(be, prob, st), before):
                 st.xi[:, l1] += st.xi[:, l2]
