@@ -308,7 +308,7 @@ class NestedAtomsModel:
             best, runs = fit_restarts(be, prob, int(self.n_init), int(self.max_iter),
                                       float(self.tol), self.random_state, n_threads,
                                       moves=DEFAULT_MOVES, init_state=init_state,
-                                      callback=callback)
+                                      callback=callback, on_phase=callback.phase)
         self._set_results(prob, best, runs)
         self._warn_unconverged(best)
         return self
@@ -479,7 +479,8 @@ class NestedAtomsModel:
         with self._blas_limits(n_threads), self._progress(1, n_iter) as progress:
             run = run_cavi(be, prob, st, n_iter, float(self.tol), n_threads,
                            moves=DEFAULT_MOVES,
-                           callback=lambda it, value: progress(0, it, value))
+                           callback=lambda it, value: progress(0, it, value),
+                           on_phase=lambda name: progress.phase(0, name))
         traces = [np.asarray(t) for t in self.elbo_traces_]
         best = self.best_restart_
         run.trace = list(traces[best]) + list(run.trace)
