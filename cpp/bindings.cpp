@@ -23,6 +23,8 @@
 #include "cell_step.hpp"
 #include "common.hpp"
 #include "elbo_terms.hpp"
+#include "group_ascent.hpp"
+#include "merge_entropy.hpp"
 #include "group_step.hpp"
 #include "normal_wishart.hpp"
 #include "parallel.hpp"
@@ -410,6 +412,24 @@ double nw_entropy(const py::object& m, const py::object& lam, const py::object& 
     return nam::nw_entropy(v);
 }
 
+py::array_t<double> nw_scores(const py::object& n, const py::object& s1, const py::object& s2,
+                              const py::object& centre, const py::object& m0, double lam0,
+                              const py::object& W0inv, double nu0) {
+    Shapes s;
+    StatsArrays st = stats_arrays(n, s1, s2, centre, s);
+    PriorArrays pr = prior_arrays(m0, lam0, W0inv, nu0, s);
+    s.at_least("D", 1, "s1");
+    const Index G = s["G"], D = s["D"];
+    auto out = new_array(G);
+    double* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        nam::nw_scores(st.n.data(), st.s1.data(), st.s2.data(), G, st.centre.data(),
+                       pr.prior(D), o);
+    }
+    return out;
+}
+
 // ---- local steps --------------------------------------------------------------------------
 
 py::array_t<std::int64_t> as_offsets(const py::object& obj, Index N) {
@@ -503,6 +523,73 @@ py::tuple cell_step(const py::object& Y_obj, const py::object& offsets_obj,
     return py::make_tuple(N_jl, n, s1, s2, entropy);
 }
 
+py::tuple cell_step_rows(const py::object& Y_obj, const py::object& offsets_obj,
+                         const py::object& rows_obj, const py::object& rho_obj,
+                         const py::object& elog_omega_obj, const py::object& m,
+                         const py::object& lam, const py::object& W, const py::object& nu,
+                         const py::object& centre_obj, const py::object& xi_obj, int n_threads,
+                         const py::object& group_weight_obj) {
+    Shapes s;
+    Arr Y = as_array(Y_obj, "Y");
+    s.check(Y, "Y", {"N", "p"});
+    const Index N = s["N"];
+    auto offsets = as_offsets(offsets_obj, N);
+    const Index J = offsets.shape(0) - 1;
+    py::array raw_rows = py::array::ensure(rows_obj);
+    if (!raw_rows || (raw_rows.dtype().kind() != 'i' && raw_rows.dtype().kind() != 'u'))
+        fail("rows must be an integer array of cell indices");
+    auto rows = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(raw_rows);
+    if (!rows || rows.ndim() != 1) fail("rows must be 1-D, got shape " + shape_str(raw_rows));
+    const std::int64_t* r = rows.data();
+    const Index n_rows = rows.shape(0);
+    for (Index i = 0; i < n_rows; ++i) {
+        if (r[i] < 0 || r[i] >= N)
+            fail("rows must index the N = " + std::to_string(N) + " cells, got " +
+                 std::to_string(r[i]));
+        if (i > 0 && r[i] <= r[i - 1]) fail("rows must be strictly increasing (sorted, unique)");
+    }
+    Arr rho = as_array(rho_obj, "rho"), elog_omega = as_array(elog_omega_obj, "elog_omega");
+    s.define("J", J);
+    s.check(rho, "rho", {"J", "K"});
+    s.check(elog_omega, "elog_omega", {"L", "K"});
+    NWArrays q = nw_arrays(m, lam, W, nu, s, "L", "p");
+    s.at_least("L", 1, "elog_omega");
+    Arr centre = as_array(centre_obj, "centre");
+    s.check(centre, "centre", {"p"});
+    const Index p = s["p"], K = s["K"], L = s["L"];
+    auto xi = out_array(xi_obj, "xi", {N, L}, "(N, L)");
+    for (const auto& [arr, name] :
+         std::vector<std::pair<py::array, const char*>>{{Y, "Y"}, {rho, "rho"},
+             {elog_omega, "elog_omega"}, {q.m, "m"}, {q.lam, "lam"}, {q.W, "W"}, {q.nu, "nu"},
+             {centre, "centre"}, {offsets, "offsets"}, {rows, "rows"}})
+        if (overlaps(xi, arr)) fail(std::string("xi must not share memory with ") + name);
+    auto dN = new_array(J, L);
+    auto dn = new_array(L);
+    auto ds1 = new_array(L, p);
+    auto ds2 = new_array(L, p, p);
+    nam::CellStepInput in{Y.data(), N,         p,      offsets.data(), J, rho.data(), K,
+                          elog_omega.data(), L, q.view(), centre.data()};
+    Arr group_weight;
+    if (!group_weight_obj.is_none()) {
+        group_weight = as_array(group_weight_obj, "group_weight");
+        s.check(group_weight, "group_weight", {"J"});
+        const double* w = group_weight.data();
+        for (Index j = 0; j < J; ++j)
+            if (!(w[j] >= 0.0 && std::isfinite(w[j])))
+                fail("group_weight must be finite and >= 0, got " + std::to_string(w[j]));
+        if (overlaps(xi, group_weight)) fail("xi must not share memory with group_weight");
+        in.group_weight = w;
+    }
+    nam::CellRowsOutput out{xi.mutable_data(), dN.mutable_data(), dn.mutable_data(),
+                            ds1.mutable_data(), ds2.mutable_data()};
+    double dH;
+    {
+        py::gil_scoped_release release;
+        dH = nam::cell_step_rows(in, r, n_rows, out, n_threads);
+    }
+    return py::make_tuple(dN, dn, ds1, ds2, dH);
+}
+
 double group_step(const py::object& N_jl_obj, const py::object& elog_pi_obj,
                   const py::object& elog_omega_obj, const py::object& ell_x_obj,
                   const py::object& rho_out_obj) {
@@ -523,6 +610,201 @@ double group_step(const py::object& N_jl_obj, const py::object& elog_pi_obj,
     py::gil_scoped_release release;
     return nam::group_step(N_jl.data(), elog_pi.data(), elog_omega.data(), ell_x.data(), J, L, K,
                            r);
+}
+
+// ---- group-only ascent ---------------------------------------------------------------------
+
+// (shape, rate, fixed) with fixed None (learned) or a positive value.
+nam::ConcentrationSpec concentration_spec(const py::object& obj, const std::string& name) {
+    py::tuple t;
+    try {
+        t = py::tuple(obj);
+    } catch (const py::error_already_set&) {
+        fail(name + " must be a tuple (shape, rate, fixed), fixed None when learned");
+    }
+    if (t.size() != 3) fail(name + " must be a tuple (shape, rate, fixed), fixed None when learned");
+    nam::ConcentrationSpec c{t[0].cast<double>(), t[1].cast<double>(),
+                             t[2].is_none() ? std::nan("") : t[2].cast<double>()};
+    if (c.learned() && !(c.shape > 0.0 && c.rate > 0.0 && std::isfinite(c.shape) &&
+                         std::isfinite(c.rate)))
+        fail(name + ": a learned concentration needs a finite positive shape and rate");
+    if (!c.learned() && !(c.fixed > 0.0 && std::isfinite(c.fixed)))
+        fail(name + ": a fixed concentration must be finite and positive, got " +
+             std::to_string(c.fixed));
+    return c;
+}
+
+void check_finite(const Arr& a, const std::string& name) {
+    const double* p = a.data();
+    for (py::ssize_t i = 0; i < a.size(); ++i)
+        if (!std::isfinite(p[i])) fail(name + " must be finite (found " + std::to_string(p[i]) + ")");
+}
+
+py::array_t<double> numpy_copy(const double* data, const std::vector<py::ssize_t>& shape) {
+    py::array_t<double> a(shape);
+    std::copy(data, data + a.size(), a.mutable_data());
+    return a;
+}
+
+py::list group_ascent(const py::object& counts_obj, const py::object& rho_obj,
+                      const py::object& conc_obj, const py::object& x_scale_obj,
+                      const py::object& X_obj, const py::object& x_centre_obj,
+                      const py::object& x_prior_obj, const py::object& alpha_prior_obj,
+                      const py::object& beta_prior_obj, int max_iter, double tol,
+                      int n_threads) {
+    Shapes s;
+    Arr counts = as_array(counts_obj, "counts"), rho = as_array(rho_obj, "rho"),
+        conc = as_array(conc_obj, "conc"), x_scale = as_array(x_scale_obj, "x_scale");
+    s.check(counts, "counts", {"J", "L"});
+    s.check(rho, "rho", {"B", "J", "K"});
+    s.define("4", 4);
+    s.check(conc, "conc", {"B", "4"});
+    s.check(x_scale, "x_scale", {"B"});
+    s.at_least("J", 1, "counts");
+    s.at_least("L", 1, "counts");
+    s.at_least("K", 1, "rho");
+    if (max_iter < 0) fail("max_iter must be >= 0, got " + std::to_string(max_iter));
+    if (!(tol >= 0.0)) fail("tol must be >= 0, got " + std::to_string(tol));
+    check_finite(counts, "counts");
+    check_finite(rho, "rho");
+    check_finite(conc, "conc");
+    for (py::ssize_t b = 0; b < x_scale.size(); ++b)
+        if (!(x_scale.data()[b] > 0.0 && std::isfinite(x_scale.data()[b])))
+            fail("x_scale must be finite and positive, got " + std::to_string(x_scale.data()[b]));
+    const Index B = s["B"], J = s["J"], L = s["L"], K = s["K"];
+
+    nam::GroupAscentInput in{};
+    in.counts = counts.data();
+    in.J = J;
+    in.L = L;
+    in.K = K;
+    in.alpha = concentration_spec(alpha_prior_obj, "alpha_prior");
+    in.beta = concentration_spec(beta_prior_obj, "beta_prior");
+    in.max_iter = max_iter;
+    in.tol = tol;
+    Arr X, x_centre, m0, W0inv;
+    if (!X_obj.is_none()) {
+        X = as_array(X_obj, "X");
+        s.check(X, "X", {"J", "q"});
+        s.at_least("q", 1, "X");
+        check_finite(X, "X");
+        x_centre = as_array(x_centre_obj, "x_centre");
+        s.check(x_centre, "x_centre", {"q"});
+        py::tuple prior;
+        try {
+            prior = py::tuple(x_prior_obj);
+        } catch (const py::error_already_set&) {
+            fail("x_prior must be a tuple (m0, lam0, W0inv, nu0) when X is given");
+        }
+        if (prior.size() != 4) fail("x_prior must be a tuple (m0, lam0, W0inv, nu0) when X is given");
+        m0 = as_array(prior[0], "x_prior m0");
+        W0inv = as_array(prior[2], "x_prior W0inv");
+        s.check(m0, "x_prior m0", {"q"});
+        s.check(W0inv, "x_prior W0inv", {"q", "q"});
+        in.X = X.data();
+        in.q = s["q"];
+        in.x_centre = x_centre.data();
+        in.x_prior = nam::NWPrior{m0.data(), prior[1].cast<double>(), W0inv.data(),
+                                  prior[3].cast<double>(), in.q};
+    }
+    std::vector<nam::GroupFactors> cands(static_cast<size_t>(B));
+    for (Index b = 0; b < B; ++b) {
+        auto& f = cands[static_cast<size_t>(b)];
+        f.rho = nam::CMapRowMat(rho.data() + b * J * K, J, K);
+        const double* c = conc.data() + 4 * b;
+        f.alpha_shape = c[0];
+        f.alpha_rate = c[1];
+        f.beta_shape = c[2];
+        f.beta_rate = c[3];
+        f.x_scale = x_scale.data()[b];
+    }
+    {
+        py::gil_scoped_release release;
+        nam::group_ascent(in, cands, n_threads);
+    }
+    py::list out;
+    const Index q = in.q;
+    for (const auto& f : cands) {
+        py::dict d;
+        d["rho"] = numpy_copy(f.rho.data(), {J, K});
+        d["v_a"] = numpy_copy(f.v_a.data(), {K - 1, 1});
+        d["v_b"] = numpy_copy(f.v_b.data(), {K - 1, 1});
+        d["u_a"] = numpy_copy(f.u_a.data(), {L - 1, K});
+        d["u_b"] = numpy_copy(f.u_b.data(), {L - 1, K});
+        d["alpha_shape"] = f.alpha_shape;
+        d["alpha_rate"] = f.alpha_rate;
+        d["beta_shape"] = f.beta_shape;
+        d["beta_rate"] = f.beta_rate;
+        if (in.X) {
+            d["mx"] = numpy_copy(f.mx.data(), {K, q});
+            d["lamx"] = numpy_copy(f.lamx.data(), {K});
+            d["Wx"] = numpy_copy(f.Wx.data(), {K, q, q});
+            d["nux"] = numpy_copy(f.nux.data(), {K});
+        } else {
+            for (const char* key : {"mx", "lamx", "Wx", "nux"}) d[key] = py::none();
+        }
+        d["H_rho"] = f.H_rho;
+        d["elbo"] = f.elbo;
+        d["n_iter"] = f.n_iter;
+        out.append(d);
+    }
+    return out;
+}
+
+// ---- entropy change of merged atoms -------------------------------------------------------
+
+py::array_t<double> merged_entropy_change(const py::object& xi_obj, const py::object& groups_obj,
+                                          const py::object& offsets_obj,
+                                          const py::object& group_weight_obj, int n_threads) {
+    Shapes s;
+    Arr xi = as_array(xi_obj, "xi");
+    s.check(xi, "xi", {"N", "L"});
+    const Index N = s["N"], L = s["L"];
+    std::vector<std::int64_t> cols, starts{0};
+    for (const auto& group : groups_obj) {
+        std::vector<std::int64_t> members;
+        try {
+            members = group.cast<std::vector<std::int64_t>>();
+        } catch (const py::cast_error&) {
+            fail("groups must be a list of lists of column indices");
+        }
+        for (const auto l : members) {
+            if (l < 0 || l >= L)
+                fail("groups: column " + std::to_string(l) + " is not one of the L = " +
+                     std::to_string(L) + " columns of xi");
+            if (std::find(cols.begin() + starts.back(), cols.end(), l) != cols.end())
+                fail("groups: column " + std::to_string(l) + " appears twice in one group");
+            cols.push_back(l);
+        }
+        starts.push_back(static_cast<std::int64_t>(cols.size()));
+    }
+    const Index n_groups = static_cast<Index>(starts.size()) - 1;
+    py::array_t<std::int64_t> offsets;
+    Arr group_weight;
+    const std::int64_t* off = nullptr;
+    const double* gw = nullptr;
+    Index J = 0;
+    if (!group_weight_obj.is_none()) {
+        offsets = as_offsets(offsets_obj, N);
+        J = offsets.shape(0) - 1;
+        s.define("J", J);
+        group_weight = as_array(group_weight_obj, "group_weight");
+        s.check(group_weight, "group_weight", {"J"});
+        for (Index j = 0; j < J; ++j)
+            if (!(group_weight.data()[j] >= 0.0 && std::isfinite(group_weight.data()[j])))
+                fail("group_weight must be finite and >= 0");
+        off = offsets.data();
+        gw = group_weight.data();
+    }
+    auto out = new_array(n_groups);
+    double* o = out.mutable_data();
+    const double* x = xi.data();
+    {
+        py::gil_scoped_release release;
+        nam::merged_entropy_change(x, N, L, cols.data(), starts.data(), n_groups, off, gw, J, o,
+                                   n_threads);
+    }
+    return out;
 }
 
 // ---- build information --------------------------------------------------------------------
@@ -650,6 +932,10 @@ PYBIND11_MODULE(NESTEDATOMS_MODULE_NAME, mod) {
     mod.def("nw_entropy", &nw_entropy, arg("m"), arg("lam"), arg("W"), arg("nu"),
             "Entropy of the Normal-Wishart factors, summed.");
 
+    mod.def("nw_scores", &nw_scores, arg("n"), arg("s1"), arg("s2"), arg("centre"), arg("m0"),
+            arg("lam0"), arg("W0inv"), arg("nu0"),
+            "Per atom: loglik + prior term + entropy at the atom's posterior given its "
+            "statistics, (G,).");
     mod.def("cell_step", &cell_step, arg("Y"), arg("offsets"), arg("rho"), arg("elog_omega"),
             arg("m"), arg("lam"), arg("W"), arg("nu"), arg("centre"), arg("xi_out"),
             arg("n_threads") = 1, arg("group_weight") = py::none(),
@@ -657,9 +943,27 @@ PYBIND11_MODULE(NESTEDATOMS_MODULE_NAME, mod) {
             "all available threads; results are bitwise identical for every n_threads.  "
             "group_weight (J,), optional: weight of each group's cells in (n, s1, s2) and the "
             "entropy (xi and N_jl are unweighted).");
+    mod.def("cell_step_rows", &cell_step_rows, arg("Y"), arg("offsets"), arg("rows"),
+            arg("rho"), arg("elog_omega"), arg("m"), arg("lam"), arg("W"), arg("nu"),
+            arg("centre"), arg("xi"), arg("n_threads") = 1, arg("group_weight") = py::none(),
+            "Update q(M) of the given cells (rows: increasing indices) in xi, in place; returns "
+            "the change (dN_jl, dn, ds1, ds2, dH) of the statistics the cell step returns.  "
+            "Bitwise identical for every n_threads.");
     mod.def("group_step", &group_step, arg("N_jl"), arg("elog_pi"), arg("elog_omega"),
             arg("ell_x"), arg("rho_out"), "Update q(S) into rho_out; returns the entropy.");
 
+    mod.def("group_ascent", &group_ascent, arg("counts"), arg("rho"), arg("conc"),
+            arg("x_scale"), arg("X"), arg("x_centre"), arg("x_prior"), arg("alpha_prior"),
+            arg("beta_prior"), arg("max_iter") = 200, arg("tol") = 1e-7, arg("n_threads") = 1,
+            "Group-only coordinate ascent (cells fixed) of B candidates to convergence; returns "
+            "one dict of refined factors per candidate, with the group-level ELBO.  Candidates "
+            "run in parallel; results are bitwise identical for every n_threads.");
+    mod.def("merged_entropy_change", &merged_entropy_change, arg("xi"), arg("groups"),
+            arg("offsets") = py::none(), arg("group_weight") = py::none(),
+            arg("n_threads") = 1,
+            "Change of -sum xi log xi when each group of xi's columns is summed into one: "
+            "(n_groups,), rows weighted by their group's group_weight (with offsets) if given.  "
+            "One pass over xi; bitwise identical for every n_threads.");
     mod.def("openmp_enabled", &nam::openmp_enabled, "Whether the core was built with OpenMP.");
     mod.def("max_threads", &nam::max_threads, "Threads OpenMP would use by default (1 without).");
     mod.def("cpu_features", &cpu_features,

@@ -7,6 +7,7 @@
 #include <exception>
 #include <vector>
 
+#include "elbo_terms.hpp"
 #include "parallel.hpp"
 
 #if defined(__SSE2__) || defined(_M_X64)
@@ -16,42 +17,6 @@
 namespace nam {
 
 namespace {
-
-// The kernel works on one feature row per cell, phi(y) = [packed upper triangle of zc zc' | zc | 1]
-// with zc = y - centre (F = p(p+1)/2 + p + 1 columns).  Both halves of the cell step are then one
-// GEMM per block of cells:
-//   * logits (nb x L) = Phi (nb x F) * A (F x L), because the expected log-likelihood
-//     ell_l(y) = c_l - 1/2 (zc - mc_l)' Q_l (zc - mc_l), Q_l = nu_l W_l, mc_l = m_l - centre,
-//     is linear in phi(y) (A holds -Q/2 on the diagonal, -Q off it, Q mc and the constant);
-//   * the statistics (L x F) = xi' (L x nb) * Phi hold n, s1 and the packed s2 at once.
-// Using the packed symmetric outer product halves the flops of the dense formulation (4 N L p^2
-// per sweep) and turns everything into two well-shaped products.  Expanding the quadratic form
-// about the data centre loses ~eps |zc|^2 |Q| in absolute terms, far below anything that moves xi.
-Index packed_size(Index p) { return p * (p + 1) / 2; }
-
-RowMat loglik_coefficients(const GaussianAtoms& atoms, const NWView& q, const double* centre) {
-    const Index p = q.D, L = q.G, P = packed_size(p), F = P + p + 1;
-    const double Dd = static_cast<double>(p);
-    RowMat A(F, L);
-    Mat Q(p, p);
-    Vec mc(p);
-    for (Index l = 0; l < L; ++l) {
-        const double* W = q.W + l * p * p;
-        // Lower triangle, as the Cholesky factorisation that validated W reads it.
-        for (Index d = 0; d < p; ++d)
-            for (Index e = 0; e <= d; ++e) Q(d, e) = Q(e, d) = q.nu[l] * W[d * p + e];
-        for (Index d = 0; d < p; ++d) mc[d] = q.m[l * p + d] - centre[d];
-        const Vec Qmc = Q * mc;
-        Index k = 0;
-        for (Index d = 0; d < p; ++d) {
-            A(k++, l) = -0.5 * Q(d, d);
-            for (Index e = d + 1; e < p; ++e) A(k++, l) = -Q(d, e);
-        }
-        for (Index d = 0; d < p; ++d) A(P + d, l) = Qmc[d];
-        A(P + p, l) = atoms.constant[l] - 0.5 * Dd / q.lam[l] - 0.5 * mc.dot(Qmc);
-    }
-    return A;
-}
 
 // Partial sums of one chunk (a fixed run of consecutive blocks, summed in cell order by the one
 // thread that owns it).  N_jl rows are kept for the groups the chunk's cells belong to only.
@@ -99,7 +64,7 @@ constexpr double kPollSeconds = 0.1;
 double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threads,
                  const std::function<bool()>& interrupted) {
     const Index N = in.N, p = in.p, J = in.J, L = in.L;
-    const Index P = packed_size(p), F = P + p + 1;
+    const Index F = packed_size(p) + p + 1;
     // Everything that can fail (Cholesky of W, value checks) happens here, before the parallel
     // region and before any output is written.
     const GaussianAtoms atoms = prepare_atoms(in.atoms, "W");
@@ -176,18 +141,8 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
         const Index start = b * kCellBlock;
         const Index nb = std::min(kCellBlock, N - start);
         auto Phi = sc.Phi.topRows(nb);
-        for (Index i = 0; i < nb; ++i) {
-            const double* y = in.Y + (start + i) * p;
-            double* row = Phi.row(i).data();
-            double* zc = row + P;
-            for (Index d = 0; d < p; ++d) zc[d] = y[d] - in.centre[d];
-            Index k = 0;
-            for (Index d = 0; d < p; ++d) {
-                const double zd = zc[d];
-                for (Index e = d; e < p; ++e) row[k++] = zd * zc[e];
-            }
-            row[F - 1] = 1.0;
-        }
+        for (Index i = 0; i < nb; ++i)
+            packed_features(in.Y + (start + i) * p, in.centre, p, Phi.row(i).data());
         auto logits = sc.logits.topRows(nb);
         logits.noalias() = Phi * A;
 
@@ -207,13 +162,17 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
             const double mx = row.maxCoeff();
             row.array() -= mx;
             // Responsibilities below exp(kLogTiny) become exactly 0 (see cell_step.hpp).
-            sc.expo = (row.array() < kLogTiny).select(0.0, row.array().exp()).matrix();
-            const double sum = sc.expo.sum();
+            // (exp on its own: inside a select() expression Eigen 3.4 evaluates it one scalar
+            // at a time, which cost a sixth of the step)
+            sc.expo.array() = row.array().exp();
             // -sum x log x = log(sum) - sum_l x_l t_l, t = logit - max, x = exp(t) / sum;
             // 0 log 0 = 0.
             double dot = 0.0;
-            for (Index l = 0; l < L; ++l)
-                if (sc.expo[l] > 0.0) dot += sc.expo[l] * row[l];
+            for (Index l = 0; l < L; ++l) {
+                if (row[l] < kLogTiny) sc.expo[l] = 0.0;
+                else dot += sc.expo[l] * row[l];
+            }
+            const double sum = sc.expo.sum();
             auto xrow = xi.row(i);
             xrow = sc.expo / sum;  // elementwise: identical whatever the alignment
             ch.Nrows.row(j - ch.first_group) += xrow;
@@ -273,17 +232,131 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
         N_jl.middleRows(ch.first_group, ch.Nrows.rows()) += ch.Nrows;
     }
 
-    // Unpack the statistics: n is the last column, s1 the p before it, s2 the packed triangle
-    // (mirrored, so s2 is exactly symmetric).
-    const CMapRowMat S(total.data() + 1, L, F);
-    for (Index l = 0; l < L; ++l) {
-        out.n[l] = S(l, F - 1);
-        for (Index d = 0; d < p; ++d) out.s1[l * p + d] = S(l, P + d);
-        double* s2 = out.s2 + l * p * p;
-        Index k = 0;
-        for (Index d = 0; d < p; ++d)
-            for (Index e = d; e < p; ++e) s2[d * p + e] = s2[e * p + d] = S(l, k++);
+    // Unpack the statistics: n is the last column, s1 the p before it, s2 the packed triangle.
+    unpack_stats(CMapRowMat(total.data() + 1, L, F), p, out.n, out.s1, out.s2);
+    return total[0];
+}
+
+
+double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n_rows,
+                      const CellRowsOutput& out, int n_threads) {
+    const Index p = in.p, J = in.J, L = in.L;
+    const Index F = packed_size(p) + p + 1;
+    const GaussianAtoms atoms = prepare_atoms(in.atoms, "W");
+    const RowMat A = loglik_coefficients(atoms, in.atoms, in.centre);
+    RowMat bias(J, L);
+    if (in.K > 0)
+        bias.noalias() = CMapRowMat(in.rho, J, in.K) * CMapRowMat(in.elog_omega, L, in.K).transpose();
+    else
+        bias.setZero();
+    MapRowMat dN(out.dN_jl, J, L);
+    dN.setZero();
+    std::vector<double> total(static_cast<size_t>(1 + L * F), 0.0);
+    if (n_rows > 0) {
+        // The group of each row (rows ascend, so one forward scan of the offsets).
+        std::vector<Index> group(static_cast<size_t>(n_rows));
+        for (Index i = 0, j = 0; i < n_rows; ++i) {
+            while (in.offsets[j + 1] <= rows[i]) ++j;
+            group[static_cast<size_t>(i)] = j;
+        }
+        // Fixed chunks of blocks, summed in chunk order: results independent of the threads.
+        const Index n_blocks = (n_rows + kCellBlock - 1) / kCellBlock;
+        const Index dense_size = 1 + L * F;
+        const Index max_chunks =
+            std::clamp<Index>((Index(64) << 20) / (8 * dense_size), Index(16), Index(1024));
+        const Index chunk_blocks = std::max<Index>(1, (n_blocks + max_chunks - 1) / max_chunks);
+        const Index n_chunks = (n_blocks + chunk_blocks - 1) / chunk_blocks;
+        std::vector<Chunk> chunks(static_cast<size_t>(n_chunks));
+        for (Index c = 0; c < n_chunks; ++c) {
+            Chunk& ch = chunks[c];
+            const Index first = c * chunk_blocks * kCellBlock;
+            const Index last = std::min(n_rows, (c + 1) * chunk_blocks * kCellBlock) - 1;
+            ch.dense.assign(static_cast<size_t>(dense_size), 0.0);
+            ch.first_group = group[first];
+            ch.Nrows = RowMat::Zero(group[last] - ch.first_group + 1, L);
+        }
+        const Index worth_threads = std::max<Index>(1, n_blocks / kMinBlocksPerThread);
+        const int threads = static_cast<int>(std::min<Index>(
+            {static_cast<Index>(resolve_threads(n_threads)), n_chunks, worth_threads}));
+        std::exception_ptr error = nullptr;
+        std::atomic<bool> stop{false};
+
+        auto process_block = [&](Index b, Chunk& ch, Scratch& sc, RowMat& delta) {
+            const Index start = b * kCellBlock;
+            const Index nb = std::min(kCellBlock, n_rows - start);
+            auto Phi = sc.Phi.topRows(nb);
+            for (Index i = 0; i < nb; ++i)
+                packed_features(in.Y + rows[start + i] * p, in.centre, p, Phi.row(i).data());
+            auto logits = sc.logits.topRows(nb);
+            logits.noalias() = Phi * A;
+            auto d = delta.topRows(nb);
+            double entropy_change = 0.0;
+            for (Index i = 0; i < nb; ++i) {
+                const Index j = group[static_cast<size_t>(start + i)];
+                auto row = logits.row(i);
+                row += bias.row(j);
+                // the cell step's normalisation, operation for operation (cell_step above)
+                const double mx = row.maxCoeff();
+                row.array() -= mx;
+                sc.expo.array() = row.array().exp();
+                double dot = 0.0;
+                for (Index l = 0; l < L; ++l) {
+                    if (row[l] < kLogTiny) sc.expo[l] = 0.0;
+                    else dot += sc.expo[l] * row[l];
+                }
+                const double sum = sc.expo.sum();
+                double* xrow = out.xi + rows[start + i] * L;
+                double old_entropy = 0.0;
+                for (Index l = 0; l < L; ++l) old_entropy += entr(xrow[l]);
+                const double new_entropy = std::log(sum) - dot / sum;
+                for (Index l = 0; l < L; ++l) {
+                    const double x = sc.expo[l] / sum;
+                    d(i, l) = x - xrow[l];
+                    xrow[l] = x;
+                }
+                ch.Nrows.row(j - ch.first_group) += d.row(i);
+                const double w = in.group_weight ? in.group_weight[j] : 1.0;
+                entropy_change += w * (new_entropy - old_entropy);
+                if (in.group_weight) Phi.row(i) *= w;
+            }
+            ch.dense[0] += entropy_change;
+            MapRowMat stats(ch.dense.data() + 1, L, F);
+            stats.noalias() += d.transpose() * Phi;
+        };
+
+#ifdef NESTEDATOMS_OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+        {
+            Scratch sc(std::min(n_rows, kCellBlock), F, L);
+            RowMat delta(std::min(n_rows, kCellBlock), L);
+            const FlushDenormals flush;
+#ifdef NESTEDATOMS_OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+            for (Index c = 0; c < n_chunks; ++c) {
+                const Index b_end = std::min(n_blocks, (c + 1) * chunk_blocks);
+                for (Index b = c * chunk_blocks; b < b_end; ++b) {
+                    if (stop.load(std::memory_order_relaxed)) break;
+                    try {
+                        process_block(b, chunks[c], sc, delta);
+                    } catch (...) {
+#ifdef NESTEDATOMS_OPENMP
+#pragma omp critical(nestedatoms_rows_error)
+#endif
+                        if (!error) error = std::current_exception();
+                        stop.store(true);
+                    }
+                }
+            }
+        }
+        if (error) std::rethrow_exception(error);
+        for (const Chunk& ch : chunks) {
+            for (Index e = 0; e < dense_size; ++e) total[e] += ch.dense[e];
+            dN.middleRows(ch.first_group, ch.Nrows.rows()) += ch.Nrows;
+        }
     }
+    unpack_stats(CMapRowMat(total.data() + 1, L, F), p, out.dn, out.ds1, out.ds2);
     return total[0];
 }
 

@@ -64,4 +64,21 @@ struct Interrupted : std::runtime_error {
 double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threads,
                  const std::function<bool()>& interrupted = {});
 
+// The cell update of the given cells only (``rows``, ascending indices into Y), in place in the
+// full xi (N, L), returning the *change* it made to everything that depends on xi: N_jl, the
+// weighted y statistics and the entropy (the split move's local sweeps).  The change statistics
+// are those of (new - old) xi, formed in the same product as the cell step's statistics, so
+// neither Y nor xi is gathered into copies and no large sum is subtracted from another.  Results
+// are bitwise identical for every n_threads.
+struct CellRowsOutput {
+    double* xi;     // (N, L), rows updated in place
+    double* dN_jl;  // (J, L)
+    double* dn;     // (L,)
+    double* ds1;    // (L, p)
+    double* ds2;    // (L, p, p)
+};
+
+double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n_rows,
+                      const CellRowsOutput& out, int n_threads);
+
 }  // namespace nam

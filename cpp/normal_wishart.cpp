@@ -104,6 +104,42 @@ void loglik_block(const GaussianAtoms& atoms, const Eigen::Ref<const RowMat>& Z,
     }
 }
 
+RowMat loglik_coefficients(const GaussianAtoms& atoms, const NWView& q, const double* centre) {
+    const Index p = q.D, L = q.G, P = packed_size(p), F = P + p + 1;
+    const double Dd = static_cast<double>(p);
+    RowMat A(F, L);
+    Mat Q(p, p);
+    Vec mc(p);
+    for (Index l = 0; l < L; ++l) {
+        const double* W = q.W + l * p * p;
+        // Lower triangle, as the Cholesky factorisation that validated W reads it.
+        for (Index d = 0; d < p; ++d)
+            for (Index e = 0; e <= d; ++e) Q(d, e) = Q(e, d) = q.nu[l] * W[d * p + e];
+        for (Index d = 0; d < p; ++d) mc[d] = q.m[l * p + d] - centre[d];
+        const Vec Qmc = Q * mc;
+        Index k = 0;
+        for (Index d = 0; d < p; ++d) {
+            A(k++, l) = -0.5 * Q(d, d);
+            for (Index e = d + 1; e < p; ++e) A(k++, l) = -Q(d, e);
+        }
+        for (Index d = 0; d < p; ++d) A(P + d, l) = Qmc[d];
+        A(P + p, l) = atoms.constant[l] - 0.5 * Dd / q.lam[l] - 0.5 * mc.dot(Qmc);
+    }
+    return A;
+}
+
+void unpack_stats(const Eigen::Ref<const RowMat>& S, Index D, double* n, double* s1, double* s2) {
+    const Index G = S.rows(), P = packed_size(D), F = P + D + 1;
+    for (Index g = 0; g < G; ++g) {
+        n[g] = S(g, F - 1);
+        for (Index d = 0; d < D; ++d) s1[g * D + d] = S(g, P + d);
+        double* s2g = s2 + g * D * D;
+        Index k = 0;
+        for (Index d = 0; d < D; ++d)
+            for (Index e = d; e < D; ++e) s2g[d * D + e] = s2g[e * D + d] = S(g, k++);
+    }
+}
+
 void expected_logdet(const NWView& q, double* out) {
     check_dof(q);
     const auto ld = logdets(q, "W");
@@ -291,6 +327,22 @@ double nw_entropy(const NWView& q) {
                  h_wishart;
     }
     return total;
+}
+
+void nw_scores(const double* n, const double* s1, const double* s2, Index G, const double* centre,
+               const NWPrior& prior, double* out) {
+    const Index D = prior.D;
+    std::vector<double> m(static_cast<size_t>(D)), W(static_cast<size_t>(D * D));
+    double lam = 0.0, nu = 0.0;
+    for (Index g = 0; g < G; ++g) {
+        // one atom at a time, through the same functions (and so the same bits) as the Python
+        // composition nw_posterior -> nw_loglik_from_stats + nw_prior_term + nw_entropy
+        nw_posterior(n + g, s1 + g * D, s2 + g * D * D, 1, centre, prior, m.data(), &lam,
+                     W.data(), &nu);
+        const NWView v{m.data(), &lam, W.data(), &nu, 1, D};
+        out[g] = nw_loglik_from_stats(n + g, s1 + g * D, s2 + g * D * D, centre, v) +
+                 nw_prior_term(v, prior) + nw_entropy(v);
+    }
 }
 
 }  // namespace nam

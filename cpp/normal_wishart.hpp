@@ -55,6 +55,38 @@ GaussianAtoms prepare_atoms(const NWView& q, const std::string& name_W);
 void loglik_block(const GaussianAtoms& atoms, const Eigen::Ref<const RowMat>& Z,
                   Eigen::Ref<RowMat> out, RowMat& diff, RowMat& proj);
 
+// The packed feature form of a Gaussian log-likelihood, shared by the cell step and the group
+// ascent.  One feature row per point, phi(z) = [packed upper triangle of zc zc' | zc | 1] with
+// zc = z - centre (F = D(D+1)/2 + D + 1 columns).  Then
+//   * ell (n x G) = Phi (n x F) * A (F x G), because the expected log-likelihood
+//     ell_g(z) = c_g - 1/2 (zc - mc_g)' Q_g (zc - mc_g), Q_g = nu_g W_g, mc_g = m_g - centre,
+//     is linear in phi(z) (A holds -Q/2 on the diagonal, -Q off it, Q mc and the constant);
+//   * the weighted statistics (G x F) = w' (G x n) * Phi hold n, s1 and the packed s2 at once.
+// Using the packed symmetric outer product halves the flops of the dense formulation and turns
+// everything into two well-shaped products.  Expanding the quadratic form about the data centre
+// loses ~eps |zc|^2 |Q| in absolute terms, far below anything that moves a responsibility.
+inline Index packed_size(Index D) { return D * (D + 1) / 2; }
+
+// phi(z) of one point into row (F doubles).
+inline void packed_features(const double* z, const double* centre, Index D, double* row) {
+    const Index P = packed_size(D);
+    double* zc = row + P;
+    for (Index d = 0; d < D; ++d) zc[d] = z[d] - centre[d];
+    Index k = 0;
+    for (Index d = 0; d < D; ++d) {
+        const double zd = zc[d];
+        for (Index e = d; e < D; ++e) row[k++] = zd * zc[e];
+    }
+    row[P + D] = 1.0;
+}
+
+// A (F x G) of the atoms (prepared by prepare_atoms from the same view).
+RowMat loglik_coefficients(const GaussianAtoms& atoms, const NWView& q, const double* centre);
+
+// Unpacks statistics in the packed feature form (G x F) into n (G), s1 (G x D) and s2 (G x D x D),
+// s2 mirrored so that it is exactly symmetric.
+void unpack_stats(const Eigen::Ref<const RowMat>& S, Index D, double* n, double* s1, double* s2);
+
 void expected_logdet(const NWView& q, double* out);
 void log_wishart_norm(const NWView& q, double* out);
 void expected_loglik(const double* Z, Index n, const NWView& q, double* out);
@@ -77,5 +109,9 @@ double nw_loglik_from_stats(const double* n, const double* s1, const double* s2,
                             const double* centre, const NWView& q);
 double nw_prior_term(const NWView& q, const NWPrior& prior);
 double nw_entropy(const NWView& q);
+// Per atom g: the NW part of the ELBO at the atom's optimal factor given its statistics,
+// loglik + prior term + entropy (the merge moves' score of a proposed atom), into out (G).
+void nw_scores(const double* n, const double* s1, const double* s2, Index G, const double* centre,
+               const NWPrior& prior, double* out);
 
 }  // namespace nam

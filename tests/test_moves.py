@@ -63,7 +63,7 @@ def test_local_cell_update_is_the_cell_step_on_those_cells(backend):
     st.Wy = st.Wy * 3.0
     reference = copy.deepcopy(st)
     update_cells(backend, prob, reference)
-    _local_cell_sweep(backend, prob, st, np.arange(prob.Y.shape[0]), prob.data.cell_group)
+    _local_cell_sweep(backend, prob, st, np.arange(prob.Y.shape[0]))
     np.testing.assert_allclose(st.xi, reference.xi, rtol=1e-12, atol=1e-300)
     for name in ("y_n", "y_s1", "y_s2", "N_jl"):
         np.testing.assert_allclose(getattr(st, name), getattr(reference, name), rtol=1e-9,
@@ -95,7 +95,7 @@ def test_local_cell_update_of_a_subset_keeps_the_rest_and_the_statistics(backend
                            np.arange(off[20] + 1, off[21], 3)])       # groups 0-9 absent
     untouched = np.setdiff1d(np.arange(prob.Y.shape[0]), rows)
     before = st.xi[untouched].copy()
-    _local_cell_sweep(backend, prob, st, rows, prob.data.cell_group)
+    _local_cell_sweep(backend, prob, st, rows)
     np.testing.assert_allclose(st.xi[rows], reference.xi[rows], rtol=1e-12, atol=1e-300)
     np.testing.assert_array_equal(st.xi[untouched], before)
     assert np.abs(st.xi[rows] - _one_hot(start[rows], st.xi.shape[1])).max() > 0.5

@@ -2,7 +2,7 @@
 shapes follow SPEC's symbols: N cells, J groups, K group clusters, L cell clusters, G atoms
 of dimension D, C columns of sticks."""
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -36,12 +36,29 @@ def nw_loglik_from_stats(n: ArrayLike, s1: ArrayLike, s2: ArrayLike, centre: Arr
 def nw_prior_term(m: ArrayLike, lam: ArrayLike, W: ArrayLike, nu: ArrayLike, m0: ArrayLike,
                   lam0: float, W0inv: ArrayLike, nu0: float) -> float: ...
 def nw_entropy(m: ArrayLike, lam: ArrayLike, W: ArrayLike, nu: ArrayLike) -> float: ...
+def nw_scores(n: ArrayLike, s1: ArrayLike, s2: ArrayLike, centre: ArrayLike, m0: ArrayLike,
+              lam0: float, W0inv: ArrayLike, nu0: float) -> Array: ...
 def cell_step(Y: ArrayLike, offsets: ArrayLike, rho: ArrayLike, elog_omega: ArrayLike,
               m: ArrayLike, lam: ArrayLike, W: ArrayLike, nu: ArrayLike, centre: ArrayLike,
               xi_out: Array, n_threads: int = 1, group_weight: Optional[ArrayLike] = None,
               ) -> Tuple[Array, Array, Array, Array, float]: ...
+def cell_step_rows(Y: ArrayLike, offsets: ArrayLike, rows: ArrayLike, rho: ArrayLike,
+                   elog_omega: ArrayLike, m: ArrayLike, lam: ArrayLike, W: ArrayLike,
+                   nu: ArrayLike, centre: ArrayLike, xi: Array, n_threads: int = 1,
+                   group_weight: Optional[ArrayLike] = None,
+                   ) -> Tuple[Array, Array, Array, Array, float]: ...
 def group_step(N_jl: ArrayLike, elog_pi: ArrayLike, elog_omega: ArrayLike, ell_x: ArrayLike,
                rho_out: Array) -> float: ...
+def group_ascent(counts: ArrayLike, rho: ArrayLike, conc: ArrayLike, x_scale: ArrayLike,
+                 X: Optional[ArrayLike], x_centre: Optional[ArrayLike],
+                 x_prior: Optional[Tuple[ArrayLike, float, ArrayLike, float]],
+                 alpha_prior: Tuple[float, float, Optional[float]],
+                 beta_prior: Tuple[float, float, Optional[float]], max_iter: int = 200,
+                 tol: float = 1e-7, n_threads: int = 1) -> List[dict]: ...
+def merged_entropy_change(xi: ArrayLike, groups: List[List[int]],
+                          offsets: Optional[ArrayLike] = None,
+                          group_weight: Optional[ArrayLike] = None,
+                          n_threads: int = 1) -> Array: ...
 def openmp_enabled() -> bool: ...
 def max_threads() -> int: ...
 def cpu_features() -> dict: ...

@@ -228,6 +228,18 @@ def nw_entropy(m, lam, W, nu):
                         + 0.5 * D + h_wishart))
 
 
+def nw_scores(n, s1, s2, centre, m0, lam0, W0inv, nu0):
+    """Per atom: the NW part of the ELBO (loglik + prior term + entropy) at the atom's posterior
+    given its statistics, (G,)."""
+    out = np.empty(n.shape[0])
+    for g in range(n.shape[0]):
+        stats = (n[g:g + 1], s1[g:g + 1], s2[g:g + 1])
+        q = nw_posterior(*stats, centre, m0, lam0, W0inv, nu0)
+        out[g] = (nw_loglik_from_stats(*stats, centre, *q)
+                  + nw_prior_term(*q, m0, lam0, W0inv, nu0) + nw_entropy(*q))
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Local steps (model section 5.1, 5.2)
 # --------------------------------------------------------------------------------------------
@@ -254,6 +266,43 @@ def cell_step(Y, offsets, rho, elog_omega, m, lam, W, nu, centre, xi_out, n_thre
     return N_jl, n, s1, s2, float(np.sum(w_cell[:, None] * entr(xi_out)))
 
 
+def cell_step_rows(Y, offsets, rows, rho, elog_omega, m, lam, W, nu, centre, xi, n_threads=1,
+                   group_weight=None):
+    """The cell step of the given cells only (``rows``: increasing indices into Y), written
+    into the full ``xi`` in place; returns the change it made, (dN_jl, dn, ds1, ds2, dH), to
+    the statistics ``cell_step`` returns (dn, ds1, ds2 and dH weighted by ``group_weight``)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    J, L = rho.shape[0], xi.shape[1]
+    groups = np.repeat(np.arange(J), np.diff(offsets))[rows]
+    sub_offsets = np.concatenate([[0], np.cumsum(np.bincount(groups, minlength=J))])
+    old = xi[rows]
+    new = np.empty_like(old)
+    cell_step(Y[rows], sub_offsets, rho, elog_omega, m, lam, W, nu, centre, new)
+    delta = new - old
+    w = None if group_weight is None else np.asarray(group_weight, dtype=np.float64)[groups]
+    dn, ds1, ds2 = weighted_stats(Y[rows], delta if w is None else delta * w[:, None], centre)
+    dN = np.zeros((J, L))
+    np.add.at(dN, groups, delta)
+    change = entr(new).sum(axis=1) - entr(old).sum(axis=1)
+    xi[rows] = new
+    return dN, dn, ds1, ds2, float(np.sum(change if w is None else w * change))
+
+
+def merged_entropy_change(xi, groups, offsets=None, group_weight=None, n_threads=1):
+    """Change of -sum xi log xi when each group of xi's columns (a list of column-index
+    lists) is summed into one column: (n_groups,).  With ``group_weight`` (J,) and ``offsets``,
+    each cell's entropy counts with its group's weight."""
+    w = None
+    if group_weight is not None:
+        w = np.repeat(np.asarray(group_weight, dtype=np.float64), np.diff(offsets))
+    out = np.zeros(len(groups))
+    for g, cols in enumerate(groups):
+        cols = list(cols)
+        per_cell = entr(xi[:, cols].sum(axis=1)) - entr(xi[:, cols]).sum(axis=1)
+        out[g] = float(per_cell.sum() if w is None else w @ per_cell)
+    return out
+
+
 def group_step(N_jl, elog_pi, elog_omega, ell_x, rho_out):
     """Update q(S): rho_jk ∝ exp(E log pi_k + sum_l N_jl E log omega_lk + ell^x_k(x_j)).
 
@@ -264,3 +313,107 @@ def group_step(N_jl, elog_pi, elog_omega, ell_x, rho_out):
     logits -= logsumexp(logits, axis=1, keepdims=True)
     rho_out[...] = np.exp(logits)
     return categorical_entropy(rho_out)
+
+
+# --------------------------------------------------------------------------------------------
+# Group-only coordinate ascent (cells fixed), for the group search (model sections 5.2-5.6, 6)
+# --------------------------------------------------------------------------------------------
+def _concentration_means(prior, shape, rate):
+    """(E c, E log c): the fixed value (prior = (shape, rate, fixed)) or the Gamma factor's."""
+    if prior[2] is not None:
+        return float(prior[2]), float(np.log(prior[2]))
+    return gamma_expectations(shape, rate)
+
+
+def group_ascent(counts, rho, conc, x_scale, X, x_centre, x_prior, alpha_prior, beta_prior,
+                 max_iter=200, tol=1e-7, n_threads=1):
+    """Group-only coordinate ascent, cells held fixed, of B candidates to convergence.
+
+    ``counts`` (J, L): the tempered composition counts zeta_j N_jl.  ``rho`` (B, J, K): each
+    candidate's start; ``conc`` (B, 4): its (alpha_shape, alpha_rate, beta_shape, beta_rate);
+    ``x_scale`` (B,): its x prior width f (W0inv and lam0 times f).  ``X`` (J, q) with
+    ``x_centre`` and ``x_prior`` = (m0, lam0, W0inv, nu0), or None (CAM).  ``alpha_prior``,
+    ``beta_prior``: (shape, rate, fixed), fixed None when learned.
+
+    Per candidate: one pass of the group sticks, cell sticks, alpha, beta and x atoms; then q(S)
+    and that pass again until max |rho - rho_old| < tol or ``max_iter`` q(S) updates.  Returns
+    one dict per candidate with the refined factors (rho, v_a, v_b, u_a, u_b, alpha_shape,
+    alpha_rate, beta_shape, beta_rate, mx, lamx, Wx, nux), H_rho, n_iter and ``elbo``: the
+    group-level part of the ELBO (every term but the y atoms' and the entropy of q(M)).
+    ``n_threads`` is accepted for the core's signature (the candidates run one by one here).
+    """
+    rho = np.asarray(rho, dtype=np.float64)
+    out = []
+    for b in range(rho.shape[0]):
+        f = dict(rho=rho[b].copy(), alpha_shape=float(conc[b][0]), alpha_rate=float(conc[b][1]),
+                 beta_shape=float(conc[b][2]), beta_rate=float(conc[b][3]),
+                 mx=None, lamx=None, Wx=None, nux=None)
+        prior = None
+        if X is not None:
+            m0, lam0, W0inv, nu0 = x_prior
+            prior = (m0, lam0 * x_scale[b], W0inv * x_scale[b], nu0)
+        _ascend_one(f, counts, X, x_centre, prior, alpha_prior, beta_prior, max_iter, tol)
+        out.append(f)
+    return out
+
+
+def _group_level_blocks(f, counts, X, x_centre, x_prior, alpha_prior, beta_prior):
+    """One pass of the group sticks, cell sticks, alpha, beta and x atoms, in the sweep's order."""
+    e_a, _ = _concentration_means(alpha_prior, f["alpha_shape"], f["alpha_rate"])
+    f["v_a"], f["v_b"] = update_sticks(f["rho"].sum(axis=0)[:, None], e_a)
+    e_b, _ = _concentration_means(beta_prior, f["beta_shape"], f["beta_rate"])
+    f["u_a"], f["u_b"] = update_sticks(np.ascontiguousarray(counts.T @ f["rho"]), e_b)
+    if alpha_prior[2] is None:
+        f["alpha_shape"], f["alpha_rate"] = update_concentration(
+            alpha_prior[0], alpha_prior[1], f["v_a"], f["v_b"])
+    if beta_prior[2] is None:
+        f["beta_shape"], f["beta_rate"] = update_concentration(
+            beta_prior[0], beta_prior[1], f["u_a"], f["u_b"])
+    if X is not None:
+        n, s1, s2 = weighted_stats(X, f["rho"], x_centre)
+        f["mx"], f["lamx"], f["Wx"], f["nux"] = nw_posterior(n, s1, s2, x_centre, *x_prior)
+
+
+def _ascend_one(f, counts, X, x_centre, x_prior, alpha_prior, beta_prior, max_iter, tol):
+    """One candidate's ascent, its factors in (and back into) the dict ``f``."""
+    J, K = f["rho"].shape
+    blocks = (counts, X, x_centre, x_prior, alpha_prior, beta_prior)
+    f["H_rho"] = categorical_entropy(f["rho"])
+    _group_level_blocks(f, *blocks)
+    f["n_iter"] = 0
+    for _ in range(max_iter):
+        old = f["rho"].copy()
+        ell_x = (np.zeros((J, K)) if X is None
+                 else expected_loglik(X, f["mx"], f["lamx"], f["Wx"], f["nux"]))
+        f["H_rho"] = group_step(counts, expected_log_stick_weights(f["v_a"], f["v_b"])[:, 0],
+                                expected_log_stick_weights(f["u_a"], f["u_b"]), ell_x, f["rho"])
+        f["n_iter"] += 1
+        _group_level_blocks(f, *blocks)
+        if np.max(np.abs(f["rho"] - old)) < tol:
+            break
+    f["elbo"] = _group_elbo(f, *blocks)
+
+
+def _group_elbo(f, counts, X, x_centre, x_prior, alpha_prior, beta_prior):
+    """The group-level terms of the ELBO (model section 6) of one candidate's factors."""
+    t = 0.0
+    if X is not None:
+        n, s1, s2 = weighted_stats(X, f["rho"], x_centre)
+        q = (f["mx"], f["lamx"], f["Wx"], f["nux"])
+        t += nw_loglik_from_stats(n, s1, s2, x_centre, *q)
+        t += nw_prior_term(*q, *x_prior)
+        t += nw_entropy(*q)
+    elog_pi = expected_log_stick_weights(f["v_a"], f["v_b"])[:, 0]
+    elog_omega = expected_log_stick_weights(f["u_a"], f["u_b"])
+    t += float(f["rho"].sum(axis=0) @ elog_pi)
+    t += float(np.sum((counts.T @ f["rho"]) * elog_omega))
+    e_a, elog_a = _concentration_means(alpha_prior, f["alpha_shape"], f["alpha_rate"])
+    e_b, elog_b = _concentration_means(beta_prior, f["beta_shape"], f["beta_rate"])
+    t += stick_prior_term(f["v_a"], f["v_b"], e_a, elog_a)
+    t += stick_prior_term(f["u_a"], f["u_b"], e_b, elog_b)
+    t += beta_entropy(f["v_a"], f["v_b"]) + beta_entropy(f["u_a"], f["u_b"])
+    for prior, shape, rate in ((alpha_prior, f["alpha_shape"], f["alpha_rate"]),
+                               (beta_prior, f["beta_shape"], f["beta_rate"])):
+        if prior[2] is None:
+            t += gamma_prior_term(prior[0], prior[1], shape, rate) + gamma_entropy(shape, rate)
+    return float(t + f["H_rho"])

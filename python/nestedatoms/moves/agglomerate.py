@@ -6,38 +6,43 @@ from __future__ import annotations
 import numpy as np
 
 from .._state import Problem, State
-from .._steps import cell_weights, elbo, weighted_entropy
+from .._steps import elbo, group_weights
 from ._base import gain_ok, restore, snapshot
-from .merge_atoms import atom_score, fold_atom_stats
+from .merge_atoms import atom_scores, fold_atom_stats
 
 
 def _agglomeration(be, prob: Problem, st: State):
     """Greedy agglomeration of the occupied atoms by the y-part gain of each merge (as in
     ``_cell_pairs``): the list of partitions it passes through, each a list of atom groups
     (the first atom of a group is the one that keeps the merged mass)."""
-    groups = {int(l): [int(l)] for l in np.nonzero(st.y_n > 0.5)[0]}
-    stats = {l: (st.y_n[[l]], st.y_s1[[l]], st.y_s2[[l]]) for l in groups}
-    score = {l: atom_score(be, prob, *stats[l]) for l in groups}
+    occupied = [int(l) for l in np.nonzero(st.y_n > 0.5)[0]]
+    groups = {l: [l] for l in occupied}
+    stats = {l: (st.y_n[l], st.y_s1[l], st.y_s2[l]) for l in groups}
 
-    def merged_stats(a, b):
-        return tuple(x + y for x, y in zip(stats[a], stats[b]))
+    def merged_scores(pairs):
+        """atom_score of each pair's merged statistics, in one backend call."""
+        n, s1, s2 = (np.stack([stats[a][i] + stats[b][i] for a, b in pairs]) for i in range(3))
+        return atom_scores(be, prob, n, s1, s2)
 
+    single = atom_scores(be, prob, st.y_n[occupied], st.y_s1[occupied], st.y_s2[occupied])
+    score = dict(zip(occupied, single.tolist()))
+    pairs = [(a, b) for a in groups for b in groups if a < b]
     gain = {}
-    for a in groups:
-        for b in groups:
-            if a < b:
-                gain[a, b] = atom_score(be, prob, *merged_stats(a, b)) - score[a] - score[b]
+    if pairs:
+        for (a, b), merged in zip(pairs, merged_scores(pairs).tolist()):
+            gain[a, b] = merged - score[a] - score[b]
     levels = []
     while len(groups) > 1:
         a, b = max(gain, key=gain.get)
-        stats[a] = merged_stats(a, b)
+        stats[a] = tuple(x + y for x, y in zip(stats[a], stats[b]))
         score[a] = gain[a, b] + score[a] + score[b]
         groups[a] += groups.pop(b)
         gain = {k: v for k, v in gain.items() if b not in k and a not in k}
-        for c in groups:
-            if c != a:
-                key = (min(a, c), max(a, c))
-                gain[key] = atom_score(be, prob, *merged_stats(*key)) - score[a] - score[c]
+        others = [c for c in groups if c != a]
+        keys = [(min(a, c), max(a, c)) for c in others]
+        if keys:
+            for key, c, merged in zip(keys, others, merged_scores(keys).tolist()):
+                gain[key] = merged - score[a] - score[c]
         levels.append([list(g) for g in groups.values()])
     return levels
 
@@ -59,7 +64,7 @@ def agglomerate_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> 
         return False
     before = elbo(be, prob, st)
     saved = snapshot(st)
-    entropy_change = _GroupEntropyChange(be, st.xi, cell_weights(prob, st))
+    entropy_change = _GroupEntropyChange(be, prob, st, n_threads)
     best_value, best_level, best_change = before, None, 0.0
     for i, level in enumerate(levels):
         fold_atom_stats(be, prob, st, level, n_threads)
@@ -83,30 +88,18 @@ def agglomerate_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> 
 
 
 class _GroupEntropyChange:
-    """Entropy of q(M) after summing a group of xi's columns, minus before; cached per group
-    and per column, and read by row blocks so that no N x L temporary is made."""
+    """Entropy of q(M) after summing a group of xi's columns, minus before; cached per group.
+    One backend call (``merged_entropy_change``) per new group: a pass over xi's rows with no
+    gathered copy of the columns."""
 
-    def __init__(self, be, xi: np.ndarray, weights=None, rows: int = 1 << 15):
-        self.be, self.xi, self.rows, self.weights = be, xi, rows, weights
-        self.columns: dict[int, float] = {}
+    def __init__(self, be, prob: Problem, st: State, n_threads: int = 1):
+        self.be, self.xi, self.offsets = be, st.xi, prob.offsets
+        self.weights, self.n_threads = group_weights(prob, st), n_threads
         self.groups: dict[tuple, float] = {}
-
-    def _entropy_of_sum(self, cols) -> float:
-        # the backend's entropy, as the cached H_xi is computed, on an (rows, 1) block
-        total = 0.0
-        for start in range(0, self.xi.shape[0], self.rows):
-            block = self.xi[start:start + self.rows, cols].sum(axis=1, keepdims=True)
-            w = None if self.weights is None else self.weights[start:start + self.rows]
-            total += weighted_entropy(self.be, block, w)
-        return total
 
     def __call__(self, group) -> float:
         key = tuple(sorted(group))
         if key not in self.groups:
-            for l in key:
-                if l not in self.columns:
-                    self.columns[l] = self._entropy_of_sum([l])
-            self.groups[key] = (self._entropy_of_sum(list(key))
-                                - sum(self.columns[l] for l in key))
+            self.groups[key] = float(self.be.merged_entropy_change(
+                self.xi, [list(key)], self.offsets, self.weights, self.n_threads)[0])
         return self.groups[key]
-

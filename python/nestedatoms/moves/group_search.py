@@ -12,33 +12,27 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._group_ascent import (apply_group_factors, cell_level_elbo, concentration_factors,
+                             group_ascent)
 from .._init import one_hot
 from .._state import Problem, State
-from .._steps import GLOBAL_BLOCKS, best_group_prior_scale, elbo, update_groups
+from .._steps import best_group_prior_scale, elbo, update_y_atoms
 from ._base import MIN_RELATIVE_GAIN, gain_ok, restore, snapshot
-
-
-# With q(M) fixed, the y atoms depend on nothing that changes here: leave them out.
-_GROUP_LEVEL_BLOCKS = tuple(b for b in GLOBAL_BLOCKS if b[0] != "y_atoms")
 
 
 def optimise_groups(be, prob: Problem, st: State, n_threads: int = 1, max_iter: int = 200,
                     tol: float = 1e-7) -> float:
     """Group-only coordinate ascent (cells fixed) until rho settles; returns the ELBO.
 
-    Convergence is judged on rho itself (no ELBO per iteration, which costs more than a step).
+    One backend call (``group_ascent``): a pass of the group-level blocks, then q(S) and that
+    pass again until max |rho - rho_old| < tol.  Convergence is judged on rho itself (no ELBO
+    per iteration, which costs more than a step).
     """
-    for _, update in GLOBAL_BLOCKS:
-        update(be, prob, st, n_threads)
-    for _ in range(max_iter):
-        old = st.rho.copy()
-        update_groups(be, prob, st, n_threads)
-        for _, update in _GROUP_LEVEL_BLOCKS:
-            update(be, prob, st, n_threads)
-        if np.max(np.abs(st.rho - old)) < tol:
-            break
+    update_y_atoms(be, prob, st, n_threads)   # the one block of the sweep outside the group level
+    result, = group_ascent(be, prob, st, [st.rho], [st.group_prior_scale],
+                           [concentration_factors(st)], n_threads, max_iter, tol)
+    apply_group_factors(st, result)
     return elbo(be, prob, st)
-
 
 
 def _set_rho(be, st: State, rho: np.ndarray) -> None:
@@ -116,22 +110,42 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
     before = elbo(be, prob, st)
     saved = snapshot(st)
     learns_width = prob.has_x and prob.learn_group_prior_scale
+    # the terms the cells fix, once: each candidate's ELBO is this plus its group-level part
+    fixed_part = cell_level_elbo(be, prob, st, n_threads)
+    start_width, start_conc = saved.group_prior_scale, concentration_factors(saved)
 
-    def evaluate(rho):
-        _set_rho(be, st, rho)
-        st.group_prior_scale = saved.group_prior_scale  # every candidate: the same start
-        value = optimise_groups(be, prob, st, n_threads, max_iter=50, tol=1e-5)
+    def evaluate_all(rhos):
+        """(ELBO, (rho, width)) of each candidate, refined by one batch of group-only ascents
+        (in parallel in the core) and, where the width is learned, a second batch at each
+        candidate's own width.  Every candidate starts from the same width and the same
+        concentration factors, so its result depends on it alone, not on the batch."""
+        n = len(rhos)
+        results = group_ascent(be, prob, st, rhos, [start_width] * n, [start_conc] * n,
+                               n_threads, max_iter=50, tol=1e-5)
+        widths = [start_width] * n
         if learns_width:
-            width = best_group_prior_scale(be, prob, st)
-            if width != st.group_prior_scale:
-                st.group_prior_scale = width
-                value = optimise_groups(be, prob, st, n_threads, max_iter=50, tol=1e-5)
-        return value, (st.rho.copy(), float(st.group_prior_scale))
+            probe = snapshot(saved)
+            again = []
+            for i, result in enumerate(results):
+                probe.rho, probe.group_prior_scale = result["rho"], start_width
+                width = best_group_prior_scale(be, prob, probe)
+                if width != start_width:
+                    widths[i] = width
+                    again.append(i)
+            redone = group_ascent(be, prob, st, [results[i]["rho"] for i in again],
+                                  [widths[i] for i in again],
+                                  [concentration_factors(results[i]) for i in again],
+                                  n_threads, max_iter=50, tol=1e-5)
+            for i, result in zip(again, redone):
+                results[i] = result
+        return [(fixed_part + r["elbo"], (r["rho"], float(w))) for r, w in zip(results, widths)]
 
-    best_value, best = evaluate(saved.rho.copy())
     views = group_feature_views(prob, st.N_jl)
-    for labels in _group_candidates(views, prob.K, max_clusters, n_seeds):
-        value, candidate = evaluate(one_hot(labels, prob.K))
+    starts = [saved.rho.copy()] + [one_hot(labels, prob.K) for labels in
+                                   _group_candidates(views, prob.K, max_clusters, n_seeds)]
+    evaluated = evaluate_all(starts)
+    best_value, best = evaluated[0]
+    for value, candidate in evaluated[1:]:   # in order: the first of equal values wins
         if value > best_value:
             best_value, best = value, candidate
     for _ in range(max_rounds):  # greedy merges and splits of the best partition so far
@@ -154,8 +168,7 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
                     split = labels.copy()
                     split[members[halves == 1]] = free[0]
                     _append_new_partition(proposals, seen, split)
-        for proposal in proposals:
-            value, candidate = evaluate(one_hot(proposal, prob.K))
+        for value, candidate in evaluate_all([one_hot(p, prob.K) for p in proposals]):
             if value > best_value + MIN_RELATIVE_GAIN * abs(best_value):
                 best_value, best, improved = value, candidate, True
         if not improved:

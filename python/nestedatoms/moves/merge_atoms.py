@@ -6,17 +6,21 @@ from __future__ import annotations
 import numpy as np
 
 from .._state import Problem, State
-from .._steps import cell_weights, elbo, weighted_entropy
+from .._steps import elbo, group_weights
 from ._base import gain_ok, refresh_without_cells, restore, snapshot
 
 
 def atom_score(be, prob: Problem, n, s1, s2) -> float:
     """The y part of the ELBO of one atom at its optimal q(theta^y) given its statistics."""
+    return float(atom_scores(be, prob, n, s1, s2)[0])
+
+
+def atom_scores(be, prob: Problem, n, s1, s2) -> np.ndarray:
+    """``atom_score`` of each of G atoms given their statistics (G,), (G, p), (G, p, p): one
+    backend call for all of them."""
     p = prob.y_prior
-    m, lam, W, nu = be.nw_posterior(n, s1, s2, prob.y_centre, p.m0, p.lam0, p.W0inv, p.nu0)
-    return (be.nw_loglik_from_stats(n, s1, s2, prob.y_centre, m, lam, W, nu)
-            + be.nw_prior_term(m, lam, W, nu, p.m0, p.lam0, p.W0inv, p.nu0)
-            + be.nw_entropy(m, lam, W, nu))
+    return be.nw_scores(np.ascontiguousarray(n), np.ascontiguousarray(s1),
+                        np.ascontiguousarray(s2), prob.y_centre, p.m0, p.lam0, p.W0inv, p.nu0)
 
 
 def _cell_pairs(be, prob: Problem, st: State, max_pairs: int):
@@ -24,21 +28,16 @@ def _cell_pairs(be, prob: Problem, st: State, max_pairs: int):
     occupied = np.nonzero(st.y_n > 0.5)[0]
     if occupied.size < 2:
         return []
-
-    single = {int(l): atom_score(be, prob, st.y_n[[l]], st.y_s1[[l]], st.y_s2[[l]])
-              for l in occupied}
-    pairs = []
-    for a in range(occupied.size):
-        for b in range(a + 1, occupied.size):
-            l1, l2 = int(occupied[a]), int(occupied[b])
-            idx = [l1, l2]
-            merged = atom_score(be, prob, st.y_n[idx].sum(keepdims=True),
-                                 st.y_s1[idx].sum(0)[None], st.y_s2[idx].sum(0)[None])
-            # merging also frees one atom, which then sits at its prior (score 0 up to terms
-            # that cancel between proposals), so rank by the y-part gain alone
-            pairs.append((-(merged - single[l1] - single[l2]), l1, l2))
-    pairs.sort()
-    return [(l1, l2) for _, l1, l2 in pairs[:max_pairs]]
+    single = atom_scores(be, prob, st.y_n[occupied], st.y_s1[occupied], st.y_s2[occupied])
+    a, b = np.triu_indices(occupied.size, k=1)          # every pair, in the order a < b
+    l1, l2 = occupied[a], occupied[b]
+    merged = atom_scores(be, prob, st.y_n[l1] + st.y_n[l2], st.y_s1[l1] + st.y_s1[l2],
+                         st.y_s2[l1] + st.y_s2[l2])
+    # merging also frees one atom, which then sits at its prior (score 0 up to terms that
+    # cancel between proposals), so rank by the y-part gain alone
+    gains = merged - single[a] - single[b]
+    pairs = sorted(zip((-gains).tolist(), l1.tolist(), l2.tolist()))
+    return [(x, y) for _, x, y in pairs[:max_pairs]]
 
 
 def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
@@ -49,17 +48,15 @@ def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
         before = elbo(be, prob, st)
         accepted = False
         for l1, l2 in _cell_pairs(be, prob, st, max_pairs):
-            # The proposal is judged on the statistics alone (nothing below reads xi), so xi
-            # is rewritten only for an accepted merge: one (N, 2) read per proposal.
+            # the proposal is judged on the statistics alone, plus the entropy change of q(M)
+            # (one pass over xi's rows, no gathered columns; pair by pair, as the first pair
+            # is often accepted); xi is rewritten only for an accepted merge
             saved = snapshot(st)
-            pair = st.xi[:, [l1, l2]]
-            merged = pair.sum(axis=1, keepdims=True)
-            w = cell_weights(prob, st)
-            st.H_xi = (st.H_xi - weighted_entropy(be, pair, w)
-                       + weighted_entropy(be, merged, w))
+            st.H_xi = st.H_xi + float(be.merged_entropy_change(
+                st.xi, [[l1, l2]], prob.offsets, group_weights(prob, st), n_threads)[0])
             fold_atom_stats(be, prob, st, [[l1, l2]], n_threads)
             if gain_ok(elbo(be, prob, st), before):
-                st.xi[:, l1] = merged[:, 0]
+                st.xi[:, l1] += st.xi[:, l2]
                 st.xi[:, l2] = 0.0
                 accepted = changed = True
                 break

@@ -6,57 +6,62 @@ from __future__ import annotations
 import numpy as np
 
 from .._state import Problem, State
-from .._steps import (cell_weights, elbo, group_weights, weighted_entropy,
-                      weighted_y_stats)
+from .._steps import (cell_weights, elbo, group_weights, weighted_y_stats)
 from ._base import gain_ok, refresh_without_cells, restore, snapshot
 
 
-def _local_cell_sweep(be, prob: Problem, st: State, rows: np.ndarray, cell_group: np.ndarray,
+def _local_cell_sweep(be, prob: Problem, st: State, rows: np.ndarray,
                       n_threads: int = 1) -> None:
     """Exact coordinate update of q(M_ji) for the given cells only (``rows``: ascending indices
     into the group-sorted cells), with the cached statistics (N_jl, y statistics, entropy of
     q(M)) corrected by the change of those rows.
 
-    The update is the backend's cell step run on those rows (ascending, so they stay grouped
-    by individual as its offsets require), so it shares the cell step's numerics: in the C++
-    core, the sparse xi (responsibilities below e^-600 of a cell's largest set to 0) and the
-    flush of subnormal numbers.  A NumPy version of it left subnormals in xi, which made this
-    move take over half of a OneK1K-sized fit (x86 processes them ~100x slower).
+    One backend call (``cell_step_rows``): the cell step's arithmetic on those rows, written
+    into xi in place, returning the statistics of the change itself (not the difference of two
+    large sums).  It shares the cell step's numerics: in the C++ core, the sparse xi
+    (responsibilities below e^-600 of a cell's largest set to 0) and the flush of subnormal
+    numbers, which x86 processes ~100x slower.  No copy of the rows' Y or xi is made.
     """
-    Y = prob.Y[rows]
-    groups = cell_group[rows]
-    counts = np.bincount(groups, minlength=prob.data.n_groups)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    old = st.xi[rows]
-    new = np.empty_like(old)
     elog_omega = be.expected_log_stick_weights(st.u_a, st.u_b)
-    _, _, _, _, entropy_new = be.cell_step(Y, offsets, st.rho, elog_omega, st.my, st.lamy,
-                                           st.Wy, st.nuy, prob.y_centre, new, n_threads,
-                                           group_weights(prob, st))
-    # the statistics of the change itself, not the difference of two large sums, and only of
-    # the atoms whose responsibilities changed (far atoms have xi exactly 0 before and after)
-    delta = new - old
-    cols = np.nonzero((delta != 0.0).any(axis=0))[0]
-    w = cell_weights(prob, st, rows)
-    n, s1, s2 = weighted_y_stats(be, prob, delta[:, cols], w, rows)
+    dN, dn, ds1, ds2, dH = be.cell_step_rows(prob.Y, prob.offsets, rows, st.rho, elog_omega,
+                                             st.my, st.lamy, st.Wy, st.nuy, prob.y_centre,
+                                             st.xi, n_threads, group_weights(prob, st))
     # fresh arrays, as every other update makes, so no earlier reference sees the change
+    # (atoms the rows did not touch get exact zeros added)
+    st.y_n, st.y_s1, st.y_s2 = st.y_n + dn, st.y_s1 + ds1, st.y_s2 + ds2
+    st.N_jl = st.N_jl + dN
+    st.H_xi += dH
+
+
+def _move_mass(be, prob: Problem, st: State, moved: np.ndarray, source: int,
+               target: int) -> None:
+    """Move the xi mass of the cells ``moved`` from atom ``source`` to atom ``target``, with
+    N_jl and the y statistics corrected by the statistics of those cells alone (moving mass
+    between columns leaves the entropy of q(M) unchanged)."""
+    w = st.xi[moved, source]
+    n, s1, s2 = weighted_y_stats(be, prob, w[:, None], cell_weights(prob, st, moved), moved)
     st.y_n, st.y_s1, st.y_s2 = st.y_n.copy(), st.y_s1.copy(), st.y_s2.copy()
-    st.y_n[cols] += n
-    st.y_s1[cols] += s1
-    st.y_s2[cols] += s2
-    present = counts > 0
-    st.N_jl[present] += np.add.reduceat(delta, offsets[:-1][present], axis=0)
-    st.H_xi += entropy_new - weighted_entropy(be, old, w)
-    st.xi[rows] = new
+    for arr, value in ((st.y_n, n[0]), (st.y_s1, s1[0]), (st.y_s2, s2[0])):
+        arr[source] -= value
+        arr[target] += value
+    per_group = np.bincount(prob.data.cell_group[moved], weights=w,
+                            minlength=prob.data.n_groups)
+    st.N_jl = st.N_jl.copy()
+    st.N_jl[:, source] -= per_group
+    st.N_jl[:, target] += per_group
+    st.xi[moved, target] += w
+    st.xi[moved, source] = 0.0
 
 
-def _recompute_cell_stats(be, prob: Problem, st: State, cols) -> None:
-    """Exact y statistics and N_jl of the given atoms from xi (the moved atoms only)."""
-    cols = list(cols)
-    w = np.ascontiguousarray(st.xi[:, cols])
-    n, s1, s2 = weighted_y_stats(be, prob, w, cell_weights(prob, st))
-    st.y_n[cols], st.y_s1[cols], st.y_s2[cols] = n, s1, s2
-    st.N_jl[:, cols] = np.add.reduceat(w, prob.offsets[:-1], axis=0)
+def _confident_labels(xi: np.ndarray, rows: int = 1 << 16) -> np.ndarray:
+    """Each cell's atom where its responsibility exceeds 1/2, else -1; by slabs of rows (no
+    N x L temporary)."""
+    out = np.empty(xi.shape[0], dtype=np.int64)
+    for start in range(0, xi.shape[0], rows):
+        slab = xi[start:start + rows]
+        best = slab.argmax(axis=1)
+        out[start:start + rows] = np.where(slab[np.arange(best.size), best] > 0.5, best, -1)
+    return out
 
 
 def split_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1, max_atoms: int = 8,
@@ -71,7 +76,9 @@ def split_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1, max_atoms
 
     p = prob.Y.shape[1]
     min_cells = 2 * (p + 2) if min_cells is None else min_cells
-    cell_group = prob.data.cell_group
+    # which cells each atom holds with xi > 1/2: one pass over xi for the whole move (not a
+    # column scan per atom tried), refreshed for the rows an accepted split changes
+    labels = _confident_labels(st.xi)
     changed = False
     tried = 0
     for l in [int(l) for l in np.argsort(-st.y_n, kind="stable")]:
@@ -80,7 +87,7 @@ def split_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1, max_atoms
         empty = np.nonzero(st.y_n < 1e-8)[0]
         if empty.size == 0:
             break
-        rows = np.nonzero(st.xi[:, l] > 0.5)[0]
+        rows = np.nonzero(labels == l)[0]
         if rows.size < min_cells:
             continue
         tried += 1
@@ -91,19 +98,15 @@ def split_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1, max_atoms
         before = elbo(be, prob, st)
         saved = snapshot(st)
         saved_rows = st.xi[rows].copy()
-        moved = rows[halves == 1]
-        st.xi[moved, target] = st.xi[moved, l]       # moving mass between columns leaves the
-        st.xi[moved, l] = 0.0                        # entropy of q(M) unchanged
-        _recompute_cell_stats(be, prob, st, (l, target))
+        _move_mass(be, prob, st, rows[halves == 1], l, target)
         refresh_without_cells(be, prob, st, n_threads)
         for _ in range(n_local_sweeps):
-            _local_cell_sweep(be, prob, st, rows, cell_group, n_threads)
+            _local_cell_sweep(be, prob, st, rows, n_threads)
             refresh_without_cells(be, prob, st, n_threads)
         if gain_ok(elbo(be, prob, st), before):
             changed = True
+            labels[rows] = _confident_labels(st.xi[rows])
             continue
         restore(st, saved)
         st.xi[rows] = saved_rows
     return changed
-
-
