@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 
+from ._batches import batched_weighted_stats
 from ._state import Problem, State
 from ._steps import GLOBAL_BLOCKS, composition_weights
 
@@ -75,7 +76,7 @@ def state_from_labels(be, prob: Problem, cell_labels: np.ndarray,
     N_jl = np.add.reduceat(xi, prob.offsets[:-1], axis=0)
     zeta = composition_weights(prob.data.group_sizes, prob.donor_concentration)
     w = xi if zeta is None else xi * np.repeat(zeta, prob.data.group_sizes)[:, None]
-    y_n, y_s1, y_s2 = be.weighted_stats(prob.Y, w, prob.y_centre)
+    y_n, y_s1, y_s2 = batched_weighted_stats(be, prob.Y, w, prob.y_centre, prob.batches)
     a, b = prob.alpha_prior, prob.beta_prior
     st = State(
         rho=rho, xi=xi,

@@ -132,7 +132,7 @@ def save_model(model, path) -> None:
         "nestedatoms_version": __version__,
         "params": _json_safe(model.get_params()),
         "problem": {
-            "K": prob.K, "L": prob.L, "has_x": prob.has_x,
+            "K": prob.K, "L": prob.L, "has_x": prob.has_x, "batch_size": prob.batch_size,
             "y_prior": nw(prob.y_prior),
             "x_prior": nw(prob.x_prior) if prob.has_x else None,
             "alpha_prior": conc(prob.alpha_prior),
@@ -209,7 +209,8 @@ def load_model(cls, path):
                    beta_prior=ConcentrationPrior(**pm["beta_prior"]),
                    learn_x_prior_scale=bool(pm.get("learn_x_prior_scale", False)),
                    learn_donor_concentration=bool(pm.get("learn_donor_concentration", False)),
-                   donor_concentration=_concentration_from_json(pm.get("donor_concentration")))
+                   donor_concentration=_concentration_from_json(pm.get("donor_concentration")),
+                   batch_size=pm.get("batch_size"))
     # The centres are a deterministic function of the data, but keep the saved bits anyway.
     prob.y_centre = arr["prior/y_centre"]
     if pm["has_x"]:

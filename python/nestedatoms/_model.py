@@ -9,7 +9,7 @@ import numpy as np
 from ._backend import get_backend, resolve_n_threads
 from ._data import check_constant_columns, prepare_data
 from ._fit import fit_restarts
-from ._moves import DEFAULT_MOVES
+from ._batches import in_memory_summary, moves_for, plan_batches
 from ._state import ConcentrationPrior, Problem, resolve_nw_prior
 from ._steps import expected_stick_weights
 from ._validation import (check_data_size, check_dimension, check_estimator_params,
@@ -91,6 +91,16 @@ class NestedAtomsModel:
         clusters (useful with many dimensions and few cells per cluster, where the prior
         weighs as much as the data); below 1 fewer.  An explicit ``covariance_prior`` in
         ``cell_prior`` takes precedence.
+    batch_size : int or None, default None
+        Cells per batch: every pass over the cells runs batch by batch, each batch a run of
+        whole individuals (cut greedily in group order, so an individual larger than this is
+        a batch of its own), and the batches' sums are added in batch order.  The plan
+        depends on the data and this number only, so a fit gives the same bits whatever the
+        number of threads or dask workers.  None: one batch for an in-memory Y (the fit as
+        it always was) and 262144 cells for a dask array Y; pass the same number to compare a
+        dask fit with an in-memory one bit for bit.  With more than one batch the moves that
+        need xi's columns (merging, agglomerating and splitting cell atoms) are not run, in
+        memory as on dask, so the two stay equal (docs/scale-out.md).
 
     Attributes
     ----------
@@ -137,7 +147,7 @@ class NestedAtomsModel:
                  cell_concentration=None, concentration_prior=(0.1, 0.1), n_init=3,
                  max_iter=500, tol=1e-6, random_state=None, n_threads=None, backend="cpp",
                  verbose=0, copy=True, learn_group_prior_scale="auto",
-                 donor_concentration="auto", cell_resolution=1.0):
+                 donor_concentration="auto", cell_resolution=1.0, batch_size=None):
         self.n_group_clusters = n_group_clusters
         self.n_cell_clusters = n_cell_clusters
         self.prior = prior
@@ -157,6 +167,7 @@ class NestedAtomsModel:
         self.learn_group_prior_scale = learn_group_prior_scale
         self.donor_concentration = donor_concentration
         self.cell_resolution = cell_resolution
+        self.batch_size = batch_size
 
     # ------------------------------------------------------------------ scikit-learn protocol
     @classmethod
@@ -221,7 +232,7 @@ class NestedAtomsModel:
         return ConcentrationPrior(shape=shape, rate=rate,
                                   fixed=None if fixed is None else float(fixed))
 
-    def _problem(self, data) -> Problem:
+    def _problem(self, data, batch_size=None, y_summary=None) -> Problem:
         K, L = int(self.n_group_clusters), int(self.n_cell_clusters)
         x_prior = (None if data.X is None
                    else resolve_nw_prior(data.X, K, self.prior, self.group_prior,
@@ -230,7 +241,8 @@ class NestedAtomsModel:
             data=data, K=K, L=L,
             y_prior=resolve_nw_prior(data.Y, L, self.prior, self.cell_prior,
                                      name="cell_prior",
-                                     resolution=float(self.cell_resolution)),
+                                     resolution=float(self.cell_resolution),
+                                     summary=y_summary),
             x_prior=x_prior,
             alpha_prior=self._concentration(self.group_concentration, "group_concentration"),
             beta_prior=self._concentration(self.cell_concentration, "cell_concentration"),
@@ -238,6 +250,7 @@ class NestedAtomsModel:
             learn_donor_concentration=isinstance(self.donor_concentration, str),
             donor_concentration=(float("inf") if isinstance(self.donor_concentration, str)
                                  else float(self.donor_concentration)),
+            batch_size=batch_size, y_summary=y_summary,
         )
 
     def _learns_group_prior_scale(self) -> bool:
@@ -295,7 +308,12 @@ class NestedAtomsModel:
         check_constant_columns(data.Y, "Y", getattr(Y, "columns", None))
         if data.X is not None:
             check_constant_columns(data.X, "X", getattr(X, "columns", None))
-        prob = self._problem(data)
+        batch_size = None if self.batch_size is None else int(self.batch_size)
+        plan = plan_batches(data.offsets, batch_size)
+        # one batch: the data's summaries as they always were; more: batch by batch, as a
+        # dask fit computes them (same bits)
+        summary = None if plan.n_batches == 1 else in_memory_summary(data.Y, plan)
+        prob = self._problem(data, batch_size, summary)
         n_threads = resolve_n_threads(self.n_threads)
         check_data_size(data.n_cells, data.n_groups, prob.L)
         check_dimension(data.Y.shape[1])
@@ -304,7 +322,7 @@ class NestedAtomsModel:
         with self._blas_limits(n_threads), self._progress(int(self.n_init)) as callback:
             best, runs = fit_restarts(be, prob, int(self.n_init), int(self.max_iter),
                                       float(self.tol), self.random_state, n_threads,
-                                      moves=DEFAULT_MOVES, init_state=init_state,
+                                      moves=moves_for(prob), init_state=init_state,
                                       callback=callback)
         self._set_results(prob, best, runs)
         self._warn_unconverged(best)
@@ -475,7 +493,7 @@ class NestedAtomsModel:
         prob, st = self.problem_, self.state_.copy()
         with self._blas_limits(n_threads), self._progress(1, n_iter) as progress:
             run = run_cavi(be, prob, st, n_iter, float(self.tol), n_threads,
-                           moves=DEFAULT_MOVES,
+                           moves=moves_for(prob),
                            callback=lambda it, value: progress(0, it, value))
         traces = [np.asarray(t) for t in self.elbo_traces_]
         best = self.best_restart_

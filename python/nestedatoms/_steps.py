@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._batches import batched_cell_step
 from ._state import ConcentrationPrior, NWPrior, Problem, State
 
 __all__ = ["composition_weights", "composition_counts", "scale_rows", "tempered", "group_weights",
@@ -109,11 +110,16 @@ def update_cells(be, prob: Problem, st: State, n_threads: int = 1) -> None:
     """q(M): xi, and with it N_jl, the y statistics and the entropy of q(M) (one pass).
 
     Under donor variation each donor's terms are all weighted by zeta_j, so zeta_j cancels from
-    the update of xi itself and weights only the statistics and the entropy.
+    the update of xi itself and weights only the statistics and the entropy.  The cells are
+    visited batch by batch (``prob.batches``) and their statistics added in batch order.
     """
-    st.N_jl, st.y_n, st.y_s1, st.y_s2, st.H_xi = be.cell_step(
-        prob.Y, prob.offsets, st.rho, _elog_omega(be, st), st.my, st.lamy, st.Wy, st.nuy,
-        prob.y_centre, st.xi, n_threads, group_weights(prob, st))
+    if not isinstance(st.xi, np.ndarray):      # cells on dask workers (``_dask``)
+        st.xi, (st.N_jl, st.y_n, st.y_s1, st.y_s2, st.H_xi) = st.xi.cell_step(
+            be, prob, st, n_threads)
+        return
+    st.N_jl, st.y_n, st.y_s1, st.y_s2, st.H_xi = batched_cell_step(
+        be, prob.Y, prob.offsets, prob.batches, st.rho, _elog_omega(be, st), st.my, st.lamy,
+        st.Wy, st.nuy, prob.y_centre, st.xi, n_threads, group_weights(prob, st))
 
 
 def update_groups(be, prob: Problem, st: State, n_threads: int = 1) -> None:
