@@ -42,14 +42,14 @@ from nestedatoms._fit import run_cavi
 from nestedatoms._init import relabel_by_size, state_from_labels
 from nestedatoms._labelling_bound import labelling_bound, labelling_bound_of
 from nestedatoms._metrics import adjusted_rand_index
-from nestedatoms._moves import learn_group_prior_width
+from nestedatoms.moves import move_named
 
 
 def score(be, prob, cell_labels_sorted, group_labels):
     """(ELBO, bound result, state) at the CAVI optimum reached from a hard partition."""
     st = state_from_labels(be, prob, relabel_by_size(np.asarray(cell_labels_sorted)),
                            relabel_by_size(np.asarray(group_labels)))
-    moves = (learn_group_prior_width,) if prob.learn_x_prior_scale else ()
+    moves = (move_named("learn_group_prior_width"),) if prob.learn_x_prior_scale else ()
     run = run_cavi(be, prob, st, max_iter=1000, tol=1e-9, moves=moves)
     res = labelling_bound(be, prob, run.state)
     return res, run.state

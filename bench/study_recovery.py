@@ -434,7 +434,7 @@ def toy(n_seeds: int):
     from sklearn.metrics import adjusted_rand_score as ari
 
     import nestedatoms as na
-    from nestedatoms._moves import adjusted_partition_equal
+    from nestedatoms.moves import adjusted_partition_equal
 
     import pandas as pd
 
@@ -531,7 +531,7 @@ def prior_check(n_seeds: int):
     from nestedatoms._data import prepare_data
     from nestedatoms._fit import run_cavi
     from nestedatoms._init import state_from_labels
-    from nestedatoms._moves import adjusted_partition_equal
+    from nestedatoms.moves import adjusted_partition_equal
     from nestedatoms._state import resolve_nw_prior
 
     be = get_backend("cpp")

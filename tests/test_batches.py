@@ -96,9 +96,9 @@ def test_column_moves_only_with_one_batch():
     sim = _cohort(4)
     one = _fit(sim, None, 1, max_iter=2)
     many = _fit(sim, 300, 1, max_iter=2)
-    names = {m.__name__ for m in moves_for(one.problem_)}
+    names = {m.name for m in moves_for(one.problem_)}
     assert set(COLUMN_MOVES) <= names
-    assert not set(COLUMN_MOVES) & {m.__name__ for m in moves_for(many.problem_)}
+    assert not set(COLUMN_MOVES) & {m.name for m in moves_for(many.problem_)}
 
 
 def test_batched_fit_is_monotone():

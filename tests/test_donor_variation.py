@@ -14,7 +14,7 @@ import nestedatoms as na
 from nestedatoms import reference as ref
 from nestedatoms._backend import core_module
 from nestedatoms._donor_variation import learn_concentration, pearson_terms
-from nestedatoms._moves import (agglomerate_cell_atoms, learn_donor_variation, merge_cell_atoms,
+from nestedatoms.moves import (agglomerate_cell_atoms, learn_donor_variation, merge_cell_atoms,
                                 merge_group_clusters, search_group_partition, sort_clusters,
                                 split_cell_atoms)
 from nestedatoms._steps import BLOCKS, composition_weights, elbo, elbo_terms

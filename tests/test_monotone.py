@@ -5,7 +5,7 @@ import pytest
 
 from scipy.special import entr
 
-from nestedatoms._moves import (agglomerate_cell_atoms, learn_group_prior_width,
+from nestedatoms.moves import (agglomerate_cell_atoms, learn_group_prior_width,
                                 merge_cell_atoms, merge_group_clusters, search_group_partition,
                                 sort_clusters, split_cell_atoms)
 from nestedatoms._steps import BLOCKS, elbo

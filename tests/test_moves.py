@@ -11,7 +11,7 @@ from sklearn.metrics import adjusted_rand_score as ari
 import nestedatoms as na
 from nestedatoms._data import prepare_data
 from nestedatoms._init import kmeans_labels, state_from_labels
-from nestedatoms._moves import (adjusted_partition_equal, agglomerate_cell_atoms, merge_cell_atoms,
+from nestedatoms.moves import (adjusted_partition_equal, agglomerate_cell_atoms, merge_cell_atoms,
                                 merge_group_clusters, optimise_groups, search_group_partition,
                                 split_cell_atoms)
 from nestedatoms._steps import elbo
@@ -55,7 +55,7 @@ def test_local_cell_update_is_the_cell_step_on_those_cells(backend):
     its cell's largest and no subnormal number, which x86 processes ~100x slower.  Atoms three
     times tighter than fitted spread the log-likelihood gaps over hundreds of nats, so a plain
     exp() would leave such numbers (it did, before the update went through the cell step)."""
-    from nestedatoms._moves import _local_cell_sweep
+    from nestedatoms.moves.split_atoms import _local_cell_sweep
     from nestedatoms._steps import update_cells
 
     sim, prob, cells = _separated(seed=1)
@@ -80,7 +80,7 @@ def test_local_cell_update_is_the_cell_step_on_those_cells(backend):
 def test_local_cell_update_of_a_subset_keeps_the_rest_and_the_statistics(backend):
     """On a subset (groups left out, one group partly, one whole), the updated rows are the
     cell step's, every other row is untouched, and the cached statistics describe the new xi."""
-    from nestedatoms._moves import _local_cell_sweep
+    from nestedatoms.moves.split_atoms import _local_cell_sweep
     from nestedatoms._steps import update_cells
 
     sim, prob, cells = _separated(seed=1)
@@ -241,7 +241,9 @@ def test_costly_moves_also_run_when_a_run_stalls(backend):
         calls["costly"].append(len(calls["cheap"]))    # the sweep it ran after
         return False
 
-    costly.at_convergence = True
+    from nestedatoms.moves import AT_CONVERGENCE, EVERY_SWEEP, Move
+
+    cheap, costly = Move("cheap", cheap, EVERY_SWEEP), Move("costly", costly, AT_CONVERGENCE)
     prob = make_problem("nam", seed=0)
     st = random_state_for(backend, prob, 0)
     n = 2 * _STALL_PERIOD + 3
@@ -256,3 +258,20 @@ def test_costly_moves_also_run_when_a_run_stalls(backend):
     result = run_cavi(backend, prob, st, max_iter=10 * _STALL_PERIOD, tol=1e-6,
                       moves=(cheap, costly))
     assert result.converged and calls["costly"][-1] == result.n_iter
+
+
+def test_the_default_schedule_is_a_list_of_named_move_objects():
+    from nestedatoms.moves import AT_CONVERGENCE, DEFAULT_MOVES, EVERY_SWEEP, Move, move_named
+
+    names = [m.name for m in DEFAULT_MOVES]
+    assert len(set(names)) == len(names)
+    assert all(isinstance(m, Move) for m in DEFAULT_MOVES)
+    # the cheap moves run every sweep, the searches at convergence, c last (see moves/__init__)
+    assert {m.name for m in DEFAULT_MOVES if m.when == EVERY_SWEEP} == {
+        "merge_cell_atoms", "sort_clusters"}
+    assert names[-1] == "learn_donor_variation" and DEFAULT_MOVES[-1].when == AT_CONVERGENCE
+    assert move_named("split_cell_atoms") is DEFAULT_MOVES[names.index("split_cell_atoms")]
+    with pytest.raises(KeyError, match="default moves are"):
+        move_named("teleport")
+    with pytest.raises(ValueError, match="when must be one of"):
+        Move("x", lambda *a: False, when="sometimes")

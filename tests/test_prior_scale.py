@@ -175,7 +175,7 @@ def test_a_file_saved_before_the_option_loads_with_the_prior_as_set(tmp_path):
 def test_a_width_outside_the_bounds_is_kept_unless_beaten(backend, log_f, covariance_prior):
     """A state whose f lies outside [e^-8, 1] (a hand-edited file, a study that lifted the
     cap) is not clipped into a worse value: learning the width still never lowers the ELBO."""
-    from nestedatoms._moves import learn_group_prior_width
+    from nestedatoms.moves import learn_group_prior_width
 
     prob = make_problem("nam", seed=1, learn_group_prior_scale=True,
                         group_prior={"covariance_prior": covariance_prior})
@@ -229,7 +229,7 @@ def test_the_group_search_scores_each_candidate_at_its_own_width(backend):
     from nestedatoms._data import prepare_data
     from nestedatoms._fit import run_cavi
     from nestedatoms._init import relabel_by_size, state_from_labels
-    from nestedatoms._moves import learn_group_prior_width, search_group_partition
+    from nestedatoms.moves import move_named, search_group_partition
 
     sim = na.simulate(n_groups=12, cells_per_group=100, n_group_clusters=6, n_cell_clusters=6,
                       lam_x=0.01, lam_y=0.01, random_state=4007)
@@ -240,7 +240,7 @@ def test_the_group_search_scores_each_candidate_at_its_own_width(backend):
     st = state_from_labels(backend, prob, relabel_by_size(sim.cell_truth)[prob.data.order],
                            relabel_by_size(merged))
     st = run_cavi(backend, prob, st, max_iter=1000, tol=1e-9,
-                  moves=(learn_group_prior_width,)).state
+                  moves=(move_named("learn_group_prior_width"),)).state
     assert ari(truth, st.rho.argmax(axis=1)) < 1.0
     merged_width, before = st.x_prior_scale, elbo(backend, prob, st)
     assert search_group_partition(backend, prob, st)

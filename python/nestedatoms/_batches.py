@@ -208,8 +208,8 @@ COLUMN_MOVES = ("merge_cell_atoms", "agglomerate_cell_atoms", "split_cell_atoms"
 def moves_for(prob):
     """The fit's moves for this problem: all of them with one batch, and without the moves
     that need xi's columns (``COLUMN_MOVES``) with more."""
-    from ._moves import DEFAULT_MOVES
+    from .moves import DEFAULT_MOVES
 
     if prob.batches.n_batches == 1:
         return DEFAULT_MOVES
-    return tuple(m for m in DEFAULT_MOVES if m.__name__ not in COLUMN_MOVES)
+    return tuple(m for m in DEFAULT_MOVES if m.name not in COLUMN_MOVES)

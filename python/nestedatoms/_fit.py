@@ -1,9 +1,9 @@
 """The fitting loop: restarts, CAVI sweeps, moves between sweeps, convergence.
 
 Backend-agnostic (in the spirit of scikit-learn's ``mixture/_base.py``): it only calls the
-blocks of ``_steps.py``, which call the backend.  Moves are callables
-``move(be, prob, state, n_threads) -> bool`` run after each sweep; each must keep the ELBO from
-falling and return whether it changed the state.
+blocks of ``_steps.py``, which call the backend.  Moves are :class:`nestedatoms.moves.Move`
+objects run between sweeps (``Move.when`` says when); each must keep the ELBO from falling and
+return whether it changed the state.
 
 Interrupts: Ctrl-C (KeyboardInterrupt) may arrive anywhere, e.g. after the cell step has
 rewritten xi but before the statistics derived from it are stored, which would leave the live
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._init import initial_state, relabel_by_size, state_from_labels
-from ._moves import learn_group_prior_width
+from .moves import AT_CONVERGENCE, move_named
 from ._state import Problem, State
 from ._steps import BLOCKS, elbo, sweep
 # public home: nestedatoms.exceptions; these names are kept for old imports
@@ -157,7 +157,7 @@ class _Phases:
 
     def move(self, move, be, prob, st, n_threads, it, before):
         """Run one move; returns (fired, ELBO after: ``before`` when it did not fire)."""
-        name = getattr(move, "__name__", type(move).__name__)
+        name = move.name
         start = time.perf_counter()
         fired = bool(move(be, prob, st, n_threads))
         self.timings[f"move:{name}"] += time.perf_counter() - start
@@ -196,8 +196,8 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
     checkpoint = _Checkpoint(st, prev)
     # Moves marked ``at_convergence`` are costly (a search or a split): they run only once the
     # sweeps have converged, and the sweeps resume if one of them raised the ELBO.
-    final_moves = [m for m in moves if getattr(m, "at_convergence", False)]
-    moves = [m for m in moves if not getattr(m, "at_convergence", False)]
+    final_moves = [m for m in moves if m.when == AT_CONVERGENCE]
+    moves = [m for m in moves if m.when != AT_CONVERGENCE]
     phases = _Phases(result)
     try:
         for it in range(1, max_iter + 1):
@@ -261,7 +261,7 @@ def elbo_from_labels(be, prob: Problem, cell_labels: np.ndarray, group_labels: n
     # order, so equal partitions must also be equally numbered
     st = state_from_labels(be, prob, relabel_by_size(np.asarray(cell_labels))[prob.data.order],
                            relabel_by_size(np.asarray(group_labels)))
-    moves = (learn_group_prior_width,) if prob.learn_x_prior_scale else ()
+    moves = (move_named("learn_group_prior_width"),) if prob.learn_x_prior_scale else ()
     return run_cavi(be, prob, st, max_iter=max_iter, tol=tol, moves=moves).elbo
 
 

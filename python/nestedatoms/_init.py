@@ -61,7 +61,8 @@ def relabel_by_first_appearance(labels: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(first))[inverse.ravel()]
 
 
-def _one_hot(labels: np.ndarray, width: int) -> np.ndarray:
+def one_hot(labels: np.ndarray, width: int) -> np.ndarray:
+    """Hard responsibilities: row i is the indicator of labels[i] among ``width`` columns."""
     out = np.zeros((labels.shape[0], width))
     out[np.arange(labels.shape[0]), labels] = 1.0
     return out
@@ -71,8 +72,8 @@ def state_from_labels(be, prob: Problem, cell_labels: np.ndarray,
                       group_labels: np.ndarray) -> State:
     """A complete state whose local factors are the given hard partition (sorted layout)."""
     K, L = prob.K, prob.L
-    xi = _one_hot(np.asarray(cell_labels), L)
-    rho = _one_hot(np.asarray(group_labels), K)
+    xi = one_hot(np.asarray(cell_labels), L)
+    rho = one_hot(np.asarray(group_labels), K)
     N_jl = np.add.reduceat(xi, prob.offsets[:-1], axis=0)
     zeta = composition_weights(prob.data.group_sizes, prob.donor_concentration)
     w = xi if zeta is None else xi * np.repeat(zeta, prob.data.group_sizes)[:, None]
@@ -133,6 +134,6 @@ def group_feature_views(prob: Problem, N_jl: np.ndarray) -> list:
 def initial_state(be, prob: Problem, rng: np.random.Generator) -> State:
     """The default start: k-means++ on cells, then on group features."""
     cell_labels = kmeans_labels(prob.Y, prob.L, rng)
-    N_jl = np.add.reduceat(_one_hot(cell_labels, prob.L), prob.offsets[:-1], axis=0)
+    N_jl = np.add.reduceat(one_hot(cell_labels, prob.L), prob.offsets[:-1], axis=0)
     group_labels = kmeans_labels(group_features(prob, N_jl), prob.K, rng)
     return state_from_labels(be, prob, cell_labels, group_labels)

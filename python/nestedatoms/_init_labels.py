@@ -96,13 +96,13 @@ def _fill_nearest(Z: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
 def state_from_known(be, prob: Problem, rng, group_codes=None, cell_codes_sorted=None):
     """The first restart's state: the given labels, k-means for whatever is not given."""
-    from ._init import _one_hot, group_features, kmeans_labels, relabel_by_size, state_from_labels
+    from ._init import one_hot, group_features, kmeans_labels, relabel_by_size, state_from_labels
 
     if cell_codes_sorted is None or (cell_codes_sorted < 0).all():
         cells = kmeans_labels(prob.Y, prob.L, rng)
     else:
         cells = relabel_by_size(_fill_nearest(prob.Y, cell_codes_sorted))
-    N_jl = np.add.reduceat(_one_hot(cells, prob.L), prob.offsets[:-1], axis=0)
+    N_jl = np.add.reduceat(one_hot(cells, prob.L), prob.offsets[:-1], axis=0)
     features = group_features(prob, N_jl)
     if group_codes is None or (group_codes < 0).all():
         groups = kmeans_labels(features, prob.K, rng)

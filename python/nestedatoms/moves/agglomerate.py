@@ -1,0 +1,112 @@
+"""Merge many cell atoms at once, at the best level of a greedy agglomeration: repairs a true
+cluster cut into many pieces, where every pairwise merge fails."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._state import Problem, State
+from .._steps import cell_weights, elbo, weighted_entropy
+from ._base import gain_ok, restore, snapshot
+from .merge_atoms import atom_score, fold_atom_stats
+
+
+def _agglomeration(be, prob: Problem, st: State):
+    """Greedy agglomeration of the occupied atoms by the y-part gain of each merge (as in
+    ``_cell_pairs``): the list of partitions it passes through, each a list of atom groups
+    (the first atom of a group is the one that keeps the merged mass)."""
+    groups = {int(l): [int(l)] for l in np.nonzero(st.y_n > 0.5)[0]}
+    stats = {l: (st.y_n[[l]], st.y_s1[[l]], st.y_s2[[l]]) for l in groups}
+    score = {l: atom_score(be, prob, *stats[l]) for l in groups}
+
+    def merged_stats(a, b):
+        return tuple(x + y for x, y in zip(stats[a], stats[b]))
+
+    gain = {}
+    for a in groups:
+        for b in groups:
+            if a < b:
+                gain[a, b] = atom_score(be, prob, *merged_stats(a, b)) - score[a] - score[b]
+    levels = []
+    while len(groups) > 1:
+        a, b = max(gain, key=gain.get)
+        stats[a] = merged_stats(a, b)
+        score[a] = gain[a, b] + score[a] + score[b]
+        groups[a] += groups.pop(b)
+        gain = {k: v for k, v in gain.items() if b not in k and a not in k}
+        for c in groups:
+            if c != a:
+                key = (min(a, c), max(a, c))
+                gain[key] = atom_score(be, prob, *merged_stats(*key)) - score[a] - score[c]
+        levels.append([list(g) for g in groups.values()])
+    return levels
+
+
+def agglomerate_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> bool:
+    """Merge many atoms at once: the best level of a greedy agglomeration, if the ELBO rises.
+
+    Where clusters overlap heavily and the cells are many, a start with many atoms cuts each
+    true cluster into pieces; merging any two pieces fits worse than keeping them, so pairwise
+    merges all fail, while merging all the pieces of a cluster gains what the extra atoms cost.
+    Every level is judged at fixed q(M) from the statistics; merging columns of xi can only
+    lower the entropy of q(M), so the ELBO without that change bounds a level from above and
+    the entropy pass is made only for levels whose bound beats the best so far.  The entropy
+    change is a sum over the merged groups, and each level adds one group, so a pass reads
+    only that group's columns (O(N x its size)).
+    """
+    levels = _agglomeration(be, prob, st)
+    if len(levels) < 2:          # one merge at most: merge_cell_atoms' job
+        return False
+    before = elbo(be, prob, st)
+    saved = snapshot(st)
+    entropy_change = _GroupEntropyChange(be, st.xi, cell_weights(prob, st))
+    best_value, best_level, best_change = before, None, 0.0
+    for i, level in enumerate(levels):
+        fold_atom_stats(be, prob, st, level, n_threads)
+        bound = elbo(be, prob, st)
+        restore(st, saved)
+        saved = snapshot(st)    # the folding works in place: keep a clean copy each time
+        if gain_ok(bound, best_value):
+            change = sum(entropy_change(g) for g in level if len(g) > 1)
+            if gain_ok(bound + change, best_value):
+                best_value, best_level, best_change = bound + change, i, change
+    if best_level is None:
+        return False
+    level = levels[best_level]
+    st.H_xi += best_change
+    fold_atom_stats(be, prob, st, level, n_threads)
+    for group in level:
+        for l in group[1:]:      # column by column: no N x |group| temporary
+            st.xi[:, group[0]] += st.xi[:, l]
+            st.xi[:, l] = 0.0
+    return True
+
+
+class _GroupEntropyChange:
+    """Entropy of q(M) after summing a group of xi's columns, minus before; cached per group
+    and per column, and read by row blocks so that no N x L temporary is made."""
+
+    def __init__(self, be, xi: np.ndarray, weights=None, rows: int = 1 << 15):
+        self.be, self.xi, self.rows, self.weights = be, xi, rows, weights
+        self.columns: dict[int, float] = {}
+        self.groups: dict[tuple, float] = {}
+
+    def _entropy_of_sum(self, cols) -> float:
+        # the backend's entropy, as the cached H_xi is computed, on an (rows, 1) block
+        total = 0.0
+        for start in range(0, self.xi.shape[0], self.rows):
+            block = self.xi[start:start + self.rows, cols].sum(axis=1, keepdims=True)
+            w = None if self.weights is None else self.weights[start:start + self.rows]
+            total += weighted_entropy(self.be, block, w)
+        return total
+
+    def __call__(self, group) -> float:
+        key = tuple(sorted(group))
+        if key not in self.groups:
+            for l in key:
+                if l not in self.columns:
+                    self.columns[l] = self._entropy_of_sum([l])
+            self.groups[key] = (self._entropy_of_sum(list(key))
+                                - sum(self.columns[l] for l in key))
+        return self.groups[key]
+

@@ -1,0 +1,85 @@
+"""Fold one cell atom into another.  The merged statistics are sums of the two atoms'
+statistics; only the entropy of q(M) needs the two columns of xi."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._state import Problem, State
+from .._steps import cell_weights, elbo, weighted_entropy
+from ._base import gain_ok, refresh_without_cells, restore, snapshot
+
+
+def atom_score(be, prob: Problem, n, s1, s2) -> float:
+    """The y part of the ELBO of one atom at its optimal q(theta^y) given its statistics."""
+    p = prob.y_prior
+    m, lam, W, nu = be.nw_posterior(n, s1, s2, prob.y_centre, p.m0, p.lam0, p.W0inv, p.nu0)
+    return (be.nw_loglik_from_stats(n, s1, s2, prob.y_centre, m, lam, W, nu)
+            + be.nw_prior_term(m, lam, W, nu, p.m0, p.lam0, p.W0inv, p.nu0)
+            + be.nw_entropy(m, lam, W, nu))
+
+
+def _cell_pairs(be, prob: Problem, st: State, max_pairs: int):
+    """Occupied atom pairs ranked by the ELBO change of the y part alone when merged."""
+    occupied = np.nonzero(st.y_n > 0.5)[0]
+    if occupied.size < 2:
+        return []
+
+    single = {int(l): atom_score(be, prob, st.y_n[[l]], st.y_s1[[l]], st.y_s2[[l]])
+              for l in occupied}
+    pairs = []
+    for a in range(occupied.size):
+        for b in range(a + 1, occupied.size):
+            l1, l2 = int(occupied[a]), int(occupied[b])
+            idx = [l1, l2]
+            merged = atom_score(be, prob, st.y_n[idx].sum(keepdims=True),
+                                 st.y_s1[idx].sum(0)[None], st.y_s2[idx].sum(0)[None])
+            # merging also frees one atom, which then sits at its prior (score 0 up to terms
+            # that cancel between proposals), so rank by the y-part gain alone
+            pairs.append((-(merged - single[l1] - single[l2]), l1, l2))
+    pairs.sort()
+    return [(l1, l2) for _, l1, l2 in pairs[:max_pairs]]
+
+
+def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
+                     max_pairs: int = 5) -> bool:
+    """Try folding atom l2 into l1 for the most promising pairs; keep every gain found."""
+    changed = False
+    while True:  # ends: every accepted merge empties one more atom
+        before = elbo(be, prob, st)
+        accepted = False
+        for l1, l2 in _cell_pairs(be, prob, st, max_pairs):
+            # The proposal is judged on the statistics alone (nothing below reads xi), so xi
+            # is rewritten only for an accepted merge: one (N, 2) read per proposal.
+            saved = snapshot(st)
+            pair = st.xi[:, [l1, l2]]
+            merged = pair.sum(axis=1, keepdims=True)
+            w = cell_weights(prob, st)
+            st.H_xi = (st.H_xi - weighted_entropy(be, pair, w)
+                       + weighted_entropy(be, merged, w))
+            fold_atom_stats(be, prob, st, [[l1, l2]], n_threads)
+            if gain_ok(elbo(be, prob, st), before):
+                st.xi[:, l1] = merged[:, 0]
+                st.xi[:, l2] = 0.0
+                accepted = changed = True
+                break
+            restore(st, saved)
+        if not accepted:
+            return changed
+
+
+def fold_atom_stats(be, prob: Problem, st: State, groups, n_threads: int) -> None:
+    """Fold each group of atoms into its first one in N_jl and the y statistics (xi and the
+    entropy of q(M) left alone), and refresh the cheap factors."""
+    for g in groups:
+        keep, rest = g[0], g[1:]
+        if not rest:
+            continue
+        st.N_jl[:, keep] += st.N_jl[:, rest].sum(axis=1)
+        st.N_jl[:, rest] = 0.0
+        for name in ("y_n", "y_s1", "y_s2"):
+            arr = getattr(st, name)
+            arr[keep] += arr[rest].sum(axis=0)
+            arr[rest] = 0.0
+    refresh_without_cells(be, prob, st, n_threads)
+
