@@ -9,7 +9,8 @@ import numpy as np
 from ._backend import get_backend, resolve_n_threads
 from ._data import check_constant_columns, prepare_data
 from ._fit import fit_restarts
-from ._batches import in_memory_summary, moves_for, plan_batches
+from ._batches import DEFAULT_DASK_BATCH_SIZE, in_memory_summary, moves_for, plan_batches
+from ._dask import is_dask_array
 from ._state import ConcentrationPrior, Problem, resolve_nw_prior
 from ._steps import expected_stick_weights
 from ._validation import (check_data_size, check_dimension, check_estimator_params,
@@ -298,27 +299,41 @@ class NestedAtomsModel:
         """
         self._check_params()
         be = get_backend(self.backend)
-        # Refuse a fit that cannot fit in memory before copying anything (Y's shape is known
-        # without converting it); checked again below once the data is validated.
-        shape = _shape_of(Y)
-        if shape is not None:
-            check_memory(shape[0], shape[1], int(self.n_cell_clusters), int(self.n_init),
-                         self.backend)
-        data = prepare_data(Y, groups, X, copy=bool(self.copy))
-        check_constant_columns(data.Y, "Y", getattr(Y, "columns", None))
+        batch_size = None if self.batch_size is None else int(self.batch_size)
+        data = None
+        if is_dask_array(Y):
+            data = self._dask_data(Y, groups, X, batch_size, init_group_labels,
+                                   init_cell_labels)
+            if data is None:       # one batch: read it, and fit in memory (same plan)
+                Y = Y.compute()
+            else:
+                batch_size = DEFAULT_DASK_BATCH_SIZE if batch_size is None else batch_size
+        if data is None:
+            # Refuse a fit that cannot fit in memory before copying anything (Y's shape is
+            # known without converting it); checked again below once the data is validated.
+            shape = _shape_of(Y)
+            if shape is not None:
+                check_memory(shape[0], shape[1], int(self.n_cell_clusters), int(self.n_init),
+                             self.backend)
+            data = prepare_data(Y, groups, X, copy=bool(self.copy))
+            check_constant_columns(data.Y, "Y", getattr(Y, "columns", None))
         if data.X is not None:
             check_constant_columns(data.X, "X", getattr(X, "columns", None))
-        batch_size = None if self.batch_size is None else int(self.batch_size)
         plan = plan_batches(data.offsets, batch_size)
         # one batch: the data's summaries as they always were; more: batch by batch, as a
         # dask fit computes them (same bits)
-        summary = None if plan.n_batches == 1 else in_memory_summary(data.Y, plan)
+        summary = getattr(data, "summary", None)
+        if summary is None and plan.n_batches > 1:
+            summary = in_memory_summary(data.Y, plan)
         prob = self._problem(data, batch_size, summary)
         n_threads = resolve_n_threads(self.n_threads)
         check_data_size(data.n_cells, data.n_groups, prob.L)
         check_dimension(data.Y.shape[1])
-        check_memory(data.n_cells, data.Y.shape[1], prob.L, int(self.n_init), self.backend)
-        init_state = self._known_start(prob, init_group_labels, init_cell_labels)
+        if isinstance(data.Y, np.ndarray):
+            check_memory(data.n_cells, data.Y.shape[1], prob.L, int(self.n_init), self.backend)
+            init_state = self._known_start(prob, init_group_labels, init_cell_labels)
+        else:
+            from ._dask import initial_state as init_state
         with self._blas_limits(n_threads), self._progress(int(self.n_init)) as callback:
             best, runs = fit_restarts(be, prob, int(self.n_init), int(self.max_iter),
                                       float(self.tol), self.random_state, n_threads,
@@ -327,6 +342,18 @@ class NestedAtomsModel:
         self._set_results(prob, best, runs)
         self._warn_unconverged(best)
         return self
+
+    def _dask_data(self, Y, groups, X, batch_size, init_group_labels, init_cell_labels):
+        """The cells of a dask Y, validated and summarised on the workers (``_dask``); None
+        when the batch plan has one batch."""
+        from ._dask import prepare_dask_data
+
+        if init_group_labels is not None or init_cell_labels is not None:
+            raise ValueError("init_group_labels / init_cell_labels are not supported with a "
+                             "dask array Y; fit without them, or pass Y.compute().")
+        return prepare_dask_data(Y, groups, X,
+                                 DEFAULT_DASK_BATCH_SIZE if batch_size is None else batch_size,
+                                 self.backend, self.n_threads)
 
     @staticmethod
     def _known_start(prob, init_group_labels, init_cell_labels):
@@ -395,7 +422,10 @@ class NestedAtomsModel:
         # cell_probs_ is derived from state_.xi on first access (see the property): the fit
         # does not hold a second N x L array just to return it.
         self.__dict__.pop("_cell_probs", None)
-        self.cell_labels_ = data.to_caller_order(np.argmax(st.xi, axis=1))
+        # with the cells on dask workers, xi is recomputed there by a last map
+        labels = (np.argmax(st.xi, axis=1) if isinstance(st.xi, np.ndarray)
+                  else st.xi.labels(prob))
+        self.cell_labels_ = data.to_caller_order(labels)
         self.group_weights_ = expected_stick_weights(st.v_a, st.v_b)[:, 0]
         self.cell_weights_ = expected_stick_weights(st.u_a, st.u_b)
         self.cell_means_ = st.my.copy()
@@ -460,7 +490,10 @@ class NestedAtomsModel:
         if "state_" not in self.__dict__ or "problem_" not in self.__dict__:
             raise AttributeError("'NestedAtomsModel' object has no attribute 'cell_probs_' "
                                  "(not fitted yet; call fit first)")
-        probs = self.problem_.data.to_caller_order(self.state_.xi)
+        xi = self.state_.xi
+        # cells on dask workers: a lazy dask array, computed (8 N L bytes) only when asked
+        probs = (self.problem_.data.to_caller_order(xi) if isinstance(xi, np.ndarray)
+                 else xi.probs(self.problem_))
         self.__dict__["_cell_probs"] = probs
         return probs
 
