@@ -390,9 +390,13 @@ def write_sorted_zarr(Y, groups, path, chunk_rows: int = 1 << 16):
     Yd = Y if is_dask_array(Y) else da.from_array(np.asarray(Y), chunks=(chunk_rows, -1))
     sorted_Y = Yd[order].astype(np.float64).rechunk((chunk_rows, -1))
     sorted_groups = np.asarray(uniques)[codes[order]]
-    if sorted_groups.dtype == object:        # zarr stores no Python objects
-        sorted_groups = sorted_groups.astype(str)
     root = zarr.open_group(str(path), mode="w")
     da.to_zarr(sorted_Y, root.store, component="Y", overwrite=True)
-    root.create_array("groups", data=sorted_groups)
+    if sorted_groups.dtype.kind in "OUS":
+        # zarr's variable-length strings (labels of other types are written as they are)
+        sorted_groups = sorted_groups.astype(str)
+        stored = root.create_array("groups", shape=sorted_groups.shape, dtype=str)
+        stored[:] = sorted_groups
+    else:
+        root.create_array("groups", data=sorted_groups)
     return da.from_zarr(str(path), component="Y"), sorted_groups
