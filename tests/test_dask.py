@@ -136,3 +136,49 @@ def test_import_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def _anndata_store(cohort, tmp_path):
+    ad = pytest.importorskip("anndata")
+    import pandas as pd
+
+    sim, path, groups, _ = cohort
+    Y = np.asarray(_zarr_cells(path).compute())
+    obs = pd.DataFrame({"donor_id": pd.Categorical(groups)},
+                       index=[f"cell{i}" for i in range(groups.size)])
+    adata = ad.AnnData(obs=obs, obsm={"X_pca": Y})
+    adata.write_zarr(tmp_path / "cells.h5ad.zarr")
+    return ad, adata, tmp_path / "cells.h5ad.zarr"
+
+
+def _same_results(lazy, memory):
+    assert lazy.obs.equals(memory.obs)
+    assert np.array_equal(np.asarray(lazy.obsm["nam_cell_probs"].compute()),
+                          memory.obsm["nam_cell_probs"])
+    assert np.array_equal(lazy.uns["nam"]["elbo_trace"], memory.uns["nam"]["elbo_trace"])
+    assert lazy.uns["nam"]["groups"].equals(memory.uns["nam"]["groups"])
+
+
+TL = dict(batch_size=BATCH, n_init=1, max_iter=6, tol=0, verbose=0)
+
+
+def test_tl_fit_on_an_anndata_with_a_dask_representation(cohort, tmp_path):
+    ad, memory, store = _anndata_store(cohort, tmp_path)
+    import zarr
+
+    root = zarr.open_group(str(store), mode="r")
+    lazy = ad.AnnData(obs=ad.io.read_elem(root["obs"]),
+                      obsm={"X_pca": ad.experimental.read_elem_lazy(root["obsm"]["X_pca"])})
+    assert hasattr(lazy.obsm["X_pca"], "dask")
+    na.tl.fit(lazy, **TL)
+    na.tl.fit(memory, **TL)
+    _same_results(lazy, memory)
+
+
+def test_tl_fit_on_read_lazy(cohort, tmp_path):
+    pytest.importorskip("xarray")
+    ad, memory, store = _anndata_store(cohort, tmp_path)
+    lazy = ad.experimental.read_lazy(str(store))
+    na.tl.fit(lazy, **TL)
+    na.tl.fit(memory, **TL)
+    _same_results(lazy, memory)

@@ -89,6 +89,12 @@ def save_model(model, path) -> None:
     prob: Problem = model.problem_
     st: State = model.state_
     data = prob.data
+    if not isinstance(data.Y, np.ndarray):
+        raise ValueError(
+            "this model was fit on a dask array: its cells stay in their store and xi on the "
+            "workers, while a model file holds both (8 N (p + L) bytes). Keep the fitted "
+            "attributes instead (nestedatoms.tl.fit writes them into the AnnData), or save a "
+            "model fit in memory.")
     arrays = {}
     arrays["data/Y"] = data.Y
     arrays["data/offsets"] = data.offsets
