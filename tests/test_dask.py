@@ -182,3 +182,22 @@ def test_tl_fit_on_read_lazy(cohort, tmp_path):
     na.tl.fit(lazy, **TL)
     na.tl.fit(memory, **TL)
     _same_results(lazy, memory)
+
+
+def test_cli_fit_on_a_scheduler_address(cohort, tmp_path):
+    ad, adata, _ = _anndata_store(cohort, tmp_path)
+    from nestedatoms.cli import main
+
+    source = tmp_path / "cells.h5ad"
+    adata.write_h5ad(source)
+    common = ["fit", str(source), "--group-key", "donor_id", "--batch-size", str(BATCH),
+              "--n-init", "1", "--max-iter", "6", "--tol", "0", "--quiet", "--no-rank-genes"]
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster:
+        assert main(common[:2] + [str(tmp_path / "dask.h5ad")] + common[2:]
+                    + ["--scheduler", cluster.scheduler_address]) == 0
+    assert main(common[:2] + [str(tmp_path / "memory.h5ad")] + common[2:]) == 0
+    on_dask, in_memory = (ad.read_h5ad(tmp_path / f"{n}.h5ad") for n in ("dask", "memory"))
+    assert on_dask.obs.equals(in_memory.obs)
+    assert np.array_equal(on_dask.obsm["nam_cell_probs"], in_memory.obsm["nam_cell_probs"])
+    assert np.array_equal(on_dask.uns["nam"]["elbo_trace"], in_memory.uns["nam"]["elbo_trace"])
