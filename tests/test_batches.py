@@ -8,8 +8,10 @@ import pytest
 import nestedatoms as na
 from nestedatoms._backend import get_backend
 from nestedatoms._init import state_from_labels
-from nestedatoms._steps import elbo, update_cells
-from nestedatoms._batches import (COLUMN_MOVES, in_memory_summary, moves_for, plan_batches)
+from nestedatoms._steps import elbo, update_cells, weighted_entropy
+from nestedatoms._batches import (COLUMN_MOVES, batched_entropies_of_sums, in_memory_summary,
+                                  moves_for, plan_batches)
+from nestedatoms.moves import merge_cell_atoms
 from nestedatoms._data import exact_column_means, prepare_data
 from nestedatoms._state import sample_covariance
 
@@ -92,13 +94,41 @@ def test_several_batches_agree_with_one():
     assert elbo(be, prob, s2) == pytest.approx(elbo(be, one.problem_, s1), rel=1e-12)
 
 
-def test_column_moves_only_with_one_batch():
+def test_split_move_only_with_one_batch():
     sim = _cohort(4)
     one = _fit(sim, None, 1, max_iter=2)
     many = _fit(sim, 300, 1, max_iter=2)
-    names = {m.name for m in moves_for(one.problem_)}
-    assert set(COLUMN_MOVES) <= names
-    assert not set(COLUMN_MOVES) & {m.name for m in moves_for(many.problem_)}
+    assert COLUMN_MOVES == ("split_cell_atoms",)
+    assert "split_cell_atoms" in {m.name for m in moves_for(one.problem_)}
+    names = {m.name for m in moves_for(many.problem_)}
+    assert "split_cell_atoms" not in names
+    assert {"merge_cell_atoms", "agglomerate_cell_atoms"} <= names
+
+
+def test_atom_merges_by_batch_match_the_whole():
+    """The batched entropy of xi's columns (the atom merges' pass over the cells) is the
+    whole-data entropy to rounding, and a merge accepted by batches is the one-batch merge."""
+    sim = _cohort(6)
+    one = _fit(sim, None, 1, max_iter=4)
+    prob = copy.copy(one.problem_)
+    prob.batches = plan_batches(prob.offsets, 250)
+    be = get_backend("cpp")
+    st = one.state_
+    sets = [(0,), (1,), (0, 1), (0, 1, 2)]
+    by_batch = batched_entropies_of_sums(be, prob, st, sets)
+    whole = [weighted_entropy(be, st.xi[:, list(c)].sum(axis=1, keepdims=True), None)
+             for c in sets]
+    np.testing.assert_allclose(by_batch, whole, rtol=1e-12)
+    # an over-split start: both paths merge atoms and reach the same ELBO to rounding
+    labels = np.arange(st.xi.shape[0]) % 8
+    groups = st.rho.argmax(axis=1)
+    a = state_from_labels(be, one.problem_, labels, groups)
+    b = state_from_labels(be, prob, labels, groups)
+    update_cells(be, one.problem_, a)
+    update_cells(be, prob, b)
+    assert merge_cell_atoms(be, one.problem_, a) and merge_cell_atoms(be, prob, b)
+    assert elbo(be, prob, b) == pytest.approx(elbo(be, one.problem_, a), rel=1e-10)
+    np.testing.assert_allclose(b.xi, a.xi, rtol=0, atol=1e-12)
 
 
 def test_batched_fit_is_monotone():

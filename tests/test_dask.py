@@ -100,7 +100,8 @@ def test_threaded_scheduler_moves_and_default_batch_size(cohort):
     Y = _zarr_cells(path)
     on_dask = na.NestedAtomsModel(**params).fit(Y, groups, sim.X)
     in_memory = na.NestedAtomsModel(**params).fit(np.asarray(Y.compute()), groups, sim.X)
-    assert {"sort_clusters", "search_group_partition"} <= {m["move"] for m in on_dask.moves_}
+    fired = {m["move"] for m in on_dask.moves_}
+    assert {"sort_clusters", "merge_cell_atoms", "search_group_partition"} <= fired
     assert on_dask.moves_ == in_memory.moves_
     _assert_same_bits(on_dask, in_memory)
     params = {**FIT, "batch_size": None, "n_init": 1, "max_iter": 3}

@@ -200,14 +200,56 @@ def batched_weighted_stats(be, Y, w, centre, plan: BatchPlan):
     return tuple(add_in_order([p[i] for p in parts]) for i in range(3))
 
 
-# The moves that read columns of xi across all cells.  With more than one batch they are not
-# run (in memory as on dask, so that both give the same bits): see docs/scale-out.md.
-COLUMN_MOVES = ("merge_cell_atoms", "agglomerate_cell_atoms", "split_cell_atoms")
+# ---------------------------------------------------------------------------------------------
+# Columns of xi, batch by batch (the cell-atom merges)
+# ---------------------------------------------------------------------------------------------
+def entropies_of_sums(be, xi_rows: np.ndarray, weights, column_sets) -> list:
+    """For each set of xi's columns, sum_i w_i h(sum of those columns in row i) over the given
+    rows (h(x) = -x log x; the backend's entropy, as H_xi is computed)."""
+    from ._steps import weighted_entropy
+
+    return [weighted_entropy(be, np.ascontiguousarray(
+        xi_rows[:, list(cols)].sum(axis=1, keepdims=True)), weights) for cols in column_sets]
+
+
+def batched_entropies_of_sums(be, prob, st, column_sets) -> list:
+    """``entropies_of_sums`` over all cells, batch by batch, added in batch order (on the
+    workers when xi is kept there)."""
+    from ._steps import group_weights
+
+    zeta = group_weights(prob, st)
+    if isinstance(st.xi, np.ndarray):
+        parts = []
+        for g0, g1, r0, r1 in prob.batches:
+            w = (None if zeta is None
+                 else np.repeat(zeta[g0:g1], np.diff(prob.offsets[g0:g1 + 1])))
+            parts.append(entropies_of_sums(be, st.xi[r0:r1], w, column_sets))
+    else:
+        parts = st.xi.entropies_of_sums(prob, zeta, column_sets)
+    return [float(add_in_order([p[i] for p in parts])) for i in range(len(column_sets))]
+
+
+def fold_columns(xi, groups):
+    """Fold each group of xi's columns into its first (column by column: no N x |group|
+    temporary); returns xi (in place), or a folded stand-in for an xi kept on workers."""
+    if not isinstance(xi, np.ndarray):
+        return xi.folded(groups)
+    for group in groups:
+        for l in group[1:]:
+            xi[:, group[0]] += xi[:, l]
+            xi[:, l] = 0.0
+    return xi
+
+
+# The moves that need rows of xi across all cells (the split of an atom cuts its cells by
+# 2-means on y and re-runs their cell step).  With more than one batch it is not run (in
+# memory as on dask, so that both give the same bits): see docs/scale-out.md.
+COLUMN_MOVES = ("split_cell_atoms",)
 
 
 def moves_for(prob):
     """The fit's moves for this problem: all of them with one batch, and without the moves
-    that need xi's columns (``COLUMN_MOVES``) with more."""
+    that need rows of xi across batches (``COLUMN_MOVES``) with more."""
     from .moves import DEFAULT_MOVES
 
     if prob.batches.n_batches == 1:

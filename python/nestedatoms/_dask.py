@@ -149,20 +149,38 @@ def _w_start_stats(Yb, offsets, zeta, ref, centres, rank, L, centre, backend):
     return N_jl, get_backend(backend).weighted_stats(Y, w, centre)
 
 
-def _w_cell_step(Yb, offsets, rho, zeta, inputs, backend, n_threads, want="stats"):
-    """The cell step on one batch: its statistics, or (``want``) its labels or xi."""
+def _apply_ops(xi, ops):
+    """Replay on a batch's xi what the moves did to xi in memory since the cell step."""
+    from ._batches import fold_columns
+
+    for op in ops:
+        if op[0] == "perm":
+            xi[...] = xi[:, op[1]]                  # as the sort move permutes xi in memory
+        else:
+            fold_columns(xi, op[1])                 # as the atom merges fold its columns
+
+
+def _w_cell_step(Yb, offsets, rho, zeta, inputs, backend, n_threads, want="stats", ops=(),
+                 now_zeta=None, column_sets=()):
+    """The cell step on one batch: its statistics, or (``want``) its labels, its xi, or the
+    entropies of sums of xi's columns (``column_sets``, cells weighted by ``now_zeta``)."""
     from ._backend import get_backend, resolve_n_threads
 
-    elog_omega, m, lam, W, nu, centre, perm = inputs
+    elog_omega, m, lam, W, nu, centre = inputs
     Y = _as_cells(Yb)
     L = elog_omega.shape[0]
+    be = get_backend(backend)
     xi = np.empty((Y.shape[0], L)) if want == "probs" else _xi_buffer(Y.shape[0], L)
-    stats = get_backend(backend).cell_step(Y, offsets, rho, elog_omega, m, lam, W, nu, centre,
-                                           xi, resolve_n_threads(n_threads), zeta)
+    stats = be.cell_step(Y, offsets, rho, elog_omega, m, lam, W, nu, centre, xi,
+                         resolve_n_threads(n_threads), zeta)
     if want == "stats":
         return stats
-    if perm is not None:
-        xi[...] = xi[:, perm]                       # as the sort move permutes xi in memory
+    _apply_ops(xi, ops)
+    if want == "entropies":
+        from ._batches import entropies_of_sums
+
+        w = None if now_zeta is None else np.repeat(now_zeta, np.diff(offsets))
+        return entropies_of_sums(be, xi, w, column_sets)
     return xi if want == "probs" else np.argmax(xi, axis=1)
 
 
@@ -173,16 +191,17 @@ class WorkerXi:
     """Stands in for xi (N, L) when the cells are on dask workers.
 
     Holds how to recompute it: the inputs of the last cell step (J-level: rho, E log omega,
-    the y atoms, the donor weights) and the column permutation applied since.  Immutable, so
-    the fit's checkpoint and restarts may share it; every change makes a new one.
+    the y atoms, the donor weights) and what the moves did to xi since (column permutations
+    and folds, replayed in order).  Immutable, so the fit's checkpoint and restarts may share
+    it; every change makes a new one.
     """
 
     ndim = 2
 
-    def __init__(self, n_cells: int, L: int, step=None, perm=None):
+    def __init__(self, n_cells: int, L: int, step=None, ops=()):
         self.shape = (int(n_cells), int(L))
         self._step = step          # (rho, zeta, (elog_omega, m, lam, W, nu, centre)) or None
-        self._perm = perm
+        self._ops = tuple(ops)
 
     def __copy__(self):
         return self
@@ -192,11 +211,12 @@ class WorkerXi:
 
     def permuted(self, perm) -> "WorkerXi":
         """xi[:, perm], as a new stand-in."""
-        perm = np.asarray(perm)
-        total = perm if self._perm is None else self._perm[perm]
-        if np.array_equal(total, np.arange(total.size)):
-            total = None
-        return WorkerXi(self.shape[0], self.shape[1], self._step, total)
+        return WorkerXi(*self.shape, self._step, self._ops + (("perm", np.asarray(perm)),))
+
+    def folded(self, groups) -> "WorkerXi":
+        """xi with each group of columns folded into its first, as a new stand-in."""
+        groups = [list(map(int, g)) for g in groups]
+        return WorkerXi(*self.shape, self._step, self._ops + (("fold", groups),))
 
     def cell_step(self, be, prob, st, n_threads):
         """The cell step on the workers: (the new stand-in, (N_jl, n, s1, s2, H))."""
@@ -204,23 +224,31 @@ class WorkerXi:
 
         inputs = (_elog_omega(be, st), st.my, st.lamy, st.Wy, st.nuy, prob.y_centre)
         step = (st.rho.copy(), group_weights(prob, st), inputs)
-        stats = self._map(prob, step, None, "stats")
+        stats = self._map(prob, "stats", step=step)
         return WorkerXi(*self.shape, step), combine_cell_stats(stats)
 
-    def _map(self, prob, step, perm, want):
+    def _map(self, prob, want, step=None, now_zeta=None, column_sets=()):
         data = prob.data
-        rho, zeta, inputs = step
+        rho, zeta, inputs = step or self._require_step()
         per_batch = list(zip(data.local_offsets(), data.group_slices(rho),
                              data.group_slices(zeta)))
-        return data.map(_w_cell_step, per_batch, (*inputs, perm), data.backend,
-                        data.n_threads, want)
+        return data.map(_w_cell_step_each,
+                        [(*args, nz) for args, nz in zip(per_batch, data.group_slices(now_zeta))],
+                        inputs, data.backend, data.n_threads, want, self._ops, column_sets)
+
+    def _require_step(self):
+        if self._step is None:
+            raise ValueError("no cell step has run yet")
+        return self._step
+
+    def entropies_of_sums(self, prob, now_zeta, column_sets) -> list:
+        """Each batch's ``_batches.entropies_of_sums`` of the current xi, in batch order."""
+        return self._map(prob, "entropies", now_zeta=now_zeta,
+                         column_sets=[list(map(int, c)) for c in column_sets])
 
     def labels(self, prob) -> np.ndarray:
         """argmax of each cell's xi (N,), computed by a last map over the batches."""
-        if self._step is None:
-            raise ValueError("no cell step has run yet")
-        return np.concatenate(self._map(prob, self._step, self._perm, "labels")).astype(
-            np.int64, copy=False)
+        return np.concatenate(self._map(prob, "labels")).astype(np.int64, copy=False)
 
     def probs(self, prob):
         """xi (N, L) as a lazy dask array, one chunk per batch (computed when asked for)."""
@@ -228,17 +256,22 @@ class WorkerXi:
         import dask.array as da
 
         data = prob.data
-        rho, zeta, inputs = self._step
+        rho, zeta, inputs = self._require_step()
         parts = []
         for block, offsets, rho_b, zeta_b, (_, _, r0, r1) in zip(
                 data.blocks(), data.local_offsets(), data.group_slices(rho),
                 data.group_slices(zeta), data.plan):
-            task = dask.delayed(_w_cell_step)(block, offsets, rho_b, zeta_b,
-                                              (*inputs, self._perm), data.backend,
-                                              data.n_threads, "probs")
+            task = dask.delayed(_w_cell_step)(block, offsets, rho_b, zeta_b, inputs,
+                                              data.backend, data.n_threads, "probs", self._ops)
             parts.append(da.from_delayed(task, shape=(r1 - r0, self.shape[1]),
                                          dtype=np.float64))
         return da.concatenate(parts, axis=0)
+
+
+def _w_cell_step_each(Yb, offsets, rho, zeta, now_zeta, inputs, backend, n_threads, want, ops,
+                      column_sets):
+    return _w_cell_step(Yb, offsets, rho, zeta, inputs, backend, n_threads, want, ops,
+                        now_zeta, column_sets)
 
 
 def initial_state(be, prob, rng):
