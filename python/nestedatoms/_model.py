@@ -99,9 +99,9 @@ class NestedAtomsModel:
         depends on the data and this number only, so a fit gives the same bits whatever the
         number of threads or dask workers.  None: one batch for an in-memory Y (the fit as
         it always was) and 262144 cells for a dask array Y; pass the same number to compare a
-        dask fit with an in-memory one bit for bit.  With more than one batch the moves that
-        need xi's columns (merging, agglomerating and splitting cell atoms) are not run, in
-        memory as on dask, so the two stay equal (docs/scale-out.md).
+        dask fit with an in-memory one bit for bit.  With more than one batch the split of
+        cell atoms is not run, in memory as on dask, so the two stay equal (the merges run
+        batch by batch; docs/scale-out.md).
 
     Attributes
     ----------
