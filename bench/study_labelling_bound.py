@@ -49,7 +49,7 @@ def score(be, prob, cell_labels_sorted, group_labels):
     """(ELBO, bound result, state) at the CAVI optimum reached from a hard partition."""
     st = state_from_labels(be, prob, relabel_by_size(np.asarray(cell_labels_sorted)),
                            relabel_by_size(np.asarray(group_labels)))
-    moves = (move_named("learn_group_prior_width"),) if prob.learn_x_prior_scale else ()
+    moves = (move_named("learn_group_prior_scale"),) if prob.learn_group_prior_scale else ()
     run = run_cavi(be, prob, st, max_iter=1000, tol=1e-9, moves=moves)
     res = labelling_bound(be, prob, run.state)
     return res, run.state

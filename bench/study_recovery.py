@@ -300,7 +300,7 @@ def simulator_problem(prob, sim, lam=0.1):
     from nestedatoms._state import NWPrior
 
     out = copy.copy(prob)
-    out.learn_x_prior_scale = False        # the true prior, not a width fitted to the data
+    out.learn_group_prior_scale = False        # the true prior, not a width fitted to the data
     q, p = sim.X.shape[1], sim.Y.shape[1]
     out.x_prior = NWPrior(m0=np.zeros(q), lam0=lam, W0inv=np.eye(q), nu0=q + 5.0)
     out.y_prior = NWPrior(m0=np.zeros(p), lam0=lam, W0inv=np.eye(p), nu0=p + 5.0)

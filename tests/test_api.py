@@ -232,3 +232,27 @@ def test_verbose_shows_a_progress_bar(capsys):
                         random_state=0, verbose=1).fit(sim.Y, sim.groups, sim.X)
     err = capsys.readouterr().err
     assert "restart 1/2" in err and "restart 2/2" in err and "5/5" in err
+
+
+def test_the_progress_bar_names_the_costly_move_that_runs(capsys):
+    # converging runs reach the at-convergence moves: the bar says which one runs
+    sim = _sim(seed=1, n_groups=6)
+    model = na.NestedAtomsModel(n_group_clusters=3, n_cell_clusters=4, n_init=1,
+                                random_state=0, verbose=1).fit(sim.Y, sim.groups, sim.X)
+    err = capsys.readouterr().err
+    assert model.timings_["move:search_group_partition"] > 0
+    assert "search group partition" in err and "split cell atoms" in err
+
+
+def test_phases_before_a_restart_has_a_bar_are_ignored():
+    import io
+
+    from nestedatoms._progress import FitProgress
+
+    out = io.StringIO()
+    with FitProgress(2, 10, file=out) as progress:
+        progress.phase(0, "search_group_partition")      # no bar yet: nothing to show
+        progress(0, 1, -5.0)
+        progress.phase(1, "split_cell_atoms")            # another restart's: ignored
+        progress.phase(0, "split_cell_atoms")
+    assert "split cell atoms" in out.getvalue() and "search group" not in out.getvalue()

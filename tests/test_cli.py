@@ -124,7 +124,7 @@ def test_fit_learns_the_group_prior_width_unless_told_not_to(tmp_path):
                      *SMALL_MODEL, "--force", *flag]) == 0      # the outputs exist after 1
         model = na.NestedAtomsModel.load(model_path)
         assert model.learn_group_prior_scale == param
-        assert model.problem_.learn_x_prior_scale is learned
+        assert model.problem_.learn_group_prior_scale is learned
         scales.setdefault(learned, []).append(model.group_prior_scale_)
     assert scales[False] == [1.0, 1.0] and all(0.0 < f <= 1.0 for f in scales[True])
 
@@ -180,6 +180,14 @@ def test_fit_with_conditions_umap_plots_then_predict(tmp_path, capsys):
     assert ari(mapped.obs["true_cell_cluster"], mapped.obs["nam_cell_cluster"]) > 0.9
     assert sorted(p.name for p in (tmp_path / "mapped_plots").iterdir()) == [
         "nestedatoms_cells.png", "nestedatoms_donors.png"]
+    # the fit's output records its model file, so it serves as the reference itself
+    assert out.uns["nam"]["model_file"] == str(model_path.resolve())
+    by_ref = tmp_path / "mapped_by_ref.h5ad"
+    assert main(["predict", str(tmp_path / "new.h5ad"), str(out_path), str(by_ref),
+                 "--group-key", "donor_id", "--group-feature-columns", "x0", "x1"]) == 0
+    capsys.readouterr()
+    assert (anndata.read_h5ad(by_ref).obs["nam_cell_cluster"]
+            == mapped.obs["nam_cell_cluster"]).all()
     # a new donor without its features: the error names the fix
     assert main(["predict", str(tmp_path / "new.h5ad"), str(model_path),
                  str(tmp_path / "mapped2.h5ad"), "--group-key", "donor_id"]) == 2

@@ -5,7 +5,7 @@ import pytest
 
 from scipy.special import entr
 
-from nestedatoms.moves import (agglomerate_cell_atoms, learn_group_prior_width,
+from nestedatoms.moves import (agglomerate_cell_atoms, learn_group_prior_scale,
                                 merge_cell_atoms, merge_group_clusters, search_group_partition,
                                 sort_clusters, split_cell_atoms)
 from nestedatoms._steps import BLOCKS, elbo
@@ -46,9 +46,9 @@ def test_learning_the_x_prior_width_raises_the_elbo(backend, seed):
     for name, update in BLOCKS:
         update(backend, prob, st)
     before = elbo(backend, prob, st)
-    assert learn_group_prior_width(backend, prob, st)
+    assert learn_group_prior_scale(backend, prob, st)
     assert elbo(backend, prob, st) >= before - _tolerance(before)
-    assert 0.0 < st.x_prior_scale < 0.999
+    assert 0.0 < st.group_prior_scale < 0.999
     # and the sweeps under the learned width stay monotone
     current = elbo(backend, prob, st)
     for name, update in BLOCKS:
@@ -61,7 +61,7 @@ def test_learning_the_x_prior_width_raises_the_elbo(backend, seed):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("move", [merge_cell_atoms, merge_group_clusters, sort_clusters,
                                   agglomerate_cell_atoms, split_cell_atoms,
-                                  search_group_partition, learn_group_prior_width])
+                                  search_group_partition, learn_group_prior_scale])
 def test_moves_never_lower_the_elbo(backend, kind, move):
     prob = make_problem(kind, seed=3, K=5, L=6)
     st = random_state_for(backend, prob, 3)

@@ -11,7 +11,7 @@ from sklearn.metrics import adjusted_rand_score as ari
 
 import nestedatoms as na
 from nestedatoms._backend import get_backend
-from nestedatoms._steps import _x_bound_at_scale, elbo, learn_x_prior_scale, update_x_atoms
+from nestedatoms._steps import _x_bound_at_scale, best_group_prior_scale, elbo, update_x_atoms
 
 from conftest import make_problem, random_state_for
 
@@ -19,7 +19,7 @@ from conftest import make_problem, random_state_for
 def _elbo_at_scale(be, prob, st, f):
     """The full ELBO with the width fixed at f and q(theta^x) at its optimum."""
     trial = st.copy()
-    trial.x_prior_scale = f
+    trial.group_prior_scale = f
     update_x_atoms(be, prob, trial)
     return elbo(be, prob, trial)
 
@@ -44,7 +44,7 @@ def test_learned_width_maximises_the_elbo(backend, seed):
     by the backend, not by the closed form the search uses), within [e^-8, 1]."""
     prob = make_problem("nam", seed=seed, learn_group_prior_scale=True)
     st = random_state_for(backend, prob, seed)
-    f = learn_x_prior_scale(backend, prob, st)
+    f = best_group_prior_scale(backend, prob, st)
     at = _elbo_at_scale(backend, prob, st, f)
     grid = np.exp(np.linspace(-8.0, 0.0, 161))
     best_on_grid = max(_elbo_at_scale(backend, prob, st, g) for g in grid)
@@ -58,7 +58,7 @@ def test_backends_learn_the_same_width():
     scales = []
     for name in ("cpp", "numpy"):
         be = get_backend(name)
-        scales.append(learn_x_prior_scale(be, prob, random_state_for(be, prob, 4)))
+        scales.append(best_group_prior_scale(be, prob, random_state_for(be, prob, 4)))
     assert scales[0] == pytest.approx(scales[1], rel=1e-9)
 
 
@@ -88,7 +88,7 @@ def test_learned_width_recovers_tight_clusters_the_fixed_width_merges():
     fixed = na.NestedAtomsModel(learn_group_prior_scale=False, **kwargs).fit(
         sim.Y, sim.groups, sim.X)
     learned = na.NestedAtomsModel(**kwargs).fit(sim.Y, sim.groups, sim.X)    # the default
-    assert learned.problem_.learn_x_prior_scale      # "auto" learns it for this prior
+    assert learned.problem_.learn_group_prior_scale      # "auto" learns it for this prior
     assert ari(sim.group_truth, fixed.group_labels_) < 1.0
     assert ari(sim.group_truth, learned.group_labels_) == 1.0
     assert learned.group_prior_scale_ < 0.5
@@ -126,7 +126,7 @@ def test_width_survives_save_and_load(tmp_path, param, saved):
     model.save(tmp_path / "m.nam")
     back = na.NestedAtomsModel.load(tmp_path / "m.nam")
     assert back.group_prior_scale_ == model.group_prior_scale_
-    assert back.problem_.learn_x_prior_scale
+    assert back.problem_.learn_group_prior_scale
     assert back.get_params()["learn_group_prior_scale"] == saved
     assert type(back.get_params()["learn_group_prior_scale"]) is type(saved)
     from sklearn.base import clone
@@ -158,32 +158,60 @@ def test_a_file_saved_before_the_option_loads_with_the_prior_as_set(tmp_path):
     with np.load(tmp_path / "new.npz") as arrays:
         contents = {k: arrays[k] for k in arrays.files}
     meta = json.loads(contents["metadata.json"].tobytes())
-    del meta["state_scalars"]["x_prior_scale"]
-    del meta["problem"]["learn_x_prior_scale"]
+    del meta["state_scalars"]["group_prior_scale"]
+    del meta["problem"]["learn_group_prior_scale"]
     del meta["params"]["learn_group_prior_scale"]
     contents["metadata.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     np.savez(tmp_path / "old.npz", **contents)
     old = na.NestedAtomsModel.load(tmp_path / "old.npz")
-    assert old.state_.x_prior_scale == 1.0 and old.group_prior_scale_ == 1.0
-    assert not old.problem_.learn_x_prior_scale and old.learn_group_prior_scale is False
+    assert old.state_.group_prior_scale == 1.0 and old.group_prior_scale_ == 1.0
+    assert not old.problem_.learn_group_prior_scale and old.learn_group_prior_scale is False
     assert old.elbo_ == model.elbo_
     old.resume(n_iter=2)
     assert old.elbo_ >= model.elbo_ - 1e-9 * abs(model.elbo_)
+
+
+def test_files_written_under_the_old_names_of_the_width_load_the_same(tmp_path):
+    """Files written before the x prior's width took the parameter's name everywhere
+    (state 'x_prior_scale', problem 'learn_x_prior_scale') load as the same model."""
+    import json
+
+    sim = na.simulate(n_groups=8, cells_per_group=30, lam_x=0.01, random_state=3)
+    model = na.NestedAtomsModel(n_init=1, random_state=0, n_threads=1).fit(
+        sim.Y, sim.groups, sim.X)
+    assert model.problem_.learn_group_prior_scale
+    model.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as arrays:
+        contents = {k: arrays[k] for k in arrays.files}
+    meta = json.loads(contents["metadata.json"].tobytes())
+    meta["state_scalars"]["x_prior_scale"] = meta["state_scalars"].pop("group_prior_scale")
+    meta["problem"]["learn_x_prior_scale"] = meta["problem"].pop("learn_group_prior_scale")
+    contents["metadata.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "old.npz", **contents)
+    old = na.NestedAtomsModel.load(tmp_path / "old.npz")
+    assert old.group_prior_scale_ == model.group_prior_scale_
+    assert old.problem_.learn_group_prior_scale and old.elbo_ == model.elbo_
+    # both names at once is no file any release wrote
+    meta["state_scalars"]["group_prior_scale"] = meta["state_scalars"]["x_prior_scale"]
+    contents["metadata.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "both.npz", **contents)
+    with pytest.raises(na.ModelFileError, match="both 'x_prior_scale' and 'group_prior_scale'"):
+        na.NestedAtomsModel.load(tmp_path / "both.npz")
 
 
 @pytest.mark.parametrize("log_f, covariance_prior", [(2.0, 1e-3), (-9.0, 1e3)])
 def test_a_width_outside_the_bounds_is_kept_unless_beaten(backend, log_f, covariance_prior):
     """A state whose f lies outside [e^-8, 1] (a hand-edited file, a study that lifted the
     cap) is not clipped into a worse value: learning the width still never lowers the ELBO."""
-    from nestedatoms.moves import learn_group_prior_width
+    from nestedatoms.moves import learn_group_prior_scale
 
     prob = make_problem("nam", seed=1, learn_group_prior_scale=True,
                         group_prior={"covariance_prior": covariance_prior})
     st = random_state_for(backend, prob, 1)
-    st.x_prior_scale = float(np.exp(log_f))
+    st.group_prior_scale = float(np.exp(log_f))
     update_x_atoms(backend, prob, st)
     before = elbo(backend, prob, st)
-    learn_group_prior_width(backend, prob, st)
+    learn_group_prior_scale(backend, prob, st)
     assert elbo(backend, prob, st) >= before - 1e-9 * abs(before)
 
 
@@ -200,19 +228,19 @@ def test_a_partition_is_scored_at_its_own_width():
                       lam_x=0.01, lam_y=0.01, random_state=4007)
     prob = na.NestedAtomsModel(n_init=1, random_state=0, n_threads=1).fit(
         sim.Y, sim.groups, sim.X).problem_
-    assert prob.learn_x_prior_scale
+    assert prob.learn_group_prior_scale
     be = get_backend("cpp")
     cells = relabel_by_size(sim.cell_truth)[prob.data.order]
     groups = relabel_by_size(sim.group_truth)
     on_grid = []
     for f in np.exp(np.linspace(-4.0, 0.0, 41)):
         st = state_from_labels(be, prob, cells, groups)
-        st.x_prior_scale = f
+        st.group_prior_scale = f
         on_grid.append(run_cavi(be, prob, st, max_iter=1000, tol=1e-9).elbo)
     score = elbo_from_labels(be, prob, sim.cell_truth, sim.group_truth)
     assert max(on_grid) - 1e-6 * abs(score) <= score <= max(on_grid) + 0.05
     assert int(np.argmax(on_grid)) not in (0, 40)        # the best width is inside the grid
-    fixed = dataclasses.replace(prob, learn_x_prior_scale=False)
+    fixed = dataclasses.replace(prob, learn_group_prior_scale=False)
     assert score > elbo_from_labels(be, fixed, sim.cell_truth, sim.group_truth) + 1.0
     assert on_grid[-1] == pytest.approx(elbo_from_labels(be, fixed, sim.cell_truth,
                                                          sim.group_truth), rel=1e-9)
@@ -236,16 +264,16 @@ def test_the_group_search_scores_each_candidate_at_its_own_width(backend):
     truth = sim.group_truth
     merged = np.where(truth == 1, 2, truth)     # the partition the fixed width returns
     prob = na.NestedAtomsModel()._problem(prepare_data(sim.Y, sim.groups, sim.X))
-    assert prob.learn_x_prior_scale
+    assert prob.learn_group_prior_scale
     st = state_from_labels(backend, prob, relabel_by_size(sim.cell_truth)[prob.data.order],
                            relabel_by_size(merged))
     st = run_cavi(backend, prob, st, max_iter=1000, tol=1e-9,
-                  moves=(move_named("learn_group_prior_width"),)).state
+                  moves=(move_named("learn_group_prior_scale"),)).state
     assert ari(truth, st.rho.argmax(axis=1)) < 1.0
-    merged_width, before = st.x_prior_scale, elbo(backend, prob, st)
+    merged_width, before = st.group_prior_scale, elbo(backend, prob, st)
     assert search_group_partition(backend, prob, st)
     assert ari(truth, st.rho.argmax(axis=1)) == 1.0
-    assert st.x_prior_scale < 0.8 * merged_width          # kept with its own, tighter width
+    assert st.group_prior_scale < 0.8 * merged_width          # kept with its own, tighter width
     after = elbo(backend, prob, st)
     assert after > before + 0.1
     consistent = st.copy()                 # q(theta^x) is already optimal under the new width
@@ -256,7 +284,7 @@ def test_the_group_search_scores_each_candidate_at_its_own_width(backend):
     # of the state, the width included, exactly as it was
     saved = st.copy()
     assert not search_group_partition(backend, prob, st)
-    assert st.x_prior_scale == saved.x_prior_scale
+    assert st.group_prior_scale == saved.group_prior_scale
     for name, value in vars(saved).items():
         np.testing.assert_array_equal(getattr(st, name), value, err_msg=name)
 
@@ -275,10 +303,10 @@ def test_auto_learns_the_width_of_the_default_prior_only():
 
     assert fit().learn_group_prior_scale == "auto"
     assert fit().group_prior_scale_ < 0.5                 # learned: clusters far tighter
-    assert fit(group_prior={}).problem_.learn_x_prior_scale      # empty: no override
+    assert fit(group_prior={}).problem_.learn_group_prior_scale      # empty: no override
     for chosen in (dict(prior="reference"), dict(group_prior=override)):
         held = fit(**chosen)
-        assert not held.problem_.learn_x_prior_scale and held.group_prior_scale_ == 1.0
+        assert not held.problem_.learn_group_prior_scale and held.group_prior_scale_ == 1.0
         assert held.elbo_ == fit(learn_group_prior_scale=False, **chosen).elbo_
-        assert fit(learn_group_prior_scale=True, **chosen).problem_.learn_x_prior_scale
-    assert not fit(learn_group_prior_scale=False).problem_.learn_x_prior_scale
+        assert fit(learn_group_prior_scale=True, **chosen).problem_.learn_group_prior_scale
+    assert not fit(learn_group_prior_scale=False).problem_.learn_group_prior_scale

@@ -28,9 +28,10 @@ def test_replace_block_rewrites_only_between_its_markers():
         tool.replace_block(text, "other", "x")
 
 
-def test_the_readme_marks_every_generated_block():
+def test_every_generated_block_is_marked_in_its_file():
     tool = _tool()
-    with open(os.path.join(ROOT, "README.md")) as fh:
-        readme = fh.read()
-    for name in tool.BLOCKS:
-        assert f"<!-- generated:{name} " in readme and f"<!-- /generated:{name} -->" in readme
+    assert set(tool.FILES) == set(tool.BLOCKS)
+    for name, path in tool.FILES.items():
+        with open(os.path.join(ROOT, path)) as fh:
+            text = fh.read()
+        assert f"<!-- generated:{name} " in text and f"<!-- /generated:{name} -->" in text

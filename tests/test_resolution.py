@@ -38,7 +38,7 @@ def test_higher_resolution_finds_finer_cell_clusters_while_the_prior_is_broader_
     # nu0 = D + 5 = 15 pseudo-cells against 40 real ones that merges types.  Narrower prior
     # clusters (cell_resolution 0.5 -> 1 -> 2, expected variance 44 -> 11 -> 2.7) find more of
     # them, and better.  (Past the clusters' true spread, at r = 4 here, every cluster pays
-    # for being wider than expected and the count falls again: see the README.)
+    # for being wider than expected and the count falls again: see docs/walkthrough.md.)
     from nestedatoms._metrics import adjusted_rand_index as ari
 
     rng = np.random.default_rng(3)

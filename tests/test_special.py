@@ -29,7 +29,7 @@ class Backend:
         return self.module.NAME
 
 
-BACKENDS = [Backend(ref, ref.digamma_, ref.lgamma_), Backend(core, core.digamma, core.lgamma)]
+BACKENDS = [Backend(ref, ref.digamma, ref.lgamma), Backend(core, core.digamma, core.lgamma)]
 
 
 @pytest.fixture(params=BACKENDS, ids=repr)

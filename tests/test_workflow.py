@@ -172,8 +172,10 @@ def test_predict_errors_name_the_fix(split):
     sim, ref, query, model, is_new = split
     with pytest.raises(ValueError, match="need theirs: pass group_features"):
         na.tl.predict(query.copy(), model)
-    with pytest.raises(TypeError, match="return_model=True"):
-        na.tl.predict(query.copy(), ref)
+    with pytest.raises(ValueError, match="model_file='model.npz'"):
+        na.tl.predict(query.copy(), ref)                          # results but no model
+    with pytest.raises(ValueError, match="no fit under uns"):
+        na.tl.predict(query.copy(), ref, reference_key="other")
     with pytest.raises(KeyError, match="X_umap"):
         na.tl.predict(query.copy(), model, use_rep="X_umap", group_features=["x0", "x1"])
     cam = na.tl.fit(ref.copy(), return_model=True, **KW)          # no group features
@@ -181,3 +183,24 @@ def test_predict_errors_name_the_fix(split):
         na.tl.predict(query.copy(), cam, group_features=["x0", "x1"])
     na.tl.predict(query, cam, key_added="cam")                    # placed by their cells
     assert query.uns["cam"]["groups"]["cluster"].notna().all()
+
+
+def test_predict_from_a_reference_anndata_that_records_its_model_file(split, tmp_path):
+    """tl.fit(..., model_file=) saves the model and records it, so the reference AnnData
+    itself can be passed to tl.predict (as to sc.tl.ingest), through an h5ad round trip."""
+    import anndata
+
+    sim, ref, query, model, is_new = split
+    path = tmp_path / "ref_model.npz"
+    ref2 = na.tl.fit(ref.copy(), group_features=["x0", "x1"], model_file=path, copy=True, **KW)
+    assert ref2.uns["nam"]["model_file"] == str(path.resolve())
+    ref2.write_h5ad(tmp_path / "ref.h5ad")
+    reread = anndata.read_h5ad(tmp_path / "ref.h5ad")
+    by_ref = na.tl.predict(query, reread, group_features=["x0", "x1"], copy=True)
+    by_model = na.tl.predict(query, model, group_features=["x0", "x1"], copy=True)
+    pd.testing.assert_series_equal(by_ref.obs["nam_cell_cluster"],
+                                   by_model.obs["nam_cell_cluster"])
+    pd.testing.assert_frame_equal(by_ref.uns["nam"]["groups"], by_model.uns["nam"]["groups"])
+    path.unlink()                                      # the recorded file is gone: say so
+    with pytest.raises(FileNotFoundError, match="model_file"):
+        na.tl.predict(query.copy(), reread, group_features=["x0", "x1"])

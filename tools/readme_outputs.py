@@ -1,6 +1,6 @@
-"""Regenerate the program outputs shown in README.md, so they cannot go stale.
+"""Regenerate the program outputs shown in the README and the docs, so they cannot go stale.
 
-Each generated block in the README sits between two markers,
+Each generated block sits between two markers,
 
     <!-- generated:NAME (python tools/readme_outputs.py) -->
     ...
@@ -8,12 +8,12 @@ Each generated block in the README sits between two markers,
 
 and this script reruns what produced it and replaces the text in between:
 
-* ``demo``: ``nestedatoms demo --quiet --no-plots`` (its timing and recovery lines), with the
-  wall time and the machine's CPU count and load;
-* ``pbmc``: ``tools/pbmc_pseudodonors.py`` (the walk-through on scanpy's pbmc68k_reduced with 14
-  pseudo-donors), whose plots go to ``docs/img/``.
+* ``demo`` (README.md): ``nestedatoms demo --quiet --no-plots`` (its timing and recovery
+  lines), with the wall time and the machine's CPU count and load;
+* ``pbmc`` (docs/walkthrough.md): ``tools/pbmc_pseudodonors.py`` (the walk-through on scanpy's
+  pbmc68k_reduced with 14 pseudo-donors), whose plots go to ``docs/img/``.
 
-    python tools/readme_outputs.py [--only demo|pbmc] [--readme README.md]
+    python tools/readme_outputs.py [--only demo|pbmc]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,20 +77,32 @@ def pbmc_block() -> str:
 
 
 BLOCKS = {"demo": demo_block, "pbmc": pbmc_block}
+# the file (relative to the repository) that shows each block
+FILES = {"demo": "README.md", "pbmc": os.path.join("docs", "walkthrough.md")}
+
+
+def _write_atomically(path: str, text: str) -> None:
+    # a temporary file beside the target, then a rename: an interrupted run leaves it intact
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".readme_outputs.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=sorted(BLOCKS), action="append")
-    parser.add_argument("--readme", default=os.path.join(ROOT, "README.md"))
     args = parser.parse_args(argv)
-    with open(args.readme) as fh:
-        text = fh.read()
     for name in args.only or sorted(BLOCKS):
-        text = replace_block(text, name, BLOCKS[name]())
-        print(f"regenerated block {name!r}")
-    with open(args.readme, "w") as fh:
-        fh.write(text)
+        path = os.path.join(ROOT, FILES[name])
+        with open(path) as fh:
+            text = fh.read()
+        _write_atomically(path, replace_block(text, name, BLOCKS[name]()))
+        print(f"regenerated block {name!r} in {FILES[name]}")
     return 0
 
 

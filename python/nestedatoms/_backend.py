@@ -1,20 +1,75 @@
 """Choosing a backend and a thread count.
 
-A backend is a module exposing the step functions of ``reference.py``: the pure-NumPy
-reference itself (``"numpy"``) or the compiled core (``"cpp"``).
+A backend is a module that conforms to :class:`Backend`: the pure-NumPy reference
+(``reference.py``, ``"numpy"``) or the compiled core (``_core``, ``"cpp"``).  The fitting code
+only ever calls a backend through these names, so either can drive a fit.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Protocol, runtime_checkable
 
-__all__ = ["get_backend", "resolve_n_threads", "available_cpus", "BACKENDS", "core_module",
-           "available_isas"]
+import numpy as np
+
+from .exceptions import InvalidParameterError
+
+__all__ = ["Backend", "backend_functions", "get_backend", "resolve_n_threads", "available_cpus",
+           "BACKENDS", "core_module", "available_isas"]
 
 BACKENDS = ("cpp", "numpy")
 
 
-def get_backend(name: str):
+@runtime_checkable
+class Backend(Protocol):
+    """The functions every backend provides, with one name and one argument list each.
+
+    The reference (``nestedatoms.reference``) documents what each computes and is the oracle
+    the core is tested against (tests/test_core_vs_reference.py); tests/test_backend.py checks
+    that both backends provide every function below with these argument names.  Arrays are
+    float64 and C-contiguous; see the conventions in ``reference``'s docstring.
+    """
+
+    NAME: str
+
+    # special functions (model section 7)
+    def digamma(self, x) -> np.ndarray: ...
+    def lgamma(self, x) -> np.ndarray: ...
+
+    # stick-breaking weights and their concentrations
+    def expected_log_stick_weights(self, a, b) -> np.ndarray: ...
+    def update_sticks(self, counts, concentration) -> tuple: ...
+    def update_concentration(self, prior_shape, prior_rate, a, b) -> tuple: ...
+    def stick_prior_term(self, a, b, e_conc, elog_conc) -> float: ...
+    def beta_entropy(self, a, b) -> float: ...
+    def gamma_expectations(self, shape, rate) -> tuple: ...
+    def gamma_prior_term(self, prior_shape, prior_rate, shape, rate) -> float: ...
+    def gamma_entropy(self, shape, rate) -> float: ...
+    def categorical_entropy(self, r) -> float: ...
+
+    # Normal-Wishart atoms
+    def expected_logdet(self, W, nu) -> np.ndarray: ...
+    def log_wishart_norm(self, W, nu) -> np.ndarray: ...
+    def expected_loglik(self, Z, m, lam, W, nu) -> np.ndarray: ...
+    def weighted_stats(self, Z, w, centre) -> tuple: ...
+    def nw_posterior(self, n, s1, s2, centre, m0, lam0, W0inv, nu0) -> tuple: ...
+    def nw_loglik_from_stats(self, n, s1, s2, centre, m, lam, W, nu) -> float: ...
+    def nw_prior_term(self, m, lam, W, nu, m0, lam0, W0inv, nu0) -> float: ...
+    def nw_entropy(self, m, lam, W, nu) -> float: ...
+
+    # the local steps (model sections 5.1, 5.2)
+    def cell_step(self, Y, offsets, rho, elog_omega, m, lam, W, nu, centre, xi_out,
+                  n_threads=1, group_weight=None) -> tuple: ...
+    def group_step(self, N_jl, elog_pi, elog_omega, ell_x, rho_out) -> float: ...
+
+
+def backend_functions() -> list:
+    """The names of the functions a :class:`Backend` provides."""
+    return sorted(n for n, v in vars(Backend).items()
+                  if callable(v) and not n.startswith("_"))
+
+
+def get_backend(name: str) -> Backend:
     """The backend module called ``name`` (for ``"cpp"``: the best build for this CPU)."""
     if name == "numpy":
         from . import reference
@@ -113,8 +168,6 @@ def resolve_n_threads(n_threads) -> int:
     A count above the number of CPUs is capped at it: the work is CPU-bound, so more threads
     only oversubscribe, and an absurd count would make OpenMP fail to create its threads.
     """
-    from ._validation import InvalidParameterError
-
     n_cpus = available_cpus()
     if n_threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "")

@@ -132,8 +132,9 @@ class _Phases:
     """Times every block and move of a run into ``result.timings`` and logs the moves that
     fired with their ELBO gain into ``result.moves`` (one perf_counter pair per call)."""
 
-    def __init__(self, result: RunResult):
+    def __init__(self, result: RunResult, on_phase=None):
         self.timings, self.moves = result.timings, result.moves
+        self.on_phase = on_phase
         self.blocks = tuple((name, self._timed(name, update)) for name, update in BLOCKS)
 
     def _timed(self, name, update):
@@ -158,6 +159,8 @@ class _Phases:
     def move(self, move, be, prob, st, n_threads, it, before):
         """Run one move; returns (fired, ELBO after: ``before`` when it did not fire)."""
         name = move.name
+        if self.on_phase is not None and move.when == AT_CONVERGENCE:
+            self.on_phase(name)     # the costly moves can take a while: say which one runs
         start = time.perf_counter()
         fired = bool(move(be, prob, st, n_threads))
         self.timings[f"move:{name}"] += time.perf_counter() - start
@@ -179,17 +182,25 @@ def _finite_elbo(value: float, it: int) -> float:
     return float(value)
 
 
+def _settled(cur: float, prev: float, tol: float, moved: bool) -> bool:
+    """The convergence test: no move fired and |Delta ELBO| <= tol |ELBO| (a *relative* test,
+    unlike scikit-learn's mixtures, whose ``tol`` bounds the absolute change per sample)."""
+    return not moved and abs(cur - prev) <= tol * abs(cur)
+
+
 # Sweeps between tries of the costly moves in a run that has not converged yet.
 _STALL_PERIOD = 50
 
 
 def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads: int = 1,
-             moves=(), callback=None) -> RunResult:
+             moves=(), callback=None, on_phase=None) -> RunResult:
     """Sweep until the relative ELBO change falls below ``tol`` (tol = 0: exactly max_iter).
 
-    ``callback(iteration, elbo)`` is called after every sweep.  On KeyboardInterrupt the run
-    ends with the state of its last complete sweep (see the module docstring) and a
-    :class:`FitInterruptedWarning`; an interrupt before the first ELBO is evaluated propagates.
+    ``callback(iteration, elbo)`` is called after every sweep; ``on_phase(name)`` before each
+    costly (at-convergence) move, so a progress display can say which one runs.  On
+    KeyboardInterrupt the run ends with the state of its last complete sweep (see the module
+    docstring) and a :class:`FitInterruptedWarning`; an interrupt before the first ELBO is
+    evaluated propagates.
     """
     prev = _finite_elbo(elbo(be, prob, st), 0)
     result = RunResult(state=st, elbo=prev)
@@ -198,7 +209,7 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
     # sweeps have converged, and the sweeps resume if one of them raised the ELBO.
     final_moves = [m for m in moves if m.when == AT_CONVERGENCE]
     moves = [m for m in moves if m.when != AT_CONVERGENCE]
-    phases = _Phases(result)
+    phases = _Phases(result, on_phase)
     try:
         for it in range(1, max_iter + 1):
             phases.sweep(be, prob, st, n_threads)
@@ -208,7 +219,7 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
                 fired, cur = phases.move(move, be, prob, st, n_threads, it, cur)
                 moved |= fired
             cur = _finite_elbo(cur, it)
-            settled = not moved and abs(cur - prev) <= tol * abs(cur)
+            settled = _settled(cur, prev, tol, moved)
             # A run that creeps (heavily overlapping clusters can gain a few nats a sweep for
             # hundreds of sweeps) would never reach the costly moves: try them every
             # _STALL_PERIOD sweeps as well.  They only ever raise the ELBO.
@@ -225,7 +236,7 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
             result.elbo = cur
             if callback is not None:
                 callback(it, cur)
-            if tol > 0 and not moved and abs(cur - prev) <= tol * abs(cur):
+            if tol > 0 and _settled(cur, prev, tol, moved):
                 result.converged = True
                 break
             prev = cur
@@ -261,7 +272,7 @@ def elbo_from_labels(be, prob: Problem, cell_labels: np.ndarray, group_labels: n
     # order, so equal partitions must also be equally numbered
     st = state_from_labels(be, prob, relabel_by_size(np.asarray(cell_labels))[prob.data.order],
                            relabel_by_size(np.asarray(group_labels)))
-    moves = (move_named("learn_group_prior_width"),) if prob.learn_x_prior_scale else ()
+    moves = (move_named("learn_group_prior_scale"),) if prob.learn_group_prior_scale else ()
     return run_cavi(be, prob, st, max_iter=max_iter, tol=tol, moves=moves).elbo
 
 
@@ -287,10 +298,13 @@ def _with_fixed_concentration(prob: Problem, concentration: float) -> Problem:
 
 
 def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, random_state,
-                 n_threads: int = 1, moves=(), init_state=None, callback=None):
+                 n_threads: int = 1, moves=(), init_state=None, callback=None,
+                 on_phase=None):
     """Run ``n_init`` starts; return the run with the highest final ELBO, and all runs.
 
     ``init_state(be, prob, rng) -> State`` overrides the default initialisation.
+    ``callback(restart, iteration, elbo)`` after every sweep and ``on_phase(restart, name)``
+    before each costly move (see ``run_cavi``).
 
     Only the best run keeps its state (the others' ``state`` is set to None as soon as they
     are beaten, so memory holds at most two N x L states besides the checkpoint).  On
@@ -314,7 +328,9 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
             st = make_state(be, prob, rng)
             init_seconds = time.perf_counter() - start
             cb = None if callback is None else (lambda it, value, r=r: callback(r, it, value))
-            run = run_cavi(be, prob, st, max_iter, tol, n_threads, moves=moves, callback=cb)
+            phase = None if on_phase is None else (lambda name, r=r: on_phase(r, name))
+            run = run_cavi(be, prob, st, max_iter, tol, n_threads, moves=moves, callback=cb,
+                           on_phase=phase)
             if r == 0 and prob.learn_donor_concentration:
                 prob = _with_fixed_concentration(prob, run.state.donor_concentration)
             run.timings["init"] += init_seconds

@@ -143,7 +143,7 @@ def save_model(model, path) -> None:
             "x_prior": nw(prob.x_prior) if prob.has_x else None,
             "alpha_prior": conc(prob.alpha_prior),
             "beta_prior": conc(prob.beta_prior),
-            "learn_x_prior_scale": bool(prob.learn_x_prior_scale),
+            "learn_group_prior_scale": bool(prob.learn_group_prior_scale),
             "learn_donor_concentration": bool(prob.learn_donor_concentration),
             # JSON has no inf: NAM exactly (c = inf) is stored as null
             "donor_concentration": (None if np.isinf(prob.donor_concentration)
@@ -213,7 +213,7 @@ def load_model(cls, path):
                    x_prior=nw("x") if pm["has_x"] else None,
                    alpha_prior=ConcentrationPrior(**pm["alpha_prior"]),
                    beta_prior=ConcentrationPrior(**pm["beta_prior"]),
-                   learn_x_prior_scale=bool(pm.get("learn_x_prior_scale", False)),
+                   learn_group_prior_scale=bool(pm.get("learn_group_prior_scale", False)),
                    learn_donor_concentration=bool(pm.get("learn_donor_concentration", False)),
                    donor_concentration=_concentration_from_json(pm.get("donor_concentration")),
                    batch_size=pm.get("batch_size"))
@@ -228,7 +228,7 @@ def load_model(cls, path):
             state_kwargs[f.name] = arr[key]
         elif f.name in meta["state_scalars"] or f.default is MISSING:
             state_kwargs[f.name] = meta["state_scalars"].get(f.name)
-        # else: a field newer than the file (x_prior_scale) keeps its default
+        # else: a field newer than the file (group_prior_scale) keeps its default
     st = State(**state_kwargs)
 
     params = dict(meta["params"])
@@ -255,7 +255,7 @@ def load_model(cls, path):
     for name in _FITTED_SCALARS:
         setattr(model, name, meta["fitted"][name])
     model.elbo_traces_ = [arr[f"fitted/elbo_traces_/{r}"] for r in range(meta["n_restarts"])]
-    model.group_prior_scale_ = float(st.x_prior_scale) if prob.has_x else None
+    model.group_prior_scale_ = float(st.group_prior_scale) if prob.has_x else None
     model.donor_concentration_ = float(st.donor_concentration)
     log = meta.get("log") or {}           # absent from files written before it existed
     model.timings_ = dict(log.get("timings_", {}))

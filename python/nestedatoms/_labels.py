@@ -1,6 +1,6 @@
 """Group labels: which are accepted, how they are ordered, and how new ones are matched.
 
-The rules (README, "Group labels"):
+The rules (the documentation's "Group labels" section, under Reliability):
 
 * a label is a string, an integer, a float or a bool (NumPy scalars included); every label
   of one call has the same one of these four kinds.  Mixed kinds are refused, because Python

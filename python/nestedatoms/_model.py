@@ -47,7 +47,10 @@ class NestedAtomsModel:
     max_iter : int, default 500
         Maximum number of CAVI sweeps per restart.
     tol : float, default 1e-6
-        Stop when |Delta ELBO| / |ELBO| < tol; 0 runs exactly ``max_iter`` sweeps.
+        Stop when |Delta ELBO| / |ELBO| < tol and no move changed the state: a *relative*
+        change of the whole ELBO, unlike scikit-learn's ``GaussianMixture``, whose ``tol``
+        bounds the absolute change of the per-sample bound.  0 runs exactly ``max_iter``
+        sweeps.
     random_state : int, numpy Generator or None
         Seed for reproducible restarts.
     n_threads : int or None
@@ -247,7 +250,7 @@ class NestedAtomsModel:
             x_prior=x_prior,
             alpha_prior=self._concentration(self.group_concentration, "group_concentration"),
             beta_prior=self._concentration(self.cell_concentration, "cell_concentration"),
-            learn_x_prior_scale=self._learns_group_prior_scale(),
+            learn_group_prior_scale=self._learns_group_prior_scale(),
             learn_donor_concentration=isinstance(self.donor_concentration, str),
             donor_concentration=(float("inf") if isinstance(self.donor_concentration, str)
                                  else float(self.donor_concentration)),
@@ -338,7 +341,7 @@ class NestedAtomsModel:
             best, runs = fit_restarts(be, prob, int(self.n_init), int(self.max_iter),
                                       float(self.tol), self.random_state, n_threads,
                                       moves=moves_for(prob), init_state=init_state,
-                                      callback=callback)
+                                      callback=callback, on_phase=callback.phase)
         self._set_results(prob, best, runs)
         self._warn_unconverged(best)
         return self
@@ -433,7 +436,7 @@ class NestedAtomsModel:
         if prob.has_x:
             self.group_means_ = st.mx.copy()
             self.group_covariances_ = _expected_covariances(st.Wx, st.nux)
-            self.group_prior_scale_ = float(st.x_prior_scale)
+            self.group_prior_scale_ = float(st.group_prior_scale)
         else:
             self.group_means_ = None
             self.group_covariances_ = None
@@ -527,7 +530,8 @@ class NestedAtomsModel:
         with self._blas_limits(n_threads), self._progress(1, n_iter) as progress:
             run = run_cavi(be, prob, st, n_iter, float(self.tol), n_threads,
                            moves=moves_for(prob),
-                           callback=lambda it, value: progress(0, it, value))
+                           callback=lambda it, value: progress(0, it, value),
+                           on_phase=lambda name: progress.phase(0, name))
         traces = [np.asarray(t) for t in self.elbo_traces_]
         best = self.best_restart_
         run.trace = list(traces[best]) + list(run.trace)

@@ -40,7 +40,7 @@ _MAX_DEFLATE_RATIO = 1100
 _NPY_HEADER_SLACK = 2**16
 
 _STATE_SCALARS = ("alpha_shape", "alpha_rate", "beta_shape", "beta_rate", "H_xi", "H_rho",
-                  "x_prior_scale", "donor_concentration")
+                  "group_prior_scale", "donor_concentration")
 _FITTED_FLOAT = ("group_probs_", "group_weights_", "cell_weights_", "cell_means_",
                  "cell_covariances_", "group_means_", "group_covariances_", "elbo_trace_")
 _FITTED_INT = ("group_labels_", "cell_labels_")
@@ -75,6 +75,27 @@ def _is_num(v) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and np.isfinite(v)
 
 
+# Keys renamed since format version 1 was first written (old name -> new name), by section:
+# the x prior's width had several internal names before it took the parameter's.
+_RENAMED = {"problem": {"learn_x_prior_scale": "learn_group_prior_scale"},
+            "state_scalars": {"x_prior_scale": "group_prior_scale"}}
+
+
+def _rename_old_keys(meta) -> None:
+    """Read a file written under the old key names as under the new ones (a file holding
+    both is refused: it is not what any release wrote)."""
+    if not isinstance(meta, dict):
+        return                                  # _check_meta says what is wrong
+    for section, renames in _RENAMED.items():
+        part = meta.get(section)
+        if not isinstance(part, dict):
+            continue
+        for old, new in renames.items():
+            if old in part:
+                _need(new not in part, f"{section} holds both {old!r} and {new!r}")
+                part[new] = part.pop(old)
+
+
 def _check_meta(meta, format_name: str, format_version: int) -> None:
     _need(isinstance(meta, dict), "metadata.json is not a JSON object")
     _need(meta.get("format") == format_name,
@@ -94,8 +115,8 @@ def _check_meta(meta, format_name: str, format_version: int) -> None:
     for key in ("K", "L"):
         _need(_is_int(pm.get(key)) and pm[key] >= 1, f"problem.{key} is not an integer >= 1")
     _need(isinstance(pm.get("has_x"), bool), "problem.has_x is not true/false")
-    _need(isinstance(pm.get("learn_x_prior_scale", False), bool),
-          "problem.learn_x_prior_scale is not true/false")
+    _need(isinstance(pm.get("learn_group_prior_scale", False), bool),
+          "problem.learn_group_prior_scale is not true/false")
     layers = ("y", "x") if pm["has_x"] else ("y",)
     for layer in layers:
         nw = pm.get(f"{layer}_prior")
@@ -116,7 +137,7 @@ def _check_meta(meta, format_name: str, format_version: int) -> None:
         _need(_is_num(sc.get(name)), f"state_scalars.{name} is missing or not a finite number")
     for name in _STATE_SCALARS[:4]:
         _need(sc[name] > 0, f"state_scalars.{name} must be > 0")
-    for name in ("x_prior_scale", "donor_concentration"):     # absent: their defaults
+    for name in ("group_prior_scale", "donor_concentration"):     # absent: their defaults
         if name in sc:
             _need(_is_num(sc[name]) and sc[name] > 0,
                   f"state_scalars.{name} must be a finite number > 0")
@@ -329,6 +350,7 @@ def _read(path, format_name, format_version):
             raw = np.lib.format.read_array(fp, allow_pickle=False)
         meta = json.loads(raw.tobytes().decode("utf-8"),
                           object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+        _rename_old_keys(meta)
         _check_meta(meta, format_name, format_version)
 
         expected = _expected_entries(meta)

@@ -1,9 +1,10 @@
 """A tqdm progress bar driven by the fitting loop's per-sweep callback.
 
-The loop only knows ``callback(restart, sweep, elbo)``; this turns that into one bar per
-restart (sweeps out of ``max_iter``, the current ELBO as postfix).  A restart that converges
-early simply ends its bar short.  Always use it as a context manager so the bar closes even
-when the fit is interrupted.
+The loop only knows ``callback(restart, sweep, elbo)`` and ``phase(restart, name)``; this turns
+them into one bar per restart (sweeps out of ``max_iter``, the current ELBO as postfix, and the
+name of a costly move while it runs: the group search can take longer than many sweeps).  A
+restart that converges early simply ends its bar short.  Always use it as a context manager
+so the bar closes even when the fit is interrupted.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class FitProgress:
         self.delay = float(delay)   # seconds a restart runs before its bar appears (tqdm)
         self._bar = None
         self._restart = None
+        self._elbo = None
 
     def __enter__(self):
         return self
@@ -62,4 +64,13 @@ class FitProgress:
             self._bar = tqdm(total=self.max_iter, desc=label, unit="sweep", leave=True,
                              file=self.file, dynamic_ncols=True, delay=self.delay)
         self._bar.update(sweep - self._bar.n)
+        self._elbo = value
         self._bar.set_postfix_str(f"ELBO {value:.6g}", refresh=False)
+
+    def phase(self, restart: int, name: str) -> None:
+        """A costly move ``name`` starts in ``restart``: show it beside the ELBO until the next
+        sweep (the bar of that restart only; nothing before its first sweep)."""
+        if not self.enabled or self._bar is None or restart != self._restart:
+            return
+        shown = name.replace("_", " ")
+        self._bar.set_postfix_str(f"ELBO {self._elbo:.6g}, {shown}", refresh=True)

@@ -188,10 +188,10 @@ class Problem:
     x_prior: NWPrior | None
     alpha_prior: ConcentrationPrior
     beta_prior: ConcentrationPrior
-    # Learn a factor f <= 1 of the x prior's width by maximising the ELBO (``x_prior_scale``
+    # Learn a factor f <= 1 of the x prior's width by maximising the ELBO (``group_prior_scale``
     # of the state; ``learn_group_prior_scale`` True, or "auto" with the default x prior);
     # False: x_prior as is.
-    learn_x_prior_scale: bool = False
+    learn_group_prior_scale: bool = False
     # Learn the donors' concentration c (``donor_concentration`` of the state) at convergence
     # by the Dirichlet-multinomial evidence of the donors' compositions (``_donor_variation``).
     learn_donor_concentration: bool = False
@@ -268,7 +268,7 @@ class State:
     H_rho: float               # -sum rho log rho
     # f: the x prior in use is the problem's with W0^-1 and lam0 times f (see
     # ``_steps.effective_x_prior``); 1 unless the problem learns it
-    x_prior_scale: float = 1.0
+    group_prior_scale: float = 1.0
     # c: the donors' Dirichlet concentration around their cluster's composition; the
     # composition terms are tempered by zeta_j = (1 + c) / (n_j + c) (see
     # ``_steps.composition_weights``).  inf (the default) is NAM exactly, zeta = 1.

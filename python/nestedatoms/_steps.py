@@ -14,7 +14,7 @@ from ._state import ConcentrationPrior, NWPrior, Problem, State
 __all__ = ["composition_weights", "composition_counts", "scale_rows", "tempered", "group_weights",
            "cell_weights", "weighted_entropy", "weighted_y_stats", "BLOCKS", "sweep", "elbo",
            "elbo_terms", "concentration_expectations",
-           "expected_stick_weights", "effective_x_prior", "learn_x_prior_scale"]
+           "expected_stick_weights", "effective_x_prior", "best_group_prior_scale"]
 
 
 def concentration_expectations(be, prior: ConcentrationPrior, shape: float, rate: float):
@@ -162,7 +162,7 @@ def effective_x_prior(prob: Problem, st: State) -> NWPrior:
     f multiplies W0^-1 and lam0 together, so E[Sigma] scales by f while the spread of the
     atom means, E[Sigma] / lam0, stays as set.
     """
-    f = float(st.x_prior_scale)
+    f = float(st.group_prior_scale)
     return prob.x_prior if f == 1.0 else _widened(prob.x_prior, f)
 
 
@@ -195,7 +195,7 @@ def _x_bound_at_scale(be, prob: Problem, stats, log_f: float) -> float:
     return posterior - W.shape[0] * prior
 
 
-def learn_x_prior_scale(be, prob: Problem, st: State) -> float:
+def best_group_prior_scale(be, prob: Problem, st: State) -> float:
     """A maximiser of the ELBO over f in [e^-8, 1] (see ``_LOG_SCALE_MAX``), q(S) held and
     q(theta^x) at its optimum.
 
@@ -213,7 +213,7 @@ def learn_x_prior_scale(be, prob: Problem, st: State) -> float:
     low, high = _LOG_SCALE_MIN, _LOG_SCALE_MAX
     res = minimize_scalar(loss, bounds=(low, high), method="bounded", options={"xatol": 1e-3})
     candidates = [float(res.x), low, high]
-    current = float(np.log(st.x_prior_scale)) if st.x_prior_scale > 0 else -np.inf
+    current = float(np.log(st.group_prior_scale)) if st.group_prior_scale > 0 else -np.inf
     if np.isfinite(current):
         candidates.append(current)
     best = min(candidates, key=loss)

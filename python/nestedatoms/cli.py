@@ -260,6 +260,9 @@ def _fit_on(args) -> int:
         table = tl.differential_abundance(adata, condition_key=args.condition_key,
                                           key=args.key_added, reference=args.reference)
         _print_abundance(table, args.condition_key)
+    if model_file:
+        # recorded, so `nestedatoms predict` and tl.predict accept the output as the reference
+        adata.uns[args.key_added]["model_file"] = os.path.abspath(model_file)
     with atomic_path(args.output, suffix=".h5ad") as tmp:
         adata.write_h5ad(tmp)   # a backed input's X is copied across from disk
     print(f"Results written to {args.output} (obs/obsm/uns keys '{args.key_added}...').")
@@ -307,8 +310,12 @@ def _predict(args) -> int:
     adata = _read_h5ad(args.input)
     group_features = _group_features_arg(args, adata)
     _check_basis(args, adata)
-    tl.predict(adata, args.model, group_key=args.group_key, use_rep=args.use_rep,
-               group_features=group_features, key_added=args.key_added)
+    model = args.model
+    if model.lower().endswith(".h5ad"):      # a reference written by `fit --model`
+        model = _read_h5ad(model)
+    tl.predict(adata, model, group_key=args.group_key, use_rep=args.use_rep,
+               group_features=group_features, key_added=args.key_added,
+               reference_key=args.reference_key)
     groups = adata.uns[args.key_added]["groups"]
     print(f"Mapped {adata.n_obs} cells of {len(groups)} groups ({int((~groups['known']).sum())} "
           f"not seen in training) onto {args.model}.")
@@ -492,13 +499,16 @@ def _parser():
 
     pred = sub.add_parser("predict", help="map new cells and donors onto a saved model")
     pred.add_argument("input", help="input .h5ad of the new cells")
-    pred.add_argument("model", help="model file written by `nestedatoms fit --model`")
+    pred.add_argument("model", help="model file written by `nestedatoms fit --model`, or the "
+                      ".h5ad that `nestedatoms fit ... --model FILE` wrote (it records FILE)")
     pred.add_argument("output", help="output .h5ad (the input plus the mapped clusters)")
     pred.add_argument("--group-key", required=True, help="obs column of the group labels")
     pred.add_argument("--use-rep", default="X_pca",
                       help="obsm key of the cell representation (as for the fit)")
     _group_feature_options(pred)
     pred.add_argument("--key-added", default="nam")
+    pred.add_argument("--reference-key", default="nam",
+                      help="with a reference .h5ad: the --key-added of its fit")
     pred.add_argument("--plots", default=None, metavar="DIR", help="write the cell and donor "
                       "plots here")
     pred.add_argument("--basis", default=None, metavar="OBSM_KEY",

@@ -23,7 +23,8 @@ Conventions shared by both backends
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import betaln, digamma, entr, gammaln, logsumexp
+from scipy import special as _sp
+from scipy.special import betaln, entr, gammaln, logsumexp
 
 NAME = "numpy"
 LOG_2PI = np.log(2.0 * np.pi)
@@ -32,12 +33,12 @@ LOG_2PI = np.log(2.0 * np.pi)
 # --------------------------------------------------------------------------------------------
 # Special functions (model section 7)
 # --------------------------------------------------------------------------------------------
-def digamma_(x):
+def digamma(x):
     """Digamma psi(x), elementwise."""
-    return digamma(np.asarray(x, dtype=np.float64))
+    return _sp.digamma(np.asarray(x, dtype=np.float64))
 
 
-def lgamma_(x):
+def lgamma(x):
     """log Gamma(x), elementwise."""
     return gammaln(np.asarray(x, dtype=np.float64))
 

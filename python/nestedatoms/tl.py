@@ -150,7 +150,7 @@ def _str_index(df, name=None):
 
 def fit(adata, group_key="donor_id", use_rep="X_pca", group_features=None, key_added="nam",
         copy=False, rank_genes="auto", return_model=False, group_covariates=None,
-        init_group_labels=None, init_cell_labels=None, **model_kwargs):
+        init_group_labels=None, init_cell_labels=None, model_file=None, **model_kwargs):
     """Cluster individuals and their cells with the Nested Atoms Model.
 
     Parameters
@@ -195,6 +195,11 @@ def fit(adata, group_key="donor_id", use_rep="X_pca", group_features=None, key_a
     init_cell_labels : str or array-like, optional
         Start from known cell labels: an ``obs`` column (e.g. "leiden") or one label per cell.
         Both as in :meth:`NestedAtomsModel.fit`: a start, not a constraint.
+    model_file : str or path, optional
+        Also save the fitted model there (``model.save``, atomically; an existing file is
+        replaced) and record its path in ``uns[key_added]["model_file"]``, so that
+        :func:`predict` can map new data onto this AnnData (the AnnData itself holds the
+        results, not the variational state the mapping needs).
     **model_kwargs
         Passed to ``NestedAtomsModel`` (``random_state`` defaults to 0 here, as in scanpy).
         ``verbose`` defaults to 1 here: a progress bar appears when a restart runs longer
@@ -261,6 +266,11 @@ def fit(adata, group_key="donor_id", use_rep="X_pca", group_features=None, key_a
     summ = model.summary()
     write_results(adata, model, summ, key_added, group_key=group_key, use_rep=use_rep,
                   group_features=None if X is None else list(X.columns))
+    if model_file is not None:
+        import os
+
+        model.save(model_file)
+        adata.uns[key_added]["model_file"] = os.path.abspath(os.fspath(model_file))
     _rank_genes(adata, key_added, rank_genes)
     if return_model:
         return (adata, model) if copy else model
@@ -505,7 +515,7 @@ def differential_abundance(adata, condition_key, key="nam", reference=None, n_sa
 
 
 # ------------------------------------------------------------------------------ new data
-def _as_model(model_or_path):
+def _as_model(model_or_path, reference_key="nam"):
     import os
 
     from ._model import NestedAtomsModel
@@ -516,13 +526,35 @@ def _as_model(model_or_path):
     if isinstance(model_or_path, (str, os.PathLike)):
         return NestedAtomsModel.load(model_or_path)
     if hasattr(model_or_path, "obs") and hasattr(model_or_path, "uns"):
-        raise TypeError(
-            "tl.predict needs the fitted model, which a reference AnnData does not hold (its "
-            "variational state is not stored in uns). Pass the model: "
-            "model = nestedatoms.tl.fit(adata_ref, ..., return_model=True), or a model file "
-            "written by model.save(path) / `nestedatoms fit --model PATH`.")
+        return _model_of_reference(model_or_path, reference_key)
     raise TypeError(f"expected a fitted NestedAtomsModel or the path of a saved one, got "
                     f"{type(model_or_path).__name__}.")
+
+
+def _model_of_reference(adata_ref, key):
+    """The model a reference AnnData points to: ``tl.fit(..., model_file=PATH)`` records
+    PATH in ``uns[key]["model_file"]`` (the AnnData holds results, not the state)."""
+    from ._model import NestedAtomsModel
+
+    fitted = adata_ref.uns.get(key)
+    if not isinstance(fitted, dict):
+        raise ValueError(f"the reference AnnData has no fit under uns[{key!r}]; fit it with "
+                         f"nestedatoms.tl.fit(adata_ref, ..., key_added={key!r}, "
+                         f"model_file='model.npz'), or pass reference_key=.")
+    path = fitted.get("model_file")
+    if path is None:
+        raise ValueError(
+            f"the reference AnnData holds the fit's results (uns[{key!r}]) but not the model "
+            f"that mapping needs; fit it with nestedatoms.tl.fit(adata_ref, ..., "
+            f"model_file='model.npz'), which records the file, or pass the model itself "
+            f"(tl.fit(..., return_model=True)) or a file written by model.save(path).")
+    path = str(path)
+    try:
+        return NestedAtomsModel.load(path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"the reference AnnData's model file {path!r} (uns[{key!r}]['model_file']) does "
+            f"not exist; pass the model or its file to tl.predict instead.") from exc
 
 
 def _ranks(n, occupied):
@@ -534,7 +566,7 @@ def _ranks(n, occupied):
 
 
 def predict(adata, model, group_key="donor_id", use_rep="X_pca", group_features=None,
-            key_added="nam", copy=False, group_covariates=None):
+            key_added="nam", copy=False, group_covariates=None, reference_key="nam"):
     """Map new cells and new donors onto a fitted model (like ``sc.tl.ingest``).
 
     The model's global factors stay as fitted; each new cell gets a cell cluster and each
@@ -548,8 +580,10 @@ def predict(adata, model, group_key="donor_id", use_rep="X_pca", group_features=
     adata : AnnData
         The new cells, with ``obsm[use_rep]`` in the same representation as the reference
         (e.g. the reference's PCA applied to the new data, as ``sc.tl.ingest`` does).
-    model : NestedAtomsModel or path
-        The fitted model (``tl.fit(..., return_model=True)``) or a file from ``model.save``.
+    model : NestedAtomsModel, path or AnnData
+        The fitted model (``tl.fit(..., return_model=True)``), a file from ``model.save``, or
+        the reference AnnData of ``tl.fit(..., model_file=PATH)`` (its model is read from the
+        file it records in ``uns[reference_key]["model_file"]``).
     group_key, use_rep : str
         As in :func:`fit`, for the new AnnData.
     group_features : DataFrame, str or list of str, optional
@@ -559,6 +593,8 @@ def predict(adata, model, group_key="donor_id", use_rep="X_pca", group_features=
         Prefix of the written keys.
     copy : bool
         Return a modified copy instead of writing into ``adata``.
+    reference_key : str
+        With a reference AnnData: the ``key_added`` of its fit.
 
     Writes
     ------
@@ -578,7 +614,7 @@ def predict(adata, model, group_key="donor_id", use_rep="X_pca", group_features=
 
     group_features = _resolve_alias(group_features, group_covariates, "group_features",
                                     "group_covariates", owner="nestedatoms.tl.predict")
-    model = _as_model(model)
+    model = _as_model(model, reference_key)
     if copy:
         adata = adata.copy()
     Y, cell_groups = _read_inputs(adata, group_key, use_rep)

@@ -15,7 +15,7 @@ One module per move:
 * ``agglomerate``: merge many atoms at once, at the best level of a greedy agglomeration.
 * ``split_atoms``: cut an atom in two by 2-means and let its cells re-choose.
 * ``group_search``: search the group partition at fixed cells.
-* ``prior_width``: the x prior's width that maximises the ELBO for the partition reached.
+* ``group_prior_scale``: the x prior's width that maximises the ELBO for the partition reached.
 * ``donor_concentration``: the donors' concentration around their cluster's composition.
 * ``merge_groups``: fold one group cluster into another (not in the default schedule: the
   group search proposes every merge it would, and more).
@@ -34,13 +34,13 @@ from .donor_concentration import learn_donor_variation
 from .group_search import adjusted_partition_equal, optimise_groups, search_group_partition
 from .merge_atoms import merge_cell_atoms
 from .merge_groups import merge_group_clusters
-from .prior_width import learn_group_prior_width
+from .group_prior_scale import learn_group_prior_scale
 from .sort import sort_clusters
 from .split_atoms import split_cell_atoms
 
 __all__ = ["Move", "EVERY_SWEEP", "AT_CONVERGENCE", "DEFAULT_MOVES", "move_named",
            "sort_clusters", "merge_group_clusters", "merge_cell_atoms", "agglomerate_cell_atoms",
-           "split_cell_atoms", "search_group_partition", "learn_group_prior_width",
+           "split_cell_atoms", "search_group_partition", "learn_group_prior_scale",
            "learn_donor_variation", "refresh_without_cells", "optimise_groups",
            "adjusted_partition_equal"]
 
@@ -54,7 +54,7 @@ DEFAULT_MOVES = (
     Move("agglomerate_cell_atoms", agglomerate_cell_atoms, AT_CONVERGENCE),
     Move("split_cell_atoms", split_cell_atoms, AT_CONVERGENCE),
     Move("search_group_partition", search_group_partition, AT_CONVERGENCE),
-    Move("learn_group_prior_width", learn_group_prior_width, AT_CONVERGENCE),
+    Move("learn_group_prior_scale", learn_group_prior_scale, AT_CONVERGENCE),
     Move("learn_donor_variation", learn_donor_variation, AT_CONVERGENCE),
 )
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._init import one_hot
 from .._state import Problem, State
-from .._steps import GLOBAL_BLOCKS, elbo, learn_x_prior_scale, update_groups
+from .._steps import GLOBAL_BLOCKS, best_group_prior_scale, elbo, update_groups
 from ._base import MIN_RELATIVE_GAIN, gain_ok, restore, snapshot
 
 
@@ -115,18 +115,18 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
         return False
     before = elbo(be, prob, st)
     saved = snapshot(st)
-    learns_width = prob.has_x and prob.learn_x_prior_scale
+    learns_width = prob.has_x and prob.learn_group_prior_scale
 
     def evaluate(rho):
         _set_rho(be, st, rho)
-        st.x_prior_scale = saved.x_prior_scale   # every candidate starts from the same width
+        st.group_prior_scale = saved.group_prior_scale  # every candidate: the same start
         value = optimise_groups(be, prob, st, n_threads, max_iter=50, tol=1e-5)
         if learns_width:
-            width = learn_x_prior_scale(be, prob, st)
-            if width != st.x_prior_scale:
-                st.x_prior_scale = width
+            width = best_group_prior_scale(be, prob, st)
+            if width != st.group_prior_scale:
+                st.group_prior_scale = width
                 value = optimise_groups(be, prob, st, n_threads, max_iter=50, tol=1e-5)
-        return value, (st.rho.copy(), float(st.x_prior_scale))
+        return value, (st.rho.copy(), float(st.group_prior_scale))
 
     best_value, best = evaluate(saved.rho.copy())
     views = group_feature_views(prob, st.N_jl)
@@ -169,7 +169,7 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
     if same or not gain_ok(best_value, before):
         return False
     _set_rho(be, st, best_rho)
-    st.x_prior_scale = best_width
+    st.group_prior_scale = best_width
     optimise_groups(be, prob, st, n_threads)
     # the re-run differs from the search only by rounding, but check both conditions again:
     # the ELBO rose, and the refinement did not drift back to the partition it started from

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 
 from .._state import Problem, State
-from .._steps import learn_x_prior_scale, update_x_atoms
+from .._steps import best_group_prior_scale, update_x_atoms
 
 
 # A width change smaller than this (relative) does not count as a move, so runs converge.
 _WIDTH_TOLERANCE = 1e-3
 
 
-def learn_group_prior_width(be, prob: Problem, st: State, n_threads: int = 1) -> bool:
+def learn_group_prior_scale(be, prob: Problem, st: State, n_threads: int = 1) -> bool:
     """``learn_group_prior_scale``: at convergence, the x prior's width f (<= 1) that maximises
     the ELBO for the partition reached, then q(theta^x) under it; the sweeps resume if f moved.
 
@@ -23,11 +23,11 @@ def learn_group_prior_width(be, prob: Problem, st: State, n_threads: int = 1) ->
     (seen at lam = 0.5, J = 12).  A converged partition does inform it.  The ELBO rises: the
     current f is one of the candidates, and q(theta^x) is then set to its optimum.
     """
-    if not (prob.has_x and prob.learn_x_prior_scale):
+    if not (prob.has_x and prob.learn_group_prior_scale):
         return False
-    old = float(st.x_prior_scale)
-    st.x_prior_scale = learn_x_prior_scale(be, prob, st)
+    old = float(st.group_prior_scale)
+    st.group_prior_scale = best_group_prior_scale(be, prob, st)
     update_x_atoms(be, prob, st, n_threads)
-    return abs(np.log(st.x_prior_scale) - np.log(old)) > _WIDTH_TOLERANCE
+    return abs(np.log(st.group_prior_scale) - np.log(old)) > _WIDTH_TOLERANCE
 
 
