@@ -9,9 +9,8 @@ import nestedatoms as na
 from nestedatoms._backend import get_backend
 from nestedatoms._init import state_from_labels
 from nestedatoms._steps import elbo, update_cells, weighted_entropy
-from nestedatoms._batches import (COLUMN_MOVES, batched_entropies_of_sums, in_memory_summary,
-                                  moves_for, plan_batches)
-from nestedatoms.moves import merge_cell_atoms
+from nestedatoms._batches import batched_entropies_of_sums, in_memory_summary, plan_batches
+from nestedatoms.moves import SINGLE_BATCH_MOVES, merge_cell_atoms, moves_for
 from nestedatoms._data import exact_column_means, prepare_data
 from nestedatoms._state import sample_covariance
 
@@ -98,7 +97,7 @@ def test_split_move_only_with_one_batch():
     sim = _cohort(4)
     one = _fit(sim, None, 1, max_iter=2)
     many = _fit(sim, 300, 1, max_iter=2)
-    assert COLUMN_MOVES == ("split_cell_atoms",)
+    assert SINGLE_BATCH_MOVES == ("split_cell_atoms",)
     assert "split_cell_atoms" in {m.name for m in moves_for(one.problem_)}
     names = {m.name for m in moves_for(many.problem_)}
     assert "split_cell_atoms" not in names
@@ -115,7 +114,7 @@ def test_atom_merges_by_batch_match_the_whole():
     be = get_backend("cpp")
     st = one.state_
     sets = [(0,), (1,), (0, 1), (0, 1, 2)]
-    by_batch = batched_entropies_of_sums(be, prob, st, sets)
+    by_batch = batched_entropies_of_sums(be, prob, st.xi, None, sets)
     whole = [weighted_entropy(be, st.xi[:, list(c)].sum(axis=1, keepdims=True), None)
              for c in sets]
     np.testing.assert_allclose(by_batch, whole, rtol=1e-12)

@@ -19,7 +19,7 @@ BATCH = 700
 FIT = dict(random_state=3, n_init=2, max_iter=10, tol=0, batch_size=BATCH)
 STATE = ("rho", "N_jl", "y_n", "y_s1", "y_s2", "H_xi", "H_rho", "my", "lamy", "Wy", "nuy", "mx",
          "lamx", "Wx", "nux", "u_a", "u_b", "v_a", "v_b", "alpha_shape", "alpha_rate",
-         "beta_shape", "beta_rate", "x_prior_scale", "donor_concentration")
+         "beta_shape", "beta_rate", "group_prior_scale", "donor_concentration")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ import numpy as np
 __all__ = ["BatchPlan", "plan_batches", "DEFAULT_DASK_BATCH_SIZE", "ColumnSummary",
            "batch_summary", "combine_summaries", "batch_scatter", "summary_covariance",
            "in_memory_summary", "batched_cell_step", "batched_weighted_stats",
-           "add_in_order", "moves_for", "COLUMN_MOVES"]
+           "add_in_order", "weighted_entropy", "entropies_of_sums",
+           "batched_entropies_of_sums", "fold_columns"]
 
 # Cells per batch of a dask fit when batch_size is None: ~60 MB of float64 cells at p = 30
 # and as much for the batch's xi, so a worker holds a few batches in a few hundred MB.
@@ -203,29 +204,34 @@ def batched_weighted_stats(be, Y, w, centre, plan: BatchPlan):
 # ---------------------------------------------------------------------------------------------
 # Columns of xi, batch by batch (the cell-atom merges)
 # ---------------------------------------------------------------------------------------------
+def weighted_entropy(be, xi_rows: np.ndarray, weights) -> float:
+    """-sum_i w_i sum_l xi_il log xi_il (the backend's entropy when ``weights`` is None)."""
+    if weights is None:
+        return be.categorical_entropy(xi_rows)
+    from scipy.special import entr
+
+    return float(np.dot(weights, entr(xi_rows).sum(axis=1)))
+
+
 def entropies_of_sums(be, xi_rows: np.ndarray, weights, column_sets) -> list:
     """For each set of xi's columns, sum_i w_i h(sum of those columns in row i) over the given
     rows (h(x) = -x log x; the backend's entropy, as H_xi is computed)."""
-    from ._steps import weighted_entropy
-
     return [weighted_entropy(be, np.ascontiguousarray(
         xi_rows[:, list(cols)].sum(axis=1, keepdims=True)), weights) for cols in column_sets]
 
 
-def batched_entropies_of_sums(be, prob, st, column_sets) -> list:
-    """``entropies_of_sums`` over all cells, batch by batch, added in batch order (on the
-    workers when xi is kept there)."""
-    from ._steps import group_weights
-
-    zeta = group_weights(prob, st)
-    if isinstance(st.xi, np.ndarray):
+def batched_entropies_of_sums(be, prob, xi, zeta, column_sets) -> list:
+    """``entropies_of_sums`` over all cells of ``xi``, each individual's cells weighted by
+    ``zeta`` (J,) or None, batch by batch and added in batch order (on the workers when xi is
+    kept there)."""
+    if isinstance(xi, np.ndarray):
         parts = []
         for g0, g1, r0, r1 in prob.batches:
             w = (None if zeta is None
                  else np.repeat(zeta[g0:g1], np.diff(prob.offsets[g0:g1 + 1])))
-            parts.append(entropies_of_sums(be, st.xi[r0:r1], w, column_sets))
+            parts.append(entropies_of_sums(be, xi[r0:r1], w, column_sets))
     else:
-        parts = st.xi.entropies_of_sums(prob, zeta, column_sets)
+        parts = xi.entropies_of_sums(prob, zeta, column_sets)
     return [float(add_in_order([p[i] for p in parts])) for i in range(len(column_sets))]
 
 
@@ -239,19 +245,3 @@ def fold_columns(xi, groups):
             xi[:, group[0]] += xi[:, l]
             xi[:, l] = 0.0
     return xi
-
-
-# The moves that need rows of xi across all cells (the split of an atom cuts its cells by
-# 2-means on y and re-runs their cell step).  With more than one batch it is not run (in
-# memory as on dask, so that both give the same bits): see docs/scale-out.md.
-COLUMN_MOVES = ("split_cell_atoms",)
-
-
-def moves_for(prob):
-    """The fit's moves for this problem: all of them with one batch, and without the moves
-    that need rows of xi across batches (``COLUMN_MOVES``) with more."""
-    from .moves import DEFAULT_MOVES
-
-    if prob.batches.n_batches == 1:
-        return DEFAULT_MOVES
-    return tuple(m for m in DEFAULT_MOVES if m.name not in COLUMN_MOVES)

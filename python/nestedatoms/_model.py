@@ -9,8 +9,9 @@ import numpy as np
 from ._backend import get_backend, resolve_n_threads
 from ._data import check_constant_columns, prepare_data
 from ._fit import fit_restarts
-from ._batches import DEFAULT_DASK_BATCH_SIZE, in_memory_summary, moves_for, plan_batches
+from ._batches import DEFAULT_DASK_BATCH_SIZE, in_memory_summary, plan_batches
 from ._dask import is_dask_array
+from .moves import moves_for
 from ._state import ConcentrationPrior, Problem, resolve_nw_prior
 from ._steps import expected_stick_weights
 from ._validation import (check_data_size, check_dimension, check_estimator_params,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._batches import batched_cell_step
+from ._batches import batched_cell_step, weighted_entropy  # noqa: F401 (re-exported)
 from ._state import ConcentrationPrior, NWPrior, Problem, State
 
 __all__ = ["composition_weights", "composition_counts", "scale_rows", "tempered", "group_weights",
@@ -85,15 +85,6 @@ def tempered(prob: Problem, st: State, per_group: np.ndarray) -> np.ndarray:
 def composition_counts(prob: Problem, st: State) -> np.ndarray:
     """The tempered counts zeta_j N_jl that enter q(S), the cell sticks and the ELBO."""
     return tempered(prob, st, st.N_jl)
-
-
-def weighted_entropy(be, xi_rows: np.ndarray, weights) -> float:
-    """-sum_i w_i sum_l xi_il log xi_il (the backend's entropy when ``weights`` is None)."""
-    if weights is None:
-        return be.categorical_entropy(xi_rows)
-    from scipy.special import entr
-
-    return float(np.dot(weights, entr(xi_rows).sum(axis=1)))
 
 
 def weighted_y_stats(be, prob: Problem, xi_cols: np.ndarray, weights, rows=None):

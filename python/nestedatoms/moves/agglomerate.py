@@ -7,7 +7,7 @@ import numpy as np
 
 from .._batches import batched_entropies_of_sums, fold_columns
 from .._state import Problem, State
-from .._steps import cell_weights, elbo, weighted_entropy
+from .._steps import cell_weights, elbo, group_weights, weighted_entropy
 from ._base import gain_ok, restore, snapshot
 from .merge_atoms import atom_score, fold_atom_stats
 
@@ -97,7 +97,9 @@ def _entropy_change_by_batch(be, prob: Problem, st: State, levels, before, n_thr
         restore(st, saved)
         saved = snapshot(st)
     sets = sorted(groups | {(l,) for g in groups for l in g})
-    entropy = dict(zip(sets, batched_entropies_of_sums(be, prob, st, sets))) if sets else {}
+    zeta = group_weights(prob, st)
+    values = batched_entropies_of_sums(be, prob, st.xi, zeta, sets) if sets else []
+    entropy = dict(zip(sets, values))
 
     def change(group):
         key = tuple(sorted(group))

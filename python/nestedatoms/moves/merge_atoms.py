@@ -7,7 +7,7 @@ import numpy as np
 
 from .._batches import batched_entropies_of_sums, fold_columns
 from .._state import Problem, State
-from .._steps import cell_weights, elbo, weighted_entropy
+from .._steps import cell_weights, elbo, group_weights, weighted_entropy
 from ._base import gain_ok, refresh_without_cells, restore, snapshot
 
 
@@ -95,7 +95,8 @@ def _merge_cell_atoms_by_batch(be, prob: Problem, st: State, n_threads: int,
         if not candidates:
             return changed
         sets = sorted({s for l1, l2 in candidates for s in ((l1,), (l2,), (l1, l2))})
-        entropy = dict(zip(sets, batched_entropies_of_sums(be, prob, st, sets)))
+        entropy = dict(zip(sets, batched_entropies_of_sums(be, prob, st.xi,
+                                                           group_weights(prob, st), sets)))
         accepted = False
         for l1, l2 in candidates:
             saved = snapshot(st)
