@@ -83,6 +83,7 @@ def _merge_cell_atoms_by_batch(be, prob: Problem, st: State, n_threads: int,
     that gains, in ``_cell_pairs`` order, is the one ``merge_cell_atoms`` would accept.
     """
     changed = False
+    entropy = {}     # per set of columns; a merge changes only its two columns' entries
     while True:  # ends: every accepted merge empties one more atom
         before = elbo(be, prob, st)
         candidates = []
@@ -94,9 +95,11 @@ def _merge_cell_atoms_by_batch(be, prob: Problem, st: State, n_threads: int,
             restore(st, saved)
         if not candidates:
             return changed
-        sets = sorted({s for l1, l2 in candidates for s in ((l1,), (l2,), (l1, l2))})
-        entropy = dict(zip(sets, batched_entropies_of_sums(be, prob, st.xi,
-                                                           group_weights(prob, st), sets)))
+        sets = sorted({s for l1, l2 in candidates for s in ((l1,), (l2,), (l1, l2))}
+                      - set(entropy))
+        if sets:
+            entropy.update(zip(sets, batched_entropies_of_sums(
+                be, prob, st.xi, group_weights(prob, st), sets)))
         accepted = False
         for l1, l2 in candidates:
             saved = snapshot(st)
@@ -104,6 +107,7 @@ def _merge_cell_atoms_by_batch(be, prob: Problem, st: State, n_threads: int,
             fold_atom_stats(be, prob, st, [[l1, l2]], n_threads)
             if gain_ok(elbo(be, prob, st), before):
                 st.xi = fold_columns(st.xi, [[l1, l2]])
+                entropy = {k: v for k, v in entropy.items() if l1 not in k and l2 not in k}
                 accepted = changed = True
                 break
             restore(st, saved)
