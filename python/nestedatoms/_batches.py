@@ -136,9 +136,16 @@ def combine_summaries(parts) -> ColumnSummary:
 
 
 def batch_scatter(Yb: np.ndarray, means: np.ndarray):
-    """Second pass over one batch: (sum of z, z'z) of z = y - means."""
+    """Second pass over one batch: (sum of z, z'z) of z = y - means.
+
+    BLAS on one thread: a threaded BLAS may cut the sum over rows differently for different
+    thread counts, and a dask worker's BLAS thread count is not the driver's.
+    """
+    from threadpoolctl import threadpool_limits
+
     Z = Yb - means
-    return Z.sum(axis=0), Z.T @ Z
+    with threadpool_limits(limits=1, user_api="blas"):
+        return Z.sum(axis=0), Z.T @ Z
 
 
 def summary_covariance(summary: ColumnSummary, scatters) -> np.ndarray:
