@@ -91,6 +91,7 @@ def test_a_worker_killed_mid_fit_gives_the_same_bits(cohort, monkeypatch):
     _assert_same_bits(model, reference)
 
 
+@pytest.mark.filterwarnings("ignore::nestedatoms.ConvergenceWarning")   # 52 sweeps, on purpose
 def test_threaded_scheduler_moves_and_default_batch_size(cohort):
     """No client: dask's local scheduler.  A longer run, so that the moves that run at
     convergence (or every 50 sweeps) fire on the dask path too.  A dask Y within one batch
@@ -104,6 +105,11 @@ def test_threaded_scheduler_moves_and_default_batch_size(cohort):
     assert {"sort_clusters", "merge_cell_atoms", "search_group_partition"} <= fired
     assert on_dask.moves_ == in_memory.moves_
     _assert_same_bits(on_dask, in_memory)
+    # resume maps over the same store; predict needs only the global factors
+    _assert_same_bits(on_dask.resume(2), in_memory.resume(2))
+    new = np.asarray(Y[:50].compute())
+    assert np.array_equal(on_dask.predict_proba(new, groups[:50]),
+                          in_memory.predict_proba(new, groups[:50]))
     params = {**FIT, "batch_size": None, "n_init": 1, "max_iter": 3}
     whole = na.NestedAtomsModel(**params).fit(Y, groups, sim.X)
     mem = na.NestedAtomsModel(**params).fit(np.asarray(Y.compute()), groups, sim.X)
