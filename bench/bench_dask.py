@@ -84,7 +84,7 @@ def make(args):
     root = zarr.open_group(args.out, mode="w")
     parts = [da.from_array(Y, chunks=(1 << 16, -1)) for _ in range(args.copies)]
     da.to_zarr(da.concatenate(parts).rechunk((1 << 16, -1)), root.store, component="Y",
-               overwrite=True)
+               overwrite=True, **({} if args.compress else {"compressors": None}))
     groups = np.concatenate([np.repeat(np.arange(J) + c * J, sizes) for c in range(args.copies)])
     root.create_array("groups", data=groups.astype(np.int64))
     root.create_array("X", data=np.vstack([sim.X] * args.copies))
@@ -202,6 +202,8 @@ def main():
     m = sub.add_parser("make")
     m.add_argument("--out", required=True)
     m.add_argument("--copies", type=int, default=1)
+    m.add_argument("--compress", action="store_true",
+                   help="zarr's default zstd (off: as nestedatoms.write_sorted_zarr writes)")
     for name in ("compare", "sweeps"):
         c = sub.add_parser(name)
         c.add_argument("--store", required=True)
