@@ -100,7 +100,9 @@ def _load(store):
 
 
 def _read_only(Yb):
-    return np.ascontiguousarray(Yb, dtype=np.float64).shape[0]
+    from nestedatoms._dask import _as_cells
+
+    return _as_cells(Yb).shape[0]
 
 
 def _time_sweeps(model, n, threads):
