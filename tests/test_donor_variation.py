@@ -260,6 +260,29 @@ def test_learning_c_is_a_move_that_reports_what_it_did(backend):
     assert not learn_donor_variation(backend, prob, st)
 
 
+def test_after_c_moves_the_cached_statistics_are_those_of_the_new_objective(backend):
+    """The y statistics and the entropy of q(M) are sums weighted by zeta_j(c); when the move
+    changes c they are summed again, so the ELBO it reports is the new objective's and the
+    next cell step cannot lower it."""
+    from nestedatoms._steps import cell_weights, update_cells, weighted_entropy, weighted_y_stats
+
+    sim = _varying_cohort(1, c=30.0)
+    model = na.NestedAtomsModel(random_state=0, n_init=1, donor_concentration=np.inf,
+                                backend="cpp").fit(sim.Y, sim.groups)
+    prob, st = model.problem_, model.state_
+    prob.learn_donor_concentration = True
+    assert learn_donor_variation(backend, prob, st)
+    w = cell_weights(prob, st)
+    assert w is not None
+    n, s1, s2 = weighted_y_stats(backend, prob, st.xi, w)
+    np.testing.assert_allclose(st.y_n, n, rtol=1e-10)
+    np.testing.assert_allclose(st.y_s1, s1, rtol=1e-9, atol=1e-9 * np.abs(s1).max())
+    np.testing.assert_allclose(st.H_xi, weighted_entropy(backend, st.xi, w), rtol=1e-10)
+    reported = elbo(backend, prob, st)
+    update_cells(backend, prob, st)
+    assert elbo(backend, prob, st) >= reported - 1e-9 * abs(reported)
+
+
 def test_saved_model_keeps_the_concentration(tmp_path):
     sim = _varying_cohort(3)
     model = na.NestedAtomsModel(random_state=0, n_init=1).fit(sim.Y, sim.groups)

@@ -534,9 +534,6 @@ def test_labelling_bound_of_a_fitted_model():
 @pytest.mark.parametrize("kind", ["flat", "cam"])
 def test_degenerate_cases(be, kind):
     """K = 1 (one order: the bound is the ELBO), no x (CAM), and no occupied cluster."""
-    import sys
-
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from conftest import make_problem
 
     prob = make_problem(kind, K=3)

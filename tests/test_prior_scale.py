@@ -251,7 +251,7 @@ def test_the_group_search_scores_each_candidate_at_its_own_width(backend):
     broad for the truth).  The search re-learns the width for each candidate, so it finds the
     truth, which scores higher at its own width; scored at the merged partition's width, as
     the search once did, no candidate beats the merge on this data set (lam = 0.01, replicate
-    4 of the J = 12, n_j = 100, T = L = 6 grid cell, a search miss of bench/STUDY.md).  The
+    4 of the J = 12, n_j = 100, T = L = 6 grid cell, a search miss of studies/STUDY.md).  The
     x atoms are left optimal under the kept width, and a search from the truth then changes
     nothing, the width included."""
     from nestedatoms._data import prepare_data

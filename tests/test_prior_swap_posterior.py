@@ -1,9 +1,6 @@
 """The prior pieces the recovery study swaps into the exact partition posterior
-(bench/prior_swap_posterior.py), against closed forms: they carry the study's claim about which
-of NAM's priors moves the mode off the truth."""
-
-import os
-import sys
+(``nestedatoms.diagnostics``, implemented in ``_prior_swap``), against closed forms: they carry
+the study's claim about which of NAM's priors moves the mode off the truth."""
 
 import numpy as np
 import pytest
@@ -11,12 +8,10 @@ from scipy import integrate, stats
 from scipy.special import gammaln
 
 from nestedatoms._init import relabel_by_first_appearance
-from nestedatoms._partition_posterior import nw_log_marginal, posterior_from_scores, subset_members
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "bench"))
-from prior_swap_posterior import (dp_partition_label_term,  # noqa: E402
-                                  labelling_gap, modes_with_nam_priors,
-                                  stick_breaking_log_marginal)
+from nestedatoms.diagnostics import (dp_partition_label_term, labelling_gap,
+                                     mode_with_profiled_group_prior_scale, modes_with_nam_priors,
+                                     nw_log_marginal, posterior_from_scores, problem_for,
+                                     stick_breaking_log_marginal, subset_members, x_prior_for)
 
 
 @pytest.mark.parametrize("J", [1, 4, 9])
@@ -83,16 +78,12 @@ def test_labelling_gap_at_a_fixed_alpha_against_a_sum_over_every_labelling(group
     summed over every labelling, and SPEC's group-stick terms at their optimum for a hard
     partition are log p(its size-sorted labelling) (q(v) is then the exact posterior of the
     sticks): the gap is what the brute-force sum adds."""
-    from nestedatoms._backend import get_backend
-    from nestedatoms._data import prepare_data
-
     import nestedatoms as na
 
     sim = na.simulate(random_state=0)
-    prob = na.NestedAtomsModel(group_concentration=0.8)._problem(
-        prepare_data(sim.Y, sim.groups, sim.X))
+    prob = problem_for(na.NestedAtomsModel(group_concentration=0.8), sim.Y, sim.groups, sim.X)
     groups = np.asarray(groups)
-    assert labelling_gap(get_backend("numpy"), prob, sim.cell_truth, groups) == pytest.approx(
+    assert labelling_gap(prob, sim.cell_truth, groups, backend="numpy") == pytest.approx(
         _brute_force_labelling_gap(groups, 0.8), abs=1e-6)
 
 
@@ -100,11 +91,9 @@ def test_swapped_prior_modes_start_from_the_generating_posterior():
     """The assembly: with nothing swapped, the mode and evidence are those of
     ``Simulation.group_partition_posterior``, built independently."""
     import nestedatoms as na
-    from nestedatoms._state import resolve_nw_prior
 
     sim = na.simulate(n_groups=8, cells_per_group=30, random_state=3)
-    modes = modes_with_nam_priors(sim, resolve_nw_prior(sim.X, 30, "empirical", None,
-                                                         layer="groups"))
+    modes = modes_with_nam_priors(sim, x_prior_for(sim.X, 30))
     reference = sim.group_partition_posterior()
     np.testing.assert_array_equal(modes["generating"].map_labels, reference.map_labels)
     assert modes["generating"].log_evidence == pytest.approx(reference.log_evidence, abs=1e-9)
@@ -116,8 +105,6 @@ def test_profiled_width_mode_is_the_joint_maximum_over_partitions_and_widths():
     """The mode with the x prior's width profiled is the (partition, width) pair that scores
     highest, found here by scoring every partition of six individuals at every width."""
     import itertools
-
-    from prior_swap_posterior import mode_with_profiled_x_width
 
     J, q = 6, 2
     rng = np.random.default_rng(12)
@@ -132,9 +119,9 @@ def test_profiled_width_mode_is_the_joint_maximum_over_partitions_and_widths():
         return (gammaln(sizes) + other
                 + nw_log_marginal(X, members, lam0 * f, nu0, W0inv * f, X.mean(axis=0)))
 
-    log_widths = np.linspace(-8.0, 0.0, 17)
+    log_scales = np.linspace(-8.0, 0.0, 17)
     truth = np.repeat([0, 1], 3)
-    got = mode_with_profiled_x_width(block_scores_at, label_term, truth, log_widths)
+    got = mode_with_profiled_group_prior_scale(block_scores_at, label_term, truth, log_scales)
 
     # every partition once (labels by first appearance), as bit masks of its blocks
     partitions = [np.array(labels) for labels in itertools.product(range(J), repeat=J)
@@ -143,43 +130,42 @@ def test_profiled_width_mode_is_the_joint_maximum_over_partitions_and_widths():
     masks = [np.array([int((1 << np.nonzero(p == k)[0]).sum()) for k in np.unique(p)]) - 1
              for p in partitions]
     best, best_score = None, -np.inf
-    for log_f in log_widths:
+    for log_f in log_scales:
         scores = block_scores_at(np.exp(log_f))
         for labels, m in zip(partitions, masks):
             score = scores[m].sum() + label_term[m.size]
             if score > best_score:
                 best, best_score = (labels, np.exp(log_f)), score
     np.testing.assert_array_equal(got.map_labels, best[0])
-    assert got.x_width == pytest.approx(best[1], rel=1e-12)
+    assert got.group_prior_scale == pytest.approx(best[1], rel=1e-12)
     assert got.log_prob_map + got.log_evidence == pytest.approx(best_score, abs=1e-9)
     # not a trivial case: the width moves inside the grid; at the width as set the mode is
     # another partition; and choosing the width by the evidence alone (type-II) would give
     # another width, so the test tells the joint mode from that
-    assert np.exp(log_widths[0]) < got.x_width < 1.0
-    as_set = mode_with_profiled_x_width(block_scores_at, label_term, truth, np.zeros(1))
+    assert np.exp(log_scales[0]) < got.group_prior_scale < 1.0
+    as_set = mode_with_profiled_group_prior_scale(block_scores_at, label_term, truth, np.zeros(1))
     assert not np.array_equal(as_set.map_labels, got.map_labels)
     evidence = [posterior_from_scores(np.concatenate([[0.0], block_scores_at(np.exp(f))]),
-                                      label_term, truth).log_evidence for f in log_widths]
-    assert np.exp(log_widths[int(np.argmax(evidence))]) != pytest.approx(got.x_width)
+                                      label_term, truth).log_evidence for f in log_scales]
+    assert np.exp(log_scales[int(np.argmax(evidence))]) != pytest.approx(got.group_prior_scale)
 
 
 def test_profiled_width_at_the_width_as_set_is_the_all_three_mode():
     """The wiring of the profiled entry (x prior at width f, beta as under all three): with a
     grid of the single width 1 it is exactly the mode under all three NAM priors."""
     import nestedatoms as na
-    from nestedatoms._state import resolve_nw_prior
 
     sim = na.simulate(n_groups=8, cells_per_group=30, n_group_clusters=3, lam_x=0.01,
                       random_state=5)
-    prior = resolve_nw_prior(sim.X, 30, "empirical", None, layer="groups")
-    at_one = modes_with_nam_priors(sim, prior, profile_x_width=True, log_widths=np.zeros(1))
+    prior = x_prior_for(sim.X, 30)
+    at_one = modes_with_nam_priors(sim, prior, profile_group_prior_scale=True, log_scales=np.zeros(1))
     profiled = at_one["all three NAM priors, x width profiled"]
     fixed = at_one["all three NAM priors"]
     np.testing.assert_array_equal(profiled.map_labels, fixed.map_labels)
     assert profiled.log_evidence == pytest.approx(fixed.log_evidence, abs=1e-9)
-    assert profiled.x_width == 1.0
+    assert profiled.group_prior_scale == 1.0
     # and over the default grid the joint score can only rise
-    grid = modes_with_nam_priors(sim, prior, profile_x_width=True)
+    grid = modes_with_nam_priors(sim, prior, profile_group_prior_scale=True)
     wide = grid["all three NAM priors, x width profiled"]
     assert (wide.log_prob_map + wide.log_evidence
             >= fixed.log_prob_map + fixed.log_evidence - 1e-9)

@@ -80,7 +80,7 @@ def test_elbo_from_labels_does_not_depend_on_how_the_clusters_are_named():
 @pytest.mark.parametrize("seed", [
     5,     # the fit is the exact posterior mode (which is not the truth here)
     # NAM's objective scores the mode 0.32 nats above the one cluster the fit returns, but the
-    # mode is two splits away and the first alone scores lower (bench/STUDY.md section 3): a
+    # mode is two splits away and the first alone scores lower (studies/STUDY.md section 3): a
     # known miss of the greedy search, kept here until a search finds it
     pytest.param(2, marks=pytest.mark.xfail(strict=True, reason="mode two splits away")),
 ])
@@ -102,7 +102,7 @@ def test_default_fit_scores_at_least_as_high_as_the_exact_posterior_mode(seed):
 def test_toy_design_individuals_recovered_where_the_old_full_covariance_prior_merged(seed):
     """Published toy design seeds on which the previous default x prior (shaped like the full
     covariance of x) merged or mixed two true individual clusters; the diagonal default must
-    recover them exactly (bench/STUDY.md sections 1 and 3)."""
+    recover them exactly (studies/STUDY.md sections 1 and 3)."""
     sim = na.simulate(random_state=seed)
     model = na.NestedAtomsModel(n_init=1, random_state=seed, n_threads=1)
     model.fit(sim.Y, sim.groups, sim.X)

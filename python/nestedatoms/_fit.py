@@ -74,6 +74,8 @@ class RunResult:
     # record per move that changed the state: {"sweep", "move", "gain"} (gain: ELBO change)
     timings: dict = field(default_factory=lambda: defaultdict(float))
     moves: list = field(default_factory=list)
+    # ended when its sweeps settled on what an earlier restart found (fit_restarts)
+    stopped_as_duplicate: bool = False
 
 
 @contextmanager
@@ -193,11 +195,14 @@ _STALL_PERIOD = 50
 
 
 def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads: int = 1,
-             moves=(), callback=None, on_phase=None) -> RunResult:
+             moves=(), callback=None, on_phase=None, duplicate=None) -> RunResult:
     """Sweep until the relative ELBO change falls below ``tol`` (tol = 0: exactly max_iter).
 
     ``callback(iteration, elbo)`` is called after every sweep; ``on_phase(name)`` before each
-    costly (at-convergence) move, so a progress display can say which one runs.  On
+    costly (at-convergence) move, so a progress display can say which one runs.
+    ``duplicate(state, elbo) -> bool``: asked when the sweeps settle, before the costly moves;
+    True ends the run there (``stopped_as_duplicate``), as a restart that has reached what an
+    earlier one found (see ``fit_restarts``).  On
     KeyboardInterrupt the run ends with the state of its last complete sweep (see the module
     docstring) and a :class:`FitInterruptedWarning`; an interrupt before the first ELBO is
     evaluated propagates.
@@ -220,10 +225,11 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
                 moved |= fired
             cur = _finite_elbo(cur, it)
             settled = _settled(cur, prev, tol, moved)
+            stop = settled and duplicate is not None and duplicate(st, cur)
             # A run that creeps (heavily overlapping clusters can gain a few nats a sweep for
             # hundreds of sweeps) would never reach the costly moves: try them every
             # _STALL_PERIOD sweeps as well.  They only ever raise the ELBO.
-            if final_moves and tol > 0 and (settled or it % _STALL_PERIOD == 0):
+            if final_moves and tol > 0 and not stop and (settled or it % _STALL_PERIOD == 0):
                 for move in final_moves:
                     fired, cur = phases.move(move, be, prob, st, n_threads, it, cur)
                     moved |= fired
@@ -236,6 +242,9 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
             result.elbo = cur
             if callback is not None:
                 callback(it, cur)
+            if stop:
+                result.converged = result.stopped_as_duplicate = True
+                break
             if tol > 0 and _settled(cur, prev, tol, moved):
                 result.converged = True
                 break
@@ -268,12 +277,19 @@ def elbo_from_labels(be, prob: Problem, cell_labels: np.ndarray, group_labels: n
     ELBO at the best width, so scoring two partitions at one width would compare them under
     a prior neither fit uses.
     """
+    return run_from_labels(be, prob, cell_labels, group_labels, max_iter, tol).elbo
+
+
+def run_from_labels(be, prob: Problem, cell_labels: np.ndarray, group_labels: np.ndarray,
+                    max_iter: int = 1000, tol: float = 1e-9) -> RunResult:
+    """The run behind ``elbo_from_labels``, its state kept (for the labelling bound of the
+    partition it reaches, or the partition itself)."""
     # numbered by size, as the fit numbers them: the stick-breaking prior depends on the
     # order, so equal partitions must also be equally numbered
     st = state_from_labels(be, prob, relabel_by_size(np.asarray(cell_labels))[prob.data.order],
                            relabel_by_size(np.asarray(group_labels)))
     moves = (move_named("learn_group_prior_scale"),) if prob.learn_group_prior_scale else ()
-    return run_cavi(be, prob, st, max_iter=max_iter, tol=tol, moves=moves).elbo
+    return run_cavi(be, prob, st, max_iter=max_iter, tol=tol, moves=moves)
 
 
 def restart_rngs(random_state, n_init: int):
@@ -297,6 +313,43 @@ def _with_fixed_concentration(prob: Problem, concentration: float) -> Problem:
     return fixed
 
 
+# A restart whose sweeps settle on the partition (both levels) an earlier restart ended with,
+# at an ELBO no higher, stops there: from the same partition the costly moves would retrace
+# the earlier restart's path (on a OneK1K-shaped cohort the two extra restarts cost 68% of
+# the fit for the same partition).  It can never be the kept run (its ELBO is not higher), so
+# the result changes only where continuing would have found something better.  Off here to
+# measure that (bench/bench_restarts.py).
+STOP_DUPLICATE_RESTARTS = True
+
+
+class _FinishedPartitions:
+    """The partitions finished restarts ended with, and the best ELBO reached at each."""
+
+    def __init__(self):
+        self.best: dict = {}
+
+    @staticmethod
+    def key(st: State):
+        if st.xi is None:            # the cells' responsibilities live elsewhere (dask)
+            return None
+        from ._init import relabel_by_first_appearance
+
+        groups = relabel_by_first_appearance(st.rho.argmax(axis=1))
+        cells = relabel_by_first_appearance(st.xi.argmax(axis=1))
+        return groups.astype(np.int64).tobytes() + b"|" + cells.astype(np.int64).tobytes()
+
+    def add(self, st: State, value: float) -> None:
+        key = self.key(st)
+        if key is not None:
+            self.best[key] = max(value, self.best.get(key, -np.inf))
+
+    def __call__(self, st: State, value: float) -> bool:
+        if not self.best:
+            return False
+        key = self.key(st)
+        return key in self.best and value <= self.best[key]
+
+
 def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, random_state,
                  n_threads: int = 1, moves=(), init_state=None, callback=None,
                  on_phase=None):
@@ -316,12 +369,16 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
     first restart learns it and the others run with c fixed at its value: the objective
     depends on c (each donor's terms are weighted by zeta_j(c)), so only runs under one c
     can be compared by their ELBO.
+
+    A restart whose sweeps settle on a partition an earlier restart ended with, at an ELBO
+    no higher, stops there (``STOP_DUPLICATE_RESTARTS``; ``stopped_as_duplicate``).
     """
     make_state = init_state or initial_state
     rngs, seeds = restart_rngs(random_state, n_init)
     runs = []
     best = None
     interrupted = False
+    finished = _FinishedPartitions() if STOP_DUPLICATE_RESTARTS else None
     try:
         for r, (rng, seed) in enumerate(zip(rngs, seeds)):
             start = time.perf_counter()
@@ -330,7 +387,9 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
             cb = None if callback is None else (lambda it, value, r=r: callback(r, it, value))
             phase = None if on_phase is None else (lambda name, r=r: on_phase(r, name))
             run = run_cavi(be, prob, st, max_iter, tol, n_threads, moves=moves, callback=cb,
-                           on_phase=phase)
+                           on_phase=phase, duplicate=finished)
+            if finished is not None and run.converged and not run.stopped_as_duplicate:
+                finished.add(run.state, run.elbo)
             if r == 0 and prob.learn_donor_concentration:
                 prob = _with_fixed_concentration(prob, run.state.donor_concentration)
             run.timings["init"] += init_seconds

@@ -55,7 +55,22 @@ class PartitionPosterior:
 
 def nw_log_marginal(X: np.ndarray, members: np.ndarray, lam0: float, nu0: float,
                     W0inv: np.ndarray, m0: np.ndarray) -> np.ndarray:
-    """log p(x_B) under NW(m0, lam0, W0, nu0), for each row of ``members`` (n_sets, J) bool."""
+    """The Normal-Wishart marginal likelihood of sets of individuals, each set one cluster.
+
+    Parameters
+    ----------
+    X : ndarray (J, q)
+        The individuals' vectors.
+    members : ndarray (n_sets, J) of bool
+        Which individuals each set holds.
+    lam0, nu0, W0inv, m0 : float, float, ndarray (q, q), ndarray (q,)
+        The prior NW(m0, lam0, W0, nu0), W0 given by its inverse.
+
+    Returns
+    -------
+    ndarray (n_sets,)
+        log p(x_B) of each set B, the atom integrated out (Murphy 2007, eq. 266).
+    """
     n_sets, q = members.shape[0], X.shape[1]
     Z = X - m0
     weights = members.astype(np.float64)
@@ -81,8 +96,17 @@ def _dirichlet_multinomial(counts: np.ndarray, a: float) -> np.ndarray:
 
 
 def subset_members(J: int) -> np.ndarray:
-    """Membership (2^J - 1, J) of every non-empty subset of J individuals; row m - 1 is the
-    subset whose bit mask is m."""
+    """Membership of every non-empty subset of J individuals.
+
+    Parameters
+    ----------
+    J : int
+
+    Returns
+    -------
+    ndarray (2**J - 1, J) of bool
+        Row m - 1 is the subset whose bit mask is m.
+    """
     masks = np.arange(1, 2 ** J)
     return ((masks[:, None] >> np.arange(J)) & 1).astype(bool)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._state import Problem, State
+from .._steps import update_cells
 from ._base import refresh_without_cells
 
 
@@ -34,6 +35,12 @@ def learn_donor_variation(be, prob: Problem, st: State, n_threads: int = 1) -> b
             _CONCENTRATION_TOLERANCE):
         return False
     st.donor_concentration = new
+    # The cached statistics of q(M) (the y statistics and the entropy) are sums weighted by
+    # zeta_j(c): under the new c they must be summed again, which is one cell step (its xi
+    # update is the same for any c, zeta_j cancelling from it).  Without it the ELBO reported
+    # after the move mixed the two objectives, and the next sweep "lost" the difference (seen
+    # by the fuzz test as a 266-nat drop on a 14-cell input).
+    update_cells(be, prob, st, n_threads)
     refresh_without_cells(be, prob, st, n_threads)
     return True
 

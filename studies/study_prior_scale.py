@@ -1,6 +1,6 @@
 """Why the learned width of the x prior is capped at the prior as set, and what it does to
 individual clusters of unequal widths (``NestedAtomsModel(learn_group_prior_scale=...)``,
-``bench/STUDY.md`` section 1).  Run through ``study_recovery.py --prior-scale-eb`` and
+``studies/STUDY.md`` section 1).  Run through ``study_recovery.py --prior-scale-eb`` and
 ``--unequal-widths``; it shares that script's grid, data and results.
 
 The option multiplies the x prior's E[Sigma] by a factor f chosen to maximise the ELBO
@@ -12,10 +12,10 @@ assumed.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 
+from nestedatoms.diagnostics import uncapped_group_prior_scale
 from study_recovery import RESULTS, RUNS_CSV, fit_nam_model, make_data, markdown_table
 
 # the grid's method names of the two fits this study compares with: the width held at the
@@ -29,20 +29,6 @@ def rose_fell(new, base):
     return new > base + 1e-9, new < base - 1e-9
 
 
-@contextlib.contextmanager
-def uncapped_width(max_log_scale: float = 8.0):
-    """Let the learned width exceed the prior as set, up to e^max_log_scale (for this study
-    only: the package caps it at 1)."""
-    from nestedatoms import _steps
-
-    saved = _steps._LOG_SCALE_MAX
-    _steps._LOG_SCALE_MAX = float(max_log_scale)
-    try:
-        yield
-    finally:
-        _steps._LOG_SCALE_MAX = saved
-
-
 def prior_scale_eb(lams=(0.01, 0.1, 0.5), J=12, n_j=100, shapes=((3, 3), (3, 6), (6, 3), (6, 6)),
                    n_rep=10):
     """Uncapped fits of the model data at J = ``J``, n_j = ``n_j`` (``prior_scale_eb_runs.csv``),
@@ -54,7 +40,7 @@ def prior_scale_eb(lams=(0.01, 0.1, 0.5), J=12, n_j=100, shapes=((3, 3), (3, 6),
     rows = []
     for lam, (T, L), rep in itertools.product(lams, shapes, range(n_rep)):
         sim, seed = make_data("model", lam, J, n_j, T, L, rep)
-        with uncapped_width():
+        with uncapped_group_prior_scale(8.0):
             model = fit_nam_model(sim, seed, learn_group_prior_scale=True)
         rows.append(dict(lam=lam, T=T, L=L, rep=rep,
                          uncapped=ari(sim.group_truth, model.group_labels_),
@@ -86,7 +72,7 @@ def summarise_prior_scale_eb(J=12, n_j=100):
     columns["uncapped f median"] = ("uncapped_scale", "median")
     summary = runs.groupby(["lam", "T", "L"]).agg(**columns).reset_index()
     with open(os.path.join(RESULTS, "prior_scale_eb.md"), "w") as fh:
-        fh.write(f"J = {J}, n_j = {n_j}, model data (`python bench/study_recovery.py "
+        fh.write(f"J = {J}, n_j = {n_j}, model data (`python studies/study_recovery.py "
                  f"--prior-scale-eb`): median individual ARI with the x prior held as set "
                  f"(`{FIXED}`, `learn_group_prior_scale=False`), of the default fit (`{CAPPED}`: "
                  f"the x prior's width times a learned f <= 1), and of the same with the cap "
@@ -186,7 +172,7 @@ def summarise_unequal_widths():
                     f_median=("f", "median"))
                .reset_index())
     with open(os.path.join(RESULTS, "prior_scale_unequal.md"), "w") as fh:
-        fh.write("Individual clusters of unequal widths (`python bench/study_recovery.py "
+        fh.write("Individual clusters of unequal widths (`python studies/study_recovery.py "
                  "--unequal-widths`): model data (n_j = 100) whose true individual clusters "
                  "have their x spread scaled by 1/3, 1 and 3 in turn (variances over an "
                  "81-fold range; cells untouched). Median individual ARI of the default fit "
@@ -229,7 +215,7 @@ def summarise_width_timing():
                     better=("better", "sum"), worse=("worse", "sum"))
                .reset_index())
     with open(os.path.join(RESULTS, "prior_scale_timing.md"), "w") as fh:
-        fh.write("The time the learned x width costs (`python bench/study_recovery.py "
+        fh.write("The time the learned x width costs (`python studies/study_recovery.py "
                  "--width-timing`): on model data (n_j = 100; T, L = 3, 3 / 6, 3 / 3, 6; "
                  "replicates 0-2 of the grid), the default fit (width learned) and the same "
                  "with the width held as set, back to back in one process, their order "

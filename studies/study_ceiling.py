@@ -1,5 +1,5 @@
 """The exact posterior mode of the individual partition as the study's ceiling at J = 12, and
-what separates NAM's fits from it (``bench/STUDY.md`` section 4).  Run through
+what separates NAM's fits from it (``studies/STUDY.md`` section 4).  Run through
 ``study_recovery.py`` (``--ceiling``, ``--ceiling-ablation``, ``--ceiling-priors``,
 ``--ordering-check``); it shares that script's grid, data and results files.
 """
@@ -18,14 +18,14 @@ from study_recovery import (METHODS, RESULTS, RUNS_CSV, converged_elbo, fit_nam_
 CEILING_CSV = os.path.join(RESULTS, "ceiling_runs.csv")
 
 
-def ceiling():
+def ceiling(cells=None, n_rep=10):
     """The ceiling on the J = 12 grid: the exact posterior mode of the individual partition
     under the model that drew the data (parameters integrated out, the cells' true labels
     given; ``Simulation.group_partition_posterior``), the Bayes answer under 0-1 loss for a
     method that has to learn the parameters, against every method's rows.
 
-    Writes ``bench/results/ceiling_runs.csv`` (one row per data set) and
-    ``bench/results/ceiling_summary.md`` (medians per grid cell beside each method's).  The
+    Writes ``studies/results/ceiling_runs.csv`` (one row per data set) and
+    ``studies/results/ceiling_summary.md`` (medians per grid cell beside each method's).  The
     same-composition scenario is left out: its cells are redrawn outside the model, so the
     model's posterior is not its ceiling.
     """
@@ -34,10 +34,10 @@ def ceiling():
     import pandas as pd
 
     rows = []
-    for scenario, lam, J, n_j, T, L in grid(True, Js=(12,)):
+    for scenario, lam, J, n_j, T, L in cells or grid(True, Js=(12,)):
         if scenario != "model":
             continue
-        for rep in range(10):
+        for rep in range(n_rep):
             sim, _ = make_data(scenario, lam, J, n_j, T, L, rep)
             post = sim.group_partition_posterior()
             rows.append(dict(scenario=scenario, lam=lam, J=J, n_j=n_j, T=T, L=L, rep=rep,
@@ -61,7 +61,7 @@ def ceiling():
     with open(os.path.join(RESULTS, "ceiling_summary.md"), "w") as fh:
         fh.write("J = 12 grid (scenario \"model\", 10 replicates a cell): the exact posterior "
                  "mode of the individual partition under the model that drew the data "
-                 "(`python bench/study_recovery.py --ceiling`; parameters integrated out, the "
+                 "(`python studies/study_recovery.py --ceiling`; parameters integrated out, the "
                  "cells' true labels given: it also knows T, alpha0 and lam, more than any method "
                  "is told).  `mode_ari`: "
                  "its median individual ARI; `truth_is_mode`: replicates where the truth is "
@@ -72,12 +72,12 @@ def ceiling():
     print(out.to_string(index=False))
 
 
-def ceiling_ablation(lams=(0.01, 0.1), J=12, n_j=100, T=6, L=3):
+def ceiling_ablation(lams=(0.01, 0.1), J=12, n_j=100, T=6, L=3, n_rep=10):
     """What keeps NAM from the posterior mode where it misses most (J = 12, T = 6): default
     fits (``n_init = 1``), the same with the x prior's width held as set, with the
     simulator's own atom priors for x and y (held as set: they are the truth), and with alpha
     also fixed at the simulator's alpha0_x.  Writes
-    ``bench/results/ceiling_ablation.md``."""
+    ``studies/results/ceiling_ablation.md``."""
     from sklearn.metrics import adjusted_rand_score as ari
 
     import nestedatoms as na
@@ -85,7 +85,7 @@ def ceiling_ablation(lams=(0.01, 0.1), J=12, n_j=100, T=6, L=3):
     import pandas as pd
 
     rows = []
-    for lam, rep in itertools.product(lams, range(10)):
+    for lam, rep in itertools.product(lams, range(n_rep)):
         sim, seed = make_data("model", lam, J, n_j, T, L, rep)
         true_atoms = dict(group_prior=simulator_prior(sim.X.shape[1], lam),
                           cell_prior=simulator_prior(sim.Y.shape[1], lam),
@@ -104,7 +104,7 @@ def ceiling_ablation(lams=(0.01, 0.1), J=12, n_j=100, T=6, L=3):
         print(row, flush=True)
     table = pd.DataFrame(rows)
     with open(os.path.join(RESULTS, "ceiling_ablation.md"), "w") as fh:
-        fh.write(f"J = {J}, n_j = {n_j}, T = {T}, L = {L} (`python bench/study_recovery.py "
+        fh.write(f"J = {J}, n_j = {n_j}, T = {T}, L = {L} (`python studies/study_recovery.py "
                  f"--ceiling-ablation`): individual ARI of the posterior mode under the model "
                  f"that drew the data (`mode`; told T, alpha0, lam and the cells' true "
                  f"labels) and of NAM fits (`n_init = 1`) with the default "
@@ -120,30 +120,29 @@ def ceiling_ablation(lams=(0.01, 0.1), J=12, n_j=100, T=6, L=3):
     print(table.to_string(index=False))
 
 
-def ceiling_priors(lams=(0.01, 0.1), J=12, T=6):
+def ceiling_priors(lams=(0.01, 0.1), J=12, T=6, n_js=(100, 1000), Ls=(3, 6), n_rep=10):
     """Which of NAM's priors moves the exact posterior mode off the truth where NAM misses
     (J = 12, T = 6): the mode with NAM's partition, composition and x priors swapped in for the
-    generating model's, one at a time and all together (``prior_swap_posterior``), beside NAM's
-    default fits from the runs CSV.  Writes ``bench/results/ceiling_priors.md`` and
-    ``ceiling_priors_runs.csv``."""
+    generating model's, one at a time and all together
+    (``nestedatoms.diagnostics.modes_with_nam_priors``), beside NAM's default fits from the
+    runs CSV.  Writes ``studies/results/ceiling_priors.md`` and ``ceiling_priors_runs.csv``."""
     from sklearn.metrics import adjusted_rand_score as ari
 
     import nestedatoms as na
-    from nestedatoms._state import resolve_nw_prior
-    from prior_swap_posterior import modes_with_nam_priors
+    from nestedatoms.diagnostics import modes_with_nam_priors, x_prior_for
 
     import pandas as pd
 
     K = na.NestedAtomsModel().n_group_clusters
     rows = []
-    for lam, n_j, L, rep in itertools.product(lams, (100, 1000), (3, 6), range(10)):
+    for lam, n_j, L, rep in itertools.product(lams, n_js, Ls, range(n_rep)):
         sim, _ = make_data("model", lam, J, n_j, T, L, rep)
-        nam_x = resolve_nw_prior(sim.X, K, "empirical", None, layer="groups")
-        modes = modes_with_nam_priors(sim, nam_x, profile_x_width=True)
+        nam_x = x_prior_for(sim.X, K)
+        modes = modes_with_nam_priors(sim, nam_x, profile_group_prior_scale=True)
         rows.append(dict(lam=lam, n_j=n_j, L=L, rep=rep,
                          **{name: ari(sim.group_truth, post.map_labels)
                             for name, post in modes.items()},
-                         **{PROFILED_WIDTH: modes[PROFILED].x_width}))
+                         **{PROFILED_WIDTH: modes[PROFILED].group_prior_scale}))
         print(rows[-1], flush=True)
     pd.DataFrame(rows).to_csv(CEILING_PRIORS_CSV, index=False)
     summarise_ceiling_priors(J, T)
@@ -155,7 +154,7 @@ PROFILED_WIDTH = "profiled x width"
 
 
 def summarise_ceiling_priors(J=12, T=6):
-    """``bench/results/ceiling_priors.md`` from ``ceiling_priors_runs.csv`` and the runs CSV."""
+    """``studies/results/ceiling_priors.md`` from ``ceiling_priors_runs.csv`` and the runs CSV."""
     import pandas as pd
 
     table = pd.read_csv(CEILING_PRIORS_CSV)
@@ -178,10 +177,11 @@ def summarise_ceiling_priors(J=12, T=6):
                                                < 1e-9).groupby(groups).sum()
     medians = joined.groupby(keys)[names + list(fits) + [PROFILED_WIDTH]].median()
     with open(os.path.join(RESULTS, "ceiling_priors.md"), "w") as fh:
-        fh.write(f"J = {J}, T = {T} (`python bench/study_recovery.py --ceiling-priors`): the "
+        fh.write(f"J = {J}, T = {T} (`python studies/study_recovery.py --ceiling-priors`): the "
                  "exact posterior mode of the individual partition, the cells' true labels "
                  "given, under the generating model and with NAM's own priors swapped in "
-                 "(`bench/prior_swap_posterior.py`: a Dirichlet process with alpha ~ "
+                 "(`nestedatoms.diagnostics.modes_with_nam_priors`: a Dirichlet process with "
+                 "alpha ~ "
                  "Gamma(0.1, 0.1) integrated out; stick-breaking compositions with beta at its "
                  "type-II MAP; NAM's data-scaled x prior at its width as set), and with all "
                  f"three and the x prior's width f profiled (`{PROFILED}`: the joint mode over "
@@ -199,22 +199,23 @@ def summarise_ceiling_priors(J=12, T=6):
     print(medians.to_string())
 
 
-def ordering_check(J=12, T=6, max_lam=0.1):
+def ordering_check(J=12, T=6, max_lam=0.1, only_misses=True):
     """Every default NAM miss at J = 12, T = 6, lam <= ``max_lam``, refitted: NAM's ELBO margin
     of the fit over the truth (``elbo_from_labels`` both) against the labelling gap
-    (``prior_swap_posterior.labelling_gap``: how far SPEC's objective under-counts a
+    (``nestedatoms.diagnostics.labelling_gap``: how far the ELBO under-counts a
     partition against NAM's exchangeable Dirichlet process), truth minus fit.  Writes
-    ``bench/results/ordering_check.md``."""
+    ``studies/results/ordering_check.md``.  ``only_misses=False`` takes every fit (the smoke
+    run's)."""
     from sklearn.metrics import adjusted_rand_score as ari
 
-    from nestedatoms._backend import get_backend
-    from prior_swap_posterior import labelling_gap
+    from nestedatoms.diagnostics import labelling_gap
 
     import pandas as pd
 
     runs = pd.read_csv(RUNS_CSV)
     missed = runs[(runs.method == "NAM") & (runs.scenario == "model") & (runs.J == J)
-                  & (runs["T"] == T) & (runs.lam <= max_lam) & (runs.group_ari < 1.0)]
+                  & (runs["T"] == T) & (runs.lam <= max_lam)
+                  & ((runs.group_ari < 1.0) | (not only_misses))]
     exact = pd.read_csv(CEILING_PRIORS_CSV).set_index(["lam", "n_j", "L", "rep"])
     rows = []
     for r in missed.sort_values(["lam", "n_j", "L", "rep"]).itertuples(index=False):
@@ -224,9 +225,8 @@ def ordering_check(J=12, T=6, max_lam=0.1):
         alpha = st.alpha_shape / st.alpha_rate
         margin = (converged_elbo(model.problem_, model.cell_labels_, model.group_labels_)
                   - converged_elbo(model.problem_, sim.cell_truth, sim.group_truth))
-        be = get_backend("cpp")
-        gap = (labelling_gap(be, model.problem_, sim.cell_truth, sim.group_truth)
-               - labelling_gap(be, model.problem_, model.cell_labels_, model.group_labels_))
+        gap = (labelling_gap(model, sim.cell_truth, sim.group_truth)
+               - labelling_gap(model, model.cell_labels_, model.group_labels_))
         rows.append(dict(lam=r.lam, n_j=r.n_j, L=r.L, rep=r.rep,
                          group_ari=ari(sim.group_truth, model.group_labels_),
                          true_clusters=np.unique(sim.group_truth).size,
@@ -242,7 +242,7 @@ def ordering_check(J=12, T=6, max_lam=0.1):
     with open(os.path.join(RESULTS, "ordering_check.md"), "w") as fh:
         fh.write(f"Every default NAM fit at J = {J}, T = {T}, lam <= {max_lam} (scenario "
                  "\"model\") whose individual ARI is below 1, refitted "
-                 "(`python bench/study_recovery.py --ordering-check`).  "
+                 "(`python studies/study_recovery.py --ordering-check`).  "
                  "`elbo_fit_minus_truth`: NAM's ELBO from the fit's labels minus from the "
                  "true ones (both by `elbo_from_labels`).  `labelling_gap_truth_minus_fit`: "
                  "log p(partition) under NAM's Dirichlet process, alpha integrated under its "

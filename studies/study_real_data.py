@@ -18,13 +18,17 @@ What a scientist looks at, and what this script writes:
   Nested Atoms Model exactly (``donor_concentration=numpy.inf``) and a few fixed values;
 * stability over random_state; fit times (n_threads=1).
 
-Outputs: ``bench/results/real_data.md`` and three PNGs ``bench/results/real_data_*.png``.
+Outputs: ``studies/results/real_data.md`` and three PNGs ``studies/results/real_data_*.png``.
 Uses only the public API (``nestedatoms.NestedAtomsModel``, ``nestedatoms.tl``,
 ``nestedatoms.pl``).
 
     pip install cytonormpy            # the data (and ".[test]" or ".[plot]" for the plots)
-    python bench/study_real_data.py            # about 4 min on the shared 2-core machine
-    python bench/study_real_data.py --quick    # the default fit only (about 30 s)
+    python studies/study_real_data.py            # about 4 min on the shared 2-core machine
+    python studies/study_real_data.py --quick    # the default fit only (about 30 s; CI)
+
+Without cytonormpy the script says so and exits with status 3 (``SKIPPED``), which
+``studies/run.py`` reports as a skip, not a failure.  ``--quick`` writes to a temporary folder
+unless ``--outdir`` is given, so a smoke run never replaces the committed results.
 """
 
 from __future__ import annotations
@@ -39,11 +43,12 @@ import pandas as pd
 
 import nestedatoms as na
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cytonorm_data  # noqa: E402
+import cytonorm_data  # a sibling: scripts run as python studies/<name>.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results")
+# exit status of a run that cannot start because the data are absent (studies/run.py: skipped)
+SKIPPED = 3
 
 
 READING = """## Reading
@@ -231,14 +236,89 @@ def plots(adata, model, summ, names, outdir, exact=None, exact_names=None):
     return paths
 
 
+def subsample(adata, per_sample, seed):
+    """``per_sample`` events of every sample, drawn without replacement."""
+    rng = np.random.default_rng(seed)
+    samples = adata.obs["sample"].astype(str).to_numpy()
+    idx = np.concatenate([rng.choice(np.flatnonzero(samples == s), per_sample, replace=False)
+                          for s in np.unique(samples)])
+    return adata[np.sort(idx)]
+
+
+def write_checks(path):
+    """The quantities tests/test_real_data.py holds to thresholds, as JSON: the packaged
+    design and the hand gates; the default fit on 500 events a sample (seed 0): its ARIs, the
+    granulocytes' cluster, the controls' donor clusters; and NAM exactly (c = inf, n_init=1)
+    on all events: its ARIs against the controls and the gates."""
+    import json
+
+    data = cytonorm_data.load()
+    obs = data.obs
+    gate_frac = obs["lineage"].value_counts(normalize=True)
+    nk = obs[obs["gate"] == "NK cells"].groupby("sample", observed=True).size()
+    out = dict(shape=list(data.shape), n_lineage_markers=len(cytonorm_data.LINEAGE),
+               finite_nonnegative=bool(np.isfinite(data.X).all() and (data.X >= 0).all()),
+               events_per_batch_control=[int(v) for v in obs.groupby(
+                   ["batch", "control"], observed=True).size()],
+               lineage_fraction={str(k): float(v) for k, v in gate_frac.items()},
+               nk_control_1=[int(nk[s]) for s in nk.index if s.endswith("Control_1")],
+               nk_control_2=[int(nk[s]) for s in nk.index if s.endswith("Control_2")])
+
+    sub = subsample(data, 500, seed=0)
+    samples = sub.obs["sample"].astype(str).to_numpy()
+    model = na.NestedAtomsModel(random_state=0, n_threads=1).fit(sub.X, samples)
+    gates = sub.obs["gate"].astype(str).to_numpy()
+    gran = gates == "Granulocytes"
+    in_main = model.cell_labels_ == np.bincount(model.cell_labels_[gran]).argmax()
+    part = dict(zip([str(g) for g in model.groups_], model.group_labels_))
+    out["default"] = dict(
+        ari_gates=ari(gates, model.cell_labels_),
+        ari_lineage=ari(sub.obs["lineage"].astype(str), model.cell_labels_),
+        granulocyte_cluster_purity=float(gran[in_main].mean()),
+        granulocytes_in_their_cluster=float(in_main[gran].mean()),
+        donor_clusters_per_control=[len({part[s] for s in part if s.endswith(c)})
+                                    for c in ("Control_1", "Control_2")],
+        donor_concentration=float(model.donor_concentration_))
+
+    samples = data.obs["sample"].astype(str).to_numpy()
+    exact = na.NestedAtomsModel(random_state=0, n_threads=1, n_init=1,
+                                donor_concentration=np.inf).fit(data.X, samples)
+    controls = [str(g).split("_", 1)[1] for g in exact.groups_]
+    out["exact"] = dict(ari_controls=ari(controls, exact.group_labels_),
+                        ari_gates=ari(data.obs["gate"].astype(str), exact.cell_labels_))
+    with open(path, "w") as fh:
+        json.dump(out, fh, indent=1)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the default fit only")
-    ap.add_argument("--outdir", default=OUT)
+    ap.add_argument("--outdir", default=None, help=f"default {OUT} (--quick: a temporary one)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--checks", metavar="JSON", default=None,
+                    help="only measure what tests/test_real_data.py checks, into this file")
     args = ap.parse_args()
-    os.makedirs(args.outdir, exist_ok=True)
+    try:
+        cytonorm_data.resources_dir()
+    except ImportError as err:
+        print(f"skipped: {err} (the CyTOF files ship inside its wheel)")
+        return SKIPPED
+    if args.checks:
+        return write_checks(args.checks)
+    if args.outdir is None and args.quick:
+        import tempfile
 
+        with tempfile.TemporaryDirectory(prefix="nestedatoms-study-") as scratch:
+            args.outdir = scratch
+            return run(args)
+    args.outdir = args.outdir or OUT
+    return run(args)
+
+
+def run(args):
+    os.makedirs(args.outdir, exist_ok=True)
     adata = cytonorm_data.load()
     samples = adata.obs["sample"].astype(str).to_numpy()
     control_of = adata.obs.groupby("sample", observed=True)["control"].first().astype(str)
@@ -267,8 +347,8 @@ def main():
         return all(p[control_of == c].nunique() == 1 for c in control_of.unique())
 
     w("# Real nested data: CyTOF whole blood, two shared controls on three plates\n")
-    w("Made by `python bench/study_real_data.py` (data: the `cytonormpy` wheel, "
-      "`pip install cytonormpy`; loader `bench/cytonorm_data.py`). Everything below is "
+    w("Made by `python studies/study_real_data.py` (data: the `cytonormpy` wheel, "
+      "`pip install cytonormpy`; loader `studies/cytonorm_data.py`). Everything below is "
       "measured by that script; n_threads=1 on the shared 2-core machine.\n")
     w("## Data\n")
     w(f"* {adata.n_obs} cells (events), {len(control_of)} samples = groups: the same two "
@@ -428,4 +508,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,7 +10,7 @@ Methods:
 * ``NAM``: ``NestedAtomsModel`` with its defaults (n_init=3; the x prior's width learned);
 * ``NAM n_init=1``: one start;
 * ``NAM fixed x width``: the defaults with ``learn_group_prior_scale=False``, the x prior held
-  as set (the default until the width was learned; ``bench/STUDY.md`` section 1);
+  as set (the default until the width was learned; ``studies/STUDY.md`` section 1);
 * ``CAM``: the same estimator with x dropped (X=None);
 * ``two-stage``: scikit-learn's ``BayesianGaussianMixture`` (Dirichlet process, 30 components)
   on the cells, then ``KMeans`` on each individual's cell-cluster composition joined with its
@@ -22,43 +22,43 @@ Cells are judged against the Bayes classifier under the true parameters
 
 Usage::
 
-    python bench/study_recovery.py             # reduced grid: n_j = 100, T = L, 3 replicates
-    python bench/study_recovery.py --full      # the whole grid, 10 replicates (hours)
-    python bench/study_recovery.py --full --reps 3 --n-j 1000 --J 12   # one slice of it
-    python bench/study_recovery.py --summarise # tables and figure from the runs CSV only
-    python bench/study_recovery.py --toy 10    # the published toy design, seeds 0..9
-    python bench/study_recovery.py --prior-check 10   # truth vs merges under x-prior variants
-    python bench/study_recovery.py --prior-ablation 10   # default fits under x-prior variants
-    python bench/study_recovery.py --misses    # why each grid miss at lam <= 0.1 happened
-    python bench/study_recovery.py --ceiling   # the exact posterior mode at J = 12 (minutes)
-    python bench/study_recovery.py --ceiling-ablation   # what keeps NAM from it at T = 6
-    python bench/study_recovery.py --ceiling-priors   # the mode with NAM's priors swapped in
-    python bench/study_recovery.py --ceiling-priors --summarise   # its table from its CSV
-    python bench/study_recovery.py --ordering-check   # misses against the labelling gap
-    python bench/study_recovery.py --prior-scale-eb   # the learned x width with its cap lifted
-    python bench/study_recovery.py --unequal-widths   # the learned width, unequal widths
+    python studies/study_recovery.py             # reduced grid: n_j = 100, T = L, 3 replicates
+    python studies/study_recovery.py --full      # the whole grid, 10 replicates (hours)
+    python studies/study_recovery.py --full --reps 3 --n-j 1000 --J 12   # one slice of it
+    python studies/study_recovery.py --summarise # tables and figure from the runs CSV only
+    python studies/study_recovery.py --toy 10    # the published toy design, seeds 0..9
+    python studies/study_recovery.py --prior-check 10   # truth vs merges under x-prior variants
+    python studies/study_recovery.py --prior-ablation 10   # default fits under x-prior variants
+    python studies/study_recovery.py --misses    # why each grid miss at lam <= 0.1 happened
+    python studies/study_recovery.py --ceiling   # the exact posterior mode at J = 12 (minutes)
+    python studies/study_recovery.py --ceiling-ablation   # what keeps NAM from it at T = 6
+    python studies/study_recovery.py --ceiling-priors   # the mode with NAM's priors swapped in
+    python studies/study_recovery.py --ceiling-priors --summarise   # its table from its CSV
+    python studies/study_recovery.py --ordering-check   # misses against the labelling gap
+    python studies/study_recovery.py --prior-scale-eb   # the learned x width with its cap lifted
+    python studies/study_recovery.py --unequal-widths   # the learned width, unequal widths
+    python studies/study_recovery.py --quick   # every analysis at its smallest (CI smoke run)
 
 ``--toy`` fits the published toy design (``simulate(random_state=seed)``) with the defaults
-and writes ``bench/results/toy_design.md``: individual and cell ARI, the Bayes classifier's
+and writes ``studies/results/toy_design.md``: individual and cell ARI, the Bayes classifier's
 cell ARI, the exact posterior mode of the individual partition, and NAM's ELBO from the fit's
 answer minus that from the truth and from the mode (>= 0: the model scores the fit's answer at
 least as high, so no better search would change it).
 
 The ceiling analyses (``--ceiling``, ``--ceiling-ablation``, ``--ceiling-priors``,
-``--ordering-check``) live in ``study_ceiling.py``, the exact posterior pieces they use in
-``prior_swap_posterior.py``.
+``--ordering-check``) live in ``study_ceiling.py``; the exact posterior pieces they use are
+public, in ``nestedatoms.diagnostics``.
 
 ``--n-j``, ``--J``, ``--lam``, ``--tied`` / ``--untied`` restrict the grid, so that slices can
 run in separate processes (they append to the same CSV, one short line per write).
-Each finished fit is appended to ``bench/results/recovery_runs.csv`` at once (a rerun skips
+Each finished fit is appended to ``studies/results/recovery_runs.csv`` at once (a rerun skips
 the rows already there), so the study can be stopped and resumed; the summary is
-``bench/results/recovery_summary.md`` and the figure ``bench/results/recovery.png``.
+``studies/results/recovery_summary.md`` and the figure ``studies/results/recovery.png``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import itertools
 import os
@@ -68,16 +68,29 @@ import warnings
 
 import numpy as np
 
-from nestedatoms._partition_posterior import MAX_GROUPS
+from nestedatoms.diagnostics import MAX_GROUPS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
+# A smoke run (--quick) writes here instead of results/ (see rerun_in_scratch).
+RESULTS_ENV = "NESTEDATOMS_STUDY_RESULTS"
+RESULTS = os.environ.get(RESULTS_ENV) or os.path.join(HERE, "results")
 RUNS_CSV = os.path.join(RESULTS, "recovery_runs.csv")
 FIELDS = ["scenario", "lam", "J", "n_j", "T", "L", "rep", "method", "group_ari", "cell_ari",
           "cell_ari_bayes", "group_ari_bayes", "n_groups_found", "n_cells_found", "seconds"]
 METHODS = ("NAM", "NAM n_init=1", "CAM", "two-stage", "NAM fixed x width")
 # margins within this many nats count as ties: CAVI to tol = 1e-9 on ELBOs of order 1e4-1e6
 TIE_NATS = 0.01
+
+
+def rerun_in_scratch(script, argv) -> int:
+    """Run ``script argv`` again in a fresh interpreter whose results folder (RESULTS_ENV) is a
+    temporary one, removed afterwards: a smoke run never overwrites the study's results."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="nestedatoms-study-") as scratch:
+        return subprocess.call([sys.executable, script, *argv],
+                               env={**os.environ, RESULTS_ENV: scratch})
 
 
 # ------------------------------------------------------------------------------ scenarios
@@ -110,14 +123,19 @@ def make_data(scenario, lam, J, n_j, T, L, rep):
 
 
 # ------------------------------------------------------------------------------ methods
-def fit_nam_model(sim, seed, n_init=3, use_x=True, **options):
+# restarts of a "NAM" fit: the estimator's default (the smoke run uses 1)
+N_INIT = 3
+
+
+def fit_nam_model(sim, seed, n_init=None, use_x=True, **options):
     import nestedatoms as na
 
-    model = na.NestedAtomsModel(n_init=n_init, random_state=seed, n_threads=1, **options)
+    model = na.NestedAtomsModel(n_init=N_INIT if n_init is None else n_init,
+                                random_state=seed, n_threads=1, **options)
     return model.fit(sim.Y, sim.groups, sim.X if use_x else None)
 
 
-def fit_nam(sim, seed, n_init=3, use_x=True, **options):
+def fit_nam(sim, seed, n_init=None, use_x=True, **options):
     model = fit_nam_model(sim, seed, n_init, use_x, **options)
     return model.group_labels_, model.cell_labels_
 
@@ -169,7 +187,7 @@ def done_keys():
                 for r in csv.DictReader(fh)}
 
 
-def run(full: bool, n_rep: int, methods, **filters):
+def run(full: bool, n_rep: int, methods, cells=None, **filters):
     from sklearn.metrics import adjusted_rand_score as ari
 
     os.makedirs(RESULTS, exist_ok=True)
@@ -180,7 +198,7 @@ def run(full: bool, n_rep: int, methods, **filters):
         if new_file:
             writer.writeheader()
         for rep in range(n_rep):                 # replicates outermost: every cell gets data
-            for scenario, lam, J, n_j, T, L in grid(full, **filters):
+            for scenario, lam, J, n_j, T, L in cells or grid(full, **filters):
                 todo = [m for m in methods
                         if (scenario, lam, J, n_j, T, L, rep, m) not in done]
                 if not todo:
@@ -285,36 +303,36 @@ def _figure(runs):
 
 
 def simulator_prior(dim, lam):
-    """The simulator's atom prior NW(0, lam, I, dim + 5) (SPEC 8) as estimator overrides."""
-    from nestedatoms._simulate import ATOM_DF_EXTRA
+    """The simulator's atom prior NW(0, lam, I, dim + 5) (model section 8) as estimator
+    overrides."""
+    from nestedatoms.diagnostics import simulator_atom_prior
 
-    return dict(mean_prior=0.0, mean_precision_prior=lam, covariance_prior=np.eye(dim),
-                degrees_of_freedom_prior=dim + float(ATOM_DF_EXTRA))
+    prior = simulator_atom_prior(dim, lam)
+    return dict(mean_prior=0.0, mean_precision_prior=prior.lam0, covariance_prior=prior.W0inv,
+                degrees_of_freedom_prior=prior.nu0)
 
 
 def simulator_problem(prob, sim, lam=0.1):
-    """``prob`` with both atom priors replaced by the simulator's own (SPEC 8): NW(0, lam, I,
-    D + 5).  NAM's own partition and composition priors (Dirichlet process, stick-breaking)
-    stay: for the model that drew the data in full see ``Simulation.group_partition_posterior``.
+    """``prob`` with both atom priors replaced by the simulator's own (model section 8):
+    NW(0, lam, I, D + 5).  NAM's own partition and composition priors (Dirichlet process,
+    stick-breaking) stay: for the model that drew the data in full see
+    ``Simulation.group_partition_posterior``.
     """
-    from nestedatoms._state import NWPrior
+    from nestedatoms.diagnostics import problem_with, simulator_atom_prior
 
-    out = copy.copy(prob)
-    out.learn_group_prior_scale = False        # the true prior, not a width fitted to the data
-    q, p = sim.X.shape[1], sim.Y.shape[1]
-    out.x_prior = NWPrior(m0=np.zeros(q), lam0=lam, W0inv=np.eye(q), nu0=q + 5.0)
-    out.y_prior = NWPrior(m0=np.zeros(p), lam0=lam, W0inv=np.eye(p), nu0=p + 5.0)
-    return out
+    # the true prior, not a width fitted to the data
+    return problem_with(prob, x_prior=simulator_atom_prior(sim.X.shape[1], lam),
+                        y_prior=simulator_atom_prior(sim.Y.shape[1], lam),
+                        learn_group_prior_scale=False)
 
 
 def converged_elbo(problem, cells, groups):
     """NAM's ELBO from CAVI run to tol = 1e-9 from hard labels (``elbo_from_labels``): every
     side of a comparison goes through here, so that no margin comes from one run stopping
     earlier than another."""
-    from nestedatoms._backend import get_backend
-    from nestedatoms._fit import elbo_from_labels
+    from nestedatoms.diagnostics import elbo_from_labels
 
-    return elbo_from_labels(get_backend("cpp"), problem, cells, groups)
+    return elbo_from_labels(problem, cells, groups)
 
 
 def margins_against_truth(model, sim, lam=0.1, mode_labels=None):
@@ -345,17 +363,18 @@ def margins_against_truth(model, sim, lam=0.1, mode_labels=None):
     return from_fit - from_truth, sim_margin, from_fit - from_mode
 
 
-def grid_misses(max_lam: float = 0.1):
+def grid_misses(max_lam: float = 0.1, max_group_ari: float = 1.0):
     """Every default NAM fit of the grid at lam <= ``max_lam`` that misses a target (individual
     ARI below 1, or cell ARI more than 0.01 below the Bayes classifier's), refitted and judged
-    by ``margins_against_truth``: is the miss the model's answer or the search's fault?"""
+    by ``margins_against_truth``: is the miss the model's answer or the search's fault?
+    (``max_group_ari`` above 1 takes every fit: the smoke run's.)"""
     from sklearn.metrics import adjusted_rand_score as ari
 
     import pandas as pd
 
     runs = pd.read_csv(RUNS_CSV)
     nam = runs[(runs.method == "NAM") & (runs.lam <= max_lam)]
-    missed = nam[(nam.group_ari < 1.0) | (nam.cell_ari < nam.cell_ari_bayes - 0.01)]
+    missed = nam[(nam.group_ari < max_group_ari) | (nam.cell_ari < nam.cell_ari_bayes - 0.01)]
     rows = []
     for r in missed.sort_values(["n_j", "J", "T", "L", "lam", "rep"]).itertuples(index=False):
         sim, seed = make_data(r.scenario, r.lam, r.J, r.n_j, r.T, r.L, r.rep)
@@ -393,7 +412,7 @@ def write_grid_misses(table, max_lam):
     with open(os.path.join(RESULTS, "grid_misses.md"), "w") as fh:
         fh.write(f"Every default NAM fit of the grid at lam <= {max_lam} with individual ARI "
                  "below 1 or cell ARI more than 0.01 below the Bayes classifier's, refitted "
-                 "(`python bench/study_recovery.py --misses`).  Every ELBO below is of CAVI "
+                 "(`python studies/study_recovery.py --misses`).  Every ELBO below is of CAVI "
                  "run to tol = 1e-9 from hard labels, so that no margin comes from one run "
                  "stopping earlier than another.  `elbo_fit_minus_truth`: from the fit's "
                  "labels minus from the true ones, default priors.  `mode_ari`, "
@@ -434,7 +453,7 @@ def toy(n_seeds: int):
     from sklearn.metrics import adjusted_rand_score as ari
 
     import nestedatoms as na
-    from nestedatoms.moves import adjusted_partition_equal
+    from nestedatoms.diagnostics import same_partition
 
     import pandas as pd
 
@@ -443,23 +462,20 @@ def toy(n_seeds: int):
         sim = na.simulate(random_state=seed)
         bayes_groups, bayes_cells = sim.bayes_labels()
         start = time.perf_counter()
-        model = na.NestedAtomsModel(random_state=seed, n_threads=1).fit(sim.Y, sim.groups,
-                                                                        sim.X)
+        model = fit_nam_model(sim, seed)
         seconds = time.perf_counter() - start
         mode = sim.group_partition_posterior()
         fit_minus_truth, sim_margin, fit_minus_mode = margins_against_truth(
             model, sim, mode_labels=mode.map_labels)
         two_stage_groups, _ = fit_two_stage(sim, seed, int(sim.group_truth.max()) + 1)
         start = time.perf_counter()
-        fixed = na.NestedAtomsModel(random_state=seed, n_threads=1,
-                                    learn_group_prior_scale=False).fit(sim.Y, sim.groups, sim.X)
+        fixed = fit_nam_model(sim, seed, learn_group_prior_scale=False)
         fixed_seconds = time.perf_counter() - start
         rows.append(dict(seed=seed, group_ari=ari(sim.group_truth, model.group_labels_),
                          group_ari_bayes=ari(sim.group_truth, bayes_groups),
                          group_ari_mode=ari(sim.group_truth, mode.map_labels),
                          p_truth=np.exp(mode.log_prob_truth),
-                         fit_is_mode=adjusted_partition_equal(model.group_labels_,
-                                                              mode.map_labels),
+                         fit_is_mode=same_partition(model.group_labels_, mode.map_labels),
                          n_groups_found=len(np.unique(model.group_labels_)),
                          smallest_true_cluster=int(np.bincount(sim.group_truth).min()),
                          cell_ari=ari(sim.cell_truth, model.cell_labels_),
@@ -507,7 +523,7 @@ def toy(n_seeds: int):
 
 def two_means_splits(X, groups):
     """Each true cluster of two or more individuals split in two by 2-means on x."""
-    from nestedatoms._init import kmeans_labels
+    from nestedatoms.diagnostics import kmeans_labels
 
     rng = np.random.default_rng(0)
     T = int(groups.max()) + 1
@@ -522,37 +538,34 @@ def two_means_splits(X, groups):
             yield split
 
 
-def prior_check(n_seeds: int):
+def prior_check(n_seeds: int, variants=None):
     """At the true cells, CAVI from the true individual partition against CAVI from every merge
     of two true clusters and every 2-means split of one, under each x prior: how often does
     the truth score highest, neither merged nor over-split?"""
     import nestedatoms as na
-    from nestedatoms._backend import get_backend
-    from nestedatoms._data import prepare_data
-    from nestedatoms._fit import run_cavi
-    from nestedatoms._init import state_from_labels
-    from nestedatoms.moves import adjusted_partition_equal
-    from nestedatoms._state import resolve_nw_prior
+    from nestedatoms.diagnostics import (problem_for, problem_with, same_partition,
+                                         score_partition, x_prior_for)
 
-    be = get_backend("cpp")
-    wins = {name: 0 for name in PRIOR_CHECK_VARIANTS}
+    names = variants or PRIOR_CHECK_VARIANTS
+    wins = {name: 0 for name in names}
     lines = []
     for seed in range(n_seeds):
         sim = na.simulate(random_state=seed)
-        data = prepare_data(sim.Y, sim.groups, sim.X)
-        cells = sim.cell_truth[data.order]
         T = int(sim.group_truth.max()) + 1
         K = na.NestedAtomsModel().n_group_clusters
-        variants = x_prior_ablation_variants(sim.X, K)
-        for name in PRIOR_CHECK_VARIANTS:
+        overrides = x_prior_ablation_variants(sim.X, K)
+        for name in names:
             # each prior as set: the width is not learned (plain CAVI below runs no move)
-            prob = na.NestedAtomsModel(learn_group_prior_scale=False)._problem(data)
-            prob.x_prior = resolve_nw_prior(sim.X, K, "empirical", variants[name] or None,
-                                            name="group_prior", layer="groups")
+            prob = problem_with(
+                problem_for(na.NestedAtomsModel(learn_group_prior_scale=False), sim.Y,
+                            sim.groups, sim.X),
+                x_prior=x_prior_for(sim.X, K, overrides[name]))
 
-            def converged(groups, prob=prob, cells=cells):
-                st = state_from_labels(be, prob, cells, groups)
-                return run_cavi(be, prob, st, max_iter=1000, tol=1e-9).elbo, st.rho.argmax(1)
+            # labels numbered by size, as elbo_from_labels numbers them (before the move to
+            # studies/ this check started CAVI from the labels as given)
+            def converged(groups, prob=prob, cells=sim.cell_truth):
+                score = score_partition(prob, cells, groups, bound=False)
+                return score.elbo, score.group_labels
 
             truth, truth_groups = converged(sim.group_truth)
             starts = [np.where(sim.group_truth == b, a, sim.group_truth)
@@ -560,7 +573,7 @@ def prior_check(n_seeds: int):
             starts += list(two_means_splits(sim.X, sim.group_truth))
             # a rival start that CAVI carries back to the true partition is no rival
             rivals = [value for value, groups in map(converged, starts)
-                      if not adjusted_partition_equal(groups, truth_groups)]
+                      if not same_partition(groups, truth_groups)]
             margin = truth - max(rivals) if rivals else np.inf
             wins[name] += margin > 0
             verdict = "every rival returns to the truth" if not rivals else f"{margin:.1f}"
@@ -580,7 +593,7 @@ def prior_check(n_seeds: int):
 
 
 def x_prior_ablation_variants(X, K):
-    """group_prior overrides for the default-fit ablation of bench/STUDY.md section 1."""
+    """group_prior overrides for the default-fit ablation of studies/STUDY.md section 1."""
     q = X.shape[1]
     cov = np.atleast_2d(np.cov(X, rowvar=False))
     share, nu0 = K ** (-2.0 / q), q + 5.0
@@ -626,7 +639,7 @@ PRIOR_CHECK_VARIANTS = (
 )
 
 
-def prior_ablation(n_seeds: int):
+def prior_ablation(n_seeds: int, variants=None):
     """Default fits (n_init = 1) on the toy design under each x-prior variant, the width held
     as set (``learn_group_prior_scale=False``): this ablation chose the prior's fixed scale,
     which the learned width then only narrows."""
@@ -639,6 +652,8 @@ def prior_ablation(n_seeds: int):
         sim = na.simulate(random_state=seed)
         K = na.NestedAtomsModel().n_group_clusters
         for name, overrides in x_prior_ablation_variants(sim.X, K).items():
+            if variants is not None and name not in variants:
+                continue
             model = na.NestedAtomsModel(n_init=1, random_state=seed, n_threads=1,
                                         group_prior=overrides or None,
                                         learn_group_prior_scale=False)
@@ -657,6 +672,49 @@ def prior_ablation(n_seeds: int):
             scores = np.asarray(scores)
             fh.write(f"| {name} | {int(np.sum(scores > 1 - 1e-12))} / {len(scores)} | "
                      f"{np.median(scores):.2f} |\n")
+
+
+# The smoke run's data set: J = 12, T = 6, L = 3 at lam = 0.1, the grid cell the ceiling
+# analyses study, with 40 cells an individual instead of 100 to keep CI short.
+QUICK_CELL = ("model", 0.1, 12, 40, 6, 3)
+
+
+def quick():
+    """Every analysis of the study (and of study_ceiling / study_prior_scale) at its
+    smallest: one data set, one replicate, one seed and one restart a fit, so that a change
+    to the package that breaks a study fails CI.  The findings of such a run mean nothing."""
+    import study_ceiling
+    import study_prior_scale
+
+    global N_INIT
+    N_INIT = 1
+    _, lam, J, n_j, T, L = QUICK_CELL
+    os.makedirs(RESULTS, exist_ok=True)
+    steps = [
+        ("grid", lambda: run(False, 1, METHODS, cells=[QUICK_CELL])),
+        ("summary", summarise),
+        ("toy", lambda: toy(1)),
+        ("prior check", lambda: prior_check(1, variants=PRIOR_CHECK_VARIANTS[3:4])),
+        ("prior ablation", lambda: prior_ablation(1, variants=PRIOR_CHECK_VARIANTS[3:4])),
+        ("misses", lambda: grid_misses(max_lam=lam, max_group_ari=1.0 + 1e-9)),
+        ("ceiling", lambda: study_ceiling.ceiling(cells=[QUICK_CELL], n_rep=1)),
+        ("ceiling ablation", lambda: study_ceiling.ceiling_ablation(lams=(lam,), n_j=n_j,
+                                                                    n_rep=1)),
+        ("ceiling priors", lambda: study_ceiling.ceiling_priors(lams=(lam,), n_js=(n_j,),
+                                                                Ls=(L,), n_rep=1)),
+        ("ordering check", lambda: study_ceiling.ordering_check(max_lam=lam,
+                                                                only_misses=False)),
+        ("prior scale EB", lambda: study_prior_scale.prior_scale_eb(
+            lams=(lam,), n_j=n_j, shapes=((T, L),), n_rep=1)),
+        ("unequal widths", lambda: study_prior_scale.unequal_widths(
+            lams=(lam,), Js=(J,), n_j=n_j, shapes=((T, L),), n_rep=1)),
+        ("width timing", lambda: study_prior_scale.width_timing(
+            lams=(lam,), Js=(J,), n_j=n_j, shapes=((T, L),), n_rep=1)),
+    ]
+    for name, step in steps:
+        start = time.perf_counter()
+        step()
+        print(f"## quick: {name} ran in {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def main(argv=None):
@@ -703,7 +761,15 @@ def main(argv=None):
     tie = parser.add_mutually_exclusive_group()
     tie.add_argument("--tied", action="store_true", help="only T = L (with --full)")
     tie.add_argument("--untied", action="store_true", help="only T != L (with --full)")
+    parser.add_argument("--quick", action="store_true",
+                        help="every analysis on one small data set (CI smoke run: checks that "
+                             f"the study runs, not its findings), written to ${RESULTS_ENV} or "
+                             "a temporary folder, never to results/")
     args = parser.parse_args(argv)
+    if args.quick:
+        if not os.environ.get(RESULTS_ENV):
+            return rerun_in_scratch(__file__, sys.argv[1:] if argv is None else argv)
+        return quick()
     if args.prior_check:
         os.makedirs(RESULTS, exist_ok=True)
         return prior_check(args.prior_check)
@@ -746,4 +812,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as the module study_ceiling and study_prior_scale import, not as a second copy of it
+    # (__main__), so that they share its settings (N_INIT)
+    import study_recovery
+
+    sys.exit(study_recovery.main())

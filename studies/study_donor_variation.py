@@ -5,10 +5,10 @@ Each data set: J donors in 3 clusters that differ in composition only (CAM: no x
 fits per data set, both with the package's defaults otherwise (but one restart): NAM exactly
 (``donor_concentration=numpy.inf``, the old default) and the learned concentration ("auto", the
 default).  Reports per setting the median donor ARI, the median number of donor clusters and
-the median learned c.  Uses only the public API.
+the median learned c.  Uses only the public API (and ``nestedatoms.diagnostics``).
 
-    python bench/study_donor_variation.py                 # the grid (about 40 min on 2 idle cores)
-    python bench/study_donor_variation.py --quick         # one small setting (CI smoke run)
+    python studies/study_donor_variation.py           # the grid (about 40 min on 2 idle cores)
+    python studies/study_donor_variation.py --quick   # one small setting (CI smoke run)
 """
 
 from __future__ import annotations
@@ -21,33 +21,17 @@ import time
 import numpy as np
 
 import nestedatoms as na
+from nestedatoms.diagnostics import bayes_donor_labels
 
 
 ari = na.adjusted_rand_index
+# A smoke run (--quick) writes here instead of results/ (study_recovery.rerun_in_scratch).
+RESULTS = (os.environ.get("NESTEDATOMS_STUDY_RESULTS")
+           or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
 
 
 # One restart per fit (the default has 3): the grid is large, and both methods get the same.
 N_INIT = 1
-
-
-def bayes_donor_labels(sim, concentration):
-    """The Bayes classifier of the donors: argmax_k log pi_k + log p(N_j. | k) with the true
-    weights, compositions and c, from the true cell-type counts (Dirichlet-multinomial; the
-    multinomial at c = inf).  The ceiling for a method that must learn all of them."""
-    from scipy.special import gammaln
-
-    codes = np.searchsorted(sim.group_names, sim.groups)
-    counts = np.zeros((sim.X.shape[0], sim.cell_weights.shape[0]))
-    np.add.at(counts, (codes, sim.cell_truth), 1.0)
-    log_w = np.log(np.maximum(sim.cell_weights, 1e-300))               # (L, T)
-    if np.isinf(concentration):
-        loglik = counts @ log_w
-    else:
-        a = concentration * np.maximum(sim.cell_weights, 1e-12)          # (L, T)
-        n = counts.sum(axis=1, keepdims=True)
-        loglik = (gammaln(a.sum(axis=0))[None, :] - gammaln(n + a.sum(axis=0)[None, :])
-                  + (gammaln(counts[:, :, None] + a[None]) - gammaln(a)[None]).sum(axis=1))
-    return np.argmax(np.log(sim.group_weights)[None, :] + loglik, axis=1)
 
 
 def one(concentration, cells, donors, rep, alpha0_y=25.0):
@@ -74,15 +58,21 @@ def one(concentration, cells, donors, rep, alpha0_y=25.0):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true",
+                    help="one small setting, then its summary and one data set of --nam-grid "
+                         "(CI smoke run)")
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--out", default=None, help="write the runs as CSV here")
     ap.add_argument("--nam-grid", type=int, default=0, metavar="REPS",
                     help="only: the default against NAM exactly on the recovery study's "
                          "grid (data drawn from NAM itself), REPS replicates per cell")
     ap.add_argument("--summarise", metavar="CSV", default=None,
-                    help="only write bench/results/donor_variation.md from a runs CSV")
+                    help="only write studies/results/donor_variation.md from a runs CSV")
     args = ap.parse_args()
+    if args.quick and not os.environ.get("NESTEDATOMS_STUDY_RESULTS"):
+        from study_recovery import rerun_in_scratch
+
+        return rerun_in_scratch(__file__, sys.argv[1:])
     if args.summarise:
         return summarise(args.summarise)
     if args.nam_grid:
@@ -90,6 +80,8 @@ def main():
     reps = range(args.reps)
     if args.quick:
         grid = [(100.0, 200, 24, 0)]
+        args.out = args.out or os.path.join(RESULTS, "donor_variation_quick_runs.csv")
+        os.makedirs(RESULTS, exist_ok=True)
     else:
         concentrations = [10.0, 30.0, 100.0, 300.0, np.inf]
         # variation x (cells per donor, donors): 50-2000 cells, 24-96 donors
@@ -128,23 +120,26 @@ def main():
         true=("true_clusters", "median"), cell_ari=("cell_ari", "median"),
         c_hat=("c_hat", "median")).reset_index()
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    if args.quick:
+        summarise(args.out)
+        nam_grid(1, cells=[("model", 0.1, 12, 40, 3, 3)])
 
 
-def nam_grid(reps):
+def nam_grid(reps, cells=None):
     """On data drawn from NAM itself (the recovery grid, J = 12 and 100), the default must be
     NAM exactly: c infinite and the same partitions, up to the 1e-3 level of its test."""
     import itertools
 
     import pandas as pd
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from study_recovery import make_data
 
-    cells = [("model", lam, 12, n_j, T, L) for lam, n_j, T, L in
-             itertools.product((0.01, 0.1, 0.5), (100, 1000), (3, 6), (3, 6))]
-    cells += [("model", lam, 100, 100, T, L) for lam, T, L in
-              itertools.product((0.01, 0.1, 0.5), (3, 6), (3, 6))]
-    cells += [("same-composition", 0.1, J, 100, 2, 2) for J in (12, 100)]
+    if cells is None:
+        cells = [("model", lam, 12, n_j, T, L) for lam, n_j, T, L in
+                 itertools.product((0.01, 0.1, 0.5), (100, 1000), (3, 6), (3, 6))]
+        cells += [("model", lam, 100, 100, T, L) for lam, T, L in
+                  itertools.product((0.01, 0.1, 0.5), (3, 6), (3, 6))]
+        cells += [("same-composition", 0.1, J, 100, 2, 2) for J in (12, 100)]
     rows = []
     for cell in cells:
         for rep in range(reps if cell[2] == 12 else 1):
@@ -169,15 +164,14 @@ def nam_grid(reps):
     text = (f"NAM's own data (the recovery grid's cells: J = 12 with n_j = 100 and 1000, "
             f"{reps} replicate(s) each; J = 100 with n_j = 100, 1 each; lam in 0.01, 0.1, 0.5; "
             f"T, L in 3, 6; and the same-composition scenario), one restart per fit: the "
-            f"default against NAM exactly (`python bench/study_donor_variation.py --nam-grid "
+            f"default against NAM exactly (`python studies/study_donor_variation.py --nam-grid "
             f"{reps}`).\n\n* data sets: {len(df)}\n* the default learned a finite c on: "
             f"{len(finite)}\n* same individual and cell partitions as NAM exactly: "
             f"{int(df.same_partitions.sum())}\n* median individual ARI, NAM exactly / "
             f"default: {df.ari_nam.median():.3f} / {df.ari_default.median():.3f}\n")
     if len(finite):
         text += "\nWhere c was finite:\n\n" + finite.to_string(index=False) + "\n"
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                        "donor_variation_nam_grid.md")
+    path = os.path.join(RESULTS, "donor_variation_nam_grid.md")
     with open(path, "w") as fh:
         fh.write(text)
     print(text)
@@ -205,8 +199,7 @@ def summarise(csv_path):
                         seconds_before=before.seconds.median(),
                         seconds_after=after.seconds.median()))
     table = pd.DataFrame(out)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                        "donor_variation.md")
+    path = os.path.join(RESULTS, "donor_variation.md")
 
     def fmt(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v)
@@ -217,8 +210,8 @@ def summarise(csv_path):
               for row in table.itertuples(index=False)]
     with open(path, "w") as fh:
         fh.write(
-            "Donors that vary around their cluster (`python bench/study_donor_variation.py`; "
-            "this table: `--summarise bench/results/donor_variation_runs.csv`).  3 true donor "
+            "Donors that vary around their cluster (`python studies/study_donor_variation.py`; "
+            "this table: `--summarise studies/results/donor_variation_runs.csv`).  3 true donor "
             "clusters differing in composition only (CAM, no x), 6 cell types, p = 10; each "
             "donor's composition ~ Dirichlet(c x its cluster's), c = inf: NAM exactly; "
             "alpha0_y = 25 (the default separation) or 100 (closer compositions).  "
@@ -230,4 +223,4 @@ def summarise(csv_path):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,7 +12,7 @@ Three designs (docs/labelling_bound.md, "Evaluation"):
 
 toy / grid: the default fit, then the fit's partition and the true one are both scored the
 same way (hard labels -> plain CAVI sweeps to tol 1e-9, the x prior's width learned at
-convergence as in a fit, as ``_fit.elbo_from_labels`` does, here keeping the state) by the
+convergence as in a fit: ``nestedatoms.diagnostics.score_partition``) by the
 single-labelling ELBO and by the labelling bound.
 
 donor: the default fit (donor_concentration="auto"), the NAM fit (donor_concentration=inf) and
@@ -20,7 +20,8 @@ a split of the default's partition (each cluster cut in two by 2-means on the co
 every partition scored under the auto fit's c (the objective the default maximises) and under
 NAM (c = inf), by ELBO and by bound.
 
-    python bench/study_labelling_bound.py toy grid donor donor-held [--seeds 10] [--donor-seeds 5]
+    python studies/study_labelling_bound.py toy grid donor donor-held [--seeds 10] [--donor-seeds 5]
+    python studies/study_labelling_bound.py --quick    # toy, toy-split, donor-held; one seed
 
 'toy-split' / 'grid-split': the fit's partition against a split of it (q(S) held), on data
 without donor variation.
@@ -31,48 +32,28 @@ move proposes it; 'donor' lets the sweeps move from it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import numpy as np
 
 import nestedatoms as na
-from nestedatoms._backend import get_backend
-from nestedatoms._fit import run_cavi
-from nestedatoms._init import relabel_by_size, state_from_labels
-from nestedatoms._labelling_bound import labelling_bound, labelling_bound_of
-from nestedatoms._metrics import adjusted_rand_index
-from nestedatoms.moves import move_named
+from nestedatoms.diagnostics import group_features, kmeans_labels, problem_with, score_partition
+
+adjusted_rand_index = na.adjusted_rand_index
 
 
-def score(be, prob, cell_labels_sorted, group_labels):
-    """(ELBO, bound result, state) at the CAVI optimum reached from a hard partition."""
-    st = state_from_labels(be, prob, relabel_by_size(np.asarray(cell_labels_sorted)),
-                           relabel_by_size(np.asarray(group_labels)))
-    moves = (move_named("learn_group_prior_scale"),) if prob.learn_group_prior_scale else ()
-    run = run_cavi(be, prob, st, max_iter=1000, tol=1e-9, moves=moves)
-    res = labelling_bound(be, prob, run.state)
-    return res, run.state
+def score(be_name, prob, cell_labels, group_labels):
+    """The labelling bound (its ``elbo`` beside it) at the CAVI optimum reached from a hard
+    partition, cells in the caller's order."""
+    return score_partition(prob, cell_labels, group_labels, backend=be_name).bound
 
 
-def score_held(be, prob, cell_labels_sorted, group_labels, max_iter=1000, tol=1e-9):
+def score_held(be_name, prob, cell_labels, group_labels):
     """Like ``score`` but q(S) held at the hard partition (every other block swept to
     convergence): the ELBO and bound of that partition even where it is not a fixed point of
     the full sweeps (as a split move proposes it)."""
-    from nestedatoms._steps import BLOCKS, elbo
-
-    st = state_from_labels(be, prob, relabel_by_size(np.asarray(cell_labels_sorted)),
-                           relabel_by_size(np.asarray(group_labels)))
-    prev = elbo(be, prob, st)
-    for _ in range(max_iter):
-        for name, update in BLOCKS:
-            if name != "groups":
-                update(be, prob, st)
-        cur = elbo(be, prob, st)
-        if abs(cur - prev) <= tol * abs(cur):
-            break
-        prev = cur
-    return labelling_bound(be, prob, st), st
+    return score_partition(prob, cell_labels, group_labels, hold_groups=True,
+                           backend=be_name).bound
 
 
 def sim_of(design, seed):
@@ -96,9 +77,6 @@ def fitted(design, seed, be_name):
 def split_check(design, seeds, be_name="cpp"):
     """Data without donor variation: does the bound prefer a split of the fit's partition
     (each cluster cut in two by 2-means on the joint group features), q(S) held at each?"""
-    from nestedatoms._init import group_features
-
-    be = get_backend(be_name)
     print(f"\n== {design}: the fit's partition vs a split of it, q(S) held, by ELBO and bound ==")
     print("seed  m_fit m_split  dELBO(split-fit)  dBound(split-fit)  bonus fit/split")
     n_elbo = n_bound = 0
@@ -106,12 +84,11 @@ def split_check(design, seeds, be_name="cpp"):
         t0 = time.time()
         sim, model = fitted(design, s, be_name)
         prob = model.problem_
-        cells = np.argmax(model.state_.xi, axis=1)
+        cells = model.cell_labels_
         split_g = split_partition(model.state_.N_jl, model.group_labels_,
-                                  np.random.default_rng(s),
-                                  features=group_features(prob, model.state_.N_jl))
-        ra, _ = score_held(be, prob, cells, model.group_labels_)
-        rb, _ = score_held(be, prob, cells, split_g)
+                                  np.random.default_rng(s), features=group_features(model))
+        ra = score_held(be_name, prob, cells, model.group_labels_)
+        rb = score_held(be_name, prob, cells, split_g)
         de, db = rb.elbo - ra.elbo, rb.value - ra.value
         n_elbo += de > 0
         n_bound += db > 0
@@ -121,7 +98,6 @@ def split_check(design, seeds, be_name="cpp"):
 
 
 def truth_vs_fit(design, seeds, be_name="cpp"):
-    be = get_backend(be_name)
     print(f"\n== {design}: fit vs truth, scored by single ELBO and by labelling bound ==")
     print("seed  ARI   m_fit m_true  dELBO(truth-fit)  dBound(truth-fit)  bonus_fit bonus_truth"
           "  ELBO prefers / bound prefers")
@@ -130,21 +106,20 @@ def truth_vs_fit(design, seeds, be_name="cpp"):
         t0 = time.time()
         sim, model = fitted(design, s, be_name)
         prob = model.problem_
-        data = prob.data
         truth_g = np.asarray(sim.group_truth)
-        truth_c = np.asarray(sim.cell_truth)[data.order]
+        truth_c = np.asarray(sim.cell_truth)
         fit_g = model.group_labels_
-        fit_c = np.argmax(model.state_.xi, axis=1)
+        fit_c = model.cell_labels_
         ari = adjusted_rand_index(truth_g, fit_g)
         if ari == 1.0:
-            rf = labelling_bound_of(model)
+            rf = model.labelling_bound()
             rows.append((s, ari, None))
             print(f"{s:4d}  {ari:.2f}  {rf.n_occupied:5d}   same partition; bonus of the fit "
                   f"{rf.bonus:.3f} (log m! = {rf.log_m_factorial:.3f}; {rf.n_orders} orders, "
                   f"{time.time() - t0:.0f} s)")
             continue
-        rf, _ = score(be, prob, fit_c, fit_g)
-        rt, _ = score(be, prob, truth_c, truth_g)
+        rf = score(be_name, prob, fit_c, fit_g)
+        rt = score(be_name, prob, truth_c, truth_g)
         d_e, d_b = rt.elbo - rf.elbo, rt.value - rf.value
         pe = "truth" if d_e > 0 else "fit"
         pb = "truth" if d_b > 0 else "fit"
@@ -164,8 +139,6 @@ def split_partition(N_jl, labels, rng, features=None):
     """Each cluster of ``labels`` with >= 2 individuals cut in two by 2-means on the
     individuals' compositions N_jl / n_j (the over-split that donor variation invites), or on
     ``features``."""
-    from nestedatoms._init import kmeans_labels
-
     comp = N_jl / N_jl.sum(axis=1, keepdims=True) if features is None else features
     out = np.asarray(labels).copy()
     nxt = out.max() + 1
@@ -181,7 +154,6 @@ def split_partition(N_jl, labels, rng, features=None):
 
 
 def donor(seeds, be_name="cpp", held=False):
-    be = get_backend(be_name)
     scorer = score_held if held else score
     print("q(S) held at each hard partition" if held else "each partition scored from its "
           "hard labels by free CAVI sweeps")
@@ -199,7 +171,7 @@ def donor(seeds, be_name="cpp", held=False):
                                   donor_concentration=np.inf).fit(sim.Y, sim.groups)
         c = float(auto.donor_concentration_)
         truth_g = np.asarray(sim.group_truth)
-        cells_auto = np.argmax(auto.state_.xi, axis=1)
+        cells_auto = auto.cell_labels_
         split_g = split_partition(auto.state_.N_jl, auto.group_labels_,
                                   np.random.default_rng(s))
         ari_auto = adjusted_rand_index(truth_g, auto.group_labels_)
@@ -207,14 +179,12 @@ def donor(seeds, be_name="cpp", held=False):
               f"nam {adjusted_rand_index(truth_g, nam.group_labels_):.2f}, "
               f"split {adjusted_rand_index(truth_g, split_g):.2f} ({time.time() - t0:.0f} s)")
         for name, conc in (("c_auto", c), ("NAM", np.inf)):
-            prob = dataclasses.replace(auto.problem_, learn_donor_concentration=False,
-                                       donor_concentration=conc)
-            ra, _ = scorer(be, prob, cells_auto, auto.group_labels_)
-            for alt, (cells, groups) in (("nam", (np.argmax(nam.state_.xi, axis=1),
-                                                  nam.group_labels_)),
+            prob = problem_with(auto, donor_concentration=conc)
+            ra = scorer(be_name, prob, cells_auto, auto.group_labels_)
+            for alt, (cells, groups) in (("nam", (nam.cell_labels_, nam.group_labels_)),
                                          ("split", (cells_auto, split_g)),
                                          ("truth", (cells_auto, truth_g))):
-                rb, _ = scorer(be, prob, cells, groups)
+                rb = scorer(be_name, prob, cells, groups)
                 de, db = rb.elbo - ra.elbo, rb.value - ra.value
                 print(f"   under {name:6s} {alt:5s}: m {ra.n_occupied} -> {rb.n_occupied}  "
                       f"dELBO {de:9.3f}  dBound {db:9.3f}  bonus {ra.bonus:.2f} -> "
@@ -230,7 +200,11 @@ def main():
     ap.add_argument("--seed-start", type=int, default=0)
     ap.add_argument("--donor-seeds", type=int, default=5)
     ap.add_argument("--backend", default="cpp")
+    ap.add_argument("--quick", action="store_true",
+                    help="toy, toy-split and donor-held on one seed each (CI smoke run)")
     args = ap.parse_args()
+    if args.quick:
+        args.designs, args.seeds, args.donor_seeds = ["toy", "toy-split", "donor-held"], 1, 1
     for d in args.designs:
         if d in ("toy-split", "grid-split"):
             split_check(d.split("-")[0], range(args.seed_start, args.seed_start + args.seeds),

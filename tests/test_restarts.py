@@ -1,0 +1,70 @@
+"""Restarts that reach what an earlier restart found stop there (issue 21, item 1), and the
+fit's result is what it would have been with every restart run in full."""
+
+import numpy as np
+import pytest
+
+import nestedatoms as na
+from nestedatoms import _fit
+from nestedatoms._backend import get_backend
+from nestedatoms._data import prepare_data
+from nestedatoms.moves import DEFAULT_MOVES
+
+
+def restarts(sim, stop, monkeypatch, n_init=3):
+    monkeypatch.setattr(_fit, "STOP_DUPLICATE_RESTARTS", stop)
+    model = na.NestedAtomsModel(random_state=0)
+    prob = model._problem(prepare_data(sim.Y, sim.groups, sim.X))
+    return _fit.fit_restarts(get_backend("cpp"), prob, n_init, 500, 1e-6, 0, 1,
+                             moves=DEFAULT_MOVES)
+
+
+def test_a_restart_that_reaches_an_earlier_partition_stops_and_changes_nothing(monkeypatch):
+    sim = na.simulate(random_state=0)            # every restart ends at the same partition
+    best_full, runs_full = restarts(sim, False, monkeypatch)
+    best, runs = restarts(sim, True, monkeypatch)
+    stopped = [r.stopped_as_duplicate for r in runs]
+    assert not stopped[0] and any(stopped[1:])
+    assert not any(r.stopped_as_duplicate for r in runs_full)
+    for run, full in zip(runs, runs_full):
+        if run.stopped_as_duplicate:
+            # it stopped where the full run settled, before the costly moves ran again, and
+            # never above the run that found the partition first
+            assert run.converged and run.n_iter <= full.n_iter
+            assert run.elbo <= runs[0].elbo and run.state is None
+            assert run.timings["move:search_group_partition"] < (
+                full.timings["move:search_group_partition"])
+        else:
+            assert run.trace == full.trace
+    assert best.elbo == best_full.elbo
+    np.testing.assert_array_equal(best.state.rho, best_full.state.rho)
+    np.testing.assert_array_equal(best.state.xi, best_full.state.xi)
+
+
+@pytest.mark.parametrize("seed", [1, 4])
+def test_the_estimator_gives_the_same_fit_either_way(seed, monkeypatch):
+    sim = na.simulate(n_groups=12, cells_per_group=60, random_state=seed)
+    fits = []
+    for stop in (False, True):
+        monkeypatch.setattr(_fit, "STOP_DUPLICATE_RESTARTS", stop)
+        fits.append(na.NestedAtomsModel(random_state=seed).fit(sim.Y, sim.groups, sim.X))
+    assert fits[0].elbo_ == fits[1].elbo_
+    np.testing.assert_array_equal(fits[0].cell_probs_, fits[1].cell_probs_)
+
+
+def test_the_duplicate_test_compares_partitions_not_labels():
+    from nestedatoms._state import State
+
+    finished = _fit._FinishedPartitions()
+    st = State.__new__(State)
+    st.rho = np.eye(3)[[0, 0, 1, 2]]
+    st.xi = np.eye(4)[[3, 1, 1, 0, 2]]
+    finished.add(st, -10.0)
+    renamed = State.__new__(State)
+    renamed.rho = np.eye(3)[[2, 2, 0, 1]]                 # same partition, other labels
+    renamed.xi = np.eye(4)[[0, 2, 2, 1, 3]]
+    assert finished(renamed, -10.5) and finished(renamed, -10.0)
+    assert not finished(renamed, -9.0)                    # higher: let it run on
+    other = State.__new__(State)
+    other.rho, other.xi = np.eye(3)[[0, 1, 1, 2]], renamed.xi
+    assert not finished(other, -11.0)
