@@ -17,12 +17,13 @@ __version__ = "0.1.0"
 __all__ = ["NestedAtomsModel", "Simulation", "Summary", "simulate", "simulate_cohort", "tl",
            "pl", "show_config", "__version__", "exceptions", "InvalidParameterError",
            "NumericalError", "ModelFileError", "ConvergenceWarning", "FitInterruptedWarning",
-           "adjusted_rand_index", "diagnostics"]
+           "adjusted_rand_index", "diagnostics", "write_sorted_zarr"]
 
 # ``tl`` (AnnData) and ``pl`` (matplotlib) load on first use, so ``import nestedatoms`` stays
 # light and works without the optional extras; so does ``diagnostics`` (the study's tools).
 _LAZY = {"tl": ".tl", "pl": ".pl", "Summary": "._summary", "show_config": "._config",
-         "adjusted_rand_index": "._metrics", "diagnostics": ".diagnostics"}
+         "adjusted_rand_index": "._metrics", "diagnostics": ".diagnostics",
+         "write_sorted_zarr": "._dask"}
 
 
 def __getattr__(name):

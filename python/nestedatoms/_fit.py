@@ -325,17 +325,20 @@ STOP_DUPLICATE_RESTARTS = True
 class _FinishedPartitions:
     """The partitions finished restarts ended with, and the best ELBO reached at each."""
 
-    def __init__(self):
+    def __init__(self, prob: Problem | None = None):
         self.best: dict = {}
+        self.prob = prob
 
-    @staticmethod
-    def key(st: State):
-        if st.xi is None:            # the cells' responsibilities live elsewhere (dask)
+    def key(self, st: State):
+        if st.xi is None:
             return None
         from ._init import relabel_by_first_appearance
 
         groups = relabel_by_first_appearance(st.rho.argmax(axis=1))
-        cells = relabel_by_first_appearance(st.xi.argmax(axis=1))
+        # xi kept on dask workers (``_dask.WorkerXi``): its labels by one map over the batches
+        labels = (st.xi.argmax(axis=1) if isinstance(st.xi, np.ndarray)
+                  else st.xi.labels(self.prob))
+        cells = relabel_by_first_appearance(labels)
         return groups.astype(np.int64).tobytes() + b"|" + cells.astype(np.int64).tobytes()
 
     def add(self, st: State, value: float) -> None:
@@ -378,7 +381,7 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
     runs = []
     best = None
     interrupted = False
-    finished = _FinishedPartitions() if STOP_DUPLICATE_RESTARTS else None
+    finished = _FinishedPartitions(prob) if STOP_DUPLICATE_RESTARTS else None
     try:
         for r, (rng, seed) in enumerate(zip(rngs, seeds)):
             start = time.perf_counter()

@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 
+from ._batches import batched_weighted_stats
 from ._state import Problem, State
 from ._steps import GLOBAL_BLOCKS, composition_weights
 
@@ -25,13 +26,28 @@ _VQ_CHUNK = 65536
 def kmeans_labels(Z: np.ndarray, k: int, rng: np.random.Generator, n_iter: int = 25,
                   max_points: int = _MAX_KMEANS_POINTS) -> np.ndarray:
     """k-means++ then Lloyd on (a subsample of) Z; labels for every row, renumbered by size."""
-    from scipy.cluster.vq import kmeans2, vq
-
     n = Z.shape[0]
     k = int(min(k, n))
     if k <= 1:
         return np.zeros(n, dtype=np.int64)
-    sub = Z if n <= max_points else Z[rng.choice(n, max_points, replace=False)]
+    sub = Z if n <= max_points else Z[kmeans_sample(n, max_points, rng)]
+    ref, centres = kmeans_centres(sub, k, rng, n_iter)
+    labels = np.empty(n, dtype=np.int64)
+    for start in range(0, n, _VQ_CHUNK):      # a chunk at a time: no N x p copy of Z
+        labels[start:start + _VQ_CHUNK] = nearest_centre(Z[start:start + _VQ_CHUNK], ref,
+                                                         centres)
+    return relabel_by_size(labels)
+
+
+def kmeans_sample(n: int, max_points: int, rng: np.random.Generator) -> np.ndarray:
+    """The rows k-means is run on when there are more than ``max_points``."""
+    return rng.choice(n, max_points, replace=False)
+
+
+def kmeans_centres(sub: np.ndarray, k: int, rng: np.random.Generator, n_iter: int = 25):
+    """(ref, centres): k-means++ then Lloyd on the rows of ``sub``, relative to ``ref``."""
+    from scipy.cluster.vq import kmeans2
+
     # k-means is translation invariant: work relative to the first row, so that a column
     # that is constant (at 1e170, say) is exactly 0 and cannot overflow the squared
     # distances (scipy's k-means++ crashed the interpreter on such a column).
@@ -39,11 +55,15 @@ def kmeans_labels(Z: np.ndarray, k: int, rng: np.random.Generator, n_iter: int =
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # kmeans2 warns when a cluster empties; harmless here
         centres, _ = kmeans2(sub - ref, k, iter=n_iter, minit="++", seed=rng)
-    labels = np.empty(n, dtype=np.int64)
-    for start in range(0, n, _VQ_CHUNK):      # a chunk at a time: no N x p copy of Z
-        block = Z[start:start + _VQ_CHUNK] - ref
-        labels[start:start + _VQ_CHUNK], _ = vq(block, centres, check_finite=False)
-    return relabel_by_size(labels)
+    return ref, centres
+
+
+def nearest_centre(Z: np.ndarray, ref: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """The nearest centre of each row of Z (row by row, so any cut of Z gives the same)."""
+    from scipy.cluster.vq import vq
+
+    labels, _ = vq(Z - ref, centres, check_finite=False)
+    return labels
 
 
 def relabel_by_size(labels: np.ndarray) -> np.ndarray:
@@ -76,7 +96,17 @@ def state_from_labels(be, prob: Problem, cell_labels: np.ndarray,
     N_jl = np.add.reduceat(xi, prob.offsets[:-1], axis=0)
     zeta = composition_weights(prob.data.group_sizes, prob.donor_concentration)
     w = xi if zeta is None else xi * np.repeat(zeta, prob.data.group_sizes)[:, None]
-    y_n, y_s1, y_s2 = be.weighted_stats(prob.Y, w, prob.y_centre)
+    y_stats = batched_weighted_stats(be, prob.Y, w, prob.y_centre, prob.batches)
+    return state_from_stats(be, prob, xi, rho, N_jl, y_stats)
+
+
+def state_from_stats(be, prob: Problem, xi, rho: np.ndarray, N_jl: np.ndarray,
+                     y_stats) -> State:
+    """A complete state from the cells' statistics of a hard partition (N_jl and the
+    weighted y statistics about the centre) and q(S); ``xi`` is kept as given (an array, or
+    a stand-in for one kept on dask workers)."""
+    K, L = prob.K, prob.L
+    y_n, y_s1, y_s2 = y_stats
     a, b = prob.alpha_prior, prob.beta_prior
     st = State(
         rho=rho, xi=xi,

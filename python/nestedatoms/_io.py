@@ -89,6 +89,12 @@ def save_model(model, path) -> None:
     prob: Problem = model.problem_
     st: State = model.state_
     data = prob.data
+    if not isinstance(data.Y, np.ndarray):
+        raise ValueError(
+            "this model was fit on a dask array: its cells stay in their store and xi on the "
+            "workers, while a model file holds both (8 N (p + L) bytes). Keep the fitted "
+            "attributes instead (nestedatoms.tl.fit writes them into the AnnData), or save a "
+            "model fit in memory.")
     arrays = {}
     arrays["data/Y"] = data.Y
     arrays["data/offsets"] = data.offsets
@@ -132,7 +138,7 @@ def save_model(model, path) -> None:
         "nestedatoms_version": __version__,
         "params": _json_safe(model.get_params()),
         "problem": {
-            "K": prob.K, "L": prob.L, "has_x": prob.has_x,
+            "K": prob.K, "L": prob.L, "has_x": prob.has_x, "batch_size": prob.batch_size,
             "y_prior": nw(prob.y_prior),
             "x_prior": nw(prob.x_prior) if prob.has_x else None,
             "alpha_prior": conc(prob.alpha_prior),
@@ -209,7 +215,8 @@ def load_model(cls, path):
                    beta_prior=ConcentrationPrior(**pm["beta_prior"]),
                    learn_group_prior_scale=bool(pm.get("learn_group_prior_scale", False)),
                    learn_donor_concentration=bool(pm.get("learn_donor_concentration", False)),
-                   donor_concentration=_concentration_from_json(pm.get("donor_concentration")))
+                   donor_concentration=_concentration_from_json(pm.get("donor_concentration")),
+                   batch_size=pm.get("batch_size"))
     # The centres are a deterministic function of the data, but keep the saved bits anyway.
     prob.y_centre = arr["prior/y_centre"]
     if pm["has_x"]:

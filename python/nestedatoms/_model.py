@@ -9,7 +9,9 @@ import numpy as np
 from ._backend import get_backend, resolve_n_threads
 from ._data import check_constant_columns, prepare_data
 from ._fit import fit_restarts
-from .moves import DEFAULT_MOVES
+from ._batches import DEFAULT_DASK_BATCH_SIZE, in_memory_summary, plan_batches
+from ._dask import is_dask_array
+from .moves import moves_for
 from ._state import ConcentrationPrior, Problem, resolve_nw_prior
 from ._steps import expected_stick_weights
 from ._validation import (check_data_size, check_dimension, check_estimator_params,
@@ -94,6 +96,16 @@ class NestedAtomsModel:
         clusters (useful with many dimensions and few cells per cluster, where the prior
         weighs as much as the data); below 1 fewer.  An explicit ``covariance_prior`` in
         ``cell_prior`` takes precedence.
+    batch_size : int or None, default None
+        Cells per batch: every pass over the cells runs batch by batch, each batch a run of
+        whole individuals (cut greedily in group order, so an individual larger than this is
+        a batch of its own), and the batches' sums are added in batch order.  The plan
+        depends on the data and this number only, so a fit gives the same bits whatever the
+        number of threads or dask workers.  None: one batch for an in-memory Y (the fit as
+        it always was) and 262144 cells for a dask array Y; pass the same number to compare a
+        dask fit with an in-memory one bit for bit.  With more than one batch the split of
+        cell atoms is not run, in memory as on dask, so the two stay equal (the merges run
+        batch by batch; docs/scale-out.md).
 
     Attributes
     ----------
@@ -140,7 +152,7 @@ class NestedAtomsModel:
                  cell_concentration=None, concentration_prior=(0.1, 0.1), n_init=3,
                  max_iter=500, tol=1e-6, random_state=None, n_threads=None, backend="cpp",
                  verbose=0, copy=True, learn_group_prior_scale="auto",
-                 donor_concentration="auto", cell_resolution=1.0):
+                 donor_concentration="auto", cell_resolution=1.0, batch_size=None):
         self.n_group_clusters = n_group_clusters
         self.n_cell_clusters = n_cell_clusters
         self.prior = prior
@@ -160,6 +172,7 @@ class NestedAtomsModel:
         self.learn_group_prior_scale = learn_group_prior_scale
         self.donor_concentration = donor_concentration
         self.cell_resolution = cell_resolution
+        self.batch_size = batch_size
 
     # ------------------------------------------------------------------ scikit-learn protocol
     @classmethod
@@ -224,7 +237,7 @@ class NestedAtomsModel:
         return ConcentrationPrior(shape=shape, rate=rate,
                                   fixed=None if fixed is None else float(fixed))
 
-    def _problem(self, data) -> Problem:
+    def _problem(self, data, batch_size=None, y_summary=None) -> Problem:
         K, L = int(self.n_group_clusters), int(self.n_cell_clusters)
         x_prior = (None if data.X is None
                    else resolve_nw_prior(data.X, K, self.prior, self.group_prior,
@@ -233,7 +246,8 @@ class NestedAtomsModel:
             data=data, K=K, L=L,
             y_prior=resolve_nw_prior(data.Y, L, self.prior, self.cell_prior,
                                      name="cell_prior",
-                                     resolution=float(self.cell_resolution)),
+                                     resolution=float(self.cell_resolution),
+                                     summary=y_summary),
             x_prior=x_prior,
             alpha_prior=self._concentration(self.group_concentration, "group_concentration"),
             beta_prior=self._concentration(self.cell_concentration, "cell_concentration"),
@@ -241,6 +255,7 @@ class NestedAtomsModel:
             learn_donor_concentration=isinstance(self.donor_concentration, str),
             donor_concentration=(float("inf") if isinstance(self.donor_concentration, str)
                                  else float(self.donor_concentration)),
+            batch_size=batch_size, y_summary=y_summary,
         )
 
     def _learns_group_prior_scale(self) -> bool:
@@ -288,30 +303,61 @@ class NestedAtomsModel:
         """
         self._check_params()
         be = get_backend(self.backend)
-        # Refuse a fit that cannot fit in memory before copying anything (Y's shape is known
-        # without converting it); checked again below once the data is validated.
-        shape = _shape_of(Y)
-        if shape is not None:
-            check_memory(shape[0], shape[1], int(self.n_cell_clusters), int(self.n_init),
-                         self.backend)
-        data = prepare_data(Y, groups, X, copy=bool(self.copy))
-        check_constant_columns(data.Y, "Y", getattr(Y, "columns", None))
+        batch_size = None if self.batch_size is None else int(self.batch_size)
+        data = None
+        if is_dask_array(Y):
+            data = self._dask_data(Y, groups, X, batch_size, init_group_labels,
+                                   init_cell_labels)
+            if data is None:       # one batch: read it, and fit in memory (same plan)
+                Y = Y.compute()
+            else:
+                batch_size = DEFAULT_DASK_BATCH_SIZE if batch_size is None else batch_size
+        if data is None:
+            # Refuse a fit that cannot fit in memory before copying anything (Y's shape is
+            # known without converting it); checked again below once the data is validated.
+            shape = _shape_of(Y)
+            if shape is not None:
+                check_memory(shape[0], shape[1], int(self.n_cell_clusters), int(self.n_init),
+                             self.backend)
+            data = prepare_data(Y, groups, X, copy=bool(self.copy))
+            check_constant_columns(data.Y, "Y", getattr(Y, "columns", None))
         if data.X is not None:
             check_constant_columns(data.X, "X", getattr(X, "columns", None))
-        prob = self._problem(data)
+        plan = plan_batches(data.offsets, batch_size)
+        # one batch: the data's summaries as they always were; more: batch by batch, as a
+        # dask fit computes them (same bits)
+        summary = getattr(data, "summary", None)
+        if summary is None and plan.n_batches > 1:
+            summary = in_memory_summary(data.Y, plan)
+        prob = self._problem(data, batch_size, summary)
         n_threads = resolve_n_threads(self.n_threads)
         check_data_size(data.n_cells, data.n_groups, prob.L)
         check_dimension(data.Y.shape[1])
-        check_memory(data.n_cells, data.Y.shape[1], prob.L, int(self.n_init), self.backend)
-        init_state = self._known_start(prob, init_group_labels, init_cell_labels)
+        if isinstance(data.Y, np.ndarray):
+            check_memory(data.n_cells, data.Y.shape[1], prob.L, int(self.n_init), self.backend)
+            init_state = self._known_start(prob, init_group_labels, init_cell_labels)
+        else:
+            from ._dask import initial_state as init_state
         with self._blas_limits(n_threads), self._progress(int(self.n_init)) as callback:
             best, runs = fit_restarts(be, prob, int(self.n_init), int(self.max_iter),
                                       float(self.tol), self.random_state, n_threads,
-                                      moves=DEFAULT_MOVES, init_state=init_state,
+                                      moves=moves_for(prob), init_state=init_state,
                                       callback=callback, on_phase=callback.phase)
         self._set_results(prob, best, runs)
         self._warn_unconverged(best)
         return self
+
+    def _dask_data(self, Y, groups, X, batch_size, init_group_labels, init_cell_labels):
+        """The cells of a dask Y, validated and summarised on the workers (``_dask``); None
+        when the batch plan has one batch."""
+        from ._dask import prepare_dask_data
+
+        if init_group_labels is not None or init_cell_labels is not None:
+            raise ValueError("init_group_labels / init_cell_labels are not supported with a "
+                             "dask array Y; fit without them, or pass Y.compute().")
+        return prepare_dask_data(Y, groups, X,
+                                 DEFAULT_DASK_BATCH_SIZE if batch_size is None else batch_size,
+                                 self.backend, self.n_threads)
 
     @staticmethod
     def _known_start(prob, init_group_labels, init_cell_labels):
@@ -380,7 +426,10 @@ class NestedAtomsModel:
         # cell_probs_ is derived from state_.xi on first access (see the property): the fit
         # does not hold a second N x L array just to return it.
         self.__dict__.pop("_cell_probs", None)
-        self.cell_labels_ = data.to_caller_order(np.argmax(st.xi, axis=1))
+        # with the cells on dask workers, xi is recomputed there by a last map
+        labels = (np.argmax(st.xi, axis=1) if isinstance(st.xi, np.ndarray)
+                  else st.xi.labels(prob))
+        self.cell_labels_ = data.to_caller_order(labels)
         self.group_weights_ = expected_stick_weights(st.v_a, st.v_b)[:, 0]
         self.cell_weights_ = expected_stick_weights(st.u_a, st.u_b)
         self.cell_means_ = st.my.copy()
@@ -445,7 +494,10 @@ class NestedAtomsModel:
         if "state_" not in self.__dict__ or "problem_" not in self.__dict__:
             raise AttributeError("'NestedAtomsModel' object has no attribute 'cell_probs_' "
                                  "(not fitted yet; call fit first)")
-        probs = self.problem_.data.to_caller_order(self.state_.xi)
+        xi = self.state_.xi
+        # cells on dask workers: a lazy dask array, computed (8 N L bytes) only when asked
+        probs = (self.problem_.data.to_caller_order(xi) if isinstance(xi, np.ndarray)
+                 else xi.probs(self.problem_))
         self.__dict__["_cell_probs"] = probs
         return probs
 
@@ -478,7 +530,7 @@ class NestedAtomsModel:
         prob, st = self.problem_, self.state_.copy()
         with self._blas_limits(n_threads), self._progress(1, n_iter) as progress:
             run = run_cavi(be, prob, st, n_iter, float(self.tol), n_threads,
-                           moves=DEFAULT_MOVES,
+                           moves=moves_for(prob),
                            callback=lambda it, value: progress(0, it, value),
                            on_phase=lambda name: progress.phase(0, name))
         traces = [np.asarray(t) for t in self.elbo_traces_]

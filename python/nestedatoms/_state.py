@@ -48,13 +48,17 @@ class ConcentrationPrior:
     fixed: float | None = None
 
 
-def _robust_covariance(Z: np.ndarray) -> np.ndarray:
-    """Covariance of the rows of Z; a singular one becomes its diagonal plus a small ridge."""
+def _robust_covariance(Z: np.ndarray, cov: np.ndarray | None = None) -> np.ndarray:
+    """Covariance of the rows of Z; a singular one becomes its diagonal plus a small ridge.
+
+    ``cov``: the sample covariance, already computed batch by batch (``_batches``); Z then
+    only gives the shape.
+    """
     D = Z.shape[1]
     if Z.shape[0] < 2:
         return np.eye(D)
-    # about exact means: a constant column then has exactly zero variance at any magnitude
-    cov = np.atleast_2d(np.cov(Z - exact_column_means(Z), rowvar=False))
+    if cov is None:
+        cov = sample_covariance(Z)
     scale = float(np.trace(cov)) / D
     if not np.isfinite(scale) or scale <= 0.0:
         return np.eye(D)
@@ -67,6 +71,12 @@ def _robust_covariance(Z: np.ndarray) -> np.ndarray:
     diag = np.diag(cov).copy()
     diag[diag <= 0.0] = scale
     return np.diag(diag) + 1e-6 * scale * np.eye(D)
+
+
+def sample_covariance(Z: np.ndarray) -> np.ndarray:
+    """np.cov of the rows of Z about exact means: a constant column then has exactly zero
+    variance at any magnitude."""
+    return np.atleast_2d(np.cov(Z - exact_column_means(Z), rowvar=False))
 
 
 # How much narrower than its share of the volume each individual cluster is expected to be
@@ -90,7 +100,8 @@ def _feature_variances(Z: np.ndarray) -> np.ndarray:
 
 def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
                      overrides: dict | None, name: str = "prior",
-                     layer: str = "cells", resolution: float = 1.0) -> NWPrior:
+                     layer: str = "cells", resolution: float = 1.0,
+                     summary=None) -> NWPrior:
     """The Normal-Wishart prior of one layer (model section 2, 'Prior defaults').
 
     ``"empirical"``: m0 = mean, nu0 = D + 5, and a scale invariant to the scale of the data:
@@ -110,6 +121,8 @@ def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
         broader at D = 5; with hundreds of cells per atom the difference is small, and on the
         toy design this one tracks the Bayes classifier more closely).
     The recovery study gives the evidence for both.
+    ``summary``: the means and covariance of Z computed batch by batch (``_batches``), for Z
+    too large to hold (a dask array) or cut into several batches; Z then only gives its shape.
     ``"reference"``: m0 = 0, lam0 = 0.01, nu0 = D + 5, W0 = I.
     ``resolution`` r divides the expected cluster width (E[Sigma]^(1/2)) by r: W0^-1 is
     multiplied by 1 / r^2 (either preset; an explicit ``covariance_prior`` override wins).
@@ -123,7 +136,7 @@ def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
     if layer not in ("groups", "cells"):
         raise ValueError(f"layer must be 'groups' or 'cells', got {layer!r}.")
     if preset == "empirical":
-        m0 = exact_column_means(Z)
+        m0 = exact_column_means(Z) if summary is None else summary.means
         shrink = float(n_clusters) ** (-2.0 / D)
         if layer == "groups":
             # E[Sigma] = W0^-1 / (nu0 - D - 1): the factor makes it exactly the target
@@ -131,7 +144,8 @@ def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
             W0inv = (nu0 - D - 1.0) * np.diag(_feature_variances(Z)) * shrink
             lam0 = shrink
         else:
-            W0inv = nu0 * _robust_covariance(Z) * shrink
+            W0inv = nu0 * _robust_covariance(
+                Z, None if summary is None else summary.cov) * shrink
     elif preset == "reference":
         m0 = np.zeros(D)
         W0inv = np.eye(D)
@@ -183,13 +197,23 @@ class Problem:
     learn_donor_concentration: bool = False
     # The concentration every run starts from (and keeps, when not learned); inf: NAM.
     donor_concentration: float = float("inf")
+    # Cells per batch of every pass over the cells (``_batches``); None: one batch.
+    batch_size: int | None = None
+    # The cells' column means and covariance computed batch by batch (None: from Y at once,
+    # the one-batch case); see ``_batches.ColumnSummary``.
+    y_summary: object = None
     y_centre: np.ndarray = field(init=False)
     x_centre: np.ndarray | None = field(init=False)
 
     def __post_init__(self):
+        from ._batches import plan_batches
+
+        self.batches = plan_batches(self.data.offsets, self.batch_size)
         # Sufficient statistics are accumulated about the data mean: exact, and stable.
         # (exact for constant columns, which then centre to exactly 0 at any magnitude)
-        self.y_centre = np.ascontiguousarray(exact_column_means(self.data.Y))
+        self.y_centre = np.ascontiguousarray(
+            exact_column_means(self.data.Y) if self.y_summary is None
+            else self.y_summary.means)
         X = self.data.X
         self.x_centre = None if X is None else np.ascontiguousarray(exact_column_means(X))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._batches import batched_cell_step, weighted_entropy  # noqa: F401 (re-exported)
 from ._state import ConcentrationPrior, NWPrior, Problem, State
 
 __all__ = ["composition_weights", "composition_counts", "scale_rows", "tempered", "group_weights",
@@ -86,15 +87,6 @@ def composition_counts(prob: Problem, st: State) -> np.ndarray:
     return tempered(prob, st, st.N_jl)
 
 
-def weighted_entropy(be, xi_rows: np.ndarray, weights) -> float:
-    """-sum_i w_i sum_l xi_il log xi_il (the backend's entropy when ``weights`` is None)."""
-    if weights is None:
-        return be.categorical_entropy(xi_rows)
-    from scipy.special import entr
-
-    return float(np.dot(weights, entr(xi_rows).sum(axis=1)))
-
-
 def weighted_y_stats(be, prob: Problem, xi_cols: np.ndarray, weights, rows=None):
     """(n, s1, s2) of the given xi columns over all cells (or ``rows``), cells weighted."""
     Y = prob.Y if rows is None else prob.Y[rows]
@@ -109,11 +101,16 @@ def update_cells(be, prob: Problem, st: State, n_threads: int = 1) -> None:
     """q(M): xi, and with it N_jl, the y statistics and the entropy of q(M) (one pass).
 
     Under donor variation each donor's terms are all weighted by zeta_j, so zeta_j cancels from
-    the update of xi itself and weights only the statistics and the entropy.
+    the update of xi itself and weights only the statistics and the entropy.  The cells are
+    visited batch by batch (``prob.batches``) and their statistics added in batch order.
     """
-    st.N_jl, st.y_n, st.y_s1, st.y_s2, st.H_xi = be.cell_step(
-        prob.Y, prob.offsets, st.rho, _elog_omega(be, st), st.my, st.lamy, st.Wy, st.nuy,
-        prob.y_centre, st.xi, n_threads, group_weights(prob, st))
+    if not isinstance(st.xi, np.ndarray):      # cells on dask workers (``_dask``)
+        st.xi, (st.N_jl, st.y_n, st.y_s1, st.y_s2, st.H_xi) = st.xi.cell_step(
+            be, prob, st, n_threads)
+        return
+    st.N_jl, st.y_n, st.y_s1, st.y_s2, st.H_xi = batched_cell_step(
+        be, prob.Y, prob.offsets, prob.batches, st.rho, _elog_omega(be, st), st.my, st.lamy,
+        st.Wy, st.nuy, prob.y_centre, st.xi, n_threads, group_weights(prob, st))
 
 
 def update_groups(be, prob: Problem, st: State, n_threads: int = 1) -> None:

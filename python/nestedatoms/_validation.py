@@ -119,6 +119,9 @@ def check_estimator_params(est) -> None:
             f"(the Nested Atoms Model exactly), got {conc!r}.")
     check_positive(getattr(est, "cell_resolution", 1.0), "cell_resolution",
                    " It divides the cell prior's expected cluster width; the default is 1.")
+    if getattr(est, "batch_size", None) is not None:
+        check_int(est.batch_size, "batch_size", 1,
+                  " It is the number of cells per batch (e.g. 262144), or None.")
     if not isinstance(getattr(est, "copy", True), (bool, np.bool_)):
         raise InvalidParameterError(f"copy must be True or False, got {est.copy!r}.")
     if isinstance(est.verbose, bool) or not isinstance(est.verbose, numbers.Integral) or (

@@ -49,6 +49,10 @@ def _model_options(parser, n_init=3):
     g.add_argument("--backend", choices=("cpp", "numpy"), default="cpp")
     g.add_argument("--threads", type=int, default=None,
                    help="threads (default: OMP_NUM_THREADS or all CPUs; -1 all, -2 all but one)")
+    g.add_argument("--batch-size", type=int, default=None, metavar="CELLS",
+                   help="cells per batch of whole individuals (default: one batch in memory, "
+                        "262144 with --scheduler); the same number gives the same bits in "
+                        "memory and on any number of dask workers")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -58,7 +62,7 @@ def _model_kwargs(args) -> dict:
                 cell_resolution=args.cell_resolution,
                 n_init=args.n_init, max_iter=args.max_iter, tol=args.tol,
                 random_state=args.seed, backend=args.backend, n_threads=args.threads,
-                verbose=0 if args.quiet else 1)
+                batch_size=args.batch_size, verbose=0 if args.quiet else 1)
 
 
 def _read_table(path):
@@ -168,7 +172,47 @@ def _summary_paths(path):
     return path, f"{root}_groups{ext}"
 
 
+@contextmanager
+def _scheduler(address):
+    """A dask.distributed Client connected to ``address`` for the duration (dask's convention:
+    the fit and every dask computation inside run on it), or nothing without an address."""
+    if address is None:
+        yield
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ImportError('--scheduler needs dask.distributed: pip install "nestedatoms[dask]"'
+                          ) from None
+    with Client(address) as client:
+        print(f"Running on the dask scheduler at {client.scheduler.address} "
+              f"({len(client.scheduler_info()['workers'])} workers).")
+        yield
+
+
+def _lazy_representation(path, key):
+    """obsm[key] of an .h5ad file as a dask array that each worker reads from the file itself
+    (the workers must see ``path``)."""
+    import anndata
+    import h5py
+
+    f = h5py.File(path, "r")
+    if key not in f.get("obsm", {}):
+        return None
+    dataset = f["obsm"][key]
+    return anndata.experimental.read_elem_lazy(dataset, chunks=(1 << 16, dataset.shape[1]))
+
+
 def _fit(args) -> int:
+    if args.scheduler and args.model:
+        raise ValueError("--model cannot be used with --scheduler: a model fit on dask keeps "
+                         "its cells on disk and xi on the workers, and a model file holds both; "
+                         "the results are written into the output .h5ad.")
+    with _scheduler(args.scheduler):
+        return _fit_on(args)
+
+
+def _fit_on(args) -> int:
     import pandas as pd  # noqa: F401  (kept for the table helpers)
 
     from . import tl
@@ -188,6 +232,10 @@ def _fit(args) -> int:
                             os.path.join(args.plots, "nestedatoms_abundance.png")))
     check_outputs(outputs, args.force)          # before the input is even read
     adata = _read_h5ad(args.input, backed="r" if args.backed else None)
+    if args.scheduler:
+        lazy = _lazy_representation(args.input, args.use_rep)
+        if lazy is not None:      # else tl.fit names the missing key
+            adata.obsm[args.use_rep] = lazy
     group_features = _group_features_arg(args, adata)
     _check_basis(args, adata)
     start = time.perf_counter()
@@ -435,6 +483,12 @@ def _parser():
                      help="with --condition-key: the condition the others are compared with")
     fit.add_argument("--backed", action="store_true",
                      help="read the input backed (its X stays on disk)")
+    fit.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="fit on the dask.distributed scheduler at ADDRESS (e.g. "
+                          "tcp://10.0.0.1:8786): the workers read obsm[use-rep] from the input "
+                          "file (they must see its path; cells sorted by group), the driver "
+                          "holds only per-individual state (nestedatoms[dask]; "
+                          "docs/scale-out.md)")
     fit.add_argument("--no-rank-genes", action="store_true",
                      help="skip scanpy marker genes even when possible")
     fit.add_argument("--force", action="store_true",

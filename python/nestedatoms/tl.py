@@ -156,7 +156,11 @@ def fit(adata, group_key="donor_id", use_rep="X_pca", group_features=None, key_a
     Parameters
     ----------
     adata : AnnData
-        Cells in rows; may be backed (only ``obsm[use_rep]`` and ``obs`` are read).
+        Cells in rows; may be backed (only ``obsm[use_rep]`` and ``obs`` are read), or read
+        lazily (``anndata.experimental.read_lazy``, or any AnnData whose ``obsm[use_rep]``
+        is a dask array, cells sorted by ``group_key``): the fit then runs on dask (the
+        active scheduler; see ``NestedAtomsModel.batch_size``), ``obs`` is read into memory
+        and ``obsm[f"{key_added}_cell_probs"]`` is a lazy dask array.
     group_key : str
         ``obs`` column holding each cell's group (individual, donor) label.
     use_rep : str
@@ -233,6 +237,11 @@ def fit(adata, group_key="donor_id", use_rep="X_pca", group_features=None, key_a
                                     "group_covariates")
     if rank_genes not in ("auto", True, False):
         raise ValueError(f"rank_genes must be 'auto', True or False, got {rank_genes!r}.")
+    if not isinstance(adata.obs, pd.DataFrame):
+        # A lazily read AnnData (anndata.experimental.read_lazy): its obs, one row per cell,
+        # is read into memory (the fit needs every cell's group, and the results are written
+        # there); obsm[use_rep] stays a dask array and the fit runs on dask (``_dask``).
+        adata.obs = adata.obs.to_memory()
     _check_result_keys(adata, group_key, group_features, key_added)
     if copy:
         if adata.isbacked:
@@ -334,8 +343,11 @@ def write_results(adata, model, summ, key_added, group_key, use_rep, group_featu
     adata.obs[f"{key_added}_group_cluster"] = pd.Categorical(
         group_cluster.astype(str), categories=cats_g)
     # Only the occupied clusters: the empty atoms of the truncation carry no information.
-    adata.obsm[f"{key_added}_cell_probs"] = np.ascontiguousarray(
-        model.cell_probs_[:, summ.cell_cluster_index])
+    # (A fit on dask gives a lazy dask array, written as one: 8 N L bytes need not fit.)
+    probs = model.cell_probs_[:, summ.cell_cluster_index]
+    adata.obsm[f"{key_added}_cell_probs"] = (
+        probs if not isinstance(probs, np.ndarray) and hasattr(probs, "chunks")
+        else np.ascontiguousarray(probs))
 
     group_probs = pd.DataFrame(
         model.group_probs_[:, summ.group_cluster_index], index=pd.Index(model.groups_),
@@ -394,6 +406,8 @@ def _rank_genes(adata, key_added, mode):
         reason = "the AnnData is backed (ranking genes would load its expression matrix)"
     elif adata.X is None or adata.n_vars == 0:
         reason = "the AnnData carries no expression matrix"
+    elif hasattr(adata.X, "chunks") and not isinstance(adata.X, np.ndarray):
+        reason = "the expression matrix is a lazy dask array (ranking genes would load it)"
     elif adata.obs[f"{key_added}_cell_cluster"].nunique() < 2:
         reason = "there is only one cell cluster"
     if reason is not None:

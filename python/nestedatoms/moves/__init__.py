@@ -38,7 +38,8 @@ from .group_prior_scale import learn_group_prior_scale
 from .sort import sort_clusters
 from .split_atoms import split_cell_atoms
 
-__all__ = ["Move", "EVERY_SWEEP", "AT_CONVERGENCE", "DEFAULT_MOVES", "move_named",
+__all__ = ["Move", "EVERY_SWEEP", "AT_CONVERGENCE", "DEFAULT_MOVES", "move_named", "moves_for",
+           "SINGLE_BATCH_MOVES",
            "sort_clusters", "merge_group_clusters", "merge_cell_atoms", "agglomerate_cell_atoms",
            "split_cell_atoms", "search_group_partition", "learn_group_prior_scale",
            "learn_donor_variation", "refresh_without_cells", "optimise_groups",
@@ -57,6 +58,21 @@ DEFAULT_MOVES = (
     Move("learn_group_prior_scale", learn_group_prior_scale, AT_CONVERGENCE),
     Move("learn_donor_variation", learn_donor_variation, AT_CONVERGENCE),
 )
+
+
+# The moves that need the rows of xi across all cells (the split cuts an atom's cells by
+# 2-means on y and re-runs their cell step).  With more than one batch (``_batches``) they are
+# not run, in memory as on dask, so that both give the same bits (docs/scale-out.md); the
+# merges run batch by batch.
+SINGLE_BATCH_MOVES = ("split_cell_atoms",)
+
+
+def moves_for(prob) -> tuple:
+    """The fit's schedule for this problem: every default move with one batch, and without
+    ``SINGLE_BATCH_MOVES`` with more."""
+    if prob.batches.n_batches == 1:
+        return DEFAULT_MOVES
+    return tuple(m for m in DEFAULT_MOVES if m.name not in SINGLE_BATCH_MOVES)
 
 
 def move_named(name: str) -> Move:

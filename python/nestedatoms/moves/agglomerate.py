@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._batches import batched_entropies_of_sums, fold_columns
 from .._state import Problem, State
 from .._steps import elbo, group_weights
 from ._base import gain_ok, restore, snapshot
@@ -64,7 +65,11 @@ def agglomerate_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> 
         return False
     before = elbo(be, prob, st)
     saved = snapshot(st)
-    entropy_change = _GroupEntropyChange(be, prob, st, n_threads)
+    if prob.batches.n_batches > 1:
+        entropy_change = _entropy_change_by_batch(be, prob, st, levels, before, n_threads)
+        saved = snapshot(st)
+    else:
+        entropy_change = _GroupEntropyChange(be, prob, st, n_threads)
     best_value, best_level, best_change = before, None, 0.0
     for i, level in enumerate(levels):
         fold_atom_stats(be, prob, st, level, n_threads)
@@ -80,11 +85,32 @@ def agglomerate_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> 
     level = levels[best_level]
     st.H_xi += best_change
     fold_atom_stats(be, prob, st, level, n_threads)
-    for group in level:
-        for l in group[1:]:      # column by column: no N x |group| temporary
-            st.xi[:, group[0]] += st.xi[:, l]
-            st.xi[:, l] = 0.0
+    st.xi = fold_columns(st.xi, level)      # column by column: no N x |group| temporary
     return True
+
+
+def _entropy_change_by_batch(be, prob: Problem, st: State, levels, before, n_threads):
+    """The entropy change of each group of every level that may gain (its bound beats the
+    ELBO before), from one batch-by-batch pass over the cells (``_batches``; on dask workers
+    when xi is kept there): the same decisions as ``_GroupEntropyChange``, read at once."""
+    saved = snapshot(st)
+    groups = set()
+    for level in levels:
+        fold_atom_stats(be, prob, st, level, n_threads)
+        if gain_ok(elbo(be, prob, st), before):
+            groups.update(tuple(sorted(g)) for g in level if len(g) > 1)
+        restore(st, saved)
+        saved = snapshot(st)
+    sets = sorted(groups | {(l,) for g in groups for l in g})
+    zeta = group_weights(prob, st)
+    values = batched_entropies_of_sums(be, prob, st.xi, zeta, sets) if sets else []
+    entropy = dict(zip(sets, values))
+
+    def change(group):
+        key = tuple(sorted(group))
+        return entropy[key] - sum(entropy[l, ] for l in key)
+
+    return change
 
 
 class _GroupEntropyChange:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._batches import batched_entropies_of_sums, fold_columns
 from .._state import Problem, State
 from .._steps import elbo, group_weights
 from ._base import gain_ok, refresh_without_cells, restore, snapshot
@@ -43,6 +44,8 @@ def _cell_pairs(be, prob: Problem, st: State, max_pairs: int):
 def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
                      max_pairs: int = 5) -> bool:
     """Try folding atom l2 into l1 for the most promising pairs; keep every gain found."""
+    if prob.batches.n_batches > 1:
+        return _merge_cell_atoms_by_batch(be, prob, st, n_threads, max_pairs)
     changed = False
     while True:  # ends: every accepted merge empties one more atom
         before = elbo(be, prob, st)
@@ -58,6 +61,50 @@ def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
             if gain_ok(elbo(be, prob, st), before):
                 st.xi[:, l1] += st.xi[:, l2]
                 st.xi[:, l2] = 0.0
+                accepted = changed = True
+                break
+            restore(st, saved)
+        if not accepted:
+            return changed
+
+
+def _merge_cell_atoms_by_batch(be, prob: Problem, st: State, n_threads: int,
+                               max_pairs: int) -> bool:
+    """``merge_cell_atoms`` with the cells in batches (``_batches``; on dask workers, or in
+    memory with the same plan and the same bits): the entropies of xi's columns are summed
+    batch by batch, in one pass over the cells for all the pairs that may gain.
+
+    Merging two columns can only lower the entropy of q(M), so the ELBO of the merged
+    statistics without that change bounds the merge from above: a pair whose bound does not
+    gain is skipped without reading the cells (most sweeps read none), and the first pair
+    that gains, in ``_cell_pairs`` order, is the one ``merge_cell_atoms`` would accept.
+    """
+    changed = False
+    entropy = {}     # per set of columns; a merge changes only its two columns' entries
+    while True:  # ends: every accepted merge empties one more atom
+        before = elbo(be, prob, st)
+        candidates = []
+        for l1, l2 in _cell_pairs(be, prob, st, max_pairs):
+            saved = snapshot(st)
+            fold_atom_stats(be, prob, st, [[l1, l2]], n_threads)
+            if gain_ok(elbo(be, prob, st), before):
+                candidates.append((l1, l2))
+            restore(st, saved)
+        if not candidates:
+            return changed
+        sets = sorted({s for l1, l2 in candidates for s in ((l1,), (l2,), (l1, l2))}
+                      - set(entropy))
+        if sets:
+            entropy.update(zip(sets, batched_entropies_of_sums(
+                be, prob, st.xi, group_weights(prob, st), sets)))
+        accepted = False
+        for l1, l2 in candidates:
+            saved = snapshot(st)
+            st.H_xi = st.H_xi - (entropy[l1, ] + entropy[l2, ]) + entropy[l1, l2]
+            fold_atom_stats(be, prob, st, [[l1, l2]], n_threads)
+            if gain_ok(elbo(be, prob, st), before):
+                st.xi = fold_columns(st.xi, [[l1, l2]])
+                entropy = {k: v for k, v in entropy.items() if l1 not in k and l2 not in k}
                 accepted = changed = True
                 break
             restore(st, saved)

@@ -28,7 +28,7 @@ def sort_clusters(be, prob: Problem, st: State, n_threads: int = 1) -> bool:
         st.mx, st.lamx, st.Wx, st.nux = (st.mx[g_perm], st.lamx[g_perm], st.Wx[g_perm],
                                          st.nux[g_perm])
     if not identity_c:
-        _permute_columns(st.xi, c_perm)
+        st.xi = _permute_columns(st.xi, c_perm)
         st.N_jl = np.ascontiguousarray(st.N_jl[:, c_perm])
         st.y_n, st.y_s1, st.y_s2 = st.y_n[c_perm], st.y_s1[c_perm], st.y_s2[c_perm]
         st.my, st.lamy, st.Wy, st.nuy = (st.my[c_perm], st.lamy[c_perm], st.Wy[c_perm],
@@ -40,15 +40,19 @@ def sort_clusters(be, prob: Problem, st: State, n_threads: int = 1) -> bool:
         return True
     restore(st, saved)
     if not identity_c:
-        _permute_columns(st.xi, np.argsort(c_perm))
+        st.xi = _permute_columns(st.xi, np.argsort(c_perm))
     return False
 
 
-def _permute_columns(xi: np.ndarray, perm: np.ndarray, rows: int = 1 << 15) -> None:
+def _permute_columns(xi: np.ndarray, perm: np.ndarray, rows: int = 1 << 15):
     """xi[:, :] = xi[:, perm] in place, a slab of rows at a time: a whole-array temporary
-    would be another N x L array at the fit's memory peak."""
+    would be another N x L array at the fit's memory peak.  Returns xi; an xi kept on dask
+    workers (``_dask.WorkerXi``) is not an array and returns a permuted copy of itself."""
+    if not isinstance(xi, np.ndarray):
+        return xi.permuted(perm)
     for start in range(0, xi.shape[0], rows):
         slab = xi[start:start + rows]
         slab[...] = slab[:, perm]
+    return xi
 
 

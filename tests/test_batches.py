@@ -1,0 +1,138 @@
+"""The batch plan (model section 7): batches of whole individuals, sums in batch order."""
+
+import copy
+
+import numpy as np
+import pytest
+
+import nestedatoms as na
+from nestedatoms._backend import get_backend
+from nestedatoms._init import state_from_labels
+from nestedatoms._steps import elbo, update_cells, weighted_entropy
+from nestedatoms._batches import batched_entropies_of_sums, in_memory_summary, plan_batches
+from nestedatoms.moves import SINGLE_BATCH_MOVES, merge_cell_atoms, moves_for
+from nestedatoms._data import exact_column_means, prepare_data
+from nestedatoms._state import sample_covariance
+
+
+def _cohort(seed=0, n_groups=24):
+    return na.simulate(n_groups=n_groups, cells_per_group=list(range(30, 30 + 5 * n_groups, 5)),
+                       random_state=seed)
+
+
+def test_plan_keeps_individuals_whole_and_respects_the_size():
+    sizes = np.array([5, 3, 9, 1, 4, 4, 2, 12, 1])
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    plan = plan_batches(offsets, 8)
+    assert plan.groups[0] == 0 and plan.groups[-1] == sizes.size
+    assert np.array_equal(plan.rows, offsets[plan.groups])
+    for g0, g1, r0, r1 in plan:
+        assert g1 > g0
+        # at most the size, unless one individual alone is larger
+        assert r1 - r0 <= 8 or g1 - g0 == 1
+    # greedy: no batch could have taken the next individual
+    for b in range(plan.n_batches - 1):
+        assert plan.rows[b + 1] - plan.rows[b] + sizes[plan.groups[b + 1]] > 8
+    assert plan_batches(offsets, None).n_batches == 1
+    assert plan_batches(offsets, int(offsets[-1])).n_batches == 1
+
+
+def test_summary_by_batches_matches_the_whole():
+    sim = _cohort()
+    data = prepare_data(sim.Y, sim.groups)
+    Y, offsets = data.Y, data.offsets
+    summary = in_memory_summary(Y, plan_batches(offsets, 300))
+    np.testing.assert_allclose(summary.means, exact_column_means(Y), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(summary.cov, sample_covariance(Y), rtol=1e-12, atol=1e-13)
+
+
+def _fit(sim, batch_size, n_threads, **kw):
+    params = dict(random_state=0, n_init=1, max_iter=40, tol=0)
+    params.update(kw)
+    return na.NestedAtomsModel(batch_size=batch_size, n_threads=n_threads, **params).fit(
+        sim.Y, sim.groups, sim.X)
+
+
+def _assert_same_bits(a, b):
+    assert np.array_equal(a.elbo_trace_, b.elbo_trace_)
+    for name in ("rho", "xi", "N_jl", "y_n", "y_s1", "y_s2", "my", "Wy", "nuy", "lamy",
+                 "mx", "Wx", "u_a", "u_b", "v_a", "v_b"):
+        assert np.array_equal(getattr(a.state_, name), getattr(b.state_, name)), name
+
+
+@pytest.mark.parametrize("batch_size", [None, 400])
+def test_same_bits_for_one_and_two_threads(batch_size):
+    sim = _cohort(1)
+    _assert_same_bits(_fit(sim, batch_size, 1), _fit(sim, batch_size, 2))
+
+
+def test_default_plan_is_the_unbatched_fit():
+    # a batch size above N is one batch: the fit is the one without the parameter, bit for bit
+    sim = _cohort(2)
+    _assert_same_bits(_fit(sim, None, 1), _fit(sim, sim.Y.shape[0], 1))
+
+
+def test_several_batches_agree_with_one():
+    """The cell step and the start, cut into batches, give the one-batch results to rounding
+    (the same sums in another order)."""
+    sim = _cohort(3)
+    one = _fit(sim, None, 1, max_iter=3)
+    prob = copy.copy(one.problem_)
+    prob.batches = plan_batches(prob.offsets, 250)
+    assert prob.batches.n_batches > 3
+    be = get_backend("cpp")
+    a, b = one.state_.copy(), one.state_.copy()
+    update_cells(be, one.problem_, a)
+    update_cells(be, prob, b)
+    for name in ("xi", "N_jl", "y_n", "y_s1", "y_s2", "H_xi"):
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-12, atol=1e-12,
+                                   err_msg=name)
+    labels = one.state_.xi.argmax(axis=1)
+    groups = one.state_.rho.argmax(axis=1)
+    s1, s2 = (state_from_labels(be, p, labels, groups) for p in (one.problem_, prob))
+    assert elbo(be, prob, s2) == pytest.approx(elbo(be, one.problem_, s1), rel=1e-12)
+
+
+def test_split_move_only_with_one_batch():
+    sim = _cohort(4)
+    one = _fit(sim, None, 1, max_iter=2)
+    many = _fit(sim, 300, 1, max_iter=2)
+    assert SINGLE_BATCH_MOVES == ("split_cell_atoms",)
+    assert "split_cell_atoms" in {m.name for m in moves_for(one.problem_)}
+    names = {m.name for m in moves_for(many.problem_)}
+    assert "split_cell_atoms" not in names
+    assert {"merge_cell_atoms", "agglomerate_cell_atoms"} <= names
+
+
+def test_atom_merges_by_batch_match_the_whole():
+    """The batched entropy of xi's columns (the atom merges' pass over the cells) is the
+    whole-data entropy to rounding, and a merge accepted by batches is the one-batch merge."""
+    sim = _cohort(6)
+    one = _fit(sim, None, 1, max_iter=4)
+    prob = copy.copy(one.problem_)
+    prob.batches = plan_batches(prob.offsets, 250)
+    be = get_backend("cpp")
+    st = one.state_
+    sets = [(0,), (1,), (0, 1), (0, 1, 2)]
+    by_batch = batched_entropies_of_sums(be, prob, st.xi, None, sets)
+    whole = [weighted_entropy(be, st.xi[:, list(c)].sum(axis=1, keepdims=True), None)
+             for c in sets]
+    np.testing.assert_allclose(by_batch, whole, rtol=1e-12)
+    # an over-split start: both paths merge atoms and reach the same ELBO to rounding
+    labels = np.arange(st.xi.shape[0]) % 8
+    groups = st.rho.argmax(axis=1)
+    a = state_from_labels(be, one.problem_, labels, groups)
+    b = state_from_labels(be, prob, labels, groups)
+    update_cells(be, one.problem_, a)
+    update_cells(be, prob, b)
+    assert merge_cell_atoms(be, one.problem_, a) and merge_cell_atoms(be, prob, b)
+    assert elbo(be, prob, b) == pytest.approx(elbo(be, one.problem_, a), rel=1e-10)
+    np.testing.assert_allclose(b.xi, a.xi, rtol=0, atol=1e-12)
+
+
+def test_batched_fit_is_monotone():
+    sim = _cohort(5)
+    model = _fit(sim, 300, 1, max_iter=60)
+    trace = model.elbo_trace_
+    # moves only raise the ELBO and every block is exact coordinate ascent
+    assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:]))

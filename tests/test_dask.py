@@ -1,0 +1,210 @@
+"""Fitting a dask array Y on dask workers: the same bits as in memory (model section 7)."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import nestedatoms as na
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+pytest.importorskip("zarr")
+
+BATCH = 700
+FIT = dict(random_state=3, n_init=2, max_iter=10, tol=0, batch_size=BATCH)
+STATE = ("rho", "N_jl", "y_n", "y_s1", "y_s2", "H_xi", "H_rho", "my", "lamy", "Wy", "nuy", "mx",
+         "lamx", "Wx", "nux", "u_a", "u_b", "v_a", "v_b", "alpha_shape", "alpha_rate",
+         "beta_shape", "beta_rate", "group_prior_scale", "donor_concentration")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """A small cohort written once to zarr, sorted by donor, and its in-memory fit."""
+    sim = na.simulate_cohort(n_groups=40, median_cells=80, n_cell_clusters=5,
+                             random_state=11)
+    path = tmp_path_factory.mktemp("dask") / "cells.zarr"
+    Y, groups = na.write_sorted_zarr(sim.Y, sim.groups, path, chunk_rows=512)
+    Y_mem = np.asarray(Y.compute())
+    reference = na.NestedAtomsModel(**FIT).fit(Y_mem, groups, sim.X)
+    assert reference.problem_.batches.n_batches >= 4
+    return sim, path, groups, reference
+
+
+def _zarr_cells(path):
+    return da.from_zarr(str(path), component="Y")
+
+
+def _assert_same_bits(model, reference):
+    assert np.array_equal(model.elbo_trace_, reference.elbo_trace_)
+    for a, b in zip(model.elbo_traces_, reference.elbo_traces_):
+        assert np.array_equal(a, b)
+    for name in STATE:
+        x, y = getattr(model.state_, name), getattr(reference.state_, name)
+        assert np.array_equal(np.asarray(x), np.asarray(y)), name
+    assert np.array_equal(model.cell_labels_, reference.cell_labels_)
+    assert np.array_equal(model.group_probs_, reference.group_probs_)
+    assert np.array_equal(np.asarray(model.cell_probs_.compute()), reference.cell_probs_)
+
+
+@pytest.fixture(scope="module", params=[1, 2, 3])
+def client(request):
+    with distributed.LocalCluster(n_workers=request.param, threads_per_worker=1,
+                                  processes=True, dashboard_address=":0") as cluster:
+        with distributed.Client(cluster) as c:
+            yield c
+
+
+def test_workers_give_the_in_memory_bits(cohort, client):
+    sim, path, groups, reference = cohort
+    model = na.NestedAtomsModel(**FIT).fit(_zarr_cells(path), groups, sim.X)
+    assert isinstance(model.state_.xi, na._dask.WorkerXi)     # xi never came to the driver
+    _assert_same_bits(model, reference)
+    trace = model.elbo_trace_
+    assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:]))
+
+
+def test_a_worker_killed_mid_fit_gives_the_same_bits(cohort, monkeypatch):
+    sim, path, groups, reference = cohort
+    calls = []
+    original = na._dask.DaskData.map
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as c:
+        pids = c.run(os.getpid)
+        victim = sorted(pids.values())[0]
+
+        def map_and_kill(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 8:       # a few sweeps in: kill a worker while tasks run
+                threading.Timer(0.02, os.kill, (victim, signal.SIGKILL)).start()
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(na._dask.DaskData, "map", map_and_kill)
+        model = na.NestedAtomsModel(**FIT).fit(_zarr_cells(path), groups, sim.X)
+        assert victim not in c.run(os.getpid).values()      # it did die (the nanny restarted it)
+    _assert_same_bits(model, reference)
+
+
+@pytest.mark.filterwarnings("ignore::nestedatoms.ConvergenceWarning")   # 52 sweeps, on purpose
+def test_threaded_scheduler_moves_and_default_batch_size(cohort):
+    """No client: dask's local scheduler.  A longer run, so that the moves that run at
+    convergence (or every 50 sweeps) fire on the dask path too.  A dask Y within one batch
+    is read and fit in memory, so it equals the in-memory default fit."""
+    sim, path, groups, _ = cohort
+    params = {**FIT, "n_init": 1, "max_iter": 52, "tol": 1e-5}
+    Y = _zarr_cells(path)
+    on_dask = na.NestedAtomsModel(**params).fit(Y, groups, sim.X)
+    in_memory = na.NestedAtomsModel(**params).fit(np.asarray(Y.compute()), groups, sim.X)
+    fired = {m["move"] for m in on_dask.moves_}
+    assert {"sort_clusters", "merge_cell_atoms", "search_group_partition"} <= fired
+    assert on_dask.moves_ == in_memory.moves_
+    _assert_same_bits(on_dask, in_memory)
+    # resume maps over the same store; predict needs only the global factors
+    _assert_same_bits(on_dask.resume(2), in_memory.resume(2))
+    new = np.asarray(Y[:50].compute())
+    assert np.array_equal(on_dask.predict_proba(new, groups[:50]),
+                          in_memory.predict_proba(new, groups[:50]))
+    params = {**FIT, "batch_size": None, "n_init": 1, "max_iter": 3}
+    whole = na.NestedAtomsModel(**params).fit(Y, groups, sim.X)
+    mem = na.NestedAtomsModel(**params).fit(np.asarray(Y.compute()), groups, sim.X)
+    assert isinstance(whole.state_.xi, np.ndarray)
+    assert np.array_equal(whole.elbo_trace_, mem.elbo_trace_)
+
+
+def test_unsorted_cells_are_refused_with_the_fix(cohort):
+    sim = cohort[0]
+    Y = da.from_array(sim.Y, chunks=(500, -1))
+    groups = np.asarray(sim.groups)
+    shuffled = np.random.default_rng(0).permutation(groups.size)
+    with pytest.raises(ValueError, match="write_sorted_zarr"):
+        na.NestedAtomsModel(**FIT).fit(Y[shuffled], groups[shuffled], sim.X)
+
+
+def test_bad_values_are_refused(cohort):
+    sim, path, groups, _ = cohort
+    Y = _zarr_cells(path).copy()
+    bad = da.where(da.arange(Y.shape[0])[:, None] == 5, np.nan, Y)
+    with pytest.raises(ValueError, match="NaN or infinite.*row\\(s\\) \\[5\\]"):
+        na.NestedAtomsModel(**FIT).fit(bad, groups, sim.X)
+    const = da.concatenate([Y, da.ones((Y.shape[0], 1), chunks=(Y.chunks[0], 1))], axis=1)
+    with pytest.raises(ValueError, match="constant column"):
+        na.NestedAtomsModel(**FIT).fit(const, groups, sim.X)
+
+
+def test_import_stays_light():
+    code = "import sys, nestedatoms; print(sorted(m for m in ('dask', 'zarr', 'distributed') " \
+           "if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
+
+
+def _anndata_store(cohort, tmp_path):
+    ad = pytest.importorskip("anndata")
+    import pandas as pd
+
+    sim, path, groups, _ = cohort
+    Y = np.asarray(_zarr_cells(path).compute())
+    obs = pd.DataFrame({"donor_id": pd.Categorical(groups)},
+                       index=[f"cell{i}" for i in range(groups.size)])
+    adata = ad.AnnData(obs=obs, obsm={"X_pca": Y})
+    adata.write_zarr(tmp_path / "cells.h5ad.zarr")
+    return ad, adata, tmp_path / "cells.h5ad.zarr"
+
+
+def _same_results(lazy, memory):
+    assert lazy.obs.equals(memory.obs)
+    assert np.array_equal(np.asarray(lazy.obsm["nam_cell_probs"].compute()),
+                          memory.obsm["nam_cell_probs"])
+    assert np.array_equal(lazy.uns["nam"]["elbo_trace"], memory.uns["nam"]["elbo_trace"])
+    assert lazy.uns["nam"]["groups"].equals(memory.uns["nam"]["groups"])
+
+
+TL = dict(batch_size=BATCH, n_init=1, max_iter=6, tol=0, verbose=0)
+
+
+def test_tl_fit_on_an_anndata_with_a_dask_representation(cohort, tmp_path):
+    ad, memory, store = _anndata_store(cohort, tmp_path)
+    import zarr
+
+    root = zarr.open_group(str(store), mode="r")
+    lazy = ad.AnnData(obs=ad.io.read_elem(root["obs"]),
+                      obsm={"X_pca": ad.experimental.read_elem_lazy(root["obsm"]["X_pca"])})
+    assert hasattr(lazy.obsm["X_pca"], "dask")
+    na.tl.fit(lazy, **TL)
+    na.tl.fit(memory, **TL)
+    _same_results(lazy, memory)
+
+
+def test_tl_fit_on_read_lazy(cohort, tmp_path):
+    pytest.importorskip("xarray")
+    ad, memory, store = _anndata_store(cohort, tmp_path)
+    lazy = ad.experimental.read_lazy(str(store))
+    na.tl.fit(lazy, **TL)
+    na.tl.fit(memory, **TL)
+    _same_results(lazy, memory)
+
+
+def test_cli_fit_on_a_scheduler_address(cohort, tmp_path):
+    ad, adata, _ = _anndata_store(cohort, tmp_path)
+    from nestedatoms.cli import main
+
+    source = tmp_path / "cells.h5ad"
+    adata.write_h5ad(source)
+    common = ["fit", str(source), "--group-key", "donor_id", "--batch-size", str(BATCH),
+              "--n-init", "1", "--max-iter", "6", "--tol", "0", "--quiet", "--no-rank-genes"]
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster:
+        assert main(common[:2] + [str(tmp_path / "dask.h5ad")] + common[2:]
+                    + ["--scheduler", cluster.scheduler_address]) == 0
+    assert main(common[:2] + [str(tmp_path / "memory.h5ad")] + common[2:]) == 0
+    on_dask, in_memory = (ad.read_h5ad(tmp_path / f"{n}.h5ad") for n in ("dask", "memory"))
+    assert on_dask.obs.equals(in_memory.obs)
+    assert np.array_equal(on_dask.obsm["nam_cell_probs"], in_memory.obsm["nam_cell_probs"])
+    assert np.array_equal(on_dask.uns["nam"]["elbo_trace"], in_memory.uns["nam"]["elbo_trace"])
