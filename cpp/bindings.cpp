@@ -453,6 +453,21 @@ py::array_t<std::int64_t> as_offsets(const py::object& obj, Index N) {
     return off;
 }
 
+// The optional per-group weights of both cell steps: None, or (J,) finite and >= 0, not
+// sharing memory with the output xi.  ``keep`` holds the converted array alive.
+const double* group_weights_of(const py::object& obj, Shapes& s, Index J, const py::array& xi,
+                               const char* xi_name, Arr& keep) {
+    if (obj.is_none()) return nullptr;
+    keep = as_array(obj, "group_weight");
+    s.check(keep, "group_weight", {"J"});
+    const double* w = keep.data();
+    for (Index j = 0; j < J; ++j)
+        if (!(w[j] >= 0.0 && std::isfinite(w[j])))
+            fail("group_weight must be finite and >= 0, got " + std::to_string(w[j]));
+    if (overlaps(xi, keep)) fail(std::string(xi_name) + " must not share memory with group_weight");
+    return w;
+}
+
 py::tuple cell_step(const py::object& Y_obj, const py::object& offsets_obj,
                     const py::object& rho_obj, const py::object& elog_omega_obj,
                     const py::object& m, const py::object& lam, const py::object& W,
@@ -488,16 +503,7 @@ py::tuple cell_step(const py::object& Y_obj, const py::object& offsets_obj,
     nam::CellStepInput in{Y.data(), N,         p,      offsets.data(), J, rho.data(), K,
                           elog_omega.data(), L, q.view(), centre.data()};
     Arr group_weight;
-    if (!group_weight_obj.is_none()) {
-        group_weight = as_array(group_weight_obj, "group_weight");
-        s.check(group_weight, "group_weight", {"J"});
-        const double* w = group_weight.data();
-        for (Index j = 0; j < J; ++j)
-            if (!(w[j] >= 0.0 && std::isfinite(w[j])))
-                fail("group_weight must be finite and >= 0, got " + std::to_string(w[j]));
-        if (overlaps(xi_out, group_weight)) fail("xi_out must not share memory with group_weight");
-        in.group_weight = w;
-    }
+    in.group_weight = group_weights_of(group_weight_obj, s, J, xi_out, "xi_out", group_weight);
     nam::CellStepOutput out{xi_out.mutable_data(), N_jl.mutable_data(), n.mutable_data(),
                             s1.mutable_data(), s2.mutable_data()};
     // Ctrl-C: signals are only delivered to the main thread, so only a call from it polls.
@@ -570,16 +576,7 @@ py::tuple cell_step_rows(const py::object& Y_obj, const py::object& offsets_obj,
     nam::CellStepInput in{Y.data(), N,         p,      offsets.data(), J, rho.data(), K,
                           elog_omega.data(), L, q.view(), centre.data()};
     Arr group_weight;
-    if (!group_weight_obj.is_none()) {
-        group_weight = as_array(group_weight_obj, "group_weight");
-        s.check(group_weight, "group_weight", {"J"});
-        const double* w = group_weight.data();
-        for (Index j = 0; j < J; ++j)
-            if (!(w[j] >= 0.0 && std::isfinite(w[j])))
-                fail("group_weight must be finite and >= 0, got " + std::to_string(w[j]));
-        if (overlaps(xi, group_weight)) fail("xi must not share memory with group_weight");
-        in.group_weight = w;
-    }
+    in.group_weight = group_weights_of(group_weight_obj, s, J, xi, "xi", group_weight);
     nam::CellRowsOutput out{xi.mutable_data(), dN.mutable_data(), dn.mutable_data(),
                             ds1.mutable_data(), ds2.mutable_data()};
     double dH;

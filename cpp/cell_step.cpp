@@ -56,6 +56,31 @@ class FlushDenormals {
     unsigned int saved_ = 0;
 };
 
+// q(M_i) from one row of logits, the one place both cell steps normalise: the row is shifted
+// by its maximum, exp() goes to ``expo`` (responsibilities below exp(kLogTiny) become exactly 0,
+// see cell_step.hpp) and the result is xi_i = expo / sum.  Returns sum and the entropy
+// -sum x log x = log(sum) - sum_l x_l t_l / sum (t = logit - max; 0 log 0 = 0).  The exp runs on
+// thread-local scratch of fixed alignment: Eigen peels unaligned leading elements off to scalar
+// code, so working in the caller's xi would change the last bits from call to call; and it runs
+// on its own, since inside a select() Eigen 3.4 evaluates exp one scalar at a time.
+struct Normalised {
+    double sum, entropy;
+};
+
+template <class Row>
+Normalised normalise_logits(Row&& row, Eigen::RowVectorXd& expo) {
+    const double mx = row.maxCoeff();
+    row.array() -= mx;
+    expo.array() = row.array().exp();
+    double dot = 0.0;
+    for (Index l = 0; l < row.size(); ++l) {
+        if (row[l] < kLogTiny) expo[l] = 0.0;
+        else dot += expo[l] * row[l];
+    }
+    const double sum = expo.sum();
+    return {sum, std::log(sum) - dot / sum};
+}
+
 // Seconds between two polls of the interruption callback.
 constexpr double kPollSeconds = 0.1;
 
@@ -155,34 +180,17 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
             while (in.offsets[j + 1] <= cell) ++j;
             auto row = logits.row(i);
             row += bias.row(j);
-            // Normalised exp over the L cell clusters (log-sum-exp), vectorised by Eigen.  The
-            // exp and the sum run on thread-local scratch whose alignment is fixed: Eigen peels
-            // unaligned leading elements off to scalar code, so working in the caller's xi (of
-            // arbitrary alignment) would change the last bits from call to call.
-            const double mx = row.maxCoeff();
-            row.array() -= mx;
-            // Responsibilities below exp(kLogTiny) become exactly 0 (see cell_step.hpp).
-            // (exp on its own: inside a select() expression Eigen 3.4 evaluates it one scalar
-            // at a time, which cost a sixth of the step)
-            sc.expo.array() = row.array().exp();
-            // -sum x log x = log(sum) - sum_l x_l t_l, t = logit - max, x = exp(t) / sum;
-            // 0 log 0 = 0.
-            double dot = 0.0;
-            for (Index l = 0; l < L; ++l) {
-                if (row[l] < kLogTiny) sc.expo[l] = 0.0;
-                else dot += sc.expo[l] * row[l];
-            }
-            const double sum = sc.expo.sum();
+            const Normalised q = normalise_logits(row, sc.expo);
             auto xrow = xi.row(i);
-            xrow = sc.expo / sum;  // elementwise: identical whatever the alignment
+            xrow = sc.expo / q.sum;  // elementwise: identical whatever the alignment
             ch.Nrows.row(j - ch.first_group) += xrow;
             if (in.group_weight) {
                 // weighted statistics: scale the cell's features (its logits are done)
                 const double w = in.group_weight[j];
-                entropy += w * (std::log(sum) - dot / sum);
+                entropy += w * q.entropy;
                 Phi.row(i) *= w;
             } else {
-                entropy += std::log(sum) - dot / sum;
+                entropy += q.entropy;
             }
         }
         ch.dense[0] += entropy;
@@ -295,22 +303,13 @@ double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n
                 const Index j = group[static_cast<size_t>(start + i)];
                 auto row = logits.row(i);
                 row += bias.row(j);
-                // the cell step's normalisation, operation for operation (cell_step above)
-                const double mx = row.maxCoeff();
-                row.array() -= mx;
-                sc.expo.array() = row.array().exp();
-                double dot = 0.0;
-                for (Index l = 0; l < L; ++l) {
-                    if (row[l] < kLogTiny) sc.expo[l] = 0.0;
-                    else dot += sc.expo[l] * row[l];
-                }
-                const double sum = sc.expo.sum();
+                const Normalised q = normalise_logits(row, sc.expo);  // as the cell step
                 double* xrow = out.xi + rows[start + i] * L;
                 double old_entropy = 0.0;
                 for (Index l = 0; l < L; ++l) old_entropy += entr(xrow[l]);
-                const double new_entropy = std::log(sum) - dot / sum;
+                const double new_entropy = q.entropy;
                 for (Index l = 0; l < L; ++l) {
-                    const double x = sc.expo[l] / sum;
+                    const double x = sc.expo[l] / q.sum;
                     d(i, l) = x - xrow[l];
                     xrow[l] = x;
                 }
