@@ -56,6 +56,48 @@ class FlushDenormals {
     unsigned int saved_ = 0;
 };
 
+// The plan of a pass over n cells: fixed chunks of consecutive blocks, the unit of work and of
+// summation.  A chunk is summed in cell order by one thread and the chunk totals are then added
+// in chunk order, so the results do not depend on the number of threads (model section 7).
+// Their count depends on n, L and p only: at most ~64 MB of chunk totals (and 16..1024 chunks),
+// so a thread preempted on a shared machine holds up little work and nothing waits at a
+// barrier until the end.  ``group_of(i)`` is the group of the pass's i-th cell.
+struct ChunkPlan {
+    Index n_blocks = 0, chunk_blocks = 1;
+    std::vector<Chunk> chunks;
+
+    // The fold: the chunks' totals into ``total`` (1 + L F) and their rows of N_jl into N, in
+    // chunk order.
+    template <class Rows>
+    void fold(std::vector<double>& total, Rows& N) const {
+        for (const Chunk& ch : chunks) {
+            for (size_t e = 0; e < total.size(); ++e) total[e] += ch.dense[e];
+            N.middleRows(ch.first_group, ch.Nrows.rows()) += ch.Nrows;
+        }
+    }
+};
+
+template <class GroupOf>
+ChunkPlan plan_chunks(Index n, Index L, Index F, GroupOf group_of) {
+    ChunkPlan plan;
+    plan.n_blocks = (n + kCellBlock - 1) / kCellBlock;
+    const Index dense_size = 1 + L * F;
+    const Index max_chunks =
+        std::clamp<Index>((Index(64) << 20) / (8 * dense_size), Index(16), Index(1024));
+    plan.chunk_blocks = std::max<Index>(1, (plan.n_blocks + max_chunks - 1) / max_chunks);
+    const Index n_chunks = (plan.n_blocks + plan.chunk_blocks - 1) / plan.chunk_blocks;
+    plan.chunks.resize(static_cast<size_t>(n_chunks));
+    for (Index c = 0; c < n_chunks; ++c) {
+        Chunk& ch = plan.chunks[c];
+        const Index first = c * plan.chunk_blocks * kCellBlock;
+        const Index last = std::min(n, (c + 1) * plan.chunk_blocks * kCellBlock) - 1;
+        ch.dense.assign(static_cast<size_t>(dense_size), 0.0);
+        ch.first_group = group_of(first);
+        ch.Nrows = RowMat::Zero(group_of(last) - ch.first_group + 1, L);
+    }
+    return plan;
+}
+
 // q(M_i) from one row of logits, the one place both cell steps normalise: the row is shifted
 // by its maximum, exp() goes to ``expo`` (responsibilities below exp(kLogTiny) become exactly 0,
 // see cell_step.hpp) and the result is xi_i = expo / sum.  Returns sum and the entropy
@@ -108,25 +150,12 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
                                   in.offsets) - 1;
     };
 
-    // Chunks of consecutive blocks are the unit of work and of summation: a chunk is summed in cell
-    // order by one thread and the chunk totals are then added in chunk order, so the results do
-    // not depend on the number of threads (SPEC 7).  Their count depends on N, L and p only: at most
-    // ~64 MB of chunk totals (and 16..1024 chunks), so a thread preempted on a shared machine holds
-    // up little work and nothing waits at a barrier until the end.
+    // Fixed chunks of blocks (plan_chunks): results independent of the number of threads.
     const Index dense_size = 1 + L * F;
-    const Index max_chunks =
-        std::clamp<Index>((Index(64) << 20) / (8 * dense_size), Index(16), Index(1024));
-    const Index chunk_blocks = std::max<Index>(1, (n_blocks + max_chunks - 1) / max_chunks);
-    const Index n_chunks = (n_blocks + chunk_blocks - 1) / chunk_blocks;
-    std::vector<Chunk> chunks(static_cast<size_t>(n_chunks));
-    for (Index c = 0; c < n_chunks; ++c) {
-        Chunk& ch = chunks[c];
-        const Index first = c * chunk_blocks * kCellBlock;
-        const Index last = std::min(N, (c + 1) * chunk_blocks * kCellBlock) - 1;
-        ch.dense.assign(static_cast<size_t>(dense_size), 0.0);
-        ch.first_group = group_of(first);
-        ch.Nrows = RowMat::Zero(group_of(last) - ch.first_group + 1, L);
-    }
+    ChunkPlan plan = plan_chunks(N, L, F, group_of);
+    const Index chunk_blocks = plan.chunk_blocks;
+    const Index n_chunks = static_cast<Index>(plan.chunks.size());
+    std::vector<Chunk>& chunks = plan.chunks;
     // More threads than chunks would idle, and a thread given only a few blocks costs more in
     // start-up and barrier waits than it saves (on a loaded machine, 2 threads ran a 1,200-cell
     // step 15x slower than 1).  The count never changes the results.
@@ -235,10 +264,7 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
     std::vector<double> total(static_cast<size_t>(dense_size), 0.0);
     MapRowMat N_jl(out.N_jl, J, L);
     N_jl.setZero();
-    for (const Chunk& ch : chunks) {
-        for (Index e = 0; e < dense_size; ++e) total[e] += ch.dense[e];
-        N_jl.middleRows(ch.first_group, ch.Nrows.rows()) += ch.Nrows;
-    }
+    plan.fold(total, N_jl);
 
     // Unpack the statistics: n is the last column, s1 the p before it, s2 the packed triangle.
     unpack_stats(CMapRowMat(total.data() + 1, L, F), p, out.n, out.s1, out.s2);
@@ -267,22 +293,12 @@ double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n
             while (in.offsets[j + 1] <= rows[i]) ++j;
             group[static_cast<size_t>(i)] = j;
         }
-        // Fixed chunks of blocks, summed in chunk order: results independent of the threads.
-        const Index n_blocks = (n_rows + kCellBlock - 1) / kCellBlock;
-        const Index dense_size = 1 + L * F;
-        const Index max_chunks =
-            std::clamp<Index>((Index(64) << 20) / (8 * dense_size), Index(16), Index(1024));
-        const Index chunk_blocks = std::max<Index>(1, (n_blocks + max_chunks - 1) / max_chunks);
-        const Index n_chunks = (n_blocks + chunk_blocks - 1) / chunk_blocks;
-        std::vector<Chunk> chunks(static_cast<size_t>(n_chunks));
-        for (Index c = 0; c < n_chunks; ++c) {
-            Chunk& ch = chunks[c];
-            const Index first = c * chunk_blocks * kCellBlock;
-            const Index last = std::min(n_rows, (c + 1) * chunk_blocks * kCellBlock) - 1;
-            ch.dense.assign(static_cast<size_t>(dense_size), 0.0);
-            ch.first_group = group[first];
-            ch.Nrows = RowMat::Zero(group[last] - ch.first_group + 1, L);
-        }
+        // Fixed chunks of blocks (plan_chunks): results independent of the number of threads.
+        ChunkPlan plan = plan_chunks(n_rows, L, F,
+                                     [&](Index i) { return group[static_cast<size_t>(i)]; });
+        const Index n_blocks = plan.n_blocks, chunk_blocks = plan.chunk_blocks;
+        const Index n_chunks = static_cast<Index>(plan.chunks.size());
+        std::vector<Chunk>& chunks = plan.chunks;
         const Index worth_threads = std::max<Index>(1, n_blocks / kMinBlocksPerThread);
         const int threads = static_cast<int>(std::min<Index>(
             {static_cast<Index>(resolve_threads(n_threads)), n_chunks, worth_threads}));
@@ -350,10 +366,7 @@ double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n
             }
         }
         if (error) std::rethrow_exception(error);
-        for (const Chunk& ch : chunks) {
-            for (Index e = 0; e < dense_size; ++e) total[e] += ch.dense[e];
-            dN.middleRows(ch.first_group, ch.Nrows.rows()) += ch.Nrows;
-        }
+        plan.fold(total, dN);
     }
     unpack_stats(CMapRowMat(total.data() + 1, L, F), p, out.dn, out.ds1, out.ds2);
     return total[0];
