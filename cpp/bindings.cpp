@@ -453,6 +453,59 @@ py::array_t<std::int64_t> as_offsets(const py::object& obj, Index N) {
     return off;
 }
 
+// The arguments both cell steps share, read and checked once: Y (N, p) with its group offsets,
+// rho (J, K), E log omega (L, K), the Normal-Wishart atoms, the centre, and the output xi (N, L),
+// which may share memory with none of them.
+struct CellStepArgs {
+    Shapes s;
+    Arr Y, rho, elog_omega, centre;
+    py::array_t<std::int64_t> offsets;
+    NWArrays q;
+    py::array_t<double> xi;
+    Index N = 0, J = 0, p = 0, K = 0, L = 0;
+
+    CellStepArgs(const py::object& Y_obj, const py::object& offsets_obj, const py::object& rho_obj,
+                 const py::object& elog_omega_obj, const py::object& m, const py::object& lam,
+                 const py::object& W, const py::object& nu, const py::object& centre_obj,
+                 const py::object& xi_obj, const char* xi_name) {
+        Y = as_array(Y_obj, "Y");
+        s.check(Y, "Y", {"N", "p"});
+        N = s["N"];
+        offsets = as_offsets(offsets_obj, N);
+        J = offsets.shape(0) - 1;
+        rho = as_array(rho_obj, "rho");
+        elog_omega = as_array(elog_omega_obj, "elog_omega");
+        s.define("J", J);  // J = len(offsets) - 1
+        s.check(rho, "rho", {"J", "K"});
+        s.check(elog_omega, "elog_omega", {"L", "K"});
+        q = nw_arrays(m, lam, W, nu, s, "L", "p");
+        s.at_least("L", 1, "elog_omega");
+        centre = as_array(centre_obj, "centre");
+        s.check(centre, "centre", {"p"});
+        p = s["p"], K = s["K"], L = s["L"];
+        xi = out_array(xi_obj, xi_name, {N, L}, "(N, L)");
+        for (const auto& [arr, name] :
+             std::vector<std::pair<py::array, const char*>>{{Y, "Y"}, {rho, "rho"},
+                 {elog_omega, "elog_omega"}, {q.m, "m"}, {q.lam, "lam"}, {q.W, "W"},
+                 {q.nu, "nu"}, {centre, "centre"}, {offsets, "offsets"}})
+            if (overlaps(xi, arr))
+                fail(std::string(xi_name) + " must not share memory with " + name);
+    }
+
+    // The core's view of them, with the optional group weights (``keep`` holds them alive).
+    nam::CellStepInput input(const py::object& group_weight_obj, const char* xi_name,
+                             Arr& keep);
+};
+
+// What a cell step returns besides xi: N_jl (J, L) and the statistics n (L), s1 (L, p) and
+// s2 (L, p, p) (of the cells, or of the change of the rows, for the rows cell step).
+struct CellStats {
+    py::array_t<double> N_jl, n, s1, s2;
+    CellStats(Index J, Index L, Index p)
+        : N_jl(new_array(J, L)), n(new_array(L)), s1(new_array(L, p)), s2(new_array(L, p, p)) {}
+    py::tuple with(double entropy) const { return py::make_tuple(N_jl, n, s1, s2, entropy); }
+};
+
 // The optional per-group weights of both cell steps: None, or (J,) finite and >= 0, not
 // sharing memory with the output xi.  ``keep`` holds the converted array alive.
 const double* group_weights_of(const py::object& obj, Shapes& s, Index J, const py::array& xi,
@@ -468,44 +521,29 @@ const double* group_weights_of(const py::object& obj, Shapes& s, Index J, const 
     return w;
 }
 
+nam::CellStepInput CellStepArgs::input(const py::object& group_weight_obj, const char* xi_name,
+                                       Arr& keep) {
+    nam::CellStepInput in{Y.data(), N, p, offsets.data(), J, rho.data(), K, elog_omega.data(), L,
+                          q.view(), centre.data()};
+    in.group_weight = group_weights_of(group_weight_obj, s, J, xi, xi_name, keep);
+    return in;
+}
+
 py::tuple cell_step(const py::object& Y_obj, const py::object& offsets_obj,
                     const py::object& rho_obj, const py::object& elog_omega_obj,
                     const py::object& m, const py::object& lam, const py::object& W,
                     const py::object& nu, const py::object& centre_obj,
                     const py::object& xi_out_obj, int n_threads,
                     const py::object& group_weight_obj) {
-    Shapes s;
-    Arr Y = as_array(Y_obj, "Y");
-    s.check(Y, "Y", {"N", "p"});
-    const Index N = s["N"];
-    auto offsets = as_offsets(offsets_obj, N);
-    const Index J = offsets.shape(0) - 1;
-    Arr rho = as_array(rho_obj, "rho"), elog_omega = as_array(elog_omega_obj, "elog_omega");
-    s.define("J", J);  // J = len(offsets) - 1
-    s.check(rho, "rho", {"J", "K"});
-    s.check(elog_omega, "elog_omega", {"L", "K"});
-    NWArrays q = nw_arrays(m, lam, W, nu, s, "L", "p");
-    s.at_least("L", 1, "elog_omega");
-    Arr centre = as_array(centre_obj, "centre");
-    s.check(centre, "centre", {"p"});
-    const Index p = s["p"], K = s["K"], L = s["L"];
-    auto xi_out = out_array(xi_out_obj, "xi_out", {N, L}, "(N, L)");
-    for (const auto& [arr, name] :
-         std::vector<std::pair<py::array, const char*>>{{Y, "Y"}, {rho, "rho"},
-             {elog_omega, "elog_omega"}, {q.m, "m"}, {q.lam, "lam"}, {q.W, "W"}, {q.nu, "nu"},
-             {centre, "centre"}, {offsets, "offsets"}})
-        if (overlaps(xi_out, arr)) fail(std::string("xi_out must not share memory with ") + name);
+    CellStepArgs a(Y_obj, offsets_obj, rho_obj, elog_omega_obj, m, lam, W, nu, centre_obj,
+                   xi_out_obj, "xi_out");
 
-    auto N_jl = new_array(J, L);
-    auto n = new_array(L);
-    auto s1 = new_array(L, p);
-    auto s2 = new_array(L, p, p);
-    nam::CellStepInput in{Y.data(), N,         p,      offsets.data(), J, rho.data(), K,
-                          elog_omega.data(), L, q.view(), centre.data()};
+    CellStats stats(a.J, a.L, a.p);
     Arr group_weight;
-    in.group_weight = group_weights_of(group_weight_obj, s, J, xi_out, "xi_out", group_weight);
-    nam::CellStepOutput out{xi_out.mutable_data(), N_jl.mutable_data(), n.mutable_data(),
-                            s1.mutable_data(), s2.mutable_data()};
+    const nam::CellStepInput in = a.input(group_weight_obj, "xi_out", group_weight);
+    nam::CellStepOutput out{a.xi.mutable_data(), stats.N_jl.mutable_data(),
+                            stats.n.mutable_data(), stats.s1.mutable_data(),
+                            stats.s2.mutable_data()};
     // Ctrl-C: signals are only delivered to the main thread, so only a call from it polls.
     auto threading = py::module_::import("threading");
     const bool main_thread =
@@ -526,7 +564,7 @@ py::tuple cell_step(const py::object& Y_obj, const py::object& offsets_obj,
         py::gil_scoped_release release;
         entropy = nam::cell_step(in, out, n_threads, interrupted);
     }
-    return py::make_tuple(N_jl, n, s1, s2, entropy);
+    return stats.with(entropy);
 }
 
 py::tuple cell_step_rows(const py::object& Y_obj, const py::object& offsets_obj,
@@ -535,12 +573,9 @@ py::tuple cell_step_rows(const py::object& Y_obj, const py::object& offsets_obj,
                          const py::object& lam, const py::object& W, const py::object& nu,
                          const py::object& centre_obj, const py::object& xi_obj, int n_threads,
                          const py::object& group_weight_obj) {
-    Shapes s;
-    Arr Y = as_array(Y_obj, "Y");
-    s.check(Y, "Y", {"N", "p"});
-    const Index N = s["N"];
-    auto offsets = as_offsets(offsets_obj, N);
-    const Index J = offsets.shape(0) - 1;
+    CellStepArgs a(Y_obj, offsets_obj, rho_obj, elog_omega_obj, m, lam, W, nu, centre_obj,
+                   xi_obj, "xi");
+    const Index N = a.N;
     py::array raw_rows = py::array::ensure(rows_obj);
     if (!raw_rows || (raw_rows.dtype().kind() != 'i' && raw_rows.dtype().kind() != 'u'))
         fail("rows must be an integer array of cell indices");
@@ -554,37 +589,19 @@ py::tuple cell_step_rows(const py::object& Y_obj, const py::object& offsets_obj,
                  std::to_string(r[i]));
         if (i > 0 && r[i] <= r[i - 1]) fail("rows must be strictly increasing (sorted, unique)");
     }
-    Arr rho = as_array(rho_obj, "rho"), elog_omega = as_array(elog_omega_obj, "elog_omega");
-    s.define("J", J);
-    s.check(rho, "rho", {"J", "K"});
-    s.check(elog_omega, "elog_omega", {"L", "K"});
-    NWArrays q = nw_arrays(m, lam, W, nu, s, "L", "p");
-    s.at_least("L", 1, "elog_omega");
-    Arr centre = as_array(centre_obj, "centre");
-    s.check(centre, "centre", {"p"});
-    const Index p = s["p"], K = s["K"], L = s["L"];
-    auto xi = out_array(xi_obj, "xi", {N, L}, "(N, L)");
-    for (const auto& [arr, name] :
-         std::vector<std::pair<py::array, const char*>>{{Y, "Y"}, {rho, "rho"},
-             {elog_omega, "elog_omega"}, {q.m, "m"}, {q.lam, "lam"}, {q.W, "W"}, {q.nu, "nu"},
-             {centre, "centre"}, {offsets, "offsets"}, {rows, "rows"}})
-        if (overlaps(xi, arr)) fail(std::string("xi must not share memory with ") + name);
-    auto dN = new_array(J, L);
-    auto dn = new_array(L);
-    auto ds1 = new_array(L, p);
-    auto ds2 = new_array(L, p, p);
-    nam::CellStepInput in{Y.data(), N,         p,      offsets.data(), J, rho.data(), K,
-                          elog_omega.data(), L, q.view(), centre.data()};
+    if (overlaps(a.xi, rows)) fail("xi must not share memory with rows");
+    CellStats change(a.J, a.L, a.p);
     Arr group_weight;
-    in.group_weight = group_weights_of(group_weight_obj, s, J, xi, "xi", group_weight);
-    nam::CellRowsOutput out{xi.mutable_data(), dN.mutable_data(), dn.mutable_data(),
-                            ds1.mutable_data(), ds2.mutable_data()};
+    const nam::CellStepInput in = a.input(group_weight_obj, "xi", group_weight);
+    nam::CellRowsOutput out{a.xi.mutable_data(), change.N_jl.mutable_data(),
+                            change.n.mutable_data(), change.s1.mutable_data(),
+                            change.s2.mutable_data()};
     double dH;
     {
         py::gil_scoped_release release;
         dH = nam::cell_step_rows(in, r, n_rows, out, n_threads);
     }
-    return py::make_tuple(dN, dn, ds1, ds2, dH);
+    return change.with(dH);
 }
 
 double group_step(const py::object& N_jl_obj, const py::object& elog_pi_obj,
