@@ -26,6 +26,7 @@ import threading
 
 import numpy as np
 
+from ._data import GroupLayout
 from ._batches import (ColumnSummary, batch_scatter, batch_summary, combine_cell_stats,
                        combine_summaries, plan_batches, summary_covariance)
 
@@ -38,7 +39,7 @@ def is_dask_array(a) -> bool:
     return type(a).__module__.split(".")[0] == "dask" and hasattr(a, "chunks")
 
 
-class DaskData:
+class DaskData(GroupLayout):
     """The cells as a dask array (rows grouped by individual, in sorted label order), their
     offsets, the group-level features, and the batch plan's summaries of the cells.
 
@@ -53,18 +54,6 @@ class DaskData:
         self.backend = backend
         self.n_threads = n_threads          # the estimator's n_threads, resolved on the worker
         self._blocks = None
-
-    @property
-    def n_cells(self) -> int:
-        return int(self.offsets[-1])
-
-    @property
-    def n_groups(self) -> int:
-        return self.offsets.shape[0] - 1
-
-    @property
-    def group_sizes(self) -> np.ndarray:
-        return np.diff(self.offsets)
 
     @property
     def order(self) -> np.ndarray:

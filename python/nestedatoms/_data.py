@@ -18,8 +18,32 @@ __all__ = ["NestedData", "prepare_data", "as_float_matrix", "check_constant_colu
            "exact_column_means"]
 
 
+class GroupLayout:
+    """What follows from ``offsets`` (group j's cells are rows offsets[j]:offsets[j + 1]):
+    shared by the in-memory data and the dask stand-in (``_dask.DaskData``)."""
+
+    offsets: np.ndarray
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def n_groups(self) -> int:
+        return self.offsets.shape[0] - 1
+
+    @property
+    def group_sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def cell_group(self) -> np.ndarray:
+        """Group index of every (sorted) cell."""
+        return np.repeat(np.arange(self.n_groups), self.group_sizes)
+
+
 @dataclass(frozen=True)
-class NestedData:
+class NestedData(GroupLayout):
     """Validated, group-sorted data.
 
     Attributes
@@ -37,22 +61,6 @@ class NestedData:
     groups: np.ndarray
     order: np.ndarray
 
-    @property
-    def n_cells(self) -> int:
-        return self.Y.shape[0]
-
-    @property
-    def n_groups(self) -> int:
-        return self.offsets.shape[0] - 1
-
-    @property
-    def group_sizes(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    @property
-    def cell_group(self) -> np.ndarray:
-        """Group index of every (sorted) cell."""
-        return np.repeat(np.arange(self.n_groups), self.group_sizes)
 
     def to_caller_order(self, per_cell: np.ndarray) -> np.ndarray:
         """Rows of a per-cell array, from the sorted layout back to the caller's order."""
