@@ -185,7 +185,7 @@ def _colours(n):
     return [cmap(c % cmap.N) for c in range(n)]
 
 
-def elbo_traces(data, ax=None, key="nam"):
+def elbo_traces(data, *, ax=None, key="nam"):
     """The ELBO after every sweep, one line per restart; the kept restart is drawn bold.
 
     ``data``: the AnnData written by ``tl.fit`` or the fitted model.  The y axis is the gap to
@@ -233,7 +233,7 @@ def _heatmap(ax, values, row_labels, col_labels, cmap, vmin, vmax, cbar_label, a
     return im
 
 
-def composition(data, ax=None, annotate=None, key="nam"):
+def composition(data, *, ax=None, annotate=None, key="nam"):
     """Heatmap of each group cluster's cell-cluster composition (rows sum to 1).
 
     ``data``: the AnnData written by ``tl.fit``, the fitted model or its ``Summary``.
@@ -255,7 +255,7 @@ def composition(data, ax=None, annotate=None, key="nam"):
     return ax
 
 
-def donor_composition(data, ax=None, key="nam", max_labels=60, legend=True):
+def donor_composition(data, *, ax=None, key="nam", max_labels=60, legend=True):
     """Stacked bars: each donor's share of every cell cluster, donors grouped by cluster.
 
     ``data``: the AnnData written by ``tl.fit`` (or ``tl.predict``) or the fitted model.  A
@@ -302,7 +302,7 @@ def donor_composition(data, ax=None, key="nam", max_labels=60, legend=True):
     return ax
 
 
-def coclustering(data, ax=None, order="cluster", key="nam"):
+def coclustering(data, *, ax=None, order="cluster", key="nam"):
     """Heatmap of P(S_j = S_j') between groups.
 
     ``data``: the AnnData written by ``tl.fit``, the fitted model or its ``Summary``.
@@ -345,7 +345,7 @@ def coclustering(data, ax=None, order="cluster", key="nam"):
     return ax
 
 
-def cells(data, coords=None, ax=None, max_points=_MAX_POINTS, random_state=0, summary=None,
+def cells(data, *, coords=None, ax=None, max_points=_MAX_POINTS, random_state=0, summary=None,
           key="nam", basis=None, **scatter_kw):
     """2-D scatter of the cells coloured by cell cluster.
 
@@ -387,7 +387,7 @@ def cells(data, coords=None, ax=None, max_points=_MAX_POINTS, random_state=0, su
     return ax
 
 
-def differential_abundance(data, ax=None, key="nam_abundance"):
+def differential_abundance(data, *, ax=None, key="nam_abundance"):
     """Forest plot of the differences in composition between conditions, per cell cluster.
 
     ``data``: the table returned by ``tl.differential_abundance`` /
@@ -443,7 +443,7 @@ def _principal_components(Y: np.ndarray) -> np.ndarray:
     return Yc @ Vt[:2].T
 
 
-def save_all(data, outdir=".", prefix="nestedatoms_", coords=None, summary=None, dpi=120,
+def save_all(data, outdir=".", *, prefix="nestedatoms_", coords=None, summary=None, dpi=120,
              key="nam", basis=None):
     """Write the plots as PNG files into ``outdir``; returns their paths.
 

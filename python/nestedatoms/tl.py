@@ -148,7 +148,7 @@ def _str_index(df, name=None):
     return out
 
 
-def fit(adata, group_key="donor_id", use_rep="X_pca", group_features=None, key_added="nam",
+def fit(adata, *, group_key="donor_id", use_rep="X_pca", group_features=None, key_added="nam",
         copy=False, rank_genes="auto", return_model=False, group_covariates=None,
         init_group_labels=None, init_cell_labels=None, model_file=None, **model_kwargs):
     """Cluster individuals and their cells with the Nested Atoms Model.
@@ -444,7 +444,7 @@ def _fit_results(adata, key):
     return adata.uns[key]
 
 
-def differential_abundance(adata, condition_key, key="nam", reference=None, n_samples=4000,
+def differential_abundance(adata, condition_key, *, key="nam", reference=None, n_samples=4000,
                            level=0.95, random_state=0, key_added=None):
     """Difference in expected cell-cluster composition between your donor conditions.
 
@@ -565,7 +565,7 @@ def _ranks(n, occupied):
     return rank
 
 
-def predict(adata, model, group_key="donor_id", use_rep="X_pca", group_features=None,
+def predict(adata, model, *, group_key="donor_id", use_rep="X_pca", group_features=None,
             key_added="nam", copy=False, group_covariates=None, reference_key="nam"):
     """Map new cells and new donors onto a fitted model (like ``sc.tl.ingest``).
 
