@@ -25,8 +25,8 @@ class Backend(Protocol):
     """The functions every backend provides, with one name and one argument list each.
 
     The reference (``nestedatoms.reference``) documents what each computes and is the oracle
-    the core is tested against (tests/test_core_vs_reference.py); tests/test_backend.py checks
-    that both backends provide every function below with these argument names.  Arrays are
+    the core is tested against; the test suite also checks that both backends provide every
+    function below with these argument names.  Arrays are
     float64 and C-contiguous; see the conventions in ``reference``'s docstring.
     """
 

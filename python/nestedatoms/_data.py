@@ -168,7 +168,7 @@ def _check_spread(a: np.ndarray, name: str) -> None:
     # The cluster means are stored in the data's own coordinates, so each carries an error of
     # ~1e-16 |offset|; against a variation 1e10 times smaller that error is 1e-6 of a
     # cluster's width and the ELBO is no longer computed to the precision coordinate ascent
-    # needs (found by tests/test_fuzz.py: values near -1e6 varying by 1e-7 made the ELBO fall).
+    # needs (found by the fuzz tests: values near -1e6 varying by 1e-7 made the ELBO fall).
     varying = col_range > 0
     if varying.any():
         offset = np.maximum(np.abs(a.max(axis=0)), np.abs(a.min(axis=0)))

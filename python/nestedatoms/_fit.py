@@ -318,7 +318,7 @@ def _with_fixed_concentration(prob: Problem, concentration: float) -> Problem:
 # the earlier restart's path (on a OneK1K-shaped cohort the two extra restarts cost 68% of
 # the fit for the same partition).  It can never be the kept run (its ELBO is not higher), so
 # the result changes only where continuing would have found something better.  Off here to
-# measure that (bench/bench_restarts.py).
+# measure that (the benchmark of restarts in the source repository).
 STOP_DUPLICATE_RESTARTS = True
 
 

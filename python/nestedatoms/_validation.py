@@ -243,7 +243,7 @@ def estimate_fit_bytes(n_cells: int, p: int, L: int, n_init: int, backend: str) 
     * ``cell_probs_``, the caller-ordered copy the estimator returns;
     * scratch of the cell step: one N x L buffer for the C++ core, about five for NumPy
       (log-likelihoods, the group bias repeated per cell, the log-sum-exp temporaries and
-      the exponential), as measured with tracemalloc (tests/test_validation.py);
+      the exponential), as measured with tracemalloc (in the test suite);
     * the data: a float64 copy of Y and its group-sorted copy.
     """
     nl = 8 * int(n_cells) * int(L)
