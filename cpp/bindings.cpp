@@ -358,14 +358,29 @@ StatsArrays stats_arrays(const py::object& n, const py::object& s1, const py::ob
     return st;
 }
 
+// G atoms' statistics and one Normal-Wishart prior over D >= 1 dimensions, read and checked
+// together (what nw_posterior and nw_scores take).
+struct StatsUnderPrior {
+    Shapes s;
+    StatsArrays st;
+    PriorArrays pr;
+    Index G, D;
+    StatsUnderPrior(const py::object& n, const py::object& s1, const py::object& s2,
+                    const py::object& centre, const py::object& m0, double lam0,
+                    const py::object& W0inv, double nu0)
+        : st(stats_arrays(n, s1, s2, centre, s)), pr(prior_arrays(m0, lam0, W0inv, nu0, s)) {
+        s.at_least("D", 1, "s1");
+        G = s["G"], D = s["D"];
+    }
+};
+
 py::tuple nw_posterior(const py::object& n, const py::object& s1, const py::object& s2,
                        const py::object& centre, const py::object& m0, double lam0,
                        const py::object& W0inv, double nu0) {
-    Shapes s;
-    StatsArrays st = stats_arrays(n, s1, s2, centre, s);
-    PriorArrays pr = prior_arrays(m0, lam0, W0inv, nu0, s);
-    s.at_least("D", 1, "s1");
-    const Index G = s["G"], D = s["D"];
+    const StatsUnderPrior a(n, s1, s2, centre, m0, lam0, W0inv, nu0);
+    const StatsArrays& st = a.st;
+    const PriorArrays& pr = a.pr;
+    const Index G = a.G, D = a.D;
     auto m = new_array(G, D);
     auto lam = new_array(G);
     auto W = new_array(G, D, D);
@@ -415,17 +430,13 @@ double nw_entropy(const py::object& m, const py::object& lam, const py::object& 
 py::array_t<double> nw_scores(const py::object& n, const py::object& s1, const py::object& s2,
                               const py::object& centre, const py::object& m0, double lam0,
                               const py::object& W0inv, double nu0) {
-    Shapes s;
-    StatsArrays st = stats_arrays(n, s1, s2, centre, s);
-    PriorArrays pr = prior_arrays(m0, lam0, W0inv, nu0, s);
-    s.at_least("D", 1, "s1");
-    const Index G = s["G"], D = s["D"];
-    auto out = new_array(G);
+    const StatsUnderPrior a(n, s1, s2, centre, m0, lam0, W0inv, nu0);
+    auto out = new_array(a.G);
     double* o = out.mutable_data();
     {
         py::gil_scoped_release release;
-        nam::nw_scores(st.n.data(), st.s1.data(), st.s2.data(), G, st.centre.data(),
-                       pr.prior(D), o);
+        nam::nw_scores(a.st.n.data(), a.st.s1.data(), a.st.s2.data(), a.G, a.st.centre.data(),
+                       a.pr.prior(a.D), o);
     }
     return out;
 }

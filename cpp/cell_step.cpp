@@ -66,6 +66,29 @@ struct ChunkPlan {
     Index n_blocks = 0, chunk_blocks = 1;
     std::vector<Chunk> chunks;
 
+    // The kernel's schedule, called inside an OpenMP parallel region: the chunks are shared out
+    // one at a time and each chunk's blocks run in order; ``body(b, chunk)`` runs block b until
+    // ``stop`` is set, and what it throws goes to ``on_error`` (an exception must never leave an
+    // OpenMP region).
+    template <class Body, class OnError>
+    void run(const std::atomic<bool>& stop, Body&& body, OnError&& on_error) {
+        const Index n_chunks = static_cast<Index>(chunks.size());
+#ifdef NESTEDATOMS_OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (Index c = 0; c < n_chunks; ++c) {
+            const Index b_end = std::min(n_blocks, (c + 1) * chunk_blocks);
+            for (Index b = c * chunk_blocks; b < b_end; ++b) {
+                if (stop.load(std::memory_order_relaxed)) break;
+                try {
+                    body(b, chunks[c]);
+                } catch (...) {
+                    on_error();
+                }
+            }
+        }
+    }
+
     // The fold: the chunks' totals into ``total`` (1 + L F) and their rows of N_jl into N, in
     // chunk order.
     template <class Rows>
@@ -123,6 +146,23 @@ Normalised normalise_logits(Row&& row, Eigen::RowVectorXd& expo) {
     return {sum, std::log(sum) - dot / sum};
 }
 
+// What the logits of a cell step are made of: A (F x L), the coefficients of the expected
+// log-likelihood in the packed features, and bias (J x L) = rho @ E log omega', the prior part,
+// which depends only on the group.  Building them checks the atoms (Cholesky of W), so a cell
+// step fails here, before its parallel region and before any output is written.
+struct LogitTerms {
+    RowMat A, bias;
+    explicit LogitTerms(const CellStepInput& in)
+        : A(loglik_coefficients(prepare_atoms(in.atoms, "W"), in.atoms, in.centre)),
+          bias(in.J, in.L) {
+        if (in.K > 0)
+            bias.noalias() = CMapRowMat(in.rho, in.J, in.K) *
+                             CMapRowMat(in.elog_omega, in.L, in.K).transpose();
+        else
+            bias.setZero();
+    }
+};
+
 // Seconds between two polls of the interruption callback.
 constexpr double kPollSeconds = 0.1;
 
@@ -134,16 +174,9 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
     const Index F = packed_size(p) + p + 1;
     // Everything that can fail (Cholesky of W, value checks) happens here, before the parallel
     // region and before any output is written.
-    const GaussianAtoms atoms = prepare_atoms(in.atoms, "W");
-    const RowMat A = loglik_coefficients(atoms, in.atoms, in.centre);
-    // The prior part of the logits depends only on the group: (rho @ elog_omega')[j, l].
-    RowMat bias(J, L);
-    if (in.K > 0)
-        bias.noalias() = CMapRowMat(in.rho, J, in.K) * CMapRowMat(in.elog_omega, L, in.K).transpose();
-    else
-        bias.setZero();
+    const LogitTerms terms(in);
+    const RowMat &A = terms.A, &bias = terms.bias;
 
-    const Index n_blocks = (N + kCellBlock - 1) / kCellBlock;
     auto group_of = [&](Index cell) {  // upper_bound over offsets: empty groups are skipped
         return static_cast<Index>(std::upper_bound(in.offsets, in.offsets + J + 1,
                                                    static_cast<std::int64_t>(cell)) -
@@ -153,13 +186,11 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
     // Fixed chunks of blocks (plan_chunks): results independent of the number of threads.
     const Index dense_size = 1 + L * F;
     ChunkPlan plan = plan_chunks(N, L, F, group_of);
-    const Index chunk_blocks = plan.chunk_blocks;
     const Index n_chunks = static_cast<Index>(plan.chunks.size());
-    std::vector<Chunk>& chunks = plan.chunks;
     // More threads than chunks would idle, and a thread given only a few blocks costs more in
     // start-up and barrier waits than it saves (on a loaded machine, 2 threads ran a 1,200-cell
     // step 15x slower than 1).  The count never changes the results.
-    const Index worth_threads = std::max<Index>(1, n_blocks / kMinBlocksPerThread);
+    const Index worth_threads = std::max<Index>(1, plan.n_blocks / kMinBlocksPerThread);
     const int threads = static_cast<int>(std::min<Index>(
         {static_cast<Index>(resolve_threads(n_threads)), n_chunks, worth_threads}));
     std::vector<Scratch> scratch;
@@ -240,21 +271,13 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
 #endif
             Scratch& sc = scratch[static_cast<size_t>(thread)];
             const FlushDenormals flush;
-#ifdef NESTEDATOMS_OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-            for (Index c = 0; c < n_chunks; ++c) {
-                const Index b_end = std::min(n_blocks, (c + 1) * chunk_blocks);
-                for (Index b = c * chunk_blocks; b < b_end; ++b) {
-                    if (stop.load(std::memory_order_relaxed)) break;
-                    try {
-                        process_block(b, chunks[c], sc);
-                        poll(thread);
-                    } catch (...) {
-                        record_error();
-                    }
-                }
-            }
+            plan.run(
+                stop,
+                [&](Index b, Chunk& ch) {
+                    process_block(b, ch, sc);
+                    poll(thread);
+                },
+                record_error);
         }
     }
     if (error) std::rethrow_exception(error);
@@ -276,13 +299,8 @@ double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n
                       const CellRowsOutput& out, int n_threads) {
     const Index p = in.p, J = in.J, L = in.L;
     const Index F = packed_size(p) + p + 1;
-    const GaussianAtoms atoms = prepare_atoms(in.atoms, "W");
-    const RowMat A = loglik_coefficients(atoms, in.atoms, in.centre);
-    RowMat bias(J, L);
-    if (in.K > 0)
-        bias.noalias() = CMapRowMat(in.rho, J, in.K) * CMapRowMat(in.elog_omega, L, in.K).transpose();
-    else
-        bias.setZero();
+    const LogitTerms terms(in);
+    const RowMat &A = terms.A, &bias = terms.bias;
     MapRowMat dN(out.dN_jl, J, L);
     dN.setZero();
     std::vector<double> total(static_cast<size_t>(1 + L * F), 0.0);
@@ -296,10 +314,8 @@ double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n
         // Fixed chunks of blocks (plan_chunks): results independent of the number of threads.
         ChunkPlan plan = plan_chunks(n_rows, L, F,
                                      [&](Index i) { return group[static_cast<size_t>(i)]; });
-        const Index n_blocks = plan.n_blocks, chunk_blocks = plan.chunk_blocks;
         const Index n_chunks = static_cast<Index>(plan.chunks.size());
-        std::vector<Chunk>& chunks = plan.chunks;
-        const Index worth_threads = std::max<Index>(1, n_blocks / kMinBlocksPerThread);
+        const Index worth_threads = std::max<Index>(1, plan.n_blocks / kMinBlocksPerThread);
         const int threads = static_cast<int>(std::min<Index>(
             {static_cast<Index>(resolve_threads(n_threads)), n_chunks, worth_threads}));
         std::exception_ptr error = nullptr;
@@ -346,24 +362,15 @@ double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n
             Scratch sc(std::min(n_rows, kCellBlock), F, L);
             RowMat delta(std::min(n_rows, kCellBlock), L);
             const FlushDenormals flush;
-#ifdef NESTEDATOMS_OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-            for (Index c = 0; c < n_chunks; ++c) {
-                const Index b_end = std::min(n_blocks, (c + 1) * chunk_blocks);
-                for (Index b = c * chunk_blocks; b < b_end; ++b) {
-                    if (stop.load(std::memory_order_relaxed)) break;
-                    try {
-                        process_block(b, chunks[c], sc, delta);
-                    } catch (...) {
+            plan.run(
+                stop, [&](Index b, Chunk& ch) { process_block(b, ch, sc, delta); },
+                [&] {
 #ifdef NESTEDATOMS_OPENMP
 #pragma omp critical(nestedatoms_rows_error)
 #endif
-                        if (!error) error = std::current_exception();
-                        stop.store(true);
-                    }
-                }
-            }
+                    if (!error) error = std::current_exception();
+                    stop.store(true);
+                });
         }
         if (error) std::rethrow_exception(error);
         plan.fold(total, dN);
