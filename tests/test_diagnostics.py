@@ -88,6 +88,11 @@ def test_held_groups_keep_a_split_the_free_sweeps_may_undo(toy):
     truth = dg.score_partition(model, sim.cell_truth, sim.group_truth, hold_groups=True,
                                bound=False)
     assert truth.bound is None and truth.elbo > held.elbo
+    # the terms say where: they sum to the ELBO, and the split pays more for its labels
+    # (one more occupied cluster for the same individuals: a larger assignment cost log p(S))
+    for score in (held, truth):
+        assert sum(score.terms.values()) == pytest.approx(score.elbo, rel=1e-12)
+    assert held.terms["log_p_S"] < truth.terms["log_p_S"]
 
 
 def test_labelling_bound_is_the_models(toy):

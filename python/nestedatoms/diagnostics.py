@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -230,6 +230,9 @@ class PartitionScore:
         The partitions at that optimum (argmax of q(S) and q(M)); cells in the caller's order.
     n_iter, converged : int, bool
         The sweeps run, and whether the tolerance ended them.
+    terms : dict of str to float
+        The ELBO's terms there (model section 6; entropies carry an ``H_`` prefix), summing
+        to ``elbo``: which part of the objective a comparison of two partitions turns on.
     """
 
     elbo: float
@@ -238,6 +241,7 @@ class PartitionScore:
     cell_labels: np.ndarray
     n_iter: int
     converged: bool
+    terms: dict = field(default_factory=dict)
 
 
 def elbo_from_labels(problem, cell_labels, group_labels, *, backend: str = "cpp",
@@ -302,7 +306,7 @@ def score_partition(problem, cell_labels, group_labels, *, hold_groups: bool = F
     from ._fit import run_from_labels
     from ._init import relabel_by_size, state_from_labels
     from ._labelling_bound import labelling_bound as bound_of
-    from ._steps import BLOCKS, elbo
+    from ._steps import BLOCKS, elbo, elbo_terms
 
     prob, be = _problem_of(problem), _backend(backend)
     cell_labels, group_labels = _partition(prob, cell_labels, group_labels)
@@ -324,7 +328,7 @@ def score_partition(problem, cell_labels, group_labels, *, hold_groups: bool = F
         elbo=float(value), bound=bound_of(be, prob, st, max_orders=max_orders) if bound else None,
         group_labels=np.argmax(st.rho, axis=1),
         cell_labels=prob.data.to_caller_order(np.argmax(st.xi, axis=1)),
-        n_iter=n_iter, converged=converged)
+        n_iter=n_iter, converged=converged, terms=elbo_terms(be, prob, st))
 
 
 def _partition(prob: Problem, cell_labels, group_labels):
