@@ -96,7 +96,7 @@ def state_from_labels(be, prob: Problem, cell_labels: np.ndarray,
     N_jl = np.add.reduceat(xi, prob.offsets[:-1], axis=0)
     zeta = composition_weights(prob.data.group_sizes, prob.donor_concentration)
     w = xi if zeta is None else xi * np.repeat(zeta, prob.data.group_sizes)[:, None]
-    y_stats = batched_weighted_stats(be, prob.Y, w, prob.y_centre, prob.batches)
+    y_stats = batched_weighted_stats(be, prob.Y, w, prob.y_centre, prob.batches, prob.y_family)
     return state_from_stats(be, prob, xi, rho, N_jl, y_stats)
 
 

@@ -184,7 +184,7 @@ class Problem:
     data: NestedData
     K: int
     L: int
-    y_prior: NWPrior
+    y_prior: NWPrior           # or ``_atoms.DiagPrior`` for diagonal cell atoms
     x_prior: NWPrior | None
     alpha_prior: ConcentrationPrior
     beta_prior: ConcentrationPrior
@@ -216,6 +216,13 @@ class Problem:
             else self.y_summary.means)
         X = self.data.X
         self.x_centre = None if X is None else np.ascontiguousarray(exact_column_means(X))
+
+    @property
+    def y_family(self):
+        """The family of the cell atoms (``_atoms.FULL`` or ``_atoms.DIAG``), from the prior."""
+        from ._atoms import family_of
+
+        return family_of(self.y_prior)
 
     @property
     def Y(self):
@@ -254,7 +261,7 @@ class State:
     beta_rate: float
     my: np.ndarray             # (L, p) y atoms
     lamy: np.ndarray
-    Wy: np.ndarray
+    Wy: np.ndarray             # (L, p, p); (L, p) for diagonal atoms (``_atoms``)
     nuy: np.ndarray
     mx: np.ndarray | None      # (K, q) x atoms, None for CAM
     lamx: np.ndarray | None
@@ -263,7 +270,7 @@ class State:
     N_jl: np.ndarray           # (J, L) sum_i xi_jil
     y_n: np.ndarray            # (L,) weighted y statistics about the y centre
     y_s1: np.ndarray
-    y_s2: np.ndarray
+    y_s2: np.ndarray           # (L, p, p); (L, p) for diagonal atoms
     H_xi: float                # -sum xi log xi
     H_rho: float               # -sum rho log rho
     # f: the x prior in use is the problem's with W0^-1 and lam0 times f (see
