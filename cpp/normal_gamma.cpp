@@ -174,22 +174,30 @@ double diag_loglik_from_stats(const double* n, const double* s1, const double* s
     return total;
 }
 
+// Per atom, the sums over d of the model's section 6 terms at D = 1, with everything that does
+// not depend on d taken out of the sum: e_d = E log tau_d = psi(nu / 2) + log 2 + log W_d is
+// the only logarithm per element (the prior's own sum_d log B(W0_d, nu0) is formed once).
 double diag_prior_term(const DiagView& q, const DiagPrior& prior) {
     check_prior(prior);
     check_atoms(q);
     const Index D = q.D;
+    const double Dd = static_cast<double>(D);
+    double log_b0 = 0.0;  // sum_d log B_W(W0_d, nu0), W0_d = 1 / W0inv_d
+    for (Index d = 0; d < D; ++d) log_b0 += log_gamma_norm(1.0 / prior.W0inv[d], prior.nu0);
     double total = 0.0;
     for (Index g = 0; g < q.G; ++g) {
+        const double* W = q.W + g * D;
+        const double* m = q.m + g * D;
         const double psi = digamma(0.5 * q.nu[g]);
+        double sum_log_W = 0.0, sum_quad = 0.0;
         for (Index d = 0; d < D; ++d) {
-            const double W = q.W[g * D + d];
-            const double elog = elog_tau(psi, W);
-            const double dm = q.m[g * D + d] - prior.m0[d];
-            total += 0.5 * (std::log(prior.lam0 / (2.0 * kPi)) + elog - prior.lam0 / q.lam[g] -
-                            prior.lam0 * q.nu[g] * W * dm * dm) +
-                     log_gamma_norm(1.0 / prior.W0inv[d], prior.nu0) +
-                     0.5 * (prior.nu0 - 2.0) * elog - 0.5 * q.nu[g] * prior.W0inv[d] * W;
+            const double dm = m[d] - prior.m0[d];
+            sum_log_W += std::log(W[d]);
+            sum_quad += W[d] * (prior.lam0 * dm * dm + prior.W0inv[d]);
         }
+        const double sum_elog = Dd * (psi + kLog2) + sum_log_W;
+        total += 0.5 * Dd * (std::log(prior.lam0 / (2.0 * kPi)) - prior.lam0 / q.lam[g]) +
+                 log_b0 + 0.5 * (prior.nu0 - 1.0) * sum_elog - 0.5 * q.nu[g] * sum_quad;
     }
     return total;
 }
@@ -197,16 +205,19 @@ double diag_prior_term(const DiagView& q, const DiagPrior& prior) {
 double diag_entropy(const DiagView& q) {
     check_atoms(q);
     const Index D = q.D;
+    const double Dd = static_cast<double>(D);
     double total = 0.0;
     for (Index g = 0; g < q.G; ++g) {
-        const double psi = digamma(0.5 * q.nu[g]);
+        const double* W = q.W + g * D;
         const double nu = q.nu[g];
-        for (Index d = 0; d < D; ++d) {
-            const double W = q.W[g * D + d];
-            const double elog = elog_tau(psi, W);
-            const double h_gamma = -log_gamma_norm(W, nu) - 0.5 * (nu - 2.0) * elog + 0.5 * nu;
-            total += -0.5 * elog - 0.5 * std::log(q.lam[g] / (2.0 * kPi)) + 0.5 + h_gamma;
-        }
+        double sum_log_W = 0.0;
+        for (Index d = 0; d < D; ++d) sum_log_W += std::log(W[d]);
+        const double sum_elog = Dd * (digamma(0.5 * nu) + kLog2) + sum_log_W;
+        // per d: -1/2 e - 1/2 log(lam / 2 pi) + 1/2 + H_W, H_W = -log B_W(W, nu) - (nu - 2)/2 e
+        // + nu/2 and -log B_W(W, nu) = nu/2 log(2 W) + lgamma(nu / 2)
+        const double minus_log_b = 0.5 * nu * (Dd * kLog2 + sum_log_W) + Dd * lgamma(0.5 * nu);
+        total += -0.5 * (nu - 1.0) * sum_elog +
+                 Dd * (-0.5 * std::log(q.lam[g] / (2.0 * kPi)) + 0.5 + 0.5 * nu) + minus_log_b;
     }
     return total;
 }
