@@ -4,7 +4,7 @@ dimension).  The one place the estimator's ``covariance_type`` is read.
 A family is a small object that knows its prior (how the defaults are resolved from the
 data), the backend functions of its atoms (weighted statistics, the conjugate update, the
 expected log-likelihood and the ELBO terms, the cell steps) and the shapes it stores.  The
-rest of the package asks ``prob.y_family`` and calls it, so neither the steps nor the moves
+rest of the package asks ``y_family(prob)`` and calls it, so neither the steps nor the moves
 branch on the family.  Both families store their atoms as (m, lam, W, nu) with
 E[precision] = nu W; for ``"diag"`` W is (L, p), the diagonal, and each dimension is a
 one-dimensional Normal-Wishart, i.e. a Normal-Gamma with a = nu / 2, b = 1 / (2 W)
@@ -19,12 +19,10 @@ import numpy as np
 
 from ._data import exact_column_means
 from ._state import NWPrior, _feature_variances, resolve_nw_prior
-from ._validation import InvalidParameterError
+from ._validation import COVARIANCE_TYPES, InvalidParameterError, check_covariance_type
 
 __all__ = ["DiagPrior", "AtomFamily", "FULL", "DIAG", "COVARIANCE_TYPES", "family_named",
-           "family_of", "resolve_cell_prior", "y_atoms"]
-
-COVARIANCE_TYPES = ("full", "diag")
+           "family_of", "resolve_cell_prior", "y_atoms", "y_family"]
 
 # The diag prior's degrees of freedom: the full prior's nu0 = D + 5 at D = 1, i.e. a0 = 3.
 # It is also the shape of each diagonal entry of the full prior's Sigma (its marginal is
@@ -156,18 +154,17 @@ _FAMILIES = {"full": FULL, "diag": DIAG}
 
 def family_named(name: str) -> AtomFamily:
     """The family called ``name`` ("full" or "diag"), or a clear error."""
-    try:
-        return _FAMILIES[name]
-    except (KeyError, TypeError):
-        raise InvalidParameterError(
-            f'covariance_type must be "full" (a full covariance per cell cluster, the '
-            f'default) or "diag" (diagonal covariances, for many features), got '
-            f"{name!r}.") from None
+    return _FAMILIES[check_covariance_type(name)]
 
 
 def family_of(prior) -> AtomFamily:
     """The family of a resolved prior."""
     return DIAG if isinstance(prior, DiagPrior) else FULL
+
+
+def y_family(prob) -> AtomFamily:
+    """The family of a problem's cell atoms (read from its prior)."""
+    return family_of(prob.y_prior)
 
 
 def y_atoms(st) -> tuple:

@@ -248,10 +248,11 @@ class WorkerXi:
 
     def cell_step(self, be, prob, st, n_threads):
         """The cell step on the workers: (the new stand-in, (N_jl, n, s1, s2, H))."""
+        from ._atoms import y_family
         from ._steps import _elog_omega, group_weights
 
         inputs = (_elog_omega(be, st), st.my, st.lamy, st.Wy, st.nuy, prob.y_centre,
-                  prob.y_family.name)
+                  y_family(prob).name)
         step = (st.rho.copy(), group_weights(prob, st), inputs)
         stats = self._map(prob, "stats", step=step)
         return WorkerXi(*self.shape, step), combine_cell_stats(stats)
@@ -309,6 +310,7 @@ def initial_state(be, prob, rng):
     statistics of that partition added in batch order."""
     from ._init import (_MAX_KMEANS_POINTS, group_features, kmeans_centres, kmeans_labels,
                         kmeans_sample, one_hot, state_from_stats)
+    from ._atoms import y_family
     from ._steps import composition_weights
 
     data = prob.data
@@ -327,7 +329,7 @@ def initial_state(be, prob, rng):
         rank = np.empty_like(counts)      # _init.relabel_by_size, from the counts
         rank[np.argsort(-counts, kind="stable")] = np.arange(counts.size)
     parts = data.map(_w_start_stats, list(zip(offsets, data.group_slices(zeta))), ref, centres,
-                     rank, L, prob.y_centre, data.backend, prob.y_family.name)
+                     rank, L, prob.y_centre, data.backend, y_family(prob).name)
     N_jl = np.ascontiguousarray(np.vstack([p[0] for p in parts]))
     y_stats = combine_cell_stats([(None, *p[1], 0.0) for p in parts])[1:4]
     group_labels = kmeans_labels(group_features(prob, N_jl), prob.K, rng)

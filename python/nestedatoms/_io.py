@@ -31,7 +31,7 @@ import numpy as np
 from ._atomic import atomic_path
 from ._data import NestedData
 from .exceptions import ModelFileError
-from ._atoms import family_named
+from ._atoms import family_named, y_family
 from ._state import ConcentrationPrior, NWPrior, Problem, State
 
 __all__ = ["save_model", "load_model", "FORMAT_NAME", "FORMAT_VERSION"]
@@ -140,14 +140,14 @@ def save_model(model, path) -> None:
 
     meta = {
         "format": FORMAT_NAME,
-        "format_version": 1 if prob.y_family.name == "full" else 2,
+        "format_version": 1 if y_family(prob).name == "full" else 2,
         "nestedatoms_version": __version__,
         "params": _json_safe(model.get_params()),
         "problem": {
             "K": prob.K, "L": prob.L, "has_x": prob.has_x, "batch_size": prob.batch_size,
             "y_prior": nw(prob.y_prior),
-            **({} if prob.y_family.name == "full"
-               else {"covariance_type": prob.y_family.name}),
+            **({} if y_family(prob).name == "full"
+               else {"covariance_type": y_family(prob).name}),
             "x_prior": nw(prob.x_prior) if prob.has_x else None,
             "alpha_prior": conc(prob.alpha_prior),
             "beta_prior": conc(prob.beta_prior),
@@ -218,8 +218,8 @@ def load_model(cls, path):
                           W0inv=arr[f"prior/{layer}_W0inv"], nu0=pm[f"{layer}_prior"]["nu0"])
 
     # files written before diagonal atoms existed have full ones
-    y_family = family_named(pm.get("covariance_type", "full"))
-    prob = Problem(data=data, K=pm["K"], L=pm["L"], y_prior=nw("y", y_family.prior_type),
+    family = family_named(pm.get("covariance_type", "full"))
+    prob = Problem(data=data, K=pm["K"], L=pm["L"], y_prior=nw("y", family.prior_type),
                    x_prior=nw("x") if pm["has_x"] else None,
                    alpha_prior=ConcentrationPrior(**pm["alpha_prior"]),
                    beta_prior=ConcentrationPrior(**pm["beta_prior"]),

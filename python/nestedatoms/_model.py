@@ -12,7 +12,7 @@ from ._fit import fit_restarts
 from ._batches import DEFAULT_DASK_BATCH_SIZE, in_memory_summary, plan_batches
 from ._dask import is_dask_array
 from .moves import moves_for
-from ._atoms import FULL, resolve_cell_prior
+from ._atoms import FULL, resolve_cell_prior, y_family
 from ._state import ConcentrationPrior, Problem, resolve_nw_prior
 from ._steps import expected_stick_weights
 from ._validation import (check_data_size, check_dimension, check_estimator_params,
@@ -342,7 +342,7 @@ class NestedAtomsModel:
         prob = self._problem(data, batch_size, summary)
         n_threads = resolve_n_threads(self.n_threads)
         check_data_size(data.n_cells, data.n_groups, prob.L)
-        check_dimension(data.Y.shape[1], prob.y_family.name)
+        check_dimension(data.Y.shape[1], y_family(prob).name)
         if isinstance(data.Y, np.ndarray):
             check_memory(data.n_cells, data.Y.shape[1], prob.L, int(self.n_init), self.backend)
             init_state = self._known_start(prob, init_group_labels, init_cell_labels)
@@ -443,7 +443,7 @@ class NestedAtomsModel:
         self.group_weights_ = expected_stick_weights(st.v_a, st.v_b)[:, 0]
         self.cell_weights_ = expected_stick_weights(st.u_a, st.u_b)
         self.cell_means_ = st.my.copy()
-        self.cell_covariances_ = prob.y_family.expected_covariances(st.Wy, st.nuy)
+        self.cell_covariances_ = y_family(prob).expected_covariances(st.Wy, st.nuy)
         if prob.has_x:
             self.group_means_ = st.mx.copy()
             self.group_covariances_ = _expected_covariances(st.Wx, st.nux)

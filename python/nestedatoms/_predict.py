@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._atoms import y_atoms
+from ._atoms import y_atoms, y_family
 from ._data import as_float_matrix, prepare_data
 from ._labels import check_same_kind
 from ._state import Problem, State
@@ -91,7 +91,7 @@ def _local_elbo(be, prob: Problem, st: State, elog_pi, elog_omega, ell_x, rho, n
     E log p(S | v) + E log p(x | S, theta^x) + H[q(S)].
     """
     N_jl, n, s1, s2, H_xi = stats
-    total = prob.y_family.loglik(be, (n, s1, s2), prob.y_centre, y_atoms(st))
+    total = y_family(prob).loglik(be, (n, s1, s2), prob.y_centre, y_atoms(st))
     total += float(np.sum((scale_rows(N_jl, zeta) @ elog_omega) * rho)) + H_xi
     if new.any():
         r = np.ascontiguousarray(rho[new])
@@ -165,7 +165,7 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
     zeta = composition_weights(data.group_sizes, st.donor_concentration)
 
     def cell_step():
-        return prob.y_family.cell_step(be, data.Y, data.offsets, rho, elog_omega, y_atoms(st),
+        return y_family(prob).cell_step(be, data.Y, data.offsets, rho, elog_omega, y_atoms(st),
                                        prob.y_centre, xi, n_threads, zeta)
 
     stats = cell_step()
@@ -247,6 +247,6 @@ def _cell_scores(be, prob: Problem, st: State, data, rho, elog_omega) -> np.ndar
     """
     from scipy.special import logsumexp
 
-    ell = prob.y_family.expected_loglik(be, data.Y, y_atoms(st))
+    ell = y_family(prob).expected_loglik(be, data.Y, y_atoms(st))
     ell += np.repeat(rho @ elog_omega.T, data.group_sizes, axis=0)
     return logsumexp(ell, axis=1)

@@ -218,13 +218,6 @@ class Problem:
         self.x_centre = None if X is None else np.ascontiguousarray(exact_column_means(X))
 
     @property
-    def y_family(self):
-        """The family of the cell atoms (``_atoms.FULL`` or ``_atoms.DIAG``), from the prior."""
-        from ._atoms import family_of
-
-        return family_of(self.y_prior)
-
-    @property
     def Y(self):
         return self.data.Y
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._atoms import y_atoms
+from ._atoms import y_atoms, y_family
 from ._batches import batched_cell_step, weighted_entropy  # noqa: F401 (re-exported)
 from ._state import ConcentrationPrior, NWPrior, Problem, State
 
@@ -92,7 +92,7 @@ def weighted_y_stats(be, prob: Problem, xi_cols: np.ndarray, weights, rows=None)
     """(n, s1, s2) of the given xi columns over all cells (or ``rows``), cells weighted."""
     Y = prob.Y if rows is None else prob.Y[rows]
     w = xi_cols if weights is None else xi_cols * weights[:, None]
-    return prob.y_family.stats(be, Y, np.ascontiguousarray(w), prob.y_centre)
+    return y_family(prob).stats(be, Y, np.ascontiguousarray(w), prob.y_centre)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def update_cells(be, prob: Problem, st: State, n_threads: int = 1) -> None:
     st.N_jl, st.y_n, st.y_s1, st.y_s2, st.H_xi = batched_cell_step(
         be, prob.Y, prob.offsets, prob.batches, st.rho, _elog_omega(be, st), st.my, st.lamy,
         st.Wy, st.nuy, prob.y_centre, st.xi, n_threads, group_weights(prob, st),
-        prob.y_family)
+        y_family(prob))
 
 
 def update_groups(be, prob: Problem, st: State, n_threads: int = 1) -> None:
@@ -226,7 +226,7 @@ def update_x_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> None:
 
 def update_y_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> None:
     """q(theta^y_l) from the xi-weighted statistics cached by the cell step."""
-    st.my, st.lamy, st.Wy, st.nuy = prob.y_family.posterior(
+    st.my, st.lamy, st.Wy, st.nuy = y_family(prob).posterior(
         be, (st.y_n, st.y_s1, st.y_s2), prob.y_centre, prob.y_prior)
 
 
@@ -258,7 +258,7 @@ def elbo_terms(be, prob: Problem, st: State) -> dict:
     """Every term of model section 6, all constants kept (entropies carry an ``H_`` prefix)."""
     t = {}
     elog_pi, elog_omega = _elog_pi(be, st), _elog_omega(be, st)
-    family, atoms = prob.y_family, y_atoms(st)
+    family, atoms = y_family(prob), y_atoms(st)
     t["loglik_y"] = family.loglik(be, (st.y_n, st.y_s1, st.y_s2), prob.y_centre, atoms)
     if prob.has_x:
         px = effective_x_prior(prob, st)

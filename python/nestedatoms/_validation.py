@@ -81,9 +81,7 @@ def check_estimator_params(est) -> None:
                 f"{name} must be None or a dict of prior overrides (keys mean_prior, "
                 f"mean_precision_prior, degrees_of_freedom_prior, covariance_prior), got "
                 f"{value!r}.")
-    from ._atoms import family_named
-
-    family_named(getattr(est, "covariance_type", "full"))
+    check_covariance_type(getattr(est, "covariance_type", "full"))
     for name in ("group_concentration", "cell_concentration"):
         value = getattr(est, name)
         if value is not None:
@@ -130,6 +128,19 @@ def check_estimator_params(est) -> None:
     if isinstance(est.verbose, bool) or not isinstance(est.verbose, numbers.Integral) or (
             est.verbose < 0):
         raise InvalidParameterError(f"verbose must be an integer >= 0, got {est.verbose!r}.")
+
+
+# The families of cell atoms (``_atoms``).
+COVARIANCE_TYPES = ("full", "diag")
+
+
+def check_covariance_type(value) -> str:
+    """``value`` if it names a family of cell atoms, else a clear error."""
+    if not (isinstance(value, str) and value in COVARIANCE_TYPES):
+        raise InvalidParameterError(
+            f'covariance_type must be "full" (a full covariance per cell cluster, the '
+            f'default) or "diag" (diagonal covariances, for many features), got {value!r}.')
+    return value
 
 
 def check_data_size(n_cells: int, n_groups: int, L: int) -> None:
