@@ -26,6 +26,7 @@
 #include "group_ascent.hpp"
 #include "merge_entropy.hpp"
 #include "group_step.hpp"
+#include "normal_gamma.hpp"
 #include "normal_wishart.hpp"
 #include "parallel.hpp"
 #include "special.hpp"
@@ -441,6 +442,170 @@ py::array_t<double> nw_scores(const py::object& n, const py::object& s1, const p
     return out;
 }
 
+// ---- diagonal (Normal-Gamma) atoms ----------------------------------------------------------
+// The same arguments as their Normal-Wishart counterparts, with W (G, D), W0inv (D,) and
+// s2 (G, D) the diagonals.
+
+NWArrays diag_arrays(const py::object& m, const py::object& lam, const py::object& W,
+                     const py::object& nu, Shapes& s, const std::string& G,
+                     const std::string& D) {
+    NWArrays q{as_array(m, "m"), as_array(lam, "lam"), as_array(W, "W"), as_array(nu, "nu")};
+    s.check(q.m, "m", {G, D});
+    s.check(q.lam, "lam", {G});
+    s.check(q.W, "W", {G, D});
+    s.check(q.nu, "nu", {G});
+    s.at_least(D, 1, "m");
+    q.G = s[G];
+    q.D = s[D];
+    return q;
+}
+
+nam::DiagView diag_view(const NWArrays& q) {
+    return {q.m.data(), q.lam.data(), q.W.data(), q.nu.data(), q.G, q.D};
+}
+
+struct DiagPriorArrays {
+    Arr m0, W0inv;
+    double lam0, nu0;
+    nam::DiagPrior prior(Index D) const { return {m0.data(), lam0, W0inv.data(), nu0, D}; }
+};
+
+DiagPriorArrays diag_prior_arrays(const py::object& m0, double lam0, const py::object& W0inv,
+                                  double nu0, Shapes& s) {
+    DiagPriorArrays p{as_array(m0, "m0"), as_array(W0inv, "W0inv"), lam0, nu0};
+    s.check(p.m0, "m0", {"D"});
+    s.check(p.W0inv, "W0inv", {"D"});
+    return p;
+}
+
+StatsArrays diag_stats_arrays(const py::object& n, const py::object& s1, const py::object& s2,
+                              const py::object& centre, Shapes& s) {
+    StatsArrays st{as_array(n, "n"), as_array(s1, "s1"), as_array(s2, "s2"),
+                   as_array(centre, "centre")};
+    s.check(st.n, "n", {"G"});
+    s.check(st.s1, "s1", {"G", "D"});
+    s.check(st.s2, "s2", {"G", "D"});
+    s.check(st.centre, "centre", {"D"});
+    return st;
+}
+
+struct DiagStatsUnderPrior {
+    Shapes s;
+    StatsArrays st;
+    DiagPriorArrays pr;
+    Index G, D;
+    DiagStatsUnderPrior(const py::object& n, const py::object& s1, const py::object& s2,
+                        const py::object& centre, const py::object& m0, double lam0,
+                        const py::object& W0inv, double nu0)
+        : st(diag_stats_arrays(n, s1, s2, centre, s)),
+          pr(diag_prior_arrays(m0, lam0, W0inv, nu0, s)) {
+        s.at_least("D", 1, "s1");
+        G = s["G"], D = s["D"];
+    }
+};
+
+py::array_t<double> diag_expected_loglik(const py::object& Z_obj, const py::object& m,
+                                         const py::object& lam, const py::object& W,
+                                         const py::object& nu) {
+    Shapes s;
+    Arr Z = as_array(Z_obj, "Z");
+    s.check(Z, "Z", {"n", "D"});
+    NWArrays q = diag_arrays(m, lam, W, nu, s, "G", "D");
+    const Index n = s["n"];
+    auto out = new_array(n, q.G);
+    double* o = out.mutable_data();
+    const double* z = Z.data();
+    const auto v = diag_view(q);
+    py::gil_scoped_release release;
+    nam::diag_expected_loglik(z, n, v, o);
+    return out;
+}
+
+py::tuple diag_weighted_stats(const py::object& Z_obj, const py::object& w_obj,
+                              const py::object& centre_obj) {
+    Shapes s;
+    Arr Z = as_array(Z_obj, "Z"), w = as_array(w_obj, "w"), centre = as_array(centre_obj, "centre");
+    s.check(Z, "Z", {"n", "D"});
+    s.check(w, "w", {"n", "G"});
+    s.check(centre, "centre", {"D"});
+    const Index n = s["n"], D = s["D"], G = s["G"];
+    auto n_out = new_array(G);
+    auto s1 = new_array(G, D);
+    auto s2 = new_array(G, D);
+    double *pn = n_out.mutable_data(), *p1 = s1.mutable_data(), *p2 = s2.mutable_data();
+    {
+        py::gil_scoped_release release;
+        nam::diag_weighted_stats(Z.data(), n, D, w.data(), G, centre.data(), pn, p1, p2);
+    }
+    return py::make_tuple(n_out, s1, s2);
+}
+
+py::tuple diag_posterior(const py::object& n, const py::object& s1, const py::object& s2,
+                         const py::object& centre, const py::object& m0, double lam0,
+                         const py::object& W0inv, double nu0) {
+    const DiagStatsUnderPrior a(n, s1, s2, centre, m0, lam0, W0inv, nu0);
+    const Index G = a.G, D = a.D;
+    auto m = new_array(G, D);
+    auto lam = new_array(G);
+    auto W = new_array(G, D);
+    auto nu = new_array(G);
+    double *pm = m.mutable_data(), *pl = lam.mutable_data(), *pW = W.mutable_data(),
+           *pnu = nu.mutable_data();
+    {
+        py::gil_scoped_release release;
+        nam::diag_posterior(a.st.n.data(), a.st.s1.data(), a.st.s2.data(), G,
+                            a.st.centre.data(), a.pr.prior(D), pm, pl, pW, pnu);
+    }
+    return py::make_tuple(m, lam, W, nu);
+}
+
+double diag_loglik_from_stats(const py::object& n, const py::object& s1, const py::object& s2,
+                              const py::object& centre, const py::object& m,
+                              const py::object& lam, const py::object& W, const py::object& nu) {
+    Shapes s;
+    StatsArrays st = diag_stats_arrays(n, s1, s2, centre, s);
+    NWArrays q = diag_arrays(m, lam, W, nu, s, "G", "D");
+    const auto v = diag_view(q);
+    py::gil_scoped_release release;
+    return nam::diag_loglik_from_stats(st.n.data(), st.s1.data(), st.s2.data(),
+                                       st.centre.data(), v);
+}
+
+double diag_prior_term(const py::object& m, const py::object& lam, const py::object& W,
+                       const py::object& nu, const py::object& m0, double lam0,
+                       const py::object& W0inv, double nu0) {
+    Shapes s;
+    NWArrays q = diag_arrays(m, lam, W, nu, s, "G", "D");
+    DiagPriorArrays pr = diag_prior_arrays(m0, lam0, W0inv, nu0, s);
+    const auto v = diag_view(q);
+    const auto p = pr.prior(q.D);
+    py::gil_scoped_release release;
+    return nam::diag_prior_term(v, p);
+}
+
+double diag_entropy(const py::object& m, const py::object& lam, const py::object& W,
+                    const py::object& nu) {
+    Shapes s;
+    NWArrays q = diag_arrays(m, lam, W, nu, s, "G", "D");
+    const auto v = diag_view(q);
+    py::gil_scoped_release release;
+    return nam::diag_entropy(v);
+}
+
+py::array_t<double> diag_scores(const py::object& n, const py::object& s1, const py::object& s2,
+                                const py::object& centre, const py::object& m0, double lam0,
+                                const py::object& W0inv, double nu0) {
+    const DiagStatsUnderPrior a(n, s1, s2, centre, m0, lam0, W0inv, nu0);
+    auto out = new_array(a.G);
+    double* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        nam::diag_scores(a.st.n.data(), a.st.s1.data(), a.st.s2.data(), a.G,
+                         a.st.centre.data(), a.pr.prior(a.D), o);
+    }
+    return out;
+}
+
 // ---- local steps --------------------------------------------------------------------------
 
 py::array_t<std::int64_t> as_offsets(const py::object& obj, Index N) {
@@ -465,8 +630,8 @@ py::array_t<std::int64_t> as_offsets(const py::object& obj, Index N) {
 }
 
 // The arguments both cell steps share, read and checked once: Y (N, p) with its group offsets,
-// rho (J, K), E log omega (L, K), the Normal-Wishart atoms, the centre, and the output xi (N, L),
-// which may share memory with none of them.
+// rho (J, K), E log omega (L, K), the atoms (Normal-Wishart, or diagonal with ``diagonal``), the
+// centre, and the output xi (N, L), which may share memory with none of them.
 struct CellStepArgs {
     Shapes s;
     Arr Y, rho, elog_omega, centre;
@@ -474,11 +639,13 @@ struct CellStepArgs {
     NWArrays q;
     py::array_t<double> xi;
     Index N = 0, J = 0, p = 0, K = 0, L = 0;
+    bool diagonal = false;
 
     CellStepArgs(const py::object& Y_obj, const py::object& offsets_obj, const py::object& rho_obj,
                  const py::object& elog_omega_obj, const py::object& m, const py::object& lam,
                  const py::object& W, const py::object& nu, const py::object& centre_obj,
-                 const py::object& xi_obj, const char* xi_name) {
+                 const py::object& xi_obj, const char* xi_name, bool diagonal_atoms = false)
+        : diagonal(diagonal_atoms) {
         Y = as_array(Y_obj, "Y");
         s.check(Y, "Y", {"N", "p"});
         N = s["N"];
@@ -489,7 +656,8 @@ struct CellStepArgs {
         s.define("J", J);  // J = len(offsets) - 1
         s.check(rho, "rho", {"J", "K"});
         s.check(elog_omega, "elog_omega", {"L", "K"});
-        q = nw_arrays(m, lam, W, nu, s, "L", "p");
+        q = diagonal ? diag_arrays(m, lam, W, nu, s, "L", "p")
+                     : nw_arrays(m, lam, W, nu, s, "L", "p");
         s.at_least("L", 1, "elog_omega");
         centre = as_array(centre_obj, "centre");
         s.check(centre, "centre", {"p"});
@@ -509,11 +677,13 @@ struct CellStepArgs {
 };
 
 // What a cell step returns besides xi: N_jl (J, L) and the statistics n (L), s1 (L, p) and
-// s2 (L, p, p) (of the cells, or of the change of the rows, for the rows cell step).
+// s2 (L, p, p), or (L, p) for diagonal atoms (of the cells, or of the change of the rows, for
+// the rows cell step).
 struct CellStats {
     py::array_t<double> N_jl, n, s1, s2;
-    CellStats(Index J, Index L, Index p)
-        : N_jl(new_array(J, L)), n(new_array(L)), s1(new_array(L, p)), s2(new_array(L, p, p)) {}
+    CellStats(Index J, Index L, Index p, bool diagonal)
+        : N_jl(new_array(J, L)), n(new_array(L)), s1(new_array(L, p)),
+          s2(diagonal ? new_array(L, p) : new_array(L, p, p)) {}
     py::tuple with(double entropy) const { return py::make_tuple(N_jl, n, s1, s2, entropy); }
 };
 
@@ -537,19 +707,20 @@ nam::CellStepInput CellStepArgs::input(const py::object& group_weight_obj, const
     nam::CellStepInput in{Y.data(), N, p, offsets.data(), J, rho.data(), K, elog_omega.data(), L,
                           q.view(), centre.data()};
     in.group_weight = group_weights_of(group_weight_obj, s, J, xi, xi_name, keep);
+    in.diagonal = diagonal;
     return in;
 }
 
-py::tuple cell_step(const py::object& Y_obj, const py::object& offsets_obj,
-                    const py::object& rho_obj, const py::object& elog_omega_obj,
-                    const py::object& m, const py::object& lam, const py::object& W,
-                    const py::object& nu, const py::object& centre_obj,
-                    const py::object& xi_out_obj, int n_threads,
-                    const py::object& group_weight_obj) {
+py::tuple cell_step_of(bool diagonal, const py::object& Y_obj, const py::object& offsets_obj,
+                       const py::object& rho_obj, const py::object& elog_omega_obj,
+                       const py::object& m, const py::object& lam, const py::object& W,
+                       const py::object& nu, const py::object& centre_obj,
+                       const py::object& xi_out_obj, int n_threads,
+                       const py::object& group_weight_obj) {
     CellStepArgs a(Y_obj, offsets_obj, rho_obj, elog_omega_obj, m, lam, W, nu, centre_obj,
-                   xi_out_obj, "xi_out");
+                   xi_out_obj, "xi_out", diagonal);
 
-    CellStats stats(a.J, a.L, a.p);
+    CellStats stats(a.J, a.L, a.p, diagonal);
     Arr group_weight;
     const nam::CellStepInput in = a.input(group_weight_obj, "xi_out", group_weight);
     nam::CellStepOutput out{a.xi.mutable_data(), stats.N_jl.mutable_data(),
@@ -578,14 +749,15 @@ py::tuple cell_step(const py::object& Y_obj, const py::object& offsets_obj,
     return stats.with(entropy);
 }
 
-py::tuple cell_step_rows(const py::object& Y_obj, const py::object& offsets_obj,
-                         const py::object& rows_obj, const py::object& rho_obj,
-                         const py::object& elog_omega_obj, const py::object& m,
-                         const py::object& lam, const py::object& W, const py::object& nu,
-                         const py::object& centre_obj, const py::object& xi_obj, int n_threads,
-                         const py::object& group_weight_obj) {
+py::tuple cell_step_rows_of(bool diagonal, const py::object& Y_obj,
+                            const py::object& offsets_obj, const py::object& rows_obj,
+                            const py::object& rho_obj, const py::object& elog_omega_obj,
+                            const py::object& m, const py::object& lam, const py::object& W,
+                            const py::object& nu, const py::object& centre_obj,
+                            const py::object& xi_obj, int n_threads,
+                            const py::object& group_weight_obj) {
     CellStepArgs a(Y_obj, offsets_obj, rho_obj, elog_omega_obj, m, lam, W, nu, centre_obj,
-                   xi_obj, "xi");
+                   xi_obj, "xi", diagonal);
     const Index N = a.N;
     py::array raw_rows = py::array::ensure(rows_obj);
     if (!raw_rows || (raw_rows.dtype().kind() != 'i' && raw_rows.dtype().kind() != 'u'))
@@ -601,7 +773,7 @@ py::tuple cell_step_rows(const py::object& Y_obj, const py::object& offsets_obj,
         if (i > 0 && r[i] <= r[i - 1]) fail("rows must be strictly increasing (sorted, unique)");
     }
     if (overlaps(a.xi, rows)) fail("xi must not share memory with rows");
-    CellStats change(a.J, a.L, a.p);
+    CellStats change(a.J, a.L, a.p, diagonal);
     Arr group_weight;
     const nam::CellStepInput in = a.input(group_weight_obj, "xi", group_weight);
     nam::CellRowsOutput out{a.xi.mutable_data(), change.N_jl.mutable_data(),
@@ -613,6 +785,26 @@ py::tuple cell_step_rows(const py::object& Y_obj, const py::object& offsets_obj,
         dH = nam::cell_step_rows(in, r, n_rows, out, n_threads);
     }
     return change.with(dH);
+}
+
+// The two families' cell steps, with the arguments the protocol names.
+template <bool Diagonal>
+py::tuple cell_step(const py::object& Y, const py::object& offsets, const py::object& rho,
+                    const py::object& elog_omega, const py::object& m, const py::object& lam,
+                    const py::object& W, const py::object& nu, const py::object& centre,
+                    const py::object& xi_out, int n_threads, const py::object& group_weight) {
+    return cell_step_of(Diagonal, Y, offsets, rho, elog_omega, m, lam, W, nu, centre, xi_out,
+                        n_threads, group_weight);
+}
+
+template <bool Diagonal>
+py::tuple cell_step_rows(const py::object& Y, const py::object& offsets, const py::object& rows,
+                         const py::object& rho, const py::object& elog_omega,
+                         const py::object& m, const py::object& lam, const py::object& W,
+                         const py::object& nu, const py::object& centre, const py::object& xi,
+                         int n_threads, const py::object& group_weight) {
+    return cell_step_rows_of(Diagonal, Y, offsets, rows, rho, elog_omega, m, lam, W, nu, centre,
+                             xi, n_threads, group_weight);
 }
 
 double group_step(const py::object& N_jl_obj, const py::object& elog_pi_obj,
@@ -961,19 +1153,47 @@ PYBIND11_MODULE(NESTEDATOMS_MODULE_NAME, mod) {
             arg("lam0"), arg("W0inv"), arg("nu0"),
             "Per atom: loglik + prior term + entropy at the atom's posterior given its "
             "statistics, (G,).");
-    mod.def("cell_step", &cell_step, arg("Y"), arg("offsets"), arg("rho"), arg("elog_omega"),
+    mod.def("cell_step", &cell_step<false>, arg("Y"), arg("offsets"), arg("rho"), arg("elog_omega"),
             arg("m"), arg("lam"), arg("W"), arg("nu"), arg("centre"), arg("xi_out"),
             arg("n_threads") = 1, arg("group_weight") = py::none(),
             "Update q(M) into xi_out; returns (N_jl, n, s1, s2, entropy).  n_threads <= 0 uses "
             "all available threads; results are bitwise identical for every n_threads.  "
             "group_weight (J,), optional: weight of each group's cells in (n, s1, s2) and the "
             "entropy (xi and N_jl are unweighted).");
-    mod.def("cell_step_rows", &cell_step_rows, arg("Y"), arg("offsets"), arg("rows"),
+    mod.def("cell_step_rows", &cell_step_rows<false>, arg("Y"), arg("offsets"), arg("rows"),
             arg("rho"), arg("elog_omega"), arg("m"), arg("lam"), arg("W"), arg("nu"),
             arg("centre"), arg("xi"), arg("n_threads") = 1, arg("group_weight") = py::none(),
             "Update q(M) of the given cells (rows: increasing indices) in xi, in place; returns "
             "the change (dN_jl, dn, ds1, ds2, dH) of the statistics the cell step returns.  "
             "Bitwise identical for every n_threads.");
+    mod.def("diag_expected_loglik", &diag_expected_loglik, arg("Z"), arg("m"), arg("lam"),
+            arg("W"), arg("nu"),
+            "Diagonal atoms: ell_g(z) = sum_d E log N(z_d | mu_gd, tau_gd^-1): (n, G).");
+    mod.def("diag_weighted_stats", &diag_weighted_stats, arg("Z"), arg("w"), arg("centre"),
+            "Weighted statistics (n, s1, s2) about centre, s2 (G, D) the diagonal.");
+    mod.def("diag_posterior", &diag_posterior, arg("n"), arg("s1"), arg("s2"), arg("centre"),
+            arg("m0"), arg("lam0"), arg("W0inv"), arg("nu0"),
+            "Normal-Gamma posteriors (m, lam, W (G, D), nu); n <= 0 gives exactly the prior.");
+    mod.def("diag_loglik_from_stats", &diag_loglik_from_stats, arg("n"), arg("s1"), arg("s2"),
+            arg("centre"), arg("m"), arg("lam"), arg("W"), arg("nu"),
+            "Diagonal atoms: E log p(Z | assignments, theta) summed, from weighted statistics.");
+    mod.def("diag_prior_term", &diag_prior_term, arg("m"), arg("lam"), arg("W"), arg("nu"),
+            arg("m0"), arg("lam0"), arg("W0inv"), arg("nu0"),
+            "Diagonal atoms: E_q log p(theta), summed.");
+    mod.def("diag_entropy", &diag_entropy, arg("m"), arg("lam"), arg("W"), arg("nu"),
+            "Entropy of the Normal-Gamma factors, summed.");
+    mod.def("diag_scores", &diag_scores, arg("n"), arg("s1"), arg("s2"), arg("centre"),
+            arg("m0"), arg("lam0"), arg("W0inv"), arg("nu0"),
+            "Diagonal atoms, per atom: loglik + prior term + entropy at its posterior, (G,).");
+    mod.def("diag_cell_step", &cell_step<true>, arg("Y"), arg("offsets"), arg("rho"),
+            arg("elog_omega"), arg("m"), arg("lam"), arg("W"), arg("nu"), arg("centre"),
+            arg("xi_out"), arg("n_threads") = 1, arg("group_weight") = py::none(),
+            "cell_step with diagonal atoms (W (L, p)); s2 of the statistics is (L, p).");
+    mod.def("diag_cell_step_rows", &cell_step_rows<true>, arg("Y"), arg("offsets"),
+            arg("rows"), arg("rho"), arg("elog_omega"), arg("m"), arg("lam"), arg("W"),
+            arg("nu"), arg("centre"), arg("xi"), arg("n_threads") = 1,
+            arg("group_weight") = py::none(),
+            "cell_step_rows with diagonal atoms (W (L, p)); ds2 is (L, p).");
     mod.def("group_step", &group_step, arg("N_jl"), arg("elog_pi"), arg("elog_omega"),
             arg("ell_x"), arg("rho_out"), "Update q(S) into rho_out; returns the entropy.");
 

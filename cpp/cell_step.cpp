@@ -146,14 +146,36 @@ Normalised normalise_logits(Row&& row, Eigen::RowVectorXd& expo) {
     return {sum, std::log(sum) - dot / sum};
 }
 
+// The feature form of the atoms' family: full atoms use the packed outer product
+// (normal_wishart.hpp), diagonal ones the squares (normal_gamma.hpp).  Chosen once per step;
+// everything else in a cell step is the same for both.
+struct FeatureMap {
+    Index F;
+    void (*fill)(const double* z, const double* centre, Index D, double* row);
+    void (*unpack)(const Eigen::Ref<const RowMat>& S, Index D, double* n, double* s1, double* s2);
+};
+
+FeatureMap feature_map(const CellStepInput& in) {
+    if (in.diagonal) return {diag_feature_size(in.p), &diag_features, &unpack_diag_stats};
+    return {packed_size(in.p) + in.p + 1, &packed_features, &unpack_stats};
+}
+
+RowMat logit_coefficients(const CellStepInput& in) {
+    if (in.diagonal) {
+        const NWView& q = in.atoms;
+        return diag_coefficients(DiagView{q.m, q.lam, q.W, q.nu, q.G, q.D}, in.centre);
+    }
+    return loglik_coefficients(prepare_atoms(in.atoms, "W"), in.atoms, in.centre);
+}
+
 // What the logits of a cell step are made of: A (F x L), the coefficients of the expected
-// log-likelihood in the packed features, and bias (J x L) = rho @ E log omega', the prior part,
-// which depends only on the group.  Building them checks the atoms (Cholesky of W), so a cell
-// step fails here, before its parallel region and before any output is written.
+// log-likelihood in the features, and bias (J x L) = rho @ E log omega', the prior part,
+// which depends only on the group.  Building them checks the atoms (Cholesky of W, or W > 0),
+// so a cell step fails here, before its parallel region and before any output is written.
 struct LogitTerms {
     RowMat A, bias;
     explicit LogitTerms(const CellStepInput& in)
-        : A(loglik_coefficients(prepare_atoms(in.atoms, "W"), in.atoms, in.centre)),
+        : A(logit_coefficients(in)),
           bias(in.J, in.L) {
         if (in.K > 0)
             bias.noalias() = CMapRowMat(in.rho, in.J, in.K) *
@@ -171,7 +193,8 @@ constexpr double kPollSeconds = 0.1;
 double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threads,
                  const std::function<bool()>& interrupted) {
     const Index N = in.N, p = in.p, J = in.J, L = in.L;
-    const Index F = packed_size(p) + p + 1;
+    const FeatureMap features = feature_map(in);
+    const Index F = features.F;
     // Everything that can fail (Cholesky of W, value checks) happens here, before the parallel
     // region and before any output is written.
     const LogitTerms terms(in);
@@ -227,7 +250,7 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
         const Index nb = std::min(kCellBlock, N - start);
         auto Phi = sc.Phi.topRows(nb);
         for (Index i = 0; i < nb; ++i)
-            packed_features(in.Y + (start + i) * p, in.centre, p, Phi.row(i).data());
+            features.fill(in.Y + (start + i) * p, in.centre, p, Phi.row(i).data());
         auto logits = sc.logits.topRows(nb);
         logits.noalias() = Phi * A;
 
@@ -290,7 +313,7 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
     plan.fold(total, N_jl);
 
     // Unpack the statistics: n is the last column, s1 the p before it, s2 the packed triangle.
-    unpack_stats(CMapRowMat(total.data() + 1, L, F), p, out.n, out.s1, out.s2);
+    features.unpack(CMapRowMat(total.data() + 1, L, F), p, out.n, out.s1, out.s2);
     return total[0];
 }
 
@@ -298,7 +321,8 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
 double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n_rows,
                       const CellRowsOutput& out, int n_threads) {
     const Index p = in.p, J = in.J, L = in.L;
-    const Index F = packed_size(p) + p + 1;
+    const FeatureMap features = feature_map(in);
+    const Index F = features.F;
     const LogitTerms terms(in);
     const RowMat &A = terms.A, &bias = terms.bias;
     MapRowMat dN(out.dN_jl, J, L);
@@ -326,7 +350,7 @@ double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n
             const Index nb = std::min(kCellBlock, n_rows - start);
             auto Phi = sc.Phi.topRows(nb);
             for (Index i = 0; i < nb; ++i)
-                packed_features(in.Y + rows[start + i] * p, in.centre, p, Phi.row(i).data());
+                features.fill(in.Y + rows[start + i] * p, in.centre, p, Phi.row(i).data());
             auto logits = sc.logits.topRows(nb);
             logits.noalias() = Phi * A;
             auto d = delta.topRows(nb);
@@ -375,7 +399,7 @@ double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n
         if (error) std::rethrow_exception(error);
         plan.fold(total, dN);
     }
-    unpack_stats(CMapRowMat(total.data() + 1, L, F), p, out.dn, out.ds1, out.ds2);
+    features.unpack(CMapRowMat(total.data() + 1, L, F), p, out.dn, out.ds1, out.ds2);
     return total[0];
 }
 

@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "common.hpp"
+#include "normal_gamma.hpp"
 #include "normal_wishart.hpp"
 
 namespace nam {
@@ -36,11 +37,13 @@ struct CellStepInput {
     Index K;
     const double* elog_omega; // (L, K)
     Index L;
-    NWView atoms;             // the L cell atoms, D = p
+    NWView atoms;             // the L cell atoms, D = p (W (L, p, p), or (L, p) if diagonal)
     const double* centre;     // (p,)
     // (J,) or nullptr: weight of group j's cells in the y statistics and the entropy (the
     // donor-variation tempering zeta_j; xi and N_jl are unweighted).  nullptr: all 1.
     const double* group_weight = nullptr;
+    // Diagonal atoms (normal_gamma.hpp): W is (L, p) and the statistics' s2 is (L, p).
+    bool diagonal = false;
 };
 
 struct CellStepOutput {
@@ -48,7 +51,7 @@ struct CellStepOutput {
     double* N_jl;  // (J, L)
     double* n;     // (L,)
     double* s1;    // (L, p)
-    double* s2;    // (L, p, p)
+    double* s2;    // (L, p, p), or (L, p) for diagonal atoms
 };
 
 // Thrown by cell_step when `interrupted` returned true.  xi_out then holds the new
@@ -75,7 +78,7 @@ struct CellRowsOutput {
     double* dN_jl;  // (J, L)
     double* dn;     // (L,)
     double* ds1;    // (L, p)
-    double* ds2;    // (L, p, p)
+    double* ds2;    // (L, p, p), or (L, p) for diagonal atoms
 };
 
 double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n_rows,

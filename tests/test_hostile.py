@@ -183,7 +183,7 @@ def _edits():
         ("version True", meta_edit(format_version=True), "format_version True"),
         ("version 1.0", meta_edit(format_version=1.0), "format_version 1.0"),
         ("version '1'", meta_edit(format_version="1"), "format_version '1'"),
-        ("version 2", meta_edit(format_version=2), "newer"),
+        ("version 3", meta_edit(format_version=3), "newer"),   # 2 added diagonal atoms
         ("foreign format", meta_edit(format="something-else"), "format"),
         ("K disagrees", meta_edit(**{"problem.K": 7}), "shape"),
         ("L zero", meta_edit(**{"problem.L": 0}), "problem.L"),

@@ -184,26 +184,30 @@ def combine_cell_stats(parts):
 
 
 def batched_cell_step(be, Y, offsets, plan: BatchPlan, rho, elog_omega, m, lam, W, nu, centre,
-                      xi_out, n_threads, group_weight):
-    """The backend's cell step run batch by batch over in-memory cells (xi written in place),
-    returning the statistics of all cells added in batch order."""
+                      xi_out, n_threads, group_weight, family=None):
+    """The cell step of the atoms' ``family`` (``_atoms``; default full) run batch by batch
+    over in-memory cells (xi written in place), returning the statistics of all cells added
+    in batch order."""
+    step = be.cell_step if family is None else family.fn(be, "cell_step")
     if plan.n_batches == 1:
-        return be.cell_step(Y, offsets, rho, elog_omega, m, lam, W, nu, centre, xi_out,
-                            n_threads, group_weight)
+        return step(Y, offsets, rho, elog_omega, m, lam, W, nu, centre, xi_out, n_threads,
+                    group_weight)
     parts = []
     for b, (g0, g1, r0, r1) in enumerate(plan):
         w = None if group_weight is None else np.ascontiguousarray(group_weight[g0:g1])
-        parts.append(be.cell_step(Y[r0:r1], plan.local_offsets(offsets, b),
-                                  np.ascontiguousarray(rho[g0:g1]), elog_omega, m, lam, W, nu,
-                                  centre, xi_out[r0:r1], n_threads, w))
+        parts.append(step(Y[r0:r1], plan.local_offsets(offsets, b),
+                          np.ascontiguousarray(rho[g0:g1]), elog_omega, m, lam, W, nu,
+                          centre, xi_out[r0:r1], n_threads, w))
     return combine_cell_stats(parts)
 
 
-def batched_weighted_stats(be, Y, w, centre, plan: BatchPlan):
-    """(n, s1, s2) of all cells with weights ``w`` (N, G), batch by batch in batch order."""
+def batched_weighted_stats(be, Y, w, centre, plan: BatchPlan, family=None):
+    """(n, s1, s2) of all cells with weights ``w`` (N, G), batch by batch in batch order
+    (the statistics of the atoms' ``family``; default full)."""
+    stats = be.weighted_stats if family is None else family.fn(be, "stats")
     if plan.n_batches == 1:
-        return be.weighted_stats(Y, w, centre)
-    parts = [be.weighted_stats(Y[r0:r1], np.ascontiguousarray(w[r0:r1]), centre)
+        return stats(Y, w, centre)
+    parts = [stats(Y[r0:r1], np.ascontiguousarray(w[r0:r1]), centre)
              for _, _, r0, r1 in plan]
     return tuple(add_in_order([p[i] for p in parts]) for i in range(3))
 

@@ -161,8 +161,9 @@ def _w_centre_counts(Yb, ref, centres, k):
     return np.bincount(nearest_centre(_as_cells(Yb), ref, centres), minlength=k)
 
 
-def _w_start_stats(Yb, offsets, zeta, ref, centres, rank, L, centre, backend):
+def _w_start_stats(Yb, offsets, zeta, ref, centres, rank, L, centre, backend, family):
     """The statistics of the k-means start on one batch (as ``_init.state_from_labels``)."""
+    from ._atoms import family_named
     from ._backend import get_backend
     from ._init import nearest_centre, one_hot
 
@@ -170,7 +171,7 @@ def _w_start_stats(Yb, offsets, zeta, ref, centres, rank, L, centre, backend):
     xi = one_hot(rank[nearest_centre(Y, ref, centres)], L)
     N_jl = np.add.reduceat(xi, offsets[:-1], axis=0)
     w = xi if zeta is None else xi * np.repeat(zeta, np.diff(offsets))[:, None]
-    return N_jl, get_backend(backend).weighted_stats(Y, w, centre)
+    return N_jl, family_named(family).stats(get_backend(backend), Y, w, centre)
 
 
 def _apply_ops(xi, ops):
@@ -190,13 +191,15 @@ def _w_cell_step(Yb, offsets, rho, zeta, inputs, backend, n_threads, want="stats
     entropies of sums of xi's columns (``column_sets``, cells weighted by ``now_zeta``)."""
     from ._backend import get_backend, resolve_n_threads
 
-    elog_omega, m, lam, W, nu, centre = inputs
+    from ._atoms import family_named
+
+    elog_omega, m, lam, W, nu, centre, family = inputs
     Y = _as_cells(Yb)
     L = elog_omega.shape[0]
     be = get_backend(backend)
     xi = np.empty((Y.shape[0], L)) if want == "probs" else _xi_buffer(Y.shape[0], L)
-    stats = be.cell_step(Y, offsets, rho, elog_omega, m, lam, W, nu, centre, xi,
-                         resolve_n_threads(n_threads), zeta)
+    stats = family_named(family).cell_step(be, Y, offsets, rho, elog_omega, (m, lam, W, nu),
+                                           centre, xi, resolve_n_threads(n_threads), zeta)
     if want == "stats":
         return stats
     _apply_ops(xi, ops)
@@ -224,7 +227,8 @@ class WorkerXi:
 
     def __init__(self, n_cells: int, L: int, step=None, ops=()):
         self.shape = (int(n_cells), int(L))
-        self._step = step          # (rho, zeta, (elog_omega, m, lam, W, nu, centre)) or None
+        # (rho, zeta, (elog_omega, m, lam, W, nu, centre, family name)) or None
+        self._step = step
         self._ops = tuple(ops)
 
     def __copy__(self):
@@ -244,9 +248,11 @@ class WorkerXi:
 
     def cell_step(self, be, prob, st, n_threads):
         """The cell step on the workers: (the new stand-in, (N_jl, n, s1, s2, H))."""
+        from ._atoms import y_family
         from ._steps import _elog_omega, group_weights
 
-        inputs = (_elog_omega(be, st), st.my, st.lamy, st.Wy, st.nuy, prob.y_centre)
+        inputs = (_elog_omega(be, st), st.my, st.lamy, st.Wy, st.nuy, prob.y_centre,
+                  y_family(prob).name)
         step = (st.rho.copy(), group_weights(prob, st), inputs)
         stats = self._map(prob, "stats", step=step)
         return WorkerXi(*self.shape, step), combine_cell_stats(stats)
@@ -304,6 +310,7 @@ def initial_state(be, prob, rng):
     statistics of that partition added in batch order."""
     from ._init import (_MAX_KMEANS_POINTS, group_features, kmeans_centres, kmeans_labels,
                         kmeans_sample, one_hot, state_from_stats)
+    from ._atoms import y_family
     from ._steps import composition_weights
 
     data = prob.data
@@ -322,7 +329,7 @@ def initial_state(be, prob, rng):
         rank = np.empty_like(counts)      # _init.relabel_by_size, from the counts
         rank[np.argsort(-counts, kind="stable")] = np.arange(counts.size)
     parts = data.map(_w_start_stats, list(zip(offsets, data.group_slices(zeta))), ref, centres,
-                     rank, L, prob.y_centre, data.backend)
+                     rank, L, prob.y_centre, data.backend, y_family(prob).name)
     N_jl = np.ascontiguousarray(np.vstack([p[0] for p in parts]))
     y_stats = combine_cell_stats([(None, *p[1], 0.0) for p in parts])[1:4]
     group_labels = kmeans_labels(group_features(prob, N_jl), prob.K, rng)

@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 
+from ._atoms import y_family
 from ._batches import batched_weighted_stats
 from ._state import Problem, State
 from ._steps import GLOBAL_BLOCKS, composition_weights
@@ -96,7 +97,8 @@ def state_from_labels(be, prob: Problem, cell_labels: np.ndarray,
     N_jl = np.add.reduceat(xi, prob.offsets[:-1], axis=0)
     zeta = composition_weights(prob.data.group_sizes, prob.donor_concentration)
     w = xi if zeta is None else xi * np.repeat(zeta, prob.data.group_sizes)[:, None]
-    y_stats = batched_weighted_stats(be, prob.Y, w, prob.y_centre, prob.batches)
+    y_stats = batched_weighted_stats(be, prob.Y, w, prob.y_centre, prob.batches,
+                                     y_family(prob))
     return state_from_stats(be, prob, xi, rho, N_jl, y_stats)
 
 

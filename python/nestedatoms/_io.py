@@ -8,7 +8,9 @@ with an ``.npy`` reader) holding
   variational state, and the scalar fitted attributes;
 * ``data/*``: the training data in the fit's group-sorted layout (``Y``, ``offsets``, ``X``,
   ``groups``, ``order``), which is what lets a loaded model resume fitting;
-* ``prior/*``: the Normal-Wishart prior arrays (m0, W0^-1) of each layer and the data centres;
+* ``prior/*``: the Normal-Wishart prior arrays (m0, W0^-1) of each layer and the data centres
+  (with diagonal cell atoms, ``covariance_type="diag"``, the cells' W0^-1 is its (p,)
+  diagonal, as are the state's ``Wy`` and ``y_s2`` and ``cell_covariances_``: (L, p));
 * ``state/*``: every array of the variational state (model section 3) and its cached statistics;
 * ``fitted/*``: the fitted attributes ending in ``_`` and every restart's ELBO trace
   (``cell_probs_`` is ``state/xi`` put back in the caller's cell order, so it is not stored).
@@ -29,12 +31,16 @@ import numpy as np
 from ._atomic import atomic_path
 from ._data import NestedData
 from .exceptions import ModelFileError
+from ._atoms import family_named, y_family
 from ._state import ConcentrationPrior, NWPrior, Problem, State
 
 __all__ = ["save_model", "load_model", "FORMAT_NAME", "FORMAT_VERSION"]
 
 FORMAT_NAME = "nestedatoms-model"
-FORMAT_VERSION = 1
+# The newest version this module reads.  Version 2 added diagonal cell atoms: a file with them
+# is written as version 2, so that a release that cannot read them says "upgrade" instead of
+# failing on their shapes; a file with full cell atoms is still written as version 1.
+FORMAT_VERSION = 2
 
 # cell_probs_ is not stored: the model derives it from state/xi (the same N x L array, in the
 # group-sorted order), so storing both would double the file for nothing.
@@ -134,12 +140,14 @@ def save_model(model, path) -> None:
 
     meta = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1 if y_family(prob).name == "full" else 2,
         "nestedatoms_version": __version__,
         "params": _json_safe(model.get_params()),
         "problem": {
             "K": prob.K, "L": prob.L, "has_x": prob.has_x, "batch_size": prob.batch_size,
             "y_prior": nw(prob.y_prior),
+            **({} if y_family(prob).name == "full"
+               else {"covariance_type": y_family(prob).name}),
             "x_prior": nw(prob.x_prior) if prob.has_x else None,
             "alpha_prior": conc(prob.alpha_prior),
             "beta_prior": conc(prob.beta_prior),
@@ -205,11 +213,13 @@ def load_model(cls, path):
     data = NestedData(Y=arr["data/Y"], offsets=arr["data/offsets"], X=arr.get("data/X"),
                       groups=groups, order=arr["data/order"])
 
-    def nw(layer):
-        return NWPrior(m0=arr[f"prior/{layer}_m0"], lam0=pm[f"{layer}_prior"]["lam0"],
-                       W0inv=arr[f"prior/{layer}_W0inv"], nu0=pm[f"{layer}_prior"]["nu0"])
+    def nw(layer, prior_type=NWPrior):
+        return prior_type(m0=arr[f"prior/{layer}_m0"], lam0=pm[f"{layer}_prior"]["lam0"],
+                          W0inv=arr[f"prior/{layer}_W0inv"], nu0=pm[f"{layer}_prior"]["nu0"])
 
-    prob = Problem(data=data, K=pm["K"], L=pm["L"], y_prior=nw("y"),
+    # files written before diagonal atoms existed have full ones
+    family = family_named(pm.get("covariance_type", "full"))
+    prob = Problem(data=data, K=pm["K"], L=pm["L"], y_prior=nw("y", family.prior_type),
                    x_prior=nw("x") if pm["has_x"] else None,
                    alpha_prior=ConcentrationPrior(**pm["alpha_prior"]),
                    beta_prior=ConcentrationPrior(**pm["beta_prior"]),

@@ -12,6 +12,7 @@ from ._fit import fit_restarts
 from ._batches import DEFAULT_DASK_BATCH_SIZE, in_memory_summary, plan_batches
 from ._dask import is_dask_array
 from .moves import moves_for
+from ._atoms import FULL, resolve_cell_prior, y_family
 from ._state import ConcentrationPrior, Problem, resolve_nw_prior
 from ._steps import expected_stick_weights
 from ._validation import (check_data_size, check_dimension, check_estimator_params,
@@ -38,7 +39,13 @@ class NestedAtomsModel:
     group_prior, cell_prior : dict, optional
         Overrides of the x / y Normal-Wishart priors with scikit-learn's names:
         ``mean_prior`` (m0), ``mean_precision_prior`` (lam0), ``degrees_of_freedom_prior``
-        (nu0), ``covariance_prior`` (W0^-1).
+        (nu0), ``covariance_prior`` (W0^-1; for ``covariance_type="diag"`` a scalar or a
+        (p,) diagonal, and nu0 = 2 a0 > 0: see docs/diag.md).
+    covariance_type : {"full", "diag"}, default "full"
+        The cell clusters' covariances: "full" (Normal-Wishart atoms, a p x p precision per
+        cluster; a sweep costs O(N L p^2)) or "diag" (Normal-Gamma atoms, a precision per
+        dimension; O(N L p), for many features such as genes).  The group clusters' (x)
+        covariances are always full.
     group_concentration, cell_concentration : float, optional
         Fix alpha / beta at this value; None learns it under ``concentration_prior``.
     concentration_prior : (shape, rate), default (0.1, 0.1)
@@ -122,7 +129,8 @@ class NestedAtomsModel:
     group_means_, group_covariances_ : ndarray (K, q), (K, q, q) or None
         E[mu^x], E[Sigma^x] of the group clusters (None without X).
     cell_means_, cell_covariances_ : ndarray (L, p), (L, p, p)
-        E[mu^y], E[Sigma^y] of the cell clusters.
+        E[mu^y], E[Sigma^y] of the cell clusters; with ``covariance_type="diag"``
+        ``cell_covariances_`` is (L, p), the diagonal E[sigma_d^2] (scikit-learn's shape).
     elbo_, elbo_trace_, elbo_traces_ : float, ndarray, list of ndarray
         The final ELBO of the kept restart, its trace, and every restart's trace.
     best_restart_, n_iter_, converged_ : int, int, bool
@@ -148,7 +156,8 @@ class NestedAtomsModel:
     """
 
     def __init__(self, *, n_group_clusters=30, n_cell_clusters=30, prior="empirical",
-                 group_prior=None, cell_prior=None, group_concentration=None,
+                 group_prior=None, cell_prior=None, covariance_type="full",
+                 group_concentration=None,
                  cell_concentration=None, concentration_prior=(0.1, 0.1), n_init=3,
                  max_iter=500, tol=1e-6, random_state=None, n_threads=None, backend="cpp",
                  verbose=0, copy=True, learn_group_prior_scale="auto",
@@ -158,6 +167,7 @@ class NestedAtomsModel:
         self.prior = prior
         self.group_prior = group_prior
         self.cell_prior = cell_prior
+        self.covariance_type = covariance_type
         self.group_concentration = group_concentration
         self.cell_concentration = cell_concentration
         self.concentration_prior = concentration_prior
@@ -244,10 +254,10 @@ class NestedAtomsModel:
                                          name="group_prior", layer="groups"))
         return Problem(
             data=data, K=K, L=L,
-            y_prior=resolve_nw_prior(data.Y, L, self.prior, self.cell_prior,
-                                     name="cell_prior",
-                                     resolution=float(self.cell_resolution),
-                                     summary=y_summary),
+            y_prior=resolve_cell_prior(data.Y, L, self.prior, self.cell_prior,
+                                       self.covariance_type, name="cell_prior",
+                                       resolution=float(self.cell_resolution),
+                                       summary=y_summary),
             x_prior=x_prior,
             alpha_prior=self._concentration(self.group_concentration, "group_concentration"),
             beta_prior=self._concentration(self.cell_concentration, "cell_concentration"),
@@ -332,7 +342,7 @@ class NestedAtomsModel:
         prob = self._problem(data, batch_size, summary)
         n_threads = resolve_n_threads(self.n_threads)
         check_data_size(data.n_cells, data.n_groups, prob.L)
-        check_dimension(data.Y.shape[1])
+        check_dimension(data.Y.shape[1], y_family(prob).name)
         if isinstance(data.Y, np.ndarray):
             check_memory(data.n_cells, data.Y.shape[1], prob.L, int(self.n_init), self.backend)
             init_state = self._known_start(prob, init_group_labels, init_cell_labels)
@@ -433,7 +443,7 @@ class NestedAtomsModel:
         self.group_weights_ = expected_stick_weights(st.v_a, st.v_b)[:, 0]
         self.cell_weights_ = expected_stick_weights(st.u_a, st.u_b)
         self.cell_means_ = st.my.copy()
-        self.cell_covariances_ = _expected_covariances(st.Wy, st.nuy)
+        self.cell_covariances_ = y_family(prob).expected_covariances(st.Wy, st.nuy)
         if prob.has_x:
             self.group_means_ = st.mx.copy()
             self.group_covariances_ = _expected_covariances(st.Wx, st.nux)
@@ -728,9 +738,7 @@ def _series(values, index, name):
 
 def _expected_covariances(W, nu):
     """E[Sigma] = E[Lambda^-1] = W^-1 / (nu - D - 1) (finite for nu > D + 1)."""
-    D = W.shape[-1]
-    denom = np.where(nu > D + 1, nu - D - 1.0, np.nan)
-    return np.linalg.inv(W) / denom[:, None, None]
+    return FULL.expected_covariances(W, nu)
 
 
 def _same(a, b):

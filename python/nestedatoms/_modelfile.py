@@ -123,6 +123,15 @@ def _check_meta(meta, format_name: str, format_version: int) -> None:
         _need(isinstance(nw, dict) and _is_num(nw.get("lam0")) and nw["lam0"] > 0
               and _is_num(nw.get("nu0")), f"problem.{layer}_prior is not a valid prior")
     _need(pm["has_x"] or pm.get("x_prior") is None, "problem.x_prior is set but has_x is false")
+    covariance_type = pm.get("covariance_type", "full")     # absent: written before "diag"
+    _need(covariance_type in ("full", "diag"),
+          f"problem.covariance_type {covariance_type!r} is neither 'full' nor 'diag'")
+    _need(covariance_type == "full" or version >= 2,
+          "problem.covariance_type is 'diag' in a format_version 1 file")
+    params_type = meta["params"].get("covariance_type", "full")
+    _need(params_type == covariance_type,
+          f"params.covariance_type {params_type!r} disagrees with problem.covariance_type "
+          f"{covariance_type!r}")
     for name in ("alpha_prior", "beta_prior"):
         c = pm.get(name)
         _need(isinstance(c, dict) and set(c) == {"shape", "rate", "fixed"},
@@ -176,25 +185,32 @@ def _check_meta(meta, format_name: str, format_version: int) -> None:
 
 
 # --------------------------------------------------------------------------- arrays
+def _diagonal(meta) -> bool:
+    """Whether the file's cell atoms are diagonal (checked by _check_meta)."""
+    return meta["problem"].get("covariance_type", "full") == "diag"
+
+
 def _expected_entries(meta) -> dict:
     """Entry name -> (dtype kinds allowed, shape with symbolic N, J, p, q)."""
     pm = meta["problem"]
     K, L, has_x = pm["K"], pm["L"], pm["has_x"]
     f, i = "f", "i"
+    # the cell atoms' W, s2, W0^-1 and E[Sigma]: matrices, or their diagonals ("diag")
+    atom = ("p", "p") if _diagonal(meta) is False else ("p",)
     e = {
         "data/Y": (f, ("N", "p")), "data/offsets": (i, ("J+1",)), "data/order": (i, ("N",)),
-        "prior/y_m0": (f, ("p",)), "prior/y_W0inv": (f, ("p", "p")),
+        "prior/y_m0": (f, ("p",)), "prior/y_W0inv": (f, atom),
         "prior/y_centre": (f, ("p",)),
         "state/rho": (f, ("J", K)), "state/xi": (f, ("N", L)),
         "state/v_a": (f, (K - 1, 1)), "state/v_b": (f, (K - 1, 1)),
         "state/u_a": (f, (L - 1, K)), "state/u_b": (f, (L - 1, K)),
-        "state/my": (f, (L, "p")), "state/lamy": (f, (L,)), "state/Wy": (f, (L, "p", "p")),
+        "state/my": (f, (L, "p")), "state/lamy": (f, (L,)), "state/Wy": (f, (L, *atom)),
         "state/nuy": (f, (L,)), "state/N_jl": (f, ("J", L)), "state/y_n": (f, (L,)),
-        "state/y_s1": (f, (L, "p")), "state/y_s2": (f, (L, "p", "p")),
+        "state/y_s1": (f, (L, "p")), "state/y_s2": (f, (L, *atom)),
         "fitted/group_probs_": (f, ("J", K)), "fitted/group_labels_": (i, ("J",)),
         "fitted/cell_labels_": (i, ("N",)), "fitted/group_weights_": (f, (K,)),
         "fitted/cell_weights_": (f, (L, K)), "fitted/cell_means_": (f, (L, "p")),
-        "fitted/cell_covariances_": (f, (L, "p", "p")),
+        "fitted/cell_covariances_": (f, (L, *atom)),
         "fitted/elbo_trace_": (f, (meta["fitted"]["n_iter_"],)),
     }
     if has_x:
@@ -279,7 +295,16 @@ def _check_content(meta, arr, dims) -> None:
         _need(np.all(arr[name] >= 0) if name == "state/y_n" else np.all(arr[name] > 0),
               f"{name} holds values out of their domain")
     _need(np.all(arr["state/N_jl"] >= -1e-9), "state/N_jl holds negative counts")
-    pd_sets = [("prior/y_W0inv", p), ("state/Wy", p)]
+    pd_sets = []
+    if _diagonal(meta):
+        # one-dimensional Wisharts (Gammas): every scale and degree of freedom positive
+        for name in ("prior/y_W0inv", "state/Wy"):
+            _need(np.all(arr[name] > 0), f"{name} holds values that are not > 0")
+        _need(np.all(arr["state/nuy"] > 0), "state/nuy is not > 0")
+        _need(meta["problem"]["y_prior"]["nu0"] > 0, "problem.y_prior.nu0 is not > 0")
+    else:
+        pd_sets += [("prior/y_W0inv", p), ("state/Wy", p)]
+        _need(np.all(arr["state/nuy"] > p - 1), "state/nuy is not above p - 1")
     if pm["has_x"]:
         pd_sets += [("prior/x_W0inv", dims["q"]), ("state/Wx", dims["q"])]
     for name, D in pd_sets:
@@ -290,7 +315,6 @@ def _check_content(meta, arr, dims) -> None:
             np.linalg.cholesky(a)
         except np.linalg.LinAlgError:
             raise _Bad(f"{name} is not positive definite") from None
-    _need(np.all(arr["state/nuy"] > p - 1), "state/nuy is not above p - 1")
     _need(meta["fitted"]["n_features_in_"] == p,
           f"fitted.n_features_in_ = {meta['fitted']['n_features_in_']} but Y has {p} columns")
     best = meta["fitted"]["best_restart_"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._atoms import y_atoms, y_family
 from ._data import as_float_matrix, prepare_data
 from ._labels import check_same_kind
 from ._state import Problem, State
@@ -90,7 +91,7 @@ def _local_elbo(be, prob: Problem, st: State, elog_pi, elog_omega, ell_x, rho, n
     E log p(S | v) + E log p(x | S, theta^x) + H[q(S)].
     """
     N_jl, n, s1, s2, H_xi = stats
-    total = be.nw_loglik_from_stats(n, s1, s2, prob.y_centre, st.my, st.lamy, st.Wy, st.nuy)
+    total = y_family(prob).loglik(be, (n, s1, s2), prob.y_centre, y_atoms(st))
     total += float(np.sum((scale_rows(N_jl, zeta) @ elog_omega) * rho)) + H_xi
     if new.any():
         r = np.ascontiguousarray(rho[new])
@@ -164,8 +165,8 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
     zeta = composition_weights(data.group_sizes, st.donor_concentration)
 
     def cell_step():
-        return be.cell_step(data.Y, data.offsets, rho, elog_omega, st.my, st.lamy, st.Wy,
-                            st.nuy, prob.y_centre, xi, n_threads, zeta)
+        return y_family(prob).cell_step(be, data.Y, data.offsets, rho, elog_omega, y_atoms(st),
+                                       prob.y_centre, xi, n_threads, zeta)
 
     stats = cell_step()
     n_iter, converged, trace = 1, not new.any(), []
@@ -186,7 +187,7 @@ def local_fit(be, prob: Problem, st: State, fitted_groups: np.ndarray, Y, groups
                 break
             prev = cur
 
-    cell_score = (data.to_caller_order(_cell_scores(be, st, data, rho, elog_omega))
+    cell_score = (data.to_caller_order(_cell_scores(be, prob, st, data, rho, elog_omega))
                   if with_scores else None)
     group_score = np.zeros(J)
     if new.any():
@@ -238,7 +239,7 @@ def _check_finite(data, xi, rho, cell_score, group_score, new) -> None:
             f"scale; such rows are outliers of this model.")
 
 
-def _cell_scores(be, st: State, data, rho, elog_omega) -> np.ndarray:
+def _cell_scores(be, prob: Problem, st: State, data, rho, elog_omega) -> np.ndarray:
     """Each cell's local ELBO term at its optimal q(M), sorted layout.
 
     For cell i of group j: max over q(M_i) of E[log p(y_i | M_i, theta^y) + log p(M_i | S_j, u)]
@@ -246,6 +247,6 @@ def _cell_scores(be, st: State, data, rho, elog_omega) -> np.ndarray:
     """
     from scipy.special import logsumexp
 
-    ell = be.expected_loglik(data.Y, st.my, st.lamy, st.Wy, st.nuy)
+    ell = y_family(prob).expected_loglik(be, data.Y, y_atoms(st))
     ell += np.repeat(rho @ elog_omega.T, data.group_sizes, axis=0)
     return logsumexp(ell, axis=1)

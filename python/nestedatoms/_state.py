@@ -184,7 +184,7 @@ class Problem:
     data: NestedData
     K: int
     L: int
-    y_prior: NWPrior
+    y_prior: NWPrior           # or ``_atoms.DiagPrior`` for diagonal cell atoms
     x_prior: NWPrior | None
     alpha_prior: ConcentrationPrior
     beta_prior: ConcentrationPrior
@@ -254,7 +254,7 @@ class State:
     beta_rate: float
     my: np.ndarray             # (L, p) y atoms
     lamy: np.ndarray
-    Wy: np.ndarray
+    Wy: np.ndarray             # (L, p, p); (L, p) for diagonal atoms (``_atoms``)
     nuy: np.ndarray
     mx: np.ndarray | None      # (K, q) x atoms, None for CAM
     lamx: np.ndarray | None
@@ -263,7 +263,7 @@ class State:
     N_jl: np.ndarray           # (J, L) sum_i xi_jil
     y_n: np.ndarray            # (L,) weighted y statistics about the y centre
     y_s1: np.ndarray
-    y_s2: np.ndarray
+    y_s2: np.ndarray           # (L, p, p); (L, p) for diagonal atoms
     H_xi: float                # -sum xi log xi
     H_rho: float               # -sum rho log rho
     # f: the x prior in use is the problem's with W0^-1 and lam0 times f (see

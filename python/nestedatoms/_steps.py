@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._atoms import y_atoms, y_family
 from ._batches import batched_cell_step, weighted_entropy  # noqa: F401 (re-exported)
 from ._state import ConcentrationPrior, NWPrior, Problem, State
 
@@ -91,7 +92,7 @@ def weighted_y_stats(be, prob: Problem, xi_cols: np.ndarray, weights, rows=None)
     """(n, s1, s2) of the given xi columns over all cells (or ``rows``), cells weighted."""
     Y = prob.Y if rows is None else prob.Y[rows]
     w = xi_cols if weights is None else xi_cols * weights[:, None]
-    return be.weighted_stats(Y, np.ascontiguousarray(w), prob.y_centre)
+    return y_family(prob).stats(be, Y, np.ascontiguousarray(w), prob.y_centre)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +111,8 @@ def update_cells(be, prob: Problem, st: State, n_threads: int = 1) -> None:
         return
     st.N_jl, st.y_n, st.y_s1, st.y_s2, st.H_xi = batched_cell_step(
         be, prob.Y, prob.offsets, prob.batches, st.rho, _elog_omega(be, st), st.my, st.lamy,
-        st.Wy, st.nuy, prob.y_centre, st.xi, n_threads, group_weights(prob, st))
+        st.Wy, st.nuy, prob.y_centre, st.xi, n_threads, group_weights(prob, st),
+        y_family(prob))
 
 
 def update_groups(be, prob: Problem, st: State, n_threads: int = 1) -> None:
@@ -224,9 +226,8 @@ def update_x_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> None:
 
 def update_y_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> None:
     """q(theta^y_l) from the xi-weighted statistics cached by the cell step."""
-    p = prob.y_prior
-    st.my, st.lamy, st.Wy, st.nuy = be.nw_posterior(st.y_n, st.y_s1, st.y_s2, prob.y_centre,
-                                                    p.m0, p.lam0, p.W0inv, p.nu0)
+    st.my, st.lamy, st.Wy, st.nuy = y_family(prob).posterior(
+        be, (st.y_n, st.y_s1, st.y_s2), prob.y_centre, prob.y_prior)
 
 
 # One sweep visits the blocks in this order; any order is valid coordinate ascent.
@@ -257,9 +258,8 @@ def elbo_terms(be, prob: Problem, st: State) -> dict:
     """Every term of model section 6, all constants kept (entropies carry an ``H_`` prefix)."""
     t = {}
     elog_pi, elog_omega = _elog_pi(be, st), _elog_omega(be, st)
-    py = prob.y_prior
-    t["loglik_y"] = be.nw_loglik_from_stats(st.y_n, st.y_s1, st.y_s2, prob.y_centre,
-                                            st.my, st.lamy, st.Wy, st.nuy)
+    family, atoms = y_family(prob), y_atoms(st)
+    t["loglik_y"] = family.loglik(be, (st.y_n, st.y_s1, st.y_s2), prob.y_centre, atoms)
     if prob.has_x:
         px = effective_x_prior(prob, st)
         n, s1, s2 = be.weighted_stats(prob.X, st.rho, prob.x_centre)
@@ -268,9 +268,8 @@ def elbo_terms(be, prob: Problem, st: State) -> dict:
         t["log_p_theta_x"] = be.nw_prior_term(st.mx, st.lamx, st.Wx, st.nux,
                                               px.m0, px.lam0, px.W0inv, px.nu0)
         t["H_theta_x"] = be.nw_entropy(st.mx, st.lamx, st.Wx, st.nux)
-    t["log_p_theta_y"] = be.nw_prior_term(st.my, st.lamy, st.Wy, st.nuy,
-                                          py.m0, py.lam0, py.W0inv, py.nu0)
-    t["H_theta_y"] = be.nw_entropy(st.my, st.lamy, st.Wy, st.nuy)
+    t["log_p_theta_y"] = family.prior_term(be, atoms, prob.y_prior)
+    t["H_theta_y"] = family.entropy(be, atoms)
     t["log_p_S"] = float(st.rho.sum(axis=0) @ elog_pi)
     t["log_p_M"] = float(np.sum((composition_counts(prob, st).T @ st.rho) * elog_omega))
     e_a, elog_a = concentration_expectations(be, prob.alpha_prior, st.alpha_shape,

@@ -53,7 +53,8 @@ class Summary:
     cell_means, group_means : DataFrame
         E[mu] of each occupied atom (``group_means`` is None without X).
     cell_covariances, group_covariances : ndarray (clusters, D, D)
-        E[Sigma] of each occupied atom.
+        E[Sigma] of each occupied atom (``cell_covariances`` is (clusters, p), the diagonals,
+        for a model fit with ``covariance_type="diag"``).
     level, n_samples : credible level and Monte Carlo draws used.
     """
 

@@ -81,6 +81,7 @@ def check_estimator_params(est) -> None:
                 f"{name} must be None or a dict of prior overrides (keys mean_prior, "
                 f"mean_precision_prior, degrees_of_freedom_prior, covariance_prior), got "
                 f"{value!r}.")
+    check_covariance_type(getattr(est, "covariance_type", "full"))
     for name in ("group_concentration", "cell_concentration"):
         value = getattr(est, name)
         if value is not None:
@@ -129,6 +130,19 @@ def check_estimator_params(est) -> None:
         raise InvalidParameterError(f"verbose must be an integer >= 0, got {est.verbose!r}.")
 
 
+# The families of cell atoms (``_atoms``).
+COVARIANCE_TYPES = ("full", "diag")
+
+
+def check_covariance_type(value) -> str:
+    """``value`` if it names a family of cell atoms, else a clear error."""
+    if not (isinstance(value, str) and value in COVARIANCE_TYPES):
+        raise InvalidParameterError(
+            f'covariance_type must be "full" (a full covariance per cell cluster, the '
+            f'default) or "diag" (diagonal covariances, for many features), got {value!r}.')
+    return value
+
+
 def check_data_size(n_cells: int, n_groups: int, L: int) -> None:
     """Warn when the truncation level of the cells exceeds the number of cells.
 
@@ -148,7 +162,9 @@ def check_data_size(n_cells: int, n_groups: int, L: int) -> None:
 # ------------------------------------------------------------------------------------------
 # Cell clusters have full covariance matrices: p (p + 1) / 2 parameters each, and a sweep costs
 # O(N L p^2).  Above this many features the clusters are mostly noise dimensions (on 765 genes:
-# 211 s, 1.9 GB, one cluster); scanpy's default PCA keeps 50 components.
+# 211 s, 1.9 GB, one cluster); scanpy's default PCA keeps 50 components.  Diagonal atoms
+# (covariance_type="diag") have 2 p parameters each and a sweep costs O(N L p), as much as
+# reading the data, so no dimension makes them disproportionately slow: they get no warning.
 MAX_RECOMMENDED_DIMENSION = 50
 
 
@@ -156,14 +172,15 @@ class HighDimensionWarning(UserWarning):
     """The cell representation has more dimensions than full covariances are suited to."""
 
 
-def check_dimension(p: int) -> None:
-    """Warn when y has more than ``MAX_RECOMMENDED_DIMENSION`` features."""
-    if p > MAX_RECOMMENDED_DIMENSION:
+def check_dimension(p: int, covariance_type: str = "full") -> None:
+    """Warn when y has more than ``MAX_RECOMMENDED_DIMENSION`` features and full covariances."""
+    if p > MAX_RECOMMENDED_DIMENSION and covariance_type == "full":
         warnings.warn(
             f"Y has {p} features; the cell clusters have full covariances, which above "
             f"{MAX_RECOMMENDED_DIMENSION} dimensions make the fit slow and memory-hungry and "
             f"tend to merge everything into one cluster. Reduce Y first, e.g. to principal "
-            f"components: for AnnData sc.pp.pca(adata, n_comps=30) and use_rep='X_pca'.",
+            f"components: for AnnData sc.pp.pca(adata, n_comps=30) and use_rep='X_pca'; or "
+            f"fit diagonal covariances, covariance_type='diag' (linear in the features).",
             HighDimensionWarning, stacklevel=3)
 
 

@@ -42,6 +42,9 @@ def _model_options(parser, n_init=3):
     g.add_argument("--cell-resolution", type=float, default=1.0, metavar="R",
                    help="how fine the cell clusters are: the cell prior expects clusters R "
                         "times narrower than its default (default 1; try 2-3 on 50 PCs)")
+    g.add_argument("--covariance-type", choices=("full", "diag"), default="full",
+                   help="the cell clusters' covariances: full (default) or diag (diagonal: "
+                        "linear in the number of features, for many genes)")
     g.add_argument("--n-init", type=int, default=n_init, help=f"restarts (default {n_init})")
     g.add_argument("--max-iter", type=int, default=500)
     g.add_argument("--tol", type=float, default=1e-6)
@@ -59,7 +62,7 @@ def _model_options(parser, n_init=3):
 def _model_kwargs(args) -> dict:
     return dict(n_group_clusters=args.n_group_clusters, n_cell_clusters=args.n_cell_clusters,
                 prior=args.prior, learn_group_prior_scale=args.learn_group_prior_scale,
-                cell_resolution=args.cell_resolution,
+                cell_resolution=args.cell_resolution, covariance_type=args.covariance_type,
                 n_init=args.n_init, max_iter=args.max_iter, tol=args.tol,
                 random_state=args.seed, backend=args.backend, n_threads=args.threads,
                 batch_size=args.batch_size, verbose=0 if args.quiet else 1)

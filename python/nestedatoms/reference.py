@@ -241,6 +241,114 @@ def nw_scores(n, s1, s2, centre, m0, lam0, W0inv, nu0):
 
 
 # --------------------------------------------------------------------------------------------
+# Diagonal atoms: Normal-Gamma per dimension (docs/diag.md)
+# --------------------------------------------------------------------------------------------
+# A diagonal atom is D independent one-dimensional Normal-Wishart factors that share lam and
+# nu: tau_d ~ Gamma(nu / 2, rate 1 / (2 W_d)), mu_d | tau_d ~ N(m_d, (lam tau_d)^-1), stored
+# as m (G, D), lam (G,), W (G, D), nu (G,), so that E[tau_d] = nu W_d as E[Lambda] = nu W.
+# A prior is (m0 (D,), lam0, W0inv (D,), nu0): a0 = nu0 / 2, b0_d = W0inv_d / 2.  Weighted
+# statistics keep the diagonal of s2 only: s2[g, d] = sum_i w_ig (z_id - c_d)^2.
+def _diag_elog_tau(W, nu):
+    """E log tau_gd = psi(nu_g / 2) + log 2 + log W_gd, (G, D)."""
+    return digamma(0.5 * nu)[:, None] + np.log(2.0) + np.log(W)
+
+
+def _log_gamma_norm(W, nu):
+    """log B_W(W, nu) of one-dimensional Wisharts (Gammas) elementwise: -(nu/2) log(2 W) -
+    lgamma(nu/2)."""
+    return -0.5 * nu * np.log(2.0 * W) - gammaln(0.5 * nu)
+
+
+def diag_expected_loglik(Z, m, lam, W, nu):
+    """ell_g(z) = sum_d E log N(z_d | mu_gd, tau_gd^-1) for every row of Z and atom g: (n, G).
+
+    Per dimension: 1/2 [E log tau - log 2 pi - 1/lam - nu W (z - m)^2].
+    """
+    n, D = Z.shape
+    G = m.shape[0]
+    elog = _diag_elog_tau(W, nu).sum(axis=1)
+    out = np.empty((n, G))
+    for g in range(G):
+        quad = ((Z - m[g]) ** 2) @ (nu[g] * W[g])
+        out[:, g] = 0.5 * elog[g] - 0.5 * D * LOG_2PI - 0.5 * (D / lam[g] + quad)
+    return out
+
+
+def diag_weighted_stats(Z, w, centre):
+    """Weighted statistics (n (G,), s1 (G, D), s2 (G, D)) about ``centre``, s2 the diagonal
+    sums of squares."""
+    Zc = Z - centre
+    return w.sum(axis=0), w.T @ Zc, w.T @ (Zc * Zc)
+
+
+def diag_posterior(n, s1, s2, centre, m0, lam0, W0inv, nu0):
+    """Normal-Gamma posteriors from weighted statistics, per dimension the conjugate update
+    (Bishop PRML 10.60-10.63 with D = 1).  A cluster with n = 0 gets exactly the prior."""
+    G, D = s1.shape
+    m = np.empty((G, D))
+    lam = np.empty(G)
+    W = np.empty((G, D))
+    nu = np.empty(G)
+    for g in range(G):
+        if n[g] <= 0.0:
+            m[g], lam[g], W[g], nu[g] = m0, lam0, 1.0 / W0inv, nu0
+            continue
+        xbar_c = s1[g] / n[g]
+        C = s2[g] - s1[g] * xbar_c                 # sum of squares about the weighted mean
+        diff = xbar_c - (m0 - centre)
+        Winv = W0inv + C + (lam0 * n[g] / (lam0 + n[g])) * diff * diff
+        lam[g] = lam0 + n[g]
+        m[g] = centre + (lam0 * (m0 - centre) + s1[g]) / lam[g]
+        nu[g] = nu0 + n[g]
+        W[g] = 1.0 / Winv
+    return m, lam, W, nu
+
+
+def diag_loglik_from_stats(n, s1, s2, centre, m, lam, W, nu):
+    """E log p(Z | assignments, theta) summed over diagonal atoms, from weighted statistics:
+    per atom 1/2 [n sum_d (E log tau_d - 1/lam - log 2 pi) - nu sum_d W_d (s2_d - 2 s1_d mc_d
+    + n mc_d^2)], mc = m - centre."""
+    D = m.shape[1]
+    elog = _diag_elog_tau(W, nu).sum(axis=1)
+    mc = m - centre
+    quad = np.sum(W * (s2 - 2.0 * s1 * mc + n[:, None] * mc * mc), axis=1)
+    return float(np.sum(0.5 * (n * (elog - D / lam - D * LOG_2PI) - nu * quad)))
+
+
+def diag_prior_term(m, lam, W, nu, m0, lam0, W0inv, nu0):
+    """E_q log p(theta) summed over diagonal atoms: the model's section 6 term with D = 1,
+    summed over the dimensions."""
+    elog = _diag_elog_tau(W, nu)
+    log_b0 = _log_gamma_norm(1.0 / W0inv, nu0)                 # (D,)
+    dm = m - m0
+    per_dim = (0.5 * (np.log(lam0 / (2.0 * np.pi)) + elog - lam0 / lam[:, None]
+                      - lam0 * nu[:, None] * W * dm * dm)
+               + log_b0 + 0.5 * (nu0 - 2.0) * elog - 0.5 * nu[:, None] * W0inv * W)
+    return float(per_dim.sum())
+
+
+def diag_entropy(m, lam, W, nu):
+    """Entropy of the Normal-Gamma factors, summed over atoms and dimensions."""
+    elog = _diag_elog_tau(W, nu)
+    nu = nu[:, None]
+    h_gamma = -_log_gamma_norm(W, nu) - 0.5 * (nu - 2.0) * elog + 0.5 * nu
+    return float(np.sum(-0.5 * elog - 0.5 * np.log(lam / (2.0 * np.pi))[:, None] + 0.5
+                        + h_gamma))
+
+
+def diag_scores(n, s1, s2, centre, m0, lam0, W0inv, nu0):
+    """Per atom: the Normal-Gamma part of the ELBO (loglik + prior term + entropy) at the
+    atom's posterior given its statistics, (G,)."""
+    out = np.empty(n.shape[0])
+    for g in range(n.shape[0]):
+        stats = (n[g:g + 1], s1[g:g + 1], s2[g:g + 1])
+        q = diag_posterior(*stats, centre, m0, lam0, W0inv, nu0)
+        out[g] = (diag_loglik_from_stats(*stats, centre, *q)
+                  + diag_prior_term(*q, m0, lam0, W0inv, nu0) + diag_entropy(*q))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # Local steps (model section 5.1, 5.2)
 # --------------------------------------------------------------------------------------------
 def cell_step(Y, offsets, rho, elog_omega, m, lam, W, nu, centre, xi_out, n_threads=1,
@@ -251,19 +359,15 @@ def cell_step(Y, offsets, rho, elog_omega, m, lam, W, nu, centre, xi_out, n_thre
     (n, s1, s2) about ``centre`` and the entropy -sum xi log xi.  ``group_weight`` (J,),
     optional: each group's cells count with that weight in (n, s1, s2) and the entropy.
     """
-    J = rho.shape[0]
-    sizes = np.diff(offsets)
-    logits = expected_loglik(Y, m, lam, W, nu)
-    logits += np.repeat(rho @ elog_omega.T, sizes, axis=0)
-    logits -= logsumexp(logits, axis=1, keepdims=True)
-    xi_out[...] = np.exp(logits)
-    N_jl = np.stack([xi_out[offsets[j]:offsets[j + 1]].sum(axis=0) for j in range(J)])
-    if group_weight is None:
-        n, s1, s2 = weighted_stats(Y, xi_out, centre)
-        return N_jl, n, s1, s2, categorical_entropy(xi_out)
-    w_cell = np.repeat(np.asarray(group_weight, dtype=np.float64), sizes)
-    n, s1, s2 = weighted_stats(Y, xi_out * w_cell[:, None], centre)
-    return N_jl, n, s1, s2, float(np.sum(w_cell[:, None] * entr(xi_out)))
+    return _cell_step(_FULL, Y, offsets, rho, elog_omega, (m, lam, W, nu), centre, xi_out,
+                      group_weight)
+
+
+def diag_cell_step(Y, offsets, rho, elog_omega, m, lam, W, nu, centre, xi_out, n_threads=1,
+                   group_weight=None):
+    """``cell_step`` with diagonal atoms: s2 of the statistics is (L, p), the diagonal."""
+    return _cell_step(_DIAG, Y, offsets, rho, elog_omega, (m, lam, W, nu), centre, xi_out,
+                      group_weight)
 
 
 def cell_step_rows(Y, offsets, rows, rho, elog_omega, m, lam, W, nu, centre, xi, n_threads=1,
@@ -271,16 +375,51 @@ def cell_step_rows(Y, offsets, rows, rho, elog_omega, m, lam, W, nu, centre, xi,
     """The cell step of the given cells only (``rows``: increasing indices into Y), written
     into the full ``xi`` in place; returns the change it made, (dN_jl, dn, ds1, ds2, dH), to
     the statistics ``cell_step`` returns (dn, ds1, ds2 and dH weighted by ``group_weight``)."""
+    return _cell_step_rows(_FULL, Y, offsets, rows, rho, elog_omega, (m, lam, W, nu), centre,
+                           xi, group_weight)
+
+
+def diag_cell_step_rows(Y, offsets, rows, rho, elog_omega, m, lam, W, nu, centre, xi,
+                        n_threads=1, group_weight=None):
+    """``cell_step_rows`` with diagonal atoms (ds2 is (L, p))."""
+    return _cell_step_rows(_DIAG, Y, offsets, rows, rho, elog_omega, (m, lam, W, nu), centre,
+                           xi, group_weight)
+
+
+# The two atom families' log-likelihood and statistics, for the shared cell steps below.
+_FULL = (expected_loglik, weighted_stats)
+_DIAG = (diag_expected_loglik, diag_weighted_stats)
+
+
+def _cell_step(family, Y, offsets, rho, elog_omega, atoms, centre, xi_out, group_weight):
+    loglik, stats = family
+    J = rho.shape[0]
+    sizes = np.diff(offsets)
+    logits = loglik(Y, *atoms)
+    logits += np.repeat(rho @ elog_omega.T, sizes, axis=0)
+    logits -= logsumexp(logits, axis=1, keepdims=True)
+    xi_out[...] = np.exp(logits)
+    N_jl = np.stack([xi_out[offsets[j]:offsets[j + 1]].sum(axis=0) for j in range(J)])
+    if group_weight is None:
+        n, s1, s2 = stats(Y, xi_out, centre)
+        return N_jl, n, s1, s2, categorical_entropy(xi_out)
+    w_cell = np.repeat(np.asarray(group_weight, dtype=np.float64), sizes)
+    n, s1, s2 = stats(Y, xi_out * w_cell[:, None], centre)
+    return N_jl, n, s1, s2, float(np.sum(w_cell[:, None] * entr(xi_out)))
+
+
+def _cell_step_rows(family, Y, offsets, rows, rho, elog_omega, atoms, centre, xi,
+                    group_weight):
     rows = np.asarray(rows, dtype=np.int64)
     J, L = rho.shape[0], xi.shape[1]
     groups = np.repeat(np.arange(J), np.diff(offsets))[rows]
     sub_offsets = np.concatenate([[0], np.cumsum(np.bincount(groups, minlength=J))])
     old = xi[rows]
     new = np.empty_like(old)
-    cell_step(Y[rows], sub_offsets, rho, elog_omega, m, lam, W, nu, centre, new)
+    _cell_step(family, Y[rows], sub_offsets, rho, elog_omega, atoms, centre, new, None)
     delta = new - old
     w = None if group_weight is None else np.asarray(group_weight, dtype=np.float64)[groups]
-    dn, ds1, ds2 = weighted_stats(Y[rows], delta if w is None else delta * w[:, None], centre)
+    dn, ds1, ds2 = family[1](Y[rows], delta if w is None else delta * w[:, None], centre)
     dN = np.zeros((J, L))
     np.add.at(dN, groups, delta)
     change = entr(new).sum(axis=1) - entr(old).sum(axis=1)

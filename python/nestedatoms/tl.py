@@ -166,7 +166,9 @@ def fit(adata, *, group_key="donor_id", use_rep="X_pca", group_features=None, ke
     use_rep : str
         ``obsm`` key of the cell representation y (e.g. "X_pca", "X_scVI").  The cell
         clusters have full covariances, so keep it low-dimensional (a warning is raised above
-        50 dimensions: run ``sc.pp.pca`` and pass ``use_rep="X_pca"``).
+        50 dimensions: run ``sc.pp.pca`` and pass ``use_rep="X_pca"``), or pass
+        ``covariance_type="diag"`` (diagonal covariances, linear in the dimension; for
+        ``use_rep="X"`` on genes, see docs/diag.md).
     group_features : DataFrame, str or list of str, optional
         The group-level vector x that individuals are **clustered by**, together with the
         make-up of their cells.  Put here continuous, comparable features you want donors

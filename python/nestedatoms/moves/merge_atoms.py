@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._atoms import y_family
 from .._batches import batched_entropies_of_sums, fold_columns
 from .._state import Problem, State
 from .._steps import elbo, group_weights
@@ -17,11 +18,9 @@ def atom_score(be, prob: Problem, n, s1, s2) -> float:
 
 
 def atom_scores(be, prob: Problem, n, s1, s2) -> np.ndarray:
-    """``atom_score`` of each of G atoms given their statistics (G,), (G, p), (G, p, p): one
-    backend call for all of them."""
-    p = prob.y_prior
-    return be.nw_scores(np.ascontiguousarray(n), np.ascontiguousarray(s1),
-                        np.ascontiguousarray(s2), prob.y_centre, p.m0, p.lam0, p.W0inv, p.nu0)
+    """``atom_score`` of each of G atoms given their statistics (G,), (G, p), (G, p, p) (or
+    (G, p) for diagonal atoms): one backend call for all of them."""
+    return y_family(prob).scores(be, (n, s1, s2), prob.y_centre, prob.y_prior)
 
 
 def _cell_pairs(be, prob: Problem, st: State, max_pairs: int):

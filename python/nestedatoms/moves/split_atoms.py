@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._atoms import y_atoms, y_family
 from .._state import Problem, State
 from .._steps import (cell_weights, elbo, group_weights, weighted_y_stats)
 from ._base import gain_ok, refresh_without_cells, restore, snapshot
@@ -23,9 +24,9 @@ def _local_cell_sweep(be, prob: Problem, st: State, rows: np.ndarray,
     numbers, which x86 processes ~100x slower.  No copy of the rows' Y or xi is made.
     """
     elog_omega = be.expected_log_stick_weights(st.u_a, st.u_b)
-    dN, dn, ds1, ds2, dH = be.cell_step_rows(prob.Y, prob.offsets, rows, st.rho, elog_omega,
-                                             st.my, st.lamy, st.Wy, st.nuy, prob.y_centre,
-                                             st.xi, n_threads, group_weights(prob, st))
+    dN, dn, ds1, ds2, dH = y_family(prob).cell_step_rows(
+        be, prob.Y, prob.offsets, rows, st.rho, elog_omega, y_atoms(st), prob.y_centre, st.xi,
+        n_threads, group_weights(prob, st))
     # fresh arrays, as every other update makes, so no earlier reference sees the change
     # (atoms the rows did not touch get exact zeros added)
     st.y_n, st.y_s1, st.y_s2 = st.y_n + dn, st.y_s1 + ds1, st.y_s2 + ds2
@@ -74,8 +75,8 @@ def split_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1, max_atoms
     """
     from .._init import kmeans_labels
 
-    p = prob.Y.shape[1]
-    min_cells = 2 * (p + 2) if min_cells is None else min_cells
+    if min_cells is None:
+        min_cells = y_family(prob).min_split_cells(prob.Y.shape[1])
     # which cells each atom holds with xi > 1/2: one pass over xi for the whole move (not a
     # column scan per atom tried), refreshed for the rows an accepted split changes
     labels = _confident_labels(st.xi)
