@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from .._batches import batched_entropies_of_sums, fold_columns
+from .._group_ascent import apply_group_factors, concentration_factors, group_ascent
 from .._state import Problem, State
-from .._steps import elbo, group_weights
-from ._base import gain_ok, refresh_without_cells, restore, snapshot
+from .._steps import elbo, group_weights, scale_rows, update_y_atoms
+from ._base import gain_ok, refresh_without_cells
 
 
 def atom_score(be, prob: Problem, n, s1, s2) -> float:
@@ -26,6 +27,11 @@ def atom_scores(be, prob: Problem, n, s1, s2) -> np.ndarray:
 
 def _cell_pairs(be, prob: Problem, st: State, max_pairs: int):
     """Occupied atom pairs ranked by the ELBO change of the y part alone when merged."""
+    return [(l1, l2) for l1, l2, _ in _ranked_pairs(be, prob, st, max_pairs)]
+
+
+def _ranked_pairs(be, prob: Problem, st: State, max_pairs: int):
+    """``_cell_pairs`` with the y part of each pair's merged atom: [(l1, l2, score)]."""
     occupied = np.nonzero(st.y_n > 0.5)[0]
     if occupied.size < 2:
         return []
@@ -37,8 +43,61 @@ def _cell_pairs(be, prob: Problem, st: State, max_pairs: int):
     # merging also frees one atom, which then sits at its prior (score 0 up to terms that
     # cancel between proposals), so rank by the y-part gain alone
     gains = merged - single[a] - single[b]
-    pairs = sorted(zip((-gains).tolist(), l1.tolist(), l2.tolist()))
-    return [(x, y) for _, x, y in pairs[:max_pairs]]
+    pairs = sorted(zip((-gains).tolist(), l1.tolist(), l2.tolist(), merged.tolist()))
+    return [(x, y, m) for _, x, y, m in pairs[:max_pairs]]
+
+
+class _MergeProposals:
+    """The ELBO of folding atom l2 into l1, judged without touching the state.
+
+    A merge changes the y statistics of two atoms and two columns of N_jl; the fit's judge of
+    it was: fold the statistics, refresh every factor but q(M) (``refresh_without_cells``),
+    evaluate the ELBO, put the state back (some 40 small backend calls and copies of the state
+    per pair, after every sweep: most of a sweep's time on small data).  Here the same
+    quantities come from two sums and one core call: the y part is a sum over atoms of each
+    atom's score at its optimal q(theta^y) (``atom_scores``: the pair's merged score replaces
+    its two atoms', the freed atom scores 0 at its prior), and the refresh of the group level
+    is one step of the group ascent (``group_ascent`` with ``max_iter = 1``: the global
+    blocks, q(S), the global blocks, exactly the refresh), which also returns the group level's
+    part of the ELBO.  ``bound`` leaves out the entropy change of q(M), which is <= 0: a pair
+    whose bound does not gain cannot gain, and no cell is read for it.
+    """
+
+    def __init__(self, be, prob: Problem, st: State, n_threads: int):
+        self.be, self.prob, self.st, self.n_threads = be, prob, st, n_threads
+        # the y part of the ELBO now, as the sum of every atom's score (the empty ones too)
+        self.scores = atom_scores(be, prob, st.y_n, st.y_s1, st.y_s2)
+        self.y_total = float(np.sum(self.scores))
+        self.zeta = group_weights(prob, st)
+        self.start = (st.rho, st.group_prior_scale, concentration_factors(st))
+
+    def bound(self, l1: int, l2: int, merged_score: float):
+        """(ELBO after the merge without the entropy change of q(M), group-level factors)."""
+        N = self.st.N_jl.copy()
+        N[:, l1] += N[:, l2]
+        N[:, l2] = 0.0
+        rho, width, conc = self.start
+        result, = group_ascent(self.be, self.prob, self.st, [rho], [width], [conc],
+                               self.n_threads, max_iter=1, counts=scale_rows(N, self.zeta))
+        y_part = (self.y_total - float(self.scores[l1]) - float(self.scores[l2])
+                  + merged_score)
+        return y_part + self.st.H_xi + float(result["elbo"]), result
+
+    def accept(self, l1: int, l2: int, result: dict, entropy_change: float) -> None:
+        """Make the state the merged one: statistics folded (xi is the caller's), the group
+        level from ``result``, the y atoms at their optimum."""
+        st = self.st
+        st.H_xi = st.H_xi + entropy_change
+        st.N_jl = st.N_jl.copy()
+        st.N_jl[:, l1] += st.N_jl[:, l2]
+        st.N_jl[:, l2] = 0.0
+        for name in ("y_n", "y_s1", "y_s2"):
+            arr = getattr(st, name).copy()
+            arr[l1] += arr[l2]
+            arr[l2] = 0.0
+            setattr(st, name, arr)
+        apply_group_factors(st, result)
+        update_y_atoms(self.be, self.prob, st, self.n_threads)
 
 
 def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
@@ -49,21 +108,22 @@ def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
     changed = False
     while True:  # ends: every accepted merge empties one more atom
         before = elbo(be, prob, st)
+        proposals = _MergeProposals(be, prob, st, n_threads)
         accepted = False
-        for l1, l2 in _cell_pairs(be, prob, st, max_pairs):
-            # the proposal is judged on the statistics alone, plus the entropy change of q(M)
-            # (one pass over xi's rows, no gathered columns; pair by pair, as the first pair
-            # is often accepted); xi is rewritten only for an accepted merge
-            saved = snapshot(st)
-            st.H_xi = st.H_xi + float(be.merged_entropy_change(
+        for l1, l2, merged in _ranked_pairs(be, prob, st, max_pairs):
+            bound, result = proposals.bound(l1, l2, merged)
+            if not gain_ok(bound, before):
+                continue
+            # the entropy change of q(M): one pass over xi's rows, no gathered columns;
+            # xi is rewritten only for an accepted merge
+            change = float(be.merged_entropy_change(
                 st.xi, [[l1, l2]], prob.offsets, group_weights(prob, st), n_threads)[0])
-            fold_atom_stats(be, prob, st, [[l1, l2]], n_threads)
-            if gain_ok(elbo(be, prob, st), before):
+            if gain_ok(bound + change, before):
+                proposals.accept(l1, l2, result, change)
                 st.xi[:, l1] += st.xi[:, l2]
                 st.xi[:, l2] = 0.0
                 accepted = changed = True
                 break
-            restore(st, saved)
         if not accepted:
             return changed
 
@@ -83,31 +143,28 @@ def _merge_cell_atoms_by_batch(be, prob: Problem, st: State, n_threads: int,
     entropy = {}     # per set of columns; a merge changes only its two columns' entries
     while True:  # ends: every accepted merge empties one more atom
         before = elbo(be, prob, st)
+        proposals = _MergeProposals(be, prob, st, n_threads)
         candidates = []
-        for l1, l2 in _cell_pairs(be, prob, st, max_pairs):
-            saved = snapshot(st)
-            fold_atom_stats(be, prob, st, [[l1, l2]], n_threads)
-            if gain_ok(elbo(be, prob, st), before):
-                candidates.append((l1, l2))
-            restore(st, saved)
+        for l1, l2, merged in _ranked_pairs(be, prob, st, max_pairs):
+            bound, result = proposals.bound(l1, l2, merged)
+            if gain_ok(bound, before):
+                candidates.append((l1, l2, bound, result))
         if not candidates:
             return changed
-        sets = sorted({s for l1, l2 in candidates for s in ((l1,), (l2,), (l1, l2))}
+        sets = sorted({s for l1, l2, _, _ in candidates for s in ((l1,), (l2,), (l1, l2))}
                       - set(entropy))
         if sets:
             entropy.update(zip(sets, batched_entropies_of_sums(
                 be, prob, st.xi, group_weights(prob, st), sets)))
         accepted = False
-        for l1, l2 in candidates:
-            saved = snapshot(st)
-            st.H_xi = st.H_xi - (entropy[l1, ] + entropy[l2, ]) + entropy[l1, l2]
-            fold_atom_stats(be, prob, st, [[l1, l2]], n_threads)
-            if gain_ok(elbo(be, prob, st), before):
+        for l1, l2, bound, result in candidates:
+            change = entropy[l1, l2] - (entropy[l1, ] + entropy[l2, ])
+            if gain_ok(bound + change, before):
+                proposals.accept(l1, l2, result, change)
                 st.xi = fold_columns(st.xi, [[l1, l2]])
                 entropy = {k: v for k, v in entropy.items() if l1 not in k and l2 not in k}
                 accepted = changed = True
                 break
-            restore(st, saved)
         if not accepted:
             return changed
 
