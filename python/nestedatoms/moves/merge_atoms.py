@@ -27,24 +27,52 @@ def atom_scores(be, prob: Problem, n, s1, s2) -> np.ndarray:
 
 def _cell_pairs(be, prob: Problem, st: State, max_pairs: int):
     """Occupied atom pairs ranked by the ELBO change of the y part alone when merged."""
-    return [(l1, l2) for l1, l2, _ in _ranked_pairs(be, prob, st, max_pairs)]
+    return [(l1, l2) for l1, l2, _ in _AtomScores(be, prob, st).ranked_pairs(max_pairs)]
 
 
-def _ranked_pairs(be, prob: Problem, st: State, max_pairs: int):
-    """``_cell_pairs`` with the y part of each pair's merged atom: [(l1, l2, score)]."""
-    occupied = np.nonzero(st.y_n > 0.5)[0]
-    if occupied.size < 2:
-        return []
-    single = atom_scores(be, prob, st.y_n[occupied], st.y_s1[occupied], st.y_s2[occupied])
-    a, b = np.triu_indices(occupied.size, k=1)          # every pair, in the order a < b
-    l1, l2 = occupied[a], occupied[b]
-    merged = atom_scores(be, prob, st.y_n[l1] + st.y_n[l2], st.y_s1[l1] + st.y_s1[l2],
-                         st.y_s2[l1] + st.y_s2[l2])
-    # merging also frees one atom, which then sits at its prior (score 0 up to terms that
-    # cancel between proposals), so rank by the y-part gain alone
-    gains = merged - single[a] - single[b]
-    pairs = sorted(zip((-gains).tolist(), l1.tolist(), l2.tolist(), merged.tolist()))
-    return [(x, y, m) for _, x, y, m in pairs[:max_pairs]]
+class _AtomScores:
+    """The y part of each atom (``atom_scores``) and of each pair's merged atom, kept for the
+    duration of a move: a merge changes the statistics of its two atoms only, so after it only
+    the pairs that involve them are scored again (from a k-means start with 30 atoms, the
+    first sweep's merges rescored all 435 pairs after each of ~20 accepted merges; at p = 50
+    that was most of a small fit's time).  Scores are per atom, so a kept score is the one a
+    new call would give."""
+
+    def __init__(self, be, prob: Problem, st: State):
+        self.be, self.prob, self.st = be, prob, st
+        self.single = atom_scores(be, prob, st.y_n, st.y_s1, st.y_s2)   # every atom, (L,)
+        self.merged: dict = {}
+
+    def merged_away(self, l1: int, l2: int) -> None:
+        """l2 was folded into l1 (the state's statistics already say so)."""
+        st = self.st
+        self.single = self.single.copy()
+        self.single[[l1, l2]] = atom_scores(self.be, self.prob, st.y_n[[l1, l2]],
+                                            st.y_s1[[l1, l2]], st.y_s2[[l1, l2]])
+        self.merged = {k: v for k, v in self.merged.items() if l1 not in k and l2 not in k}
+
+    def ranked_pairs(self, max_pairs: int):
+        """Occupied atom pairs ranked by the ELBO change of the y part alone when merged:
+        [(l1, l2, merged score)], the best ``max_pairs``."""
+        st = self.st
+        occupied = np.nonzero(st.y_n > 0.5)[0]
+        if occupied.size < 2:
+            return []
+        a, b = np.triu_indices(occupied.size, k=1)          # every pair, in the order a < b
+        l1, l2 = occupied[a], occupied[b]
+        new = [i for i, key in enumerate(zip(l1.tolist(), l2.tolist()))
+               if key not in self.merged]
+        if new:
+            n1, n2 = l1[new], l2[new]
+            scores = atom_scores(self.be, self.prob, st.y_n[n1] + st.y_n[n2],
+                                 st.y_s1[n1] + st.y_s1[n2], st.y_s2[n1] + st.y_s2[n2])
+            self.merged.update(zip(zip(n1.tolist(), n2.tolist()), scores.tolist()))
+        merged = np.array([self.merged[key] for key in zip(l1.tolist(), l2.tolist())])
+        # merging also frees one atom, which then sits at its prior (score 0 up to terms that
+        # cancel between proposals), so rank by the y-part gain alone
+        gains = merged - self.single[l1] - self.single[l2]
+        pairs = sorted(zip((-gains).tolist(), l1.tolist(), l2.tolist(), merged.tolist()))
+        return [(x, y, m) for _, x, y, m in pairs[:max_pairs]]
 
 
 class _MergeProposals:
@@ -63,10 +91,10 @@ class _MergeProposals:
     whose bound does not gain cannot gain, and no cell is read for it.
     """
 
-    def __init__(self, be, prob: Problem, st: State, n_threads: int):
+    def __init__(self, be, prob: Problem, st: State, n_threads: int, scores: _AtomScores):
         self.be, self.prob, self.st, self.n_threads = be, prob, st, n_threads
         # the y part of the ELBO now, as the sum of every atom's score (the empty ones too)
-        self.scores = atom_scores(be, prob, st.y_n, st.y_s1, st.y_s2)
+        self.scores = scores.single
         self.y_total = float(np.sum(self.scores))
         self.zeta = group_weights(prob, st)
         self.start = (st.rho, st.group_prior_scale, concentration_factors(st))
@@ -106,11 +134,12 @@ def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
     if prob.batches.n_batches > 1:
         return _merge_cell_atoms_by_batch(be, prob, st, n_threads, max_pairs)
     changed = False
+    scores = _AtomScores(be, prob, st)
     while True:  # ends: every accepted merge empties one more atom
         before = elbo(be, prob, st)
-        proposals = _MergeProposals(be, prob, st, n_threads)
+        proposals = _MergeProposals(be, prob, st, n_threads, scores)
         accepted = False
-        for l1, l2, merged in _ranked_pairs(be, prob, st, max_pairs):
+        for l1, l2, merged in scores.ranked_pairs(max_pairs):
             bound, result = proposals.bound(l1, l2, merged)
             if not gain_ok(bound, before):
                 continue
@@ -120,6 +149,7 @@ def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
                 st.xi, [[l1, l2]], prob.offsets, group_weights(prob, st), n_threads)[0])
             if gain_ok(bound + change, before):
                 proposals.accept(l1, l2, result, change)
+                scores.merged_away(l1, l2)
                 st.xi[:, l1] += st.xi[:, l2]
                 st.xi[:, l2] = 0.0
                 accepted = changed = True
@@ -141,11 +171,12 @@ def _merge_cell_atoms_by_batch(be, prob: Problem, st: State, n_threads: int,
     """
     changed = False
     entropy = {}     # per set of columns; a merge changes only its two columns' entries
+    scores = _AtomScores(be, prob, st)
     while True:  # ends: every accepted merge empties one more atom
         before = elbo(be, prob, st)
-        proposals = _MergeProposals(be, prob, st, n_threads)
+        proposals = _MergeProposals(be, prob, st, n_threads, scores)
         candidates = []
-        for l1, l2, merged in _ranked_pairs(be, prob, st, max_pairs):
+        for l1, l2, merged in scores.ranked_pairs(max_pairs):
             bound, result = proposals.bound(l1, l2, merged)
             if gain_ok(bound, before):
                 candidates.append((l1, l2, bound, result))
@@ -161,6 +192,7 @@ def _merge_cell_atoms_by_batch(be, prob: Problem, st: State, n_threads: int,
             change = entropy[l1, l2] - (entropy[l1, ] + entropy[l2, ])
             if gain_ok(bound + change, before):
                 proposals.accept(l1, l2, result, change)
+                scores.merged_away(l1, l2)
                 st.xi = fold_columns(st.xi, [[l1, l2]])
                 entropy = {k: v for k, v in entropy.items() if l1 not in k and l2 not in k}
                 accepted = changed = True
