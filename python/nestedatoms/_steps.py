@@ -6,6 +6,8 @@ given all the others, so none of them can lower the ELBO; tests check this block
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._batches import batched_cell_step, weighted_entropy  # noqa: F401 (re-exported)
@@ -312,17 +314,22 @@ class _XBoundCurve:
         self.lam0, self.nu0, self.D = p.lam0, p.nu0, p.dim
 
     def __call__(self, log_f: float) -> float:
-        f = float(np.exp(log_f))
-        shifted = f + self.mu
-        lam = f * self.lam0 + self.n
-        rank_one = 1.0 + (f * self.lam0 * self.n / lam) * np.sum(self.z2 / shifted, axis=1)
-        if np.any(shifted <= 0.0) or np.any(rank_one <= 0.0):
-            return -np.inf          # a numerically singular posterior scores nothing
-        logdet_Winv = (self.logdet_W0inv + np.sum(np.log(shifted), axis=1)
-                       + np.log(rank_one))
-        posterior = float(np.sum(-0.5 * self.nu * logdet_Winv - 0.5 * self.D * np.log(lam)))
+        # ndarray methods, not np.sum & co.: on arrays of a few clusters the dispatch of the
+        # numpy functions cost more than the arithmetic
+        f = math.exp(log_f)
+        shifted = self.mu + f
+        lam = self.n + f * self.lam0
+        rank_one = (self.z2 / shifted).sum(axis=1)
+        rank_one *= (f * self.lam0) * self.n / lam
+        rank_one += 1.0
+        if shifted.min() <= 0.0 or rank_one.min() <= 0.0:
+            return -math.inf        # a numerically singular posterior scores nothing
+        logdet_Winv = np.log(shifted).sum(axis=1)
+        logdet_Winv += np.log(rank_one)
+        logdet_Winv += self.logdet_W0inv
+        posterior = float(-0.5 * (self.nu @ logdet_Winv) - 0.5 * self.D * np.log(lam).sum())
         prior = (-0.5 * self.nu0 * (self.logdet_W0inv + self.D * log_f)
-                 - 0.5 * self.D * np.log(self.lam0 * f))
+                 - 0.5 * self.D * math.log(self.lam0 * f))
         return posterior - self.n.shape[0] * prior
 
 
