@@ -56,11 +56,16 @@ def test_simulate_then_fit(tmp_path, capsys):
                                    model.summary().groups["cluster"].rename(None),
                                    check_index_type=False, check_index=False)
 
-    # group features from obs columns give the same fit as from the file
+    # group features from obs columns give the same fit as from the file (to rounding: the
+    # CSV's decimal round trip moves some values by an ulp, so the ELBO agreed bit for bit
+    # only by chance; the traces already differed in the last bit along the way)
     out2 = tmp_path / "out2.h5ad"
     assert main(["fit", str(sim_path), str(out2), "--group-key", "donor_id",
                  "--group-feature-columns", "x0", "x1", *SMALL_MODEL]) == 0
-    assert anndata.read_h5ad(out2).uns["nam"]["elbo"] == out.uns["nam"]["elbo"]
+    refit = anndata.read_h5ad(out2)
+    assert refit.uns["nam"]["elbo"] == pytest.approx(out.uns["nam"]["elbo"], rel=1e-12)
+    assert ari(refit.obs["nam_group_cluster"], out.obs["nam_group_cluster"]) == 1.0
+    assert ari(refit.obs["nam_cell_cluster"], out.obs["nam_cell_cluster"]) == 1.0
     capsys.readouterr()
     # the old option names still work, with a deprecation warning naming the new ones
     out3 = tmp_path / "out3.h5ad"

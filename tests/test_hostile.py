@@ -701,6 +701,33 @@ def test_kmeans_seeding_ignores_a_constant_column(magnitude):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_kmeans_stops_early_with_kmeans2s_centres(seed):
+    """k-means stops its Lloyd iterations once the centres repeat exactly; the centres are
+    those of scipy's kmeans2 with all 25 iterations, bit for bit (ties included: rounded
+    data), and non-finite data are still refused."""
+    import warnings
+
+    from scipy.cluster.vq import kmeans2
+
+    from nestedatoms._init import kmeans_centres
+
+    rng = np.random.default_rng(seed)
+    n, d = int(rng.integers(5, 200)), int(rng.integers(1, 12))
+    Z = rng.normal(size=(n, d)) + 3.0 * rng.integers(0, 3, size=n)[:, None]
+    if seed % 3 == 0:
+        Z = np.round(Z)
+    k = int(rng.integers(2, 9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected, _ = kmeans2(Z - Z[0], k, iter=25, minit="++", seed=np.random.default_rng(seed))
+    _, got = kmeans_centres(Z, k, np.random.default_rng(seed))
+    np.testing.assert_array_equal(got, expected)
+    Z[n // 2, 0] = np.nan
+    with pytest.raises(ValueError, match="infs or NaNs"):
+        kmeans_centres(Z, k, np.random.default_rng(seed))
+
+
 # =========================================================================================
 # 7. AnnData
 # =========================================================================================

@@ -55,12 +55,17 @@ def test_from_garbage_it_recovers(toy, seed):
 
 def test_the_start_is_used_and_only_by_the_first_restart(toy):
     """Labels that k-means would never give (one cluster for everything) change the first
-    restart's first sweep; the second restart is the default's second restart."""
+    restart's first sweep; the second restart is the default's second restart (sweep for
+    sweep, until one of them stops where its first restart's sweeps had settled, before the
+    costly moves the other runs there: the two first restarts differ, so they may stop it at
+    different sweeps)."""
     plain = na.NestedAtomsModel(n_init=2, random_state=3).fit(toy.Y, toy.groups, toy.X)
     seeded = na.NestedAtomsModel(n_init=2, random_state=3)
     seeded.fit(toy.Y, toy.groups, toy.X, init_group_labels=np.zeros(12, dtype=int))
     assert seeded.elbo_traces_[0][0] != plain.elbo_traces_[0][0]
-    np.testing.assert_array_equal(seeded.elbo_traces_[1], plain.elbo_traces_[1])
+    n = min(len(seeded.elbo_traces_[1]), len(plain.elbo_traces_[1])) - 1
+    assert n >= 3
+    np.testing.assert_array_equal(seeded.elbo_traces_[1][:n], plain.elbo_traces_[1][:n])
 
 
 def test_series_is_matched_by_label_not_by_position(toy):

@@ -11,7 +11,8 @@ from sklearn.metrics import adjusted_rand_score as ari
 
 import nestedatoms as na
 from nestedatoms._backend import get_backend
-from nestedatoms._steps import _x_bound_at_scale, best_group_prior_scale, elbo, update_x_atoms
+from nestedatoms._steps import (_x_bound_at_scale, _XBoundCurve, best_group_prior_scale, elbo,
+                                update_x_atoms)
 
 from conftest import make_problem, random_state_for
 
@@ -36,6 +37,24 @@ def test_closed_form_moves_with_the_elbo(backend, log_f):
                 - _x_bound_at_scale(backend, prob, stats, 0.0))
     got = _elbo_at_scale(backend, prob, st, np.exp(log_f)) - _elbo_at_scale(backend, prob, st, 1.0)
     assert got == pytest.approx(expected, abs=1e-8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_width_searchs_curve_is_the_closed_form(backend, seed):
+    """The width search evaluates the closed form through one eigendecomposition per cluster
+    (``_XBoundCurve``); it must give the Normal-Wishart posterior's value at every width, for
+    soft and hard q(S) (empty clusters, one-member clusters with no scatter)."""
+    prob = make_problem("nam", seed=seed, learn_group_prior_scale=True)
+    rng = np.random.default_rng(seed)
+    J = prob.data.n_groups
+    for rho in (rng.dirichlet(np.full(prob.K, 0.4), size=J),
+                np.eye(prob.K)[rng.integers(0, 2, J)],
+                np.eye(prob.K)[np.arange(J) % prob.K]):
+        stats = backend.weighted_stats(prob.X, np.ascontiguousarray(rho), prob.x_centre)
+        curve = _XBoundCurve(prob, stats)
+        for log_f in (-8.0, -2.5, -0.3, 0.0):
+            assert curve(log_f) == pytest.approx(_x_bound_at_scale(backend, prob, stats, log_f),
+                                                 rel=1e-10)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

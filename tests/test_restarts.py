@@ -1,5 +1,8 @@
 """Restarts that reach what an earlier restart found stop there (issue 21, item 1), and the
-fit's result is what it would have been with every restart run in full."""
+fit's result is what it would have been with every restart run in full: the same partitions,
+and an ELBO within the fit's own tolerance (a restart stopped where an earlier one settled on
+the way could have ended a few 1e-5 nats higher at the same partition, the difference between
+two runs stopped by tol)."""
 
 import numpy as np
 import pytest
@@ -36,9 +39,11 @@ def test_a_restart_that_reaches_an_earlier_partition_stops_and_changes_nothing(m
                 full.timings["move:search_group_partition"])
         else:
             assert run.trace == full.trace
-    assert best.elbo == best_full.elbo
-    np.testing.assert_array_equal(best.state.rho, best_full.state.rho)
-    np.testing.assert_array_equal(best.state.xi, best_full.state.xi)
+    assert best.elbo == pytest.approx(best_full.elbo, rel=1e-6, abs=0)
+    np.testing.assert_array_equal(best.state.rho.argmax(axis=1),
+                                  best_full.state.rho.argmax(axis=1))
+    np.testing.assert_array_equal(best.state.xi.argmax(axis=1),
+                                  best_full.state.xi.argmax(axis=1))
 
 
 @pytest.mark.parametrize("seed", [1, 4])
@@ -48,8 +53,9 @@ def test_the_estimator_gives_the_same_fit_either_way(seed, monkeypatch):
     for stop in (False, True):
         monkeypatch.setattr(_fit, "STOP_DUPLICATE_RESTARTS", stop)
         fits.append(na.NestedAtomsModel(random_state=seed).fit(sim.Y, sim.groups, sim.X))
-    assert fits[0].elbo_ == fits[1].elbo_
-    np.testing.assert_array_equal(fits[0].cell_probs_, fits[1].cell_probs_)
+    assert fits[0].elbo_ == pytest.approx(fits[1].elbo_, rel=1e-6, abs=0)
+    np.testing.assert_array_equal(fits[0].cell_labels_, fits[1].cell_labels_)
+    np.testing.assert_array_equal(fits[0].group_labels_, fits[1].group_labels_)
 
 
 def test_the_duplicate_test_compares_partitions_not_labels():
@@ -68,3 +74,22 @@ def test_the_duplicate_test_compares_partitions_not_labels():
     other = State.__new__(State)
     other.rho, other.xi = np.eye(3)[[0, 1, 1, 2]], renamed.xi
     assert not finished(other, -11.0)
+
+
+def test_a_settled_point_counts_for_later_restarts_only():
+    """Where a restart's sweeps settled on the way (and tried the costly moves), later restarts
+    stop at an ELBO no higher; the restart itself never stops there (a move that fired may bring
+    it back), and an interrupted restart's settled points are not counted."""
+    from nestedatoms._state import State
+
+    finished = _fit._FinishedPartitions()
+    st = State.__new__(State)
+    st.rho = np.eye(3)[[0, 0, 1, 2]]
+    st.xi = np.eye(4)[[3, 1, 1, 0, 2]]
+    finished.passing(st, -10.0)
+    assert not finished(st, -11.0)           # the running restart: not yet
+    finished.run_done(completed=False)
+    assert not finished(st, -11.0)           # interrupted: never
+    finished.passing(st, -10.0)
+    finished.run_done(completed=True)
+    assert finished(st, -10.0) and not finished(st, -9.0)

@@ -42,10 +42,13 @@ def cell_level_elbo(be, prob: Problem, st: State, n_threads: int = 1) -> float:
 
 
 def group_ascent(be, prob: Problem, st: State, rhos, widths, concentrations,
-                 n_threads: int = 1, max_iter: int = 200, tol: float = 1e-7) -> list:
+                 n_threads: int = 1, max_iter: int = 200, tol: float = 1e-7,
+                 counts=None) -> list:
     """Refine each candidate (a start rho, an x prior width f, a start (alpha, beta) factor) by
     group-only coordinate ascent on the cells of ``st``; one result dict per candidate (see
-    ``reference.group_ascent``), whose ``elbo`` is the group-level part of the ELBO."""
+    ``reference.group_ascent``), whose ``elbo`` is the group-level part of the ELBO.
+    ``counts``: the tempered composition counts zeta_j N_jl to use instead of the state's (a
+    merge of cell atoms judged before it is made)."""
     if len(rhos) == 0:
         return []
     rho = np.ascontiguousarray(np.stack(rhos), dtype=np.float64)
@@ -57,7 +60,7 @@ def group_ascent(be, prob: Problem, st: State, rhos, widths, concentrations,
                                                        float(p.nu0))
     else:
         X = x_centre = x_prior = None
-    counts = np.ascontiguousarray(composition_counts(prob, st))
+    counts = np.ascontiguousarray(composition_counts(prob, st) if counts is None else counts)
     return be.group_ascent(counts, rho, conc, scale, X, x_centre, x_prior,
                            _spec(prob.alpha_prior), _spec(prob.beta_prior),
                            max_iter=int(max_iter), tol=float(tol), n_threads=int(n_threads))

@@ -46,17 +46,47 @@ def kmeans_sample(n: int, max_points: int, rng: np.random.Generator) -> np.ndarr
 
 
 def kmeans_centres(sub: np.ndarray, k: int, rng: np.random.Generator, n_iter: int = 25):
-    """(ref, centres): k-means++ then Lloyd on the rows of ``sub``, relative to ``ref``."""
-    from scipy.cluster.vq import kmeans2
+    """(ref, centres): k-means++ then Lloyd on the rows of ``sub``, relative to ``ref``.
+
+    scipy's ``kmeans2`` makes the k-means++ start and the first Lloyd iteration; the others
+    run here, stopping at the first that leaves the centres exactly as they were (every later
+    one would too): the same centres as ``kmeans2`` with ``iter=n_iter``, bit for bit, in a
+    few iterations instead of all of them (the group search runs hundreds of these on a few
+    dozen rows, where each iteration's overhead was most of the cost).
+    """
+    from scipy.cluster.vq import kmeans2, vq
 
     # k-means is translation invariant: work relative to the first row, so that a column
     # that is constant (at 1e170, say) is exactly 0 and cannot overflow the squared
     # distances (scipy's k-means++ crashed the interpreter on such a column).
     ref = sub[0].copy()
+    shifted = sub - ref
+    # finiteness checked once here, not by kmeans2 and vq in every iteration
+    if not np.isfinite(shifted).all():
+        raise ValueError("array must not contain infs or NaNs")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # kmeans2 warns when a cluster empties; harmless here
-        centres, _ = kmeans2(sub - ref, k, iter=n_iter, minit="++", seed=rng)
+        centres, _ = kmeans2(shifted, k, iter=min(n_iter, 1), minit="++", seed=rng,
+                             check_finite=False)
+    for _ in range(n_iter - 1):
+        labels, _ = vq(shifted, centres, check_finite=False)
+        new = _cluster_means(shifted, labels, centres)
+        if np.array_equal(new, centres):
+            break
+        centres = new
     return ref, centres
+
+
+def _cluster_means(Z: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """One Lloyd update as scipy's kmeans2 makes it: each centre the mean of its rows, summed
+    in row order (np.add.at), an empty cluster's centre left where it was."""
+    sums = np.zeros_like(centres)
+    np.add.at(sums, labels, Z)
+    counts = np.bincount(labels, minlength=centres.shape[0])
+    out = centres.copy()
+    has = counts > 0
+    out[has] = sums[has] / counts[has, None]
+    return out
 
 
 def nearest_centre(Z: np.ndarray, ref: np.ndarray, centres: np.ndarray) -> np.ndarray:

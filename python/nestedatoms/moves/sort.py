@@ -15,8 +15,8 @@ from ._base import gain_ok, restore, snapshot
 
 def sort_clusters(be, prob: Problem, st: State, n_threads: int = 1) -> bool:
     """Renumber group clusters and cell atoms by decreasing expected size; keep if ELBO rises."""
-    g_perm = np.argsort(-st.rho.sum(axis=0), kind="stable")
-    c_perm = np.argsort(-st.y_n, kind="stable")
+    g_perm = np.argsort(-_sizes(st.rho.sum(axis=0)), kind="stable")
+    c_perm = np.argsort(-_sizes(st.y_n), kind="stable")
     identity_g = np.array_equal(g_perm, np.arange(g_perm.size))
     identity_c = np.array_equal(c_perm, np.arange(c_perm.size))
     if identity_g and identity_c:
@@ -42,6 +42,17 @@ def sort_clusters(be, prob: Problem, st: State, n_threads: int = 1) -> bool:
     if not identity_c:
         st.xi = _permute_columns(st.xi, np.argsort(c_perm))
     return False
+
+
+# Expected sizes below this are empty clusters whose mass is rounding noise (1e-300, say): they
+# keep their order.  Permuting them changed nothing the ELBO can see, yet "fired" on almost every
+# sweep (its refresh of the global blocks gaining what the sweep had left), which cost a
+# snapshot, a refresh and two ELBOs each time and kept the run from ever settling.
+_EMPTY = 1e-8
+
+
+def _sizes(expected_sizes: np.ndarray) -> np.ndarray:
+    return np.where(expected_sizes < _EMPTY, 0.0, expected_sizes)
 
 
 def _permute_columns(xi: np.ndarray, perm: np.ndarray, rows: int = 1 << 15):
