@@ -210,6 +210,39 @@ def test_a_singleton_cluster_adds_no_degrees_of_freedom():
     assert a[0] == 0.0 and a[1] > 0 and a[2] > 0
 
 
+def test_a_partition_too_fine_to_show_variation_is_not_read_as_none():
+    """Every donor alone in its cluster: no degrees of freedom, which says nothing about c.
+    The estimate is then the one-cluster one (finite for donors that vary), not c = inf; a
+    partition that shows variation keeps its own estimate."""
+    rng = np.random.default_rng(11)
+    w = np.array([0.4, 0.3, 0.2, 0.1])
+    N = _dm_counts(rng, 24, 2000, 10.0, w)
+    singletons = np.eye(24)
+    assert np.sum(pearson_terms(N, singletons)[1]) == 0.0
+    one = learn_concentration(N, np.ones((24, 1)))
+    assert np.isfinite(one) and 5.0 < one < 20.0
+    assert learn_concentration(N, singletons) == one
+    pairs = np.repeat(np.eye(12), 2, axis=0)              # 12 clusters of 2: 0.5 dof a donor
+    assert np.sum(pearson_terms(N, pairs)[1]) >= 0.5 * 24
+    assert np.isfinite(learn_concentration(N, pairs))
+    assert learn_concentration(N, pairs) != one
+    # multinomial donors alone in their clusters: the one-cluster estimate says no variation
+    M = np.stack([rng.multinomial(2000, w) for _ in range(24)]).astype(float)
+    assert np.isinf(learn_concentration(M, singletons))
+
+
+def test_default_does_not_keep_one_cluster_per_varying_donor():
+    """24 donors of 2000 cells at c = 10: NAM exactly gives every donor its own cluster, which
+    the fit can reach before its first convergence; learning c there must not read it as no
+    variation (it did: 24 clusters, c = inf)."""
+    sim = na.simulate(n_groups=24, cells_per_group=2000, n_group_clusters=3,
+                      n_cell_clusters=6, n_cell_features=10, alpha0_x=1000.0, alpha0_y=25.0,
+                      donor_concentration=10.0, random_state=2024)
+    m = na.NestedAtomsModel(random_state=0, n_init=1).fit(sim.Y, sim.groups)
+    assert np.isfinite(m.donor_concentration_) and m.donor_concentration_ < 30.0
+    assert len(np.unique(m.group_labels_)) <= 3
+
+
 # ------------------------------------------------------------------------------- end to end
 def _varying_cohort(seed, c=100.0):
     return na.simulate(n_groups=24, cells_per_group=400, n_group_clusters=3, n_cell_clusters=6,

@@ -23,19 +23,31 @@ adds nothing to either side.  X^2 within chance of the multinomial's chi-square(
 above ``SIGNIFICANCE``) means no variation the data can show, and c = inf (NAM exactly): with a
 dozen donors one unusual donor would otherwise pass for variation, and weaken the evidence
 that separates a small cluster.  Counts are the soft N_jl of q(M).
+
+A partition too fine to show variation (fewer than ``MIN_DOF_PER_DONOR`` degrees of freedom
+per donor: mostly donors alone in their cluster, which is how NAM exactly leaves donors that
+vary) says nothing about c, which is not the same as saying c = inf: there c is estimated with
+every donor in one cluster.  That reads any difference between clusters as variation too (a c
+on the small side), so the sweeps that follow may merge; the next convergence estimates c
+again on the coarser partition they reach.  Without this, a fit that reached one cluster per
+donor before its first convergence kept it with c = inf (24 donors of 2000 cells at c = 10).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["learn_concentration", "pearson_terms", "CONCENTRATION_BOUNDS", "SIGNIFICANCE"]
+__all__ = ["learn_concentration", "pearson_terms", "CONCENTRATION_BOUNDS", "SIGNIFICANCE",
+           "MIN_DOF_PER_DONOR"]
 
 # c is reported in [1e-2, 1e6]; above, it is infinite (NAM exactly).
 CONCENTRATION_BOUNDS = (1e-2, 1e6)
 # c is finite only where X^2 exceeds the multinomial's chi-square(dof) at this level: a
 # cohort that NAM describes keeps NAM exactly, except once in a thousand fits.
 SIGNIFICANCE = 1e-3
+# Below this many degrees of freedom per donor the partition cannot show variation (module
+# docstring): c is estimated with every donor in one cluster instead.
+MIN_DOF_PER_DONOR = 0.5
 # An atom counts in A when the clusters hold at least this many of its cells in total.
 _MIN_ATOM_CELLS = 1.0
 
@@ -69,6 +81,8 @@ def learn_concentration(N_jl: np.ndarray, rho: np.ndarray) -> float:
     from scipy.stats import chi2
 
     x2, a = pearson_terms(N_jl, rho)
+    if np.sum(a) < MIN_DOF_PER_DONOR * N_jl.shape[0]:      # too fine to show variation
+        x2, a = pearson_terms(N_jl, np.ones((N_jl.shape[0], 1)))
     n = N_jl.sum(axis=1)
     dof = float(np.sum(a))
     # no variation unless the data show it beyond chance (NAM's own data stay NAM's)
