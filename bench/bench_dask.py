@@ -293,6 +293,7 @@ def _against_memory_by_batches(args, model, Y):
                                     [getattr(st_m, k) for k in names])
         pairs.append((t_d, t_m))
     return dict(memory_by_batches=dict(threads=args.workers, sweep_s=[b for _, b in pairs],
+                                       dask_sweep_s=[a for a, _ in pairs],
                                        same_bits=bool(same)),
                 sweep_dask_over_memory=_ratios(pairs))
 
