@@ -210,6 +210,7 @@ def test_cli_fit_on_a_scheduler_address(cohort, tmp_path):
     assert np.array_equal(on_dask.uns["nam"]["elbo_trace"], in_memory.uns["nam"]["elbo_trace"])
 
 
+@pytest.mark.filterwarnings("ignore::nestedatoms.ConvergenceWarning")
 def test_task_heap_guard_nests_and_restores(monkeypatch):
     """The guard that lets glibc keep freed memory while a task runs (under the nanny's
     MALLOC_TRIM_THRESHOLD_) counts nested tasks, puts the settings back when the last one
