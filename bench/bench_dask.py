@@ -1,12 +1,12 @@
 """The dask fit against the in-memory fit (issue 19): same bits, sweep time, memory, scaling.
 
 Not a timed test: figures are ratios measured in the same run (the machine may be shared), in
-JSON on stdout.  Steps:
+JSON on stdout, with the load average.  Steps:
 
   python bench/bench_dask.py make --out /tmp/onek1k.zarr --copies 1     # 1x OneK1K (1.27 M)
   python bench/bench_dask.py make --out /tmp/onek1k3.zarr --copies 3    # 3x (3.8 M cells)
   python bench/bench_dask.py compare --store /tmp/onek1k.zarr           # dask vs in memory
-  python bench/bench_dask.py sweeps --store /tmp/onek1k3.zarr --workers 2
+  python bench/bench_dask.py sweeps --store /tmp/onek1k10.zarr --workers 2 --memory-by-batches
 
 ``make`` simulates one OneK1K-shaped cohort (982 donors, 1.27 M cells, p = 30, q = 10) and
 writes it ``--copies`` times, each copy with its own donor labels, to a zarr store sorted by
@@ -14,11 +14,21 @@ donor: a k-times larger cohort with the same per-donor structure (the copies rep
 changes nothing in the work per sweep).
 
 ``compare``: a short fit (``--iters`` sweeps, tol = 0, one restart) in memory and on a
-``--workers`` LocalCluster (processes, one thread each), with the same batch size; checks the
-ELBO traces and global factors are bitwise equal, then times ``--sweeps`` sweeps on each and
-reports the ratio.  ``sweeps``: the dask sweep alone (no in-memory fit), for scaling with N and
-workers.  Both report the time of a map that only reads the batches (read) beside the sweep,
-and the peak resident memory of the driver plus the workers (sum of RSS, sampled).
+``--workers`` LocalCluster (processes, one thread each), with the same batch plan (the dask
+default for the cohort's size unless ``--batch-size``); checks the ELBO traces and global
+factors are bitwise equal, then times ``--sweeps`` sweeps of each from the same state,
+**interleaved** (dask, memory, dask, memory, ...: a shared machine's load hits both) and
+reports the median of the pairs' ratios and best against best.  ``sweeps``: the dask sweep
+alone (no in-memory fit), for scaling with N and workers; with ``--memory-by-batches`` the
+driver also reads the whole Y into memory (8 N p bytes, not the 17 GiB of an in-memory fit at
+10x) and times, interleaved with the dask sweeps, the in-memory sweep over the same batch plan
+(the cell step of each batch on ``--workers`` threads with one reused xi buffer, then the
+other blocks), and checks the statistics are bitwise those of the dask sweep.  Both report
+the time of a map that only reads the batches (read) beside the sweep, and the peak resident
+memory of the driver plus the workers (sum of RSS, sampled).
+
+``--allocator glibc`` starts the workers without the nanny's ``MALLOC_TRIM_THRESHOLD_`` (glibc's
+defaults, as the driver has); the default ``nanny`` is dask's setting (docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -82,8 +92,8 @@ def make(args):
     Y = np.ascontiguousarray(sim.Y)     # already grouped by donor, in donor order
     J = sizes.size
     root = zarr.open_group(args.out, mode="w")
-    parts = [da.from_array(Y, chunks=(1 << 16, -1)) for _ in range(args.copies)]
-    da.to_zarr(da.concatenate(parts).rechunk((1 << 16, -1)), root.store, component="Y",
+    parts = [da.from_array(Y, chunks=(args.chunk_rows, -1)) for _ in range(args.copies)]
+    da.to_zarr(da.concatenate(parts).rechunk((args.chunk_rows, -1)), root.store, component="Y",
                overwrite=True, **({} if args.compress else {"compressors": None}))
     groups = np.concatenate([np.repeat(np.arange(J) + c * J, sizes) for c in range(args.copies)])
     root.create_array("groups", data=groups.astype(np.int64))
@@ -105,97 +115,187 @@ def _read_only(Yb):
     return _as_cells(Yb).shape[0]
 
 
-def _time_sweeps(model, n, threads):
+def _sweep_once(model, st, threads):
     from threadpoolctl import threadpool_limits
 
     from nestedatoms._backend import get_backend
     from nestedatoms._steps import sweep
 
-    be = get_backend("cpp")
-    st = model.state_.copy()
-    times = []
     with threadpool_limits(limits=1, user_api="blas"):
-        for _ in range(n):
-            t0 = time.perf_counter()
-            sweep(be, model.problem_, st, threads)
-            times.append(time.perf_counter() - t0)
-    return times
-
-
-def _time_reads(model, n):
-    data = model.problem_.data
-    times = []
-    for _ in range(n):
         t0 = time.perf_counter()
-        data.map(_read_only)
-        times.append(time.perf_counter() - t0)
-    return times
+        sweep(get_backend("cpp"), model.problem_, st, threads)
+        return time.perf_counter() - t0
 
 
-def _model(args, **kw):
+def _read_once(model):
+    t0 = time.perf_counter()
+    model.problem_.data.map(_read_only)
+    return time.perf_counter() - t0
+
+
+def _memory_sweep_by_batches(model, st, Ym, threads, xi):
+    """One sweep of the in-memory fit over the batch plan with Y in memory (``Ym``, the
+    store's rows): the cell step of each batch on ``threads`` threads into one reused xi
+    buffer, then the other blocks.  Returns (seconds, the cell step's statistics)."""
+    from threadpoolctl import threadpool_limits
+
+    from nestedatoms._backend import get_backend
+    from nestedatoms._batches import combine_cell_stats
+    from nestedatoms._steps import BLOCKS, _elog_omega, group_weights
+
+    be, prob = get_backend("cpp"), model.problem_
+    plan, offsets = prob.batches, prob.offsets
+    with threadpool_limits(limits=1, user_api="blas"):
+        t0 = time.perf_counter()
+        elog_omega, zeta = _elog_omega(be, st), group_weights(prob, st)
+        parts = []
+        for b, (g0, g1, r0, r1) in enumerate(plan):
+            parts.append(be.cell_step(
+                Ym[r0:r1], plan.local_offsets(offsets, b), np.ascontiguousarray(st.rho[g0:g1]),
+                elog_omega, st.my, st.lamy, st.Wy, st.nuy, prob.y_centre, xi[:r1 - r0], threads,
+                None if zeta is None else np.ascontiguousarray(zeta[g0:g1])))
+        stats = combine_cell_stats(parts)
+        st.N_jl, st.y_n, st.y_s1, st.y_s2, st.H_xi = stats
+        for _, update in BLOCKS[1:]:
+            update(be, prob, st, threads)
+        return time.perf_counter() - t0, stats
+
+
+def _model(args, n_cells, **kw):
     import nestedatoms as na
+    from nestedatoms._batches import dask_batch_size
 
+    batch_size = args.batch_size or dask_batch_size(n_cells)
     params = dict(n_group_clusters=bc.ONEK1K["K"], n_cell_clusters=bc.ONEK1K["L"], n_init=1,
-                  random_state=0, max_iter=args.iters, tol=0.0, batch_size=args.batch_size)
+                  random_state=0, max_iter=args.iters, tol=0.0, batch_size=batch_size)
     params.update(kw)
     return na.NestedAtomsModel(**params)
 
 
-def _cluster(workers):
+def _cluster(workers, allocator="nanny"):
+    import dask
     import distributed
 
-    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0", memory_limit=0)
+    config = {}
+    if allocator == "glibc":      # the nanny's environment without MALLOC_TRIM_THRESHOLD_
+        env = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+        env.pop("MALLOC_TRIM_THRESHOLD_", None)
+        config = {"distributed.nanny.pre-spawn-environ": env}
+    with dask.config.set(config):
+        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
+                                           processes=True, dashboard_address=":0",
+                                           memory_limit=0)
     return cluster, distributed.Client(cluster)
 
 
-def _dask_run(args, Y, groups, X, workers):
-    cluster, client = _cluster(workers)
-    try:
-        with PeakRSS() as mem:
-            t0 = time.perf_counter()
-            model = _model(args).fit(Y, groups, X)
-            fit_s = time.perf_counter() - t0
-            sweeps = _time_sweeps(model, args.sweeps, 1)
-            reads = _time_reads(model, args.sweeps)
-        return model, dict(workers=workers, fit_s=fit_s, sweep_s=float(np.median(sweeps)),
-                           sweep_best_s=min(sweeps), read_s=float(np.median(reads)),
-                           peak_rss_driver_plus_workers_mb=mem.peak_mb,
-                           n_batches=int(model.problem_.batches.n_batches))
-    finally:
-        client.close()
-        cluster.close()
+def _ratios(pairs):
+    """Median of the per-pair ratios and best against best, of (numerator, denominator)."""
+    return dict(median_ratio=float(np.median([a / b for a, b in pairs])),
+                best_ratio=min(a for a, _ in pairs) / min(b for _, b in pairs))
+
+
+def _same_stats(a, b):
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
 
 
 def compare(args):
     Y, groups, X = _load(args.store)
-    model_d, dask_stats = _dask_run(args, Y, groups, X, args.workers)
-    Ym = np.asarray(Y.compute())
-    with PeakRSS() as mem:
-        t0 = time.perf_counter()
-        model_m = _model(args, n_threads=args.workers).fit(Ym, groups, X)
-        fit_s = time.perf_counter() - t0
-        sweeps = _time_sweeps(model_m, args.sweeps, args.workers)
-    names = ("rho", "N_jl", "y_n", "y_s1", "y_s2", "my", "Wy", "nuy", "u_a", "v_a", "mx", "Wx")
-    same = (np.array_equal(model_d.elbo_trace_, model_m.elbo_trace_)
-            and all(np.array_equal(getattr(model_d.state_, n), getattr(model_m.state_, n))
-                    for n in names)
-            and np.array_equal(model_d.cell_labels_, model_m.cell_labels_))
-    mem_stats = dict(threads=args.workers, fit_s=fit_s, sweep_s=float(np.median(sweeps)),
-                     sweep_best_s=min(sweeps), peak_rss_mb=mem.peak_mb)
+    n = int(Y.shape[0])
+    cluster, client = _cluster(args.workers, args.allocator)
+    try:
+        with PeakRSS() as mem_d:
+            t0 = time.perf_counter()
+            model_d = _model(args, n).fit(Y, groups, X)
+            fit_d = time.perf_counter() - t0
+        Ym = np.asarray(Y.compute())
+        with PeakRSS() as mem_m:
+            t0 = time.perf_counter()
+            model_m = _model(args, n, n_threads=args.workers).fit(Ym, groups, X)
+            fit_m = time.perf_counter() - t0
+        names = ("rho", "N_jl", "y_n", "y_s1", "y_s2", "my", "Wy", "nuy", "u_a", "v_a", "mx",
+                 "Wx")
+        same = (np.array_equal(model_d.elbo_trace_, model_m.elbo_trace_)
+                and all(np.array_equal(getattr(model_d.state_, k), getattr(model_m.state_, k))
+                        for k in names)
+                and np.array_equal(model_d.cell_labels_, model_m.cell_labels_))
+        load_before = os.getloadavg()
+        st_d, st_m = model_d.state_.copy(), model_m.state_.copy()
+        pairs, reads = [], []
+        for _ in range(args.sweeps):          # interleaved: dask, memory, dask, memory, ...
+            pairs.append((_sweep_once(model_d, st_d, 1), _sweep_once(model_m, st_m,
+                                                                     args.workers)))
+            reads.append(_read_once(model_d))
+        same = same and all(np.array_equal(getattr(st_d, k), getattr(st_m, k)) for k in names)
+        load_after = os.getloadavg()
+    finally:
+        client.close()
+        cluster.close()
     print(json.dumps(dict(
-        n_cells=int(Y.shape[0]), n_groups=int(np.unique(groups).size), batch_size=args.batch_size,
-        iters=args.iters, same_bits=bool(same), dask=dask_stats, memory=mem_stats,
-        sweep_ratio_dask_over_memory=dask_stats["sweep_s"] / mem_stats["sweep_s"],
-        load_avg=os.getloadavg())))
+        n_cells=n, n_groups=int(np.unique(groups).size),
+        batch_size=int(model_d.problem_.batch_size),
+        n_batches=int(model_d.problem_.batches.n_batches), workers=args.workers,
+        allocator=args.allocator, iters=args.iters, same_bits=bool(same),
+        dask=dict(fit_s=fit_d, sweep_s=[a for a, _ in pairs], read_s=reads,
+                  peak_rss_driver_plus_workers_mb=mem_d.peak_mb),
+        memory=dict(threads=args.workers, fit_s=fit_m, sweep_s=[b for _, b in pairs],
+                    peak_rss_mb=mem_m.peak_mb),
+        sweep_dask_over_memory=_ratios(pairs),
+        load_avg_before=load_before, load_avg_after=load_after)))
 
 
 def sweeps(args):
     Y, groups, X = _load(args.store)
-    _, stats = _dask_run(args, Y, groups, X, args.workers)
-    print(json.dumps(dict(n_cells=int(Y.shape[0]), n_groups=int(np.unique(groups).size),
-                          batch_size=args.batch_size, iters=args.iters, dask=stats,
-                          load_avg=os.getloadavg())))
+    n = int(Y.shape[0])
+    cluster, client = _cluster(args.workers, args.allocator)
+    try:
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            model = _model(args, n).fit(Y, groups, X)
+            fit_s = time.perf_counter() - t0
+            load_before = os.getloadavg()
+            st = model.state_.copy()
+            times, reads = [], []
+            for _ in range(args.sweeps):
+                times.append(_sweep_once(model, st, 1))
+                reads.append(_read_once(model))
+        out = dict(fit_s=fit_s, sweep_s=times, sweep_median_s=float(np.median(times)),
+                   read_s=reads, peak_rss_driver_plus_workers_mb=mem.peak_mb)
+        result = dict(n_cells=n, n_groups=int(np.unique(groups).size),
+                      batch_size=int(model.problem_.batch_size),
+                      n_batches=int(model.problem_.batches.n_batches), workers=args.workers,
+                      allocator=args.allocator, iters=args.iters, dask=out)
+        if args.memory_by_batches:
+            result.update(_against_memory_by_batches(args, model, Y))
+        result.update(load_avg_before=load_before, load_avg_after=os.getloadavg())
+    finally:
+        client.close()
+        cluster.close()
+    print(json.dumps(result))
+
+
+def _against_memory_by_batches(args, model, Y):
+    """The dask sweep interleaved with the in-memory sweep over the same batches (Y read into
+    the driver's memory), from the same state; the states compared bit for bit after every
+    pair."""
+    import dask.array as da
+
+    Ym = np.empty(Y.shape)
+    da.store(Y, Ym, lock=False, scheduler="threads")      # read here, not through the workers
+    rows = int(np.max(np.diff(model.problem_.batches.rows)))
+    xi = np.empty((rows, model.problem_.L))
+    st_d, st_m = model.state_.copy(), model.state_.copy()
+    pairs, same = [], True
+    names = ("N_jl", "y_n", "y_s1", "y_s2", "H_xi", "rho", "my", "Wy", "u_a", "v_a")
+    for _ in range(args.sweeps):              # interleaved, from the same state each time
+        t_d = _sweep_once(model, st_d, 1)
+        t_m, _ = _memory_sweep_by_batches(model, st_m, Ym, args.workers, xi)
+        same = same and _same_stats([getattr(st_d, k) for k in names],
+                                    [getattr(st_m, k) for k in names])
+        pairs.append((t_d, t_m))
+    return dict(memory_by_batches=dict(threads=args.workers, sweep_s=[b for _, b in pairs],
+                                       dask_sweep_s=[a for a, _ in pairs],
+                                       same_bits=bool(same)),
+                sweep_dask_over_memory=_ratios(pairs))
 
 
 def main():
@@ -204,15 +304,20 @@ def main():
     m = sub.add_parser("make")
     m.add_argument("--out", required=True)
     m.add_argument("--copies", type=int, default=1)
+    m.add_argument("--chunk-rows", type=int, default=1 << 14,
+                   help="rows per zarr chunk (as nestedatoms.write_sorted_zarr writes)")
     m.add_argument("--compress", action="store_true",
                    help="zarr's default zstd (off: as nestedatoms.write_sorted_zarr writes)")
     for name in ("compare", "sweeps"):
         c = sub.add_parser(name)
         c.add_argument("--store", required=True)
         c.add_argument("--workers", type=int, default=2)
-        c.add_argument("--batch-size", type=int, default=1 << 18)
+        c.add_argument("--batch-size", type=int, default=None,
+                       help="cells per batch (default: the dask default for the cohort)")
+        c.add_argument("--allocator", choices=("nanny", "glibc"), default="nanny")
         c.add_argument("--iters", type=int, default=5, help="sweeps of the fit (tol = 0)")
-        c.add_argument("--sweeps", type=int, default=3, help="sweeps timed after the fit")
+        c.add_argument("--sweeps", type=int, default=4, help="sweeps timed after the fit")
+    sub.choices["sweeps"].add_argument("--memory-by-batches", action="store_true")
     args = ap.parse_args()
     {"make": make, "compare": compare, "sweeps": sweeps}[args.cmd](args)
 

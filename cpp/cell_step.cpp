@@ -59,7 +59,8 @@ class FlushDenormals {
 // The plan of a pass over n cells: fixed chunks of consecutive blocks, the unit of work and of
 // summation.  A chunk is summed in cell order by one thread and the chunk totals are then added
 // in chunk order, so the results do not depend on the number of threads (model section 7).
-// Their count depends on n, L and p only: at most ~64 MB of chunk totals (and 16..1024 chunks),
+// Their count depends on n, L and p only: at most ~64 MB of chunk totals (16..1024 chunks, and
+// at least kMinBlocksPerChunk blocks each),
 // so a thread preempted on a shared machine holds up little work and nothing waits at a
 // barrier until the end.  ``group_of(i)`` is the group of the pass's i-th cell.
 struct ChunkPlan {
@@ -105,8 +106,14 @@ ChunkPlan plan_chunks(Index n, Index L, Index F, GroupOf group_of) {
     ChunkPlan plan;
     plan.n_blocks = (n + kCellBlock - 1) / kCellBlock;
     const Index dense_size = 1 + L * F;
-    const Index max_chunks =
-        std::clamp<Index>((Index(64) << 20) / (8 * dense_size), Index(16), Index(1024));
+    // A chunk's totals (8 (1 + L F) bytes: 119 KB at L = p = 30) are zeroed and folded once per
+    // call: with a chunk per block, a batch of 53k cells spent 25 MB on them, as much time as on
+    // its cells where the allocator hands freed memory back at once (a dask worker's nanny).
+    // So a chunk holds at least kMinBlocksPerChunk blocks (still >= 2 chunks per worthwhile
+    // thread, see kMinBlocksPerThread).
+    const Index max_chunks = std::min(
+        std::clamp<Index>((Index(64) << 20) / (8 * dense_size), Index(16), Index(1024)),
+        std::max<Index>(1, plan.n_blocks / kMinBlocksPerChunk));
     plan.chunk_blocks = std::max<Index>(1, (plan.n_blocks + max_chunks - 1) / max_chunks);
     const Index n_chunks = (plan.n_blocks + plan.chunk_blocks - 1) / plan.chunk_blocks;
     plan.chunks.resize(static_cast<size_t>(n_chunks));

@@ -20,6 +20,8 @@ namespace nam {
 constexpr Index kCellBlock = 256;
 // Fewest blocks of cells (4,096 cells) that justify one more thread in the cell step.
 constexpr Index kMinBlocksPerThread = 16;
+// Fewest blocks of a chunk of the cell step's fixed summation plan (cell_step.cpp, plan_chunks).
+constexpr Index kMinBlocksPerChunk = 8;
 
 // Responsibilities below exp(kLogTiny) ~ 2.6e-261 of a cell's largest one are set to exactly 0
 // (sparse xi).  Their effect on the ELBO is below L * 1e-256 per cell, far under the 1e-9 |ELBO|

@@ -20,21 +20,45 @@ def _cohort(seed=0, n_groups=24):
                        random_state=seed)
 
 
-def test_plan_keeps_individuals_whole_and_respects_the_size():
+def test_plan_keeps_individuals_whole_and_evens_the_batches():
     sizes = np.array([5, 3, 9, 1, 4, 4, 2, 12, 1])
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     plan = plan_batches(offsets, 8)
     assert plan.groups[0] == 0 and plan.groups[-1] == sizes.size
     assert np.array_equal(plan.rows, offsets[plan.groups])
-    for g0, g1, r0, r1 in plan:
-        assert g1 > g0
-        # at most the size, unless one individual alone is larger
-        assert r1 - r0 <= 8 or g1 - g0 == 1
-    # greedy: no batch could have taken the next individual
-    for b in range(plan.n_batches - 1):
-        assert plan.rows[b + 1] - plan.rows[b] + sizes[plan.groups[b + 1]] > 8
+    assert np.all(np.diff(plan.groups) >= 1)
+    # an individual larger than the batch size is a batch of its own
+    for j in np.nonzero(sizes > 8)[0]:
+        assert j in plan.groups and j + 1 in plan.groups
     assert plan_batches(offsets, None).n_batches == 1
     assert plan_batches(offsets, int(offsets[-1])).n_batches == 1
+
+
+def test_plan_batches_are_even_within_an_individual():
+    """ceil(N / batch_size) batches, each within one individual of N / B cells: a sweep on
+    workers waits for the one with the most cells (5 greedy batches on 2 workers: 3 against
+    2), so the batches are as even as whole individuals allow."""
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(20, 200, size=500)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    n = int(offsets[-1])
+    for batch_size in (n // 24 + 1, n // 5 + 1, 5000, 1234):
+        plan = plan_batches(offsets, batch_size)
+        B = -(-n // batch_size)
+        assert plan.n_batches == B
+        cells = np.diff(plan.rows)
+        # each cut is at the boundary nearest k N / B: off by at most half an individual
+        assert np.all(np.abs(plan.rows[1:-1] - np.arange(1, B) * n / B) <= sizes.max() / 2)
+        assert np.all(np.abs(cells - n / B) <= sizes.max())
+
+
+def test_dask_default_batch_size():
+    from nestedatoms._batches import dask_batch_size
+
+    assert dask_batch_size(1000) == 1000                   # one batch: read and fit in memory
+    assert dask_batch_size(1_270_000) == 52917             # OneK1K: 24 batches
+    assert dask_batch_size(12_700_000) == 1 << 18          # 10x: batches of at most 262144
+    assert dask_batch_size(300_000) == 1 << 15             # at least 32768 cells a batch
 
 
 def test_summary_by_batches_matches_the_whole():

@@ -208,3 +208,34 @@ def test_cli_fit_on_a_scheduler_address(cohort, tmp_path):
     assert on_dask.obs.equals(in_memory.obs)
     assert np.array_equal(on_dask.obsm["nam_cell_probs"], in_memory.obsm["nam_cell_probs"])
     assert np.array_equal(on_dask.uns["nam"]["elbo_trace"], in_memory.uns["nam"]["elbo_trace"])
+
+
+@pytest.mark.filterwarnings("ignore::nestedatoms.ConvergenceWarning")
+def test_task_heap_guard_nests_and_restores(monkeypatch):
+    """The guard that lets glibc keep freed memory while a task runs (under the nanny's
+    MALLOC_TRIM_THRESHOLD_) counts nested tasks, puts the settings back when the last one
+    ends, and changes no result."""
+    from nestedatoms._backend import get_backend
+    from nestedatoms._dask import _heap_kept, _heap_users
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    sim = na.simulate(n_groups=6, cells_per_group=50, random_state=1)
+    model = na.NestedAtomsModel(random_state=0, n_init=1, max_iter=3).fit(sim.Y, sim.groups)
+    be, prob, st = get_backend("cpp"), model.problem_, model.state_
+    from nestedatoms._steps import _elog_omega
+
+    def step():
+        xi = np.empty_like(st.xi)
+        stats = be.cell_step(prob.Y, prob.offsets, st.rho, _elog_omega(be, st), st.my, st.lamy,
+                             st.Wy, st.nuy, prob.y_centre, xi, 1, None)
+        return xi, stats
+
+    plain = step()
+    with _heap_kept():
+        with _heap_kept():
+            assert _heap_users[0] == 2 or _heap_users[0] == 0     # 0 without glibc
+            guarded = step()
+        assert _heap_users[0] in (0, 1)
+    assert _heap_users[0] == 0
+    assert np.array_equal(plain[0], guarded[0])
+    assert all(np.array_equal(a, b) for a, b in zip(plain[1], guarded[1]))

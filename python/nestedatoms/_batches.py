@@ -16,15 +16,37 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BatchPlan", "plan_batches", "DEFAULT_DASK_BATCH_SIZE", "ColumnSummary",
+__all__ = ["BatchPlan", "plan_batches", "DEFAULT_DASK_BATCH_SIZE", "dask_batch_size",
+           "ColumnSummary",
            "batch_summary", "combine_summaries", "batch_scatter", "summary_covariance",
            "in_memory_summary", "batched_cell_step", "batched_weighted_stats",
            "add_in_order", "weighted_entropy", "entropies_of_sums",
            "batched_entropies_of_sums", "fold_columns"]
 
-# Cells per batch of a dask fit when batch_size is None: ~60 MB of float64 cells at p = 30
-# and as much for the batch's xi, so a worker holds a few batches in a few hundred MB.
+# The default batch size of a dask fit (``dask_batch_size``): at most ~60 MB of float64 cells
+# at p = 30 (and as much for the batch's xi), so a worker holds a few batches in a few hundred
+# MB; and at least DEFAULT_DASK_BATCHES batches where they can hold MIN_DASK_BATCH_SIZE cells
+# each, so that the batches spread evenly over the usual worker counts (24 is a multiple of 1,
+# 2, 3, 4, 6, 8 and 12; with 5 batches on 2 workers one worker did 3 and the sweep waited for it,
+# 1.2x of the balanced time).  A few thousand tasks' overhead per sweep would not pay for itself
+# below ~32768 cells a batch.
 DEFAULT_DASK_BATCH_SIZE = 1 << 18
+DEFAULT_DASK_BATCHES = 24
+MIN_DASK_BATCH_SIZE = 1 << 15
+
+
+def dask_batch_size(n_cells: int) -> int:
+    """The batch size of a dask fit with ``batch_size=None``: one batch up to
+    ``DEFAULT_DASK_BATCH_SIZE`` cells (such a Y is read and fit in memory), otherwise at least
+    ``DEFAULT_DASK_BATCHES`` batches of at least ``MIN_DASK_BATCH_SIZE`` cells, at most
+    ``DEFAULT_DASK_BATCH_SIZE``.  A function of the number of cells alone, so the plan still
+    depends on the data only; pass the same number as ``batch_size`` to an in-memory fit to
+    get the same bits."""
+    n = int(n_cells)
+    if n <= DEFAULT_DASK_BATCH_SIZE:
+        return max(n, 1)
+    even = -(-n // DEFAULT_DASK_BATCHES)
+    return int(min(DEFAULT_DASK_BATCH_SIZE, max(MIN_DASK_BATCH_SIZE, even)))
 
 
 @dataclass(frozen=True)
@@ -55,24 +77,33 @@ class BatchPlan:
 
 
 def plan_batches(offsets: np.ndarray, batch_size: int | None) -> BatchPlan:
-    """Cut the individuals, in order, into batches of at most ``batch_size`` cells.
+    """Cut the individuals, in order, into batches of about ``batch_size`` cells, as even as
+    whole individuals allow.
 
-    An individual is never split: one with more cells than ``batch_size`` is a batch of its
-    own.  ``None`` gives one batch.  Greedy in the order of the individuals, so the plan is a
-    function of the individuals' sizes and ``batch_size`` alone.
+    B = ceil(N / batch_size) batches, cut at the individual boundary nearest each k N / B, so
+    each batch holds N / B cells give or take an individual (batches of unequal size spread
+    unevenly over workers: a sweep waits for the worker with the most cells).  An individual
+    is never split: one with more cells than ``batch_size`` is a batch of its own.  ``None``
+    gives one batch.  The plan is a function of the individuals' sizes and ``batch_size``
+    alone.
     """
     offsets = np.asarray(offsets, dtype=np.int64)
     J = offsets.shape[0] - 1
-    if batch_size is None or J == 0 or offsets[-1] <= batch_size:
+    n = int(offsets[-1]) if J > 0 else 0
+    if batch_size is None or J == 0 or n <= batch_size:
         return BatchPlan(groups=np.array([0, J], dtype=np.int64),
-                         rows=np.array([0, offsets[-1]], dtype=np.int64))
-    limit = int(batch_size)
-    starts = [0]
-    for j in range(1, J):
-        # close the batch before individual j when j would take it past the limit
-        if offsets[j + 1] - offsets[starts[-1]] > limit:
-            starts.append(j)
-    groups = np.array(starts + [J], dtype=np.int64)
+                         rows=np.array([0, n], dtype=np.int64))
+    n_batches = -(-n // int(batch_size))
+    targets = np.arange(1, n_batches, dtype=np.int64) * n / n_batches
+    # the boundary nearest each target (the lower one on a tie), inside (0, J)
+    upper = np.clip(np.searchsorted(offsets, targets, side="left"), 1, J)
+    lower = upper - 1
+    nearest = np.where(targets - offsets[lower] <= offsets[upper] - targets, lower, upper)
+    # and around every individual larger than a batch
+    large = np.nonzero(np.diff(offsets) > batch_size)[0]
+    cuts = np.unique(np.concatenate([nearest, large, large + 1]))
+    cuts = cuts[(cuts > 0) & (cuts < J)]
+    groups = np.concatenate([[0], cuts, [J]]).astype(np.int64)
     return BatchPlan(groups=groups, rows=offsets[groups].astype(np.int64))
 
 

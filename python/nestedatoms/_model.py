@@ -9,7 +9,7 @@ import numpy as np
 from ._backend import get_backend, resolve_n_threads
 from ._data import check_constant_columns, prepare_data
 from ._fit import fit_restarts
-from ._batches import DEFAULT_DASK_BATCH_SIZE, in_memory_summary, plan_batches
+from ._batches import dask_batch_size, in_memory_summary, plan_batches
 from ._dask import is_dask_array
 from .moves import moves_for
 from ._atoms import FULL, resolve_cell_prior, y_family
@@ -105,14 +105,17 @@ class NestedAtomsModel:
         ``cell_prior`` takes precedence.
     batch_size : int or None, default None
         Cells per batch: every pass over the cells runs batch by batch, each batch a run of
-        whole individuals (cut greedily in group order, so an individual larger than this is
-        a batch of its own), and the batches' sums are added in batch order.  The plan
-        depends on the data and this number only, so a fit gives the same bits whatever the
-        number of threads or dask workers.  None: one batch for an in-memory Y (the fit as
-        it always was) and 262144 cells for a dask array Y; pass the same number to compare a
-        dask fit with an in-memory one bit for bit.  With more than one batch the split of
-        cell atoms is not run, in memory as on dask, so the two stay equal (the merges run
-        batch by batch; docs/scale-out.md).
+        whole individuals (the fewest batches of at most this many cells, in group order, as
+        even as whole individuals allow; an individual larger than this is a batch of its
+        own), and the batches' sums are added in batch order.  The plan depends on the data
+        and this number only, so a fit gives the same bits whatever the number of threads or
+        dask workers.  None: one batch for an in-memory Y (the fit as it always was); for a
+        dask array Y one batch up to 262144 cells, else at least 24 batches of 32768 to 262144
+        cells, so that they spread evenly over workers (52917 cells for 1.27 M cells;
+        ``problem_.batch_size`` is the number used).  Pass the same number to compare a dask
+        fit with an in-memory one bit for bit.  With more than one batch the split of cell
+        atoms is not run, in memory as on dask, so the two stay equal (the merges run batch
+        by batch; docs/scale-out.md).
 
     Attributes
     ----------
@@ -321,7 +324,7 @@ class NestedAtomsModel:
             if data is None:       # one batch: read it, and fit in memory (same plan)
                 Y = Y.compute()
             else:
-                batch_size = DEFAULT_DASK_BATCH_SIZE if batch_size is None else batch_size
+                batch_size = dask_batch_size(data.n_cells) if batch_size is None else batch_size
         if data is None:
             # Refuse a fit that cannot fit in memory before copying anything (Y's shape is
             # known without converting it); checked again below once the data is validated.
@@ -366,7 +369,7 @@ class NestedAtomsModel:
             raise ValueError("init_group_labels / init_cell_labels are not supported with a "
                              "dask array Y; fit without them, or pass Y.compute().")
         return prepare_dask_data(Y, groups, X,
-                                 DEFAULT_DASK_BATCH_SIZE if batch_size is None else batch_size,
+                                 dask_batch_size(Y.shape[0]) if batch_size is None else batch_size,
                                  self.backend, self.n_threads)
 
     @staticmethod
