@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._data import exact_column_means
-from ._state import NWPrior, _feature_variances, resolve_nw_prior
-from ._validation import COVARIANCE_TYPES, InvalidParameterError, check_covariance_type
+from ._state import NWPrior, _feature_variances, apply_prior_overrides, resolve_nw_prior
+from ._validation import (COVARIANCE_TYPES, InvalidParameterError, check_covariance_type,
+                          check_mean_prior)
 
 __all__ = ["DiagPrior", "AtomFamily", "FULL", "DIAG", "COVARIANCE_TYPES", "family_named",
            "family_of", "resolve_cell_prior", "y_atoms", "y_family"]
@@ -175,9 +176,6 @@ def y_atoms(st) -> tuple:
 # ---------------------------------------------------------------------------------------------
 # The priors
 # ---------------------------------------------------------------------------------------------
-_SKLEARN_NAMES = {"mean_prior": "m0", "mean_precision_prior": "lam0",
-                  "degrees_of_freedom_prior": "nu0", "covariance_prior": "W0inv"}
-
 
 def resolve_cell_prior(Z, n_clusters: int, preset: str, overrides, covariance_type: str = "full",
                        name: str = "cell_prior", resolution: float = 1.0, summary=None):
@@ -225,20 +223,8 @@ def resolve_diag_prior(Z, n_clusters: int, preset: str, overrides, name: str = "
     else:
         raise ValueError(f"prior must be 'empirical' or 'reference', got {preset!r}.")
     W0inv = W0inv / float(resolution) ** 2
-    values = {"m0": m0, "lam0": lam0, "W0inv": W0inv, "nu0": nu0}
-    for key, val in (overrides or {}).items():
-        if key not in _SKLEARN_NAMES:
-            raise ValueError(f"unknown {name} key {key!r}; use {sorted(_SKLEARN_NAMES)}.")
-        values[_SKLEARN_NAMES[key]] = val
-    try:
-        m0 = np.array(values["m0"], dtype=np.float64).reshape(-1)
-        W0inv = np.array(values["W0inv"], dtype=np.float64)
-        lam0, nu0 = float(values["lam0"]), float(values["nu0"])
-    except (TypeError, ValueError) as exc:
-        raise InvalidParameterError(f"{name} values must be numbers or numeric arrays ({exc}); "
-                                    f"got {overrides!r}.") from None
-    if m0.size == 1 and D > 1:
-        m0 = np.full(D, m0[0])
+    m0, lam0, W0inv, nu0 = apply_prior_overrides(
+        {"m0": m0, "lam0": lam0, "W0inv": W0inv, "nu0": nu0}, overrides, name, D)
     if W0inv.ndim == 0:
         W0inv = np.full(D, float(W0inv))
     check_diag_prior(m0, lam0, W0inv, nu0, D, name)
@@ -248,16 +234,7 @@ def resolve_diag_prior(Z, n_clusters: int, preset: str, overrides, name: str = "
 
 def check_diag_prior(m0, lam0, W0inv, nu0, D: int, name: str) -> None:
     """Check a resolved Normal-Gamma prior of dimension D (W0inv the (D,) diagonal)."""
-    if m0.shape != (D,):
-        raise InvalidParameterError(
-            f"{name}['mean_prior'] must be a scalar or have shape ({D},) to match the "
-            f"{D} feature(s) of the data, got shape {m0.shape}.")
-    if not np.all(np.isfinite(m0)):
-        raise InvalidParameterError(f"{name}['mean_prior'] must be finite, got {m0}.")
-    if not (np.isfinite(lam0) and lam0 > 0):
-        raise InvalidParameterError(
-            f"{name}['mean_precision_prior'] (lam0) must be a finite number > 0, got {lam0!r}; "
-            f"the default is 0.01 (a vague prior on the cluster means).")
+    check_mean_prior(m0, lam0, D, name)
     if not (np.isfinite(nu0) and nu0 > 0):
         raise InvalidParameterError(
             f"{name}['degrees_of_freedom_prior'] (nu0 = 2 a0, the Gamma shape of each "

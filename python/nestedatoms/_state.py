@@ -152,7 +152,22 @@ def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
     else:
         raise ValueError(f"prior must be 'empirical' or 'reference', got {preset!r}.")
     W0inv = W0inv / float(resolution) ** 2
-    values = {"m0": m0, "lam0": lam0, "W0inv": W0inv, "nu0": nu0}
+    m0, lam0, W0inv, nu0 = apply_prior_overrides(
+        {"m0": m0, "lam0": lam0, "W0inv": W0inv, "nu0": nu0}, overrides, name, D)
+    if W0inv.ndim == 0:
+        W0inv = W0inv * np.eye(D)
+    elif W0inv.ndim == 1:
+        W0inv = np.diag(W0inv)
+    check_nw_prior(m0, lam0, W0inv, nu0, D, name)
+    return NWPrior(m0=np.ascontiguousarray(m0), lam0=lam0, W0inv=np.ascontiguousarray(W0inv),
+                   nu0=nu0)
+
+
+def apply_prior_overrides(values: dict, overrides, name: str, D: int):
+    """A prior's defaults ``values`` (m0, lam0, W0inv, nu0) with the caller's overrides (under
+    scikit-learn's names) applied, as numbers: (m0 (D,), lam0, W0inv as given, nu0).  Shared by
+    the full and the diagonal cell atoms, which check the shapes of W0inv each their own way."""
+    values = dict(values)
     for key, val in (overrides or {}).items():
         if key not in _SKLEARN_PRIOR_NAMES:
             raise ValueError(
@@ -162,19 +177,13 @@ def resolve_nw_prior(Z: np.ndarray, n_clusters: int, preset: str,
     try:
         m0 = np.array(values["m0"], dtype=np.float64).reshape(-1)
         W0inv = np.array(values["W0inv"], dtype=np.float64)
-        values["lam0"], values["nu0"] = float(values["lam0"]), float(values["nu0"])
+        lam0, nu0 = float(values["lam0"]), float(values["nu0"])
     except (TypeError, ValueError) as exc:
         raise InvalidParameterError(f"{name} values must be numbers or numeric arrays ({exc}); "
                                     f"got {overrides!r}.") from None
     if m0.size == 1 and D > 1:
         m0 = np.full(D, m0[0])
-    if W0inv.ndim == 0:
-        W0inv = W0inv * np.eye(D)
-    elif W0inv.ndim == 1:
-        W0inv = np.diag(W0inv)
-    check_nw_prior(m0, values["lam0"], W0inv, values["nu0"], D, name)
-    return NWPrior(m0=np.ascontiguousarray(m0), lam0=float(values["lam0"]),
-                   W0inv=np.ascontiguousarray(W0inv), nu0=float(values["nu0"]))
+    return m0, lam0, W0inv, nu0
 
 
 @dataclass

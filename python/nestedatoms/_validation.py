@@ -184,12 +184,8 @@ def check_dimension(p: int, covariance_type: str = "full") -> None:
             HighDimensionWarning, stacklevel=3)
 
 
-def check_nw_prior(m0, lam0, W0inv, nu0, D: int, name: str) -> None:
-    """Check a resolved NW(m0, lam0, W0, nu0) prior of dimension D (W0inv = W0^-1).
-
-    ``name`` is the estimator argument it came from (``cell_prior`` or ``group_prior``), so
-    the message can point at the key to change.
-    """
+def check_mean_prior(m0, lam0, D: int, name: str) -> None:
+    """Check the atoms' mean prior (m0, lam0), the part the full and diagonal families share."""
     if m0.shape != (D,):
         raise InvalidParameterError(
             f"{name}['mean_prior'] must be a scalar or have shape ({D},) to match the "
@@ -200,6 +196,15 @@ def check_nw_prior(m0, lam0, W0inv, nu0, D: int, name: str) -> None:
         raise InvalidParameterError(
             f"{name}['mean_precision_prior'] (lam0) must be a finite number > 0, got {lam0!r}; "
             f"the default is 0.01 (a vague prior on the cluster means).")
+
+
+def check_nw_prior(m0, lam0, W0inv, nu0, D: int, name: str) -> None:
+    """Check a resolved NW(m0, lam0, W0, nu0) prior of dimension D (W0inv = W0^-1).
+
+    ``name`` is the estimator argument it came from (``cell_prior`` or ``group_prior``), so
+    the message can point at the key to change.
+    """
+    check_mean_prior(m0, lam0, D, name)
     if not (np.isfinite(nu0) and nu0 > D - 1):
         raise InvalidParameterError(
             f"{name}['degrees_of_freedom_prior'] (nu0) must be > D - 1 = {D - 1} for the "
