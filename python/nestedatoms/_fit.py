@@ -232,8 +232,12 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
             if final_moves and tol > 0 and not stop and (settled or it % _STALL_PERIOD == 0):
                 if settled and duplicate is not None and hasattr(duplicate, "passing"):
                     duplicate.passing(st, cur)   # where this run tries the costly moves
+                changed = False             # by a costly move of this round
                 for move in final_moves:
+                    if move.reads_settled_partition and changed:
+                        continue
                     fired, cur = phases.move(move, be, prob, st, n_threads, it, cur)
+                    changed |= fired
                     moved |= fired
                 cur = _finite_elbo(cur, it)
             # The trace grows before the checkpoint moves on, so an interrupt between the two

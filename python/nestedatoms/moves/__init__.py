@@ -23,7 +23,9 @@ One module per move:
 Scheduling (``Move.when``): cheap moves run after every sweep; costly ones (the
 agglomeration, the splits, the group search, the two learned settings) when the sweeps have
 converged, or every ``_STALL_PERIOD`` sweeps of a run that creeps without converging, and the
-sweeps resume if one of them fired.
+sweeps resume if one of them fired.  The donor concentration is learned only in a round where
+no costly move before it changed the state (``Move.reads_settled_partition``), so it reads a
+partition the sweeps have settled on, not a search's proposal before they refine it.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ DEFAULT_MOVES = (
     Move("split_cell_atoms", split_cell_atoms, AT_CONVERGENCE),
     Move("search_group_partition", search_group_partition, AT_CONVERGENCE),
     Move("learn_group_prior_scale", learn_group_prior_scale, AT_CONVERGENCE),
-    Move("learn_donor_variation", learn_donor_variation, AT_CONVERGENCE),
+    Move("learn_donor_variation", learn_donor_variation, AT_CONVERGENCE,
+         reads_settled_partition=True),
 )
 
 

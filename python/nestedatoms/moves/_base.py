@@ -38,11 +38,17 @@ class Move:
         ``"every_sweep"``: cheap, tried after every sweep.  ``"at_convergence"``: costly (a
         search, a split), tried when the sweeps have converged (or every ``_STALL_PERIOD``
         sweeps of a run that creeps); the sweeps resume if it fired.
+    reads_settled_partition : bool, default False
+        With ``"at_convergence"``: skipped in a round where a costly move before it changed
+        the state, because it estimates something from the partition itself (the donor
+        concentration), which must be the one the sweeps settle on, not a search's proposal
+        before the sweeps have refined it; it is tried again when they settle.
     """
 
     name: str
     attempt: Callable[..., bool]
     when: str = EVERY_SWEEP
+    reads_settled_partition: bool = False
 
     def __post_init__(self):
         if self.when not in _WHEN:
