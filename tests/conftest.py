@@ -40,3 +40,16 @@ def random_state_for(be, prob, seed=0):
     groups = rng.integers(prob.K, size=prob.data.n_groups)
     return state_from_labels(be, prob, cells, groups)
 
+
+
+def trace_steps_under_one_objective(model):
+    """The steps of a fit's ELBO trace, and a mask of those that compare two sweeps under the
+    same objective.  The learned donor concentration changes the objective itself: the step
+    into the sweep where it moved compares two objectives (trace[s - 1] is the first under the
+    new c), so monotonicity is asserted on the other steps only."""
+    steps = np.diff(np.asarray(model.elbo_trace_))
+    changed = [m["sweep"] for m in model.moves_
+               if m["move"] == "learn_donor_variation" and m["restart"] == model.best_restart_]
+    keep = np.ones(steps.size, bool)
+    keep[[s - 2 for s in changed if 0 <= s - 2 < steps.size]] = False
+    return steps, keep

@@ -296,6 +296,24 @@ def test_c_is_not_learned_from_a_search_proposal_before_the_sweeps_settle():
     np.testing.assert_array_equal(a.group_labels_, b.group_labels_)
 
 
+def test_a_concentration_that_could_cycle_still_converges():
+    """Two donors of 10,000 cells and three of one cell: the partition NAM settles on is too
+    fine to show variation, the one-cluster estimate of c merges, the merged partition shows
+    none, and c went finite, infinite, finite, ... until max_iter.  c changes at most
+    MAX_SETTLED_READINGS times, and the run converges."""
+    from nestedatoms._fit import MAX_SETTLED_READINGS
+
+    rng = np.random.default_rng(0)
+    sizes = [10_000, 1, 1, 10_000, 1]
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    Y = rng.normal(size=(groups.size, 2)) + groups[:, None]
+    m = na.NestedAtomsModel(n_group_clusters=3, n_cell_clusters=4, n_init=1, max_iter=200,
+                            random_state=0).fit(Y, groups, rng.normal(size=(5, 2)))
+    changes = [x for x in m.moves_ if x["move"] == "learn_donor_variation"]
+    assert m.converged_ and m.n_iter_ < 200
+    assert 0 < len(changes) <= MAX_SETTLED_READINGS
+
+
 def test_learning_c_is_a_move_that_reports_what_it_did(backend):
     sim = _varying_cohort(0)
     model = na.NestedAtomsModel(random_state=0, n_init=1, donor_concentration=np.inf,

@@ -29,6 +29,7 @@ from nestedatoms import reference as ref  # noqa: E402
 from nestedatoms._backend import get_backend  # noqa: E402
 from nestedatoms._fit import NumericalError  # noqa: E402
 from nestedatoms._steps import elbo_terms  # noqa: E402
+from conftest import trace_steps_under_one_objective  # noqa: E402
 
 core = get_backend("cpp")
 
@@ -141,13 +142,7 @@ def assert_sound_fit(model):
                 if Z is not None)
     tol = (1e-9 + 1e-15 * max(conds) + 1e-14 * ratio) * scale
     trace = np.asarray(model.elbo_trace_)
-    steps = np.diff(trace)
-    # The learned donor concentration changes the objective itself: the step into the sweep
-    # where it moved compares two objectives (trace[s - 1] is the first under the new c).
-    changed = [m["sweep"] for m in model.moves_
-               if m["move"] == "learn_donor_variation" and m["restart"] == model.best_restart_]
-    keep = np.ones(steps.size, bool)
-    keep[[s - 2 for s in changed if 0 <= s - 2 < steps.size]] = False
+    steps, keep = trace_steps_under_one_objective(model)
     assert np.all(steps[keep] >= -tol), f"ELBO decreased {trace!r}"
 
 

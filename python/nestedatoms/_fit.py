@@ -191,6 +191,11 @@ def _settled(cur: float, prev: float, tol: float, moved: bool) -> bool:
 
 
 # Sweeps between tries of the costly moves in a run that has not converged yet.
+# A move that reads the settled partition to set the objective (the donor concentration) may
+# change it this many times in a run, then the objective is held: with a few donors, a
+# partition too fine to show variation and the coarser one its estimate leads to can send c
+# back and forth (finite, infinite, finite, ...) and the run would never converge.
+MAX_SETTLED_READINGS = 4
 _STALL_PERIOD = 50
 
 
@@ -215,6 +220,7 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
     final_moves = [m for m in moves if m.when == AT_CONVERGENCE]
     moves = [m for m in moves if m.when != AT_CONVERGENCE]
     phases = _Phases(result, on_phase)
+    readings = defaultdict(int)     # changes made by each move that reads the partition
     try:
         for it in range(1, max_iter + 1):
             phases.sweep(be, prob, st, n_threads)
@@ -234,11 +240,14 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
                     duplicate.passing(st, cur)   # where this run tries the costly moves
                 changed = False             # by a costly move of this round
                 for move in final_moves:
-                    if move.reads_settled_partition and changed:
+                    if move.reads_settled_partition and (
+                            changed or readings[move.name] >= MAX_SETTLED_READINGS):
                         continue
                     fired, cur = phases.move(move, be, prob, st, n_threads, it, cur)
                     changed |= fired
                     moved |= fired
+                    if fired and move.reads_settled_partition:
+                        readings[move.name] += 1
                 cur = _finite_elbo(cur, it)
             # The trace grows before the checkpoint moves on, so an interrupt between the two
             # only trims the trace back to the checkpoint (trace and n_iter always agree).

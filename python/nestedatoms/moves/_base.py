@@ -42,7 +42,9 @@ class Move:
         With ``"at_convergence"``: skipped in a round where a costly move before it changed
         the state, because it estimates something from the partition itself (the donor
         concentration), which must be the one the sweeps settle on, not a search's proposal
-        before the sweeps have refined it; it is tried again when they settle.
+        before the sweeps have refined it; it is tried again when they settle.  Such a
+        move changes the state at most ``_fit.MAX_SETTLED_READINGS`` times in a run, so a
+        cycle between two partitions and two objectives cannot keep the run from converging.
     """
 
     name: str
