@@ -247,12 +247,17 @@ struct NWArrays {
     Index G = 0, D = 0;
 };
 
-NWArrays nw_arrays(const py::object& m, const py::object& lam, const py::object& W,
-                   const py::object& nu, Shapes& s, const std::string& G, const std::string& D) {
+// The atoms' factors; `diagonal`: W (G, D) holds the diagonals (Normal-Gamma atoms).
+NWArrays atom_arrays(const py::object& m, const py::object& lam, const py::object& W,
+                     const py::object& nu, Shapes& s, const std::string& G, const std::string& D,
+                     bool diagonal = false) {
     NWArrays q{as_array(m, "m"), as_array(lam, "lam"), as_array(W, "W"), as_array(nu, "nu")};
     s.check(q.m, "m", {G, D});
     s.check(q.lam, "lam", {G});
-    s.check(q.W, "W", {G, D, D});
+    if (diagonal)
+        s.check(q.W, "W", {G, D});
+    else
+        s.check(q.W, "W", {G, D, D});
     s.check(q.nu, "nu", {G});
     s.at_least(D, 1, "m");
     q.G = s[G];
@@ -277,13 +282,20 @@ struct PriorArrays {
     Arr m0, W0inv;
     double lam0, nu0;
     nam::NWPrior prior(Index D) const { return {m0.data(), lam0, W0inv.data(), nu0, D}; }
+    nam::DiagPrior diag_prior(Index D) const {
+        return {m0.data(), lam0, W0inv.data(), nu0, D};
+    }
 };
 
+// `diagonal`: W0inv (D,) is the diagonal (Normal-Gamma atoms).
 PriorArrays prior_arrays(const py::object& m0, double lam0, const py::object& W0inv, double nu0,
-                         Shapes& s) {
+                         Shapes& s, bool diagonal = false) {
     PriorArrays p{as_array(m0, "m0"), as_array(W0inv, "W0inv"), lam0, nu0};
     s.check(p.m0, "m0", {"D"});
-    s.check(p.W0inv, "W0inv", {"D", "D"});
+    if (diagonal)
+        s.check(p.W0inv, "W0inv", {"D"});
+    else
+        s.check(p.W0inv, "W0inv", {"D", "D"});
     return p;
 }
 
@@ -314,7 +326,7 @@ py::array_t<double> expected_loglik(const py::object& Z_obj, const py::object& m
     Shapes s;
     Arr Z = as_array(Z_obj, "Z");
     s.check(Z, "Z", {"n", "D"});
-    NWArrays q = nw_arrays(m, lam, W, nu, s, "G", "D");
+    NWArrays q = atom_arrays(m, lam, W, nu, s, "G", "D");
     const Index n = s["n"];
     auto out = new_array(n, q.G);
     double* o = out.mutable_data();
@@ -348,13 +360,17 @@ struct StatsArrays {
     Arr n, s1, s2, centre;
 };
 
+// `diagonal`: s2 (G, D) holds the diagonals of the second moments.
 StatsArrays stats_arrays(const py::object& n, const py::object& s1, const py::object& s2,
-                         const py::object& centre, Shapes& s) {
+                         const py::object& centre, Shapes& s, bool diagonal = false) {
     StatsArrays st{as_array(n, "n"), as_array(s1, "s1"), as_array(s2, "s2"),
                    as_array(centre, "centre")};
     s.check(st.n, "n", {"G"});
     s.check(st.s1, "s1", {"G", "D"});
-    s.check(st.s2, "s2", {"G", "D", "D"});
+    if (diagonal)
+        s.check(st.s2, "s2", {"G", "D"});
+    else
+        s.check(st.s2, "s2", {"G", "D", "D"});
     s.check(st.centre, "centre", {"D"});
     return st;
 }
@@ -368,8 +384,9 @@ struct StatsUnderPrior {
     Index G, D;
     StatsUnderPrior(const py::object& n, const py::object& s1, const py::object& s2,
                     const py::object& centre, const py::object& m0, double lam0,
-                    const py::object& W0inv, double nu0)
-        : st(stats_arrays(n, s1, s2, centre, s)), pr(prior_arrays(m0, lam0, W0inv, nu0, s)) {
+                    const py::object& W0inv, double nu0, bool diagonal = false)
+        : st(stats_arrays(n, s1, s2, centre, s, diagonal)),
+          pr(prior_arrays(m0, lam0, W0inv, nu0, s, diagonal)) {
         s.at_least("D", 1, "s1");
         G = s["G"], D = s["D"];
     }
@@ -401,7 +418,7 @@ double nw_loglik_from_stats(const py::object& n, const py::object& s1, const py:
                             const py::object& W, const py::object& nu) {
     Shapes s;
     StatsArrays st = stats_arrays(n, s1, s2, centre, s);
-    NWArrays q = nw_arrays(m, lam, W, nu, s, "G", "D");
+    NWArrays q = atom_arrays(m, lam, W, nu, s, "G", "D");
     const auto v = q.view();
     py::gil_scoped_release release;
     return nam::nw_loglik_from_stats(st.n.data(), st.s1.data(), st.s2.data(), st.centre.data(), v);
@@ -411,7 +428,7 @@ double nw_prior_term(const py::object& m, const py::object& lam, const py::objec
                      const py::object& nu, const py::object& m0, double lam0,
                      const py::object& W0inv, double nu0) {
     Shapes s;
-    NWArrays q = nw_arrays(m, lam, W, nu, s, "G", "D");
+    NWArrays q = atom_arrays(m, lam, W, nu, s, "G", "D");
     PriorArrays pr = prior_arrays(m0, lam0, W0inv, nu0, s);
     const auto v = q.view();
     const auto p = pr.prior(q.D);
@@ -422,7 +439,7 @@ double nw_prior_term(const py::object& m, const py::object& lam, const py::objec
 double nw_entropy(const py::object& m, const py::object& lam, const py::object& W,
                   const py::object& nu) {
     Shapes s;
-    NWArrays q = nw_arrays(m, lam, W, nu, s, "G", "D");
+    NWArrays q = atom_arrays(m, lam, W, nu, s, "G", "D");
     const auto v = q.view();
     py::gil_scoped_release release;
     return nam::nw_entropy(v);
@@ -446,63 +463,9 @@ py::array_t<double> nw_scores(const py::object& n, const py::object& s1, const p
 // The same arguments as their Normal-Wishart counterparts, with W (G, D), W0inv (D,) and
 // s2 (G, D) the diagonals.
 
-NWArrays diag_arrays(const py::object& m, const py::object& lam, const py::object& W,
-                     const py::object& nu, Shapes& s, const std::string& G,
-                     const std::string& D) {
-    NWArrays q{as_array(m, "m"), as_array(lam, "lam"), as_array(W, "W"), as_array(nu, "nu")};
-    s.check(q.m, "m", {G, D});
-    s.check(q.lam, "lam", {G});
-    s.check(q.W, "W", {G, D});
-    s.check(q.nu, "nu", {G});
-    s.at_least(D, 1, "m");
-    q.G = s[G];
-    q.D = s[D];
-    return q;
-}
-
 nam::DiagView diag_view(const NWArrays& q) {
     return {q.m.data(), q.lam.data(), q.W.data(), q.nu.data(), q.G, q.D};
 }
-
-struct DiagPriorArrays {
-    Arr m0, W0inv;
-    double lam0, nu0;
-    nam::DiagPrior prior(Index D) const { return {m0.data(), lam0, W0inv.data(), nu0, D}; }
-};
-
-DiagPriorArrays diag_prior_arrays(const py::object& m0, double lam0, const py::object& W0inv,
-                                  double nu0, Shapes& s) {
-    DiagPriorArrays p{as_array(m0, "m0"), as_array(W0inv, "W0inv"), lam0, nu0};
-    s.check(p.m0, "m0", {"D"});
-    s.check(p.W0inv, "W0inv", {"D"});
-    return p;
-}
-
-StatsArrays diag_stats_arrays(const py::object& n, const py::object& s1, const py::object& s2,
-                              const py::object& centre, Shapes& s) {
-    StatsArrays st{as_array(n, "n"), as_array(s1, "s1"), as_array(s2, "s2"),
-                   as_array(centre, "centre")};
-    s.check(st.n, "n", {"G"});
-    s.check(st.s1, "s1", {"G", "D"});
-    s.check(st.s2, "s2", {"G", "D"});
-    s.check(st.centre, "centre", {"D"});
-    return st;
-}
-
-struct DiagStatsUnderPrior {
-    Shapes s;
-    StatsArrays st;
-    DiagPriorArrays pr;
-    Index G, D;
-    DiagStatsUnderPrior(const py::object& n, const py::object& s1, const py::object& s2,
-                        const py::object& centre, const py::object& m0, double lam0,
-                        const py::object& W0inv, double nu0)
-        : st(diag_stats_arrays(n, s1, s2, centre, s)),
-          pr(diag_prior_arrays(m0, lam0, W0inv, nu0, s)) {
-        s.at_least("D", 1, "s1");
-        G = s["G"], D = s["D"];
-    }
-};
 
 py::array_t<double> diag_expected_loglik(const py::object& Z_obj, const py::object& m,
                                          const py::object& lam, const py::object& W,
@@ -510,7 +473,7 @@ py::array_t<double> diag_expected_loglik(const py::object& Z_obj, const py::obje
     Shapes s;
     Arr Z = as_array(Z_obj, "Z");
     s.check(Z, "Z", {"n", "D"});
-    NWArrays q = diag_arrays(m, lam, W, nu, s, "G", "D");
+    NWArrays q = atom_arrays(m, lam, W, nu, s, "G", "D", true);
     const Index n = s["n"];
     auto out = new_array(n, q.G);
     double* o = out.mutable_data();
@@ -543,7 +506,7 @@ py::tuple diag_weighted_stats(const py::object& Z_obj, const py::object& w_obj,
 py::tuple diag_posterior(const py::object& n, const py::object& s1, const py::object& s2,
                          const py::object& centre, const py::object& m0, double lam0,
                          const py::object& W0inv, double nu0) {
-    const DiagStatsUnderPrior a(n, s1, s2, centre, m0, lam0, W0inv, nu0);
+    const StatsUnderPrior a(n, s1, s2, centre, m0, lam0, W0inv, nu0, true);
     const Index G = a.G, D = a.D;
     auto m = new_array(G, D);
     auto lam = new_array(G);
@@ -554,7 +517,7 @@ py::tuple diag_posterior(const py::object& n, const py::object& s1, const py::ob
     {
         py::gil_scoped_release release;
         nam::diag_posterior(a.st.n.data(), a.st.s1.data(), a.st.s2.data(), G,
-                            a.st.centre.data(), a.pr.prior(D), pm, pl, pW, pnu);
+                            a.st.centre.data(), a.pr.diag_prior(D), pm, pl, pW, pnu);
     }
     return py::make_tuple(m, lam, W, nu);
 }
@@ -563,8 +526,8 @@ double diag_loglik_from_stats(const py::object& n, const py::object& s1, const p
                               const py::object& centre, const py::object& m,
                               const py::object& lam, const py::object& W, const py::object& nu) {
     Shapes s;
-    StatsArrays st = diag_stats_arrays(n, s1, s2, centre, s);
-    NWArrays q = diag_arrays(m, lam, W, nu, s, "G", "D");
+    StatsArrays st = stats_arrays(n, s1, s2, centre, s, true);
+    NWArrays q = atom_arrays(m, lam, W, nu, s, "G", "D", true);
     const auto v = diag_view(q);
     py::gil_scoped_release release;
     return nam::diag_loglik_from_stats(st.n.data(), st.s1.data(), st.s2.data(),
@@ -575,10 +538,10 @@ double diag_prior_term(const py::object& m, const py::object& lam, const py::obj
                        const py::object& nu, const py::object& m0, double lam0,
                        const py::object& W0inv, double nu0) {
     Shapes s;
-    NWArrays q = diag_arrays(m, lam, W, nu, s, "G", "D");
-    DiagPriorArrays pr = diag_prior_arrays(m0, lam0, W0inv, nu0, s);
+    NWArrays q = atom_arrays(m, lam, W, nu, s, "G", "D", true);
+    PriorArrays pr = prior_arrays(m0, lam0, W0inv, nu0, s, true);
     const auto v = diag_view(q);
-    const auto p = pr.prior(q.D);
+    const auto p = pr.diag_prior(q.D);
     py::gil_scoped_release release;
     return nam::diag_prior_term(v, p);
 }
@@ -586,7 +549,7 @@ double diag_prior_term(const py::object& m, const py::object& lam, const py::obj
 double diag_entropy(const py::object& m, const py::object& lam, const py::object& W,
                     const py::object& nu) {
     Shapes s;
-    NWArrays q = diag_arrays(m, lam, W, nu, s, "G", "D");
+    NWArrays q = atom_arrays(m, lam, W, nu, s, "G", "D", true);
     const auto v = diag_view(q);
     py::gil_scoped_release release;
     return nam::diag_entropy(v);
@@ -595,13 +558,13 @@ double diag_entropy(const py::object& m, const py::object& lam, const py::object
 py::array_t<double> diag_scores(const py::object& n, const py::object& s1, const py::object& s2,
                                 const py::object& centre, const py::object& m0, double lam0,
                                 const py::object& W0inv, double nu0) {
-    const DiagStatsUnderPrior a(n, s1, s2, centre, m0, lam0, W0inv, nu0);
+    const StatsUnderPrior a(n, s1, s2, centre, m0, lam0, W0inv, nu0, true);
     auto out = new_array(a.G);
     double* o = out.mutable_data();
     {
         py::gil_scoped_release release;
         nam::diag_scores(a.st.n.data(), a.st.s1.data(), a.st.s2.data(), a.G,
-                         a.st.centre.data(), a.pr.prior(a.D), o);
+                         a.st.centre.data(), a.pr.diag_prior(a.D), o);
     }
     return out;
 }
@@ -656,8 +619,7 @@ struct CellStepArgs {
         s.define("J", J);  // J = len(offsets) - 1
         s.check(rho, "rho", {"J", "K"});
         s.check(elog_omega, "elog_omega", {"L", "K"});
-        q = diagonal ? diag_arrays(m, lam, W, nu, s, "L", "p")
-                     : nw_arrays(m, lam, W, nu, s, "L", "p");
+        q = atom_arrays(m, lam, W, nu, s, "L", "p", diagonal);
         s.at_least("L", 1, "elog_omega");
         centre = as_array(centre_obj, "centre");
         s.check(centre, "centre", {"p"});
