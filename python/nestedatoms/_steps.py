@@ -372,10 +372,20 @@ def update_x_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> None:
                                                     p.m0, p.lam0, p.W0inv, p.nu0)
 
 
-def update_y_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> None:
-    """q(theta^y_l) from the xi-weighted statistics cached by the cell step."""
-    st.my, st.lamy, st.Wy, st.nuy = y_family(prob).posterior(
-        be, (st.y_n, st.y_s1, st.y_s2), prob.y_centre, prob.y_prior)
+def update_y_atoms(be, prob: Problem, st: State, n_threads: int = 1, rows=None) -> None:
+    """q(theta^y_l) from the xi-weighted statistics cached by the cell step; with ``rows``,
+    only those atoms (the others' statistics unchanged since their last update)."""
+    if rows is None:
+        st.my, st.lamy, st.Wy, st.nuy = y_family(prob).posterior(
+            be, (st.y_n, st.y_s1, st.y_s2), prob.y_centre, prob.y_prior)
+        return
+    rows = np.asarray(rows)
+    new = y_family(prob).posterior(
+        be, (st.y_n[rows], st.y_s1[rows], st.y_s2[rows]), prob.y_centre, prob.y_prior)
+    for name, value in zip(("my", "lamy", "Wy", "nuy"), new):
+        arr = getattr(st, name).copy()      # copied: snapshots may share the old array
+        arr[rows] = value
+        setattr(st, name, arr)
 
 
 # One sweep visits the blocks in this order; any order is valid coordinate ascent.
