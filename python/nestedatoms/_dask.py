@@ -272,9 +272,11 @@ def _apply_ops(xi, ops):
 
 
 def _w_cell_step(Yb, offsets, rho, zeta, inputs, backend, n_threads, want="stats", ops=(),
-                 now_zeta=None, column_sets=()):
-    """The cell step on one batch: its statistics, or (``want``) its labels, its xi, or the
-    entropies of sums of xi's columns (``column_sets``, cells weighted by ``now_zeta``)."""
+                 now_zeta=None, column_sets=(), row0=0, call=None):
+    """The cell step on one batch: its statistics, or (``want``) its labels, its xi, the
+    entropies of sums of xi's columns (``column_sets``, cells weighted by ``now_zeta``), or
+    ``"map"``: ``func(be, Y, xi, offsets, now_zeta, row0, *args)`` of ``call = (func, args)``
+    (``_batches.batched_cell_map``)."""
     from ._backend import get_backend, resolve_n_threads
 
     from ._atoms import family_named
@@ -289,6 +291,9 @@ def _w_cell_step(Yb, offsets, rho, zeta, inputs, backend, n_threads, want="stats
     if want == "stats":
         return stats
     _apply_ops(xi, ops)
+    if want == "map":
+        func, args = call
+        return func(be, Y, xi, offsets, now_zeta, row0, *args)
     if want == "entropies":
         from ._batches import entropies_of_sums
 
@@ -343,14 +348,13 @@ class WorkerXi:
         stats = self._map(prob, "stats", step=step)
         return WorkerXi(*self.shape, step), combine_cell_stats(stats)
 
-    def _map(self, prob, want, step=None, now_zeta=None, column_sets=()):
+    def _map(self, prob, want, step=None, now_zeta=None, column_sets=(), call=None):
         data = prob.data
         rho, zeta, inputs = step or self._require_step()
-        per_batch = list(zip(data.local_offsets(), data.group_slices(rho),
-                             data.group_slices(zeta)))
-        return data.map(_w_cell_step_each,
-                        [(*args, nz) for args, nz in zip(per_batch, data.group_slices(now_zeta))],
-                        inputs, data.backend, data.n_threads, want, self._ops, column_sets)
+        per_batch = zip(data.local_offsets(), data.group_slices(rho), data.group_slices(zeta),
+                        data.group_slices(now_zeta), (int(r0) for _, _, r0, _ in data.plan))
+        return data.map(_w_cell_step_each, list(per_batch), inputs, data.backend,
+                        data.n_threads, want, self._ops, column_sets, call)
 
     def _require_step(self):
         if self._step is None:
@@ -361,6 +365,10 @@ class WorkerXi:
         """Each batch's ``_batches.entropies_of_sums`` of the current xi, in batch order."""
         return self._map(prob, "entropies", now_zeta=now_zeta,
                          column_sets=[list(map(int, c)) for c in column_sets])
+
+    def map_cells(self, prob, now_zeta, func, args) -> list:
+        """``_batches.batched_cell_map`` on the workers: each recomputes its batch's xi."""
+        return self._map(prob, "map", now_zeta=now_zeta, call=(func, tuple(args)))
 
     def labels(self, prob) -> np.ndarray:
         """argmax of each cell's xi (N,), computed by a last map over the batches."""
@@ -385,10 +393,10 @@ class WorkerXi:
         return da.concatenate(parts, axis=0)
 
 
-def _w_cell_step_each(Yb, offsets, rho, zeta, now_zeta, inputs, backend, n_threads, want, ops,
-                      column_sets):
+def _w_cell_step_each(Yb, offsets, rho, zeta, now_zeta, row0, inputs, backend, n_threads, want,
+                      ops, column_sets, call):
     return _w_cell_step(Yb, offsets, rho, zeta, inputs, backend, n_threads, want, ops,
-                        now_zeta, column_sets)
+                        now_zeta, column_sets, row0, call)
 
 
 def initial_state(be, prob, rng):
