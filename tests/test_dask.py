@@ -122,6 +122,63 @@ def test_split_on_workers_gives_the_in_memory_bits(merged, client):
     assert np.array_equal(np.asarray(st_d.xi.probs(on_dask).compute()), st.xi)
 
 
+def test_cells_kept_on_their_workers_change_no_bit(cohort, client, monkeypatch):
+    """The cells fit the workers' memory many times over, so each batch is read once and
+    kept on one worker, the batches spread evenly, and every pass runs where its rows are;
+    the bits are the in-memory fit's, as they are when reading the store every pass."""
+    import dask
+
+    from nestedatoms._kept_cells import KeptCells
+
+    sim, path, groups, reference = cohort
+    seen, holders = [], []
+    original = na._dask.DaskData.map
+
+    def watched(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        seen.append(self._kept)
+        if self._kept:
+            holders[:] = [client.who_has(self._kept.blocks)]
+        return result
+
+    monkeypatch.setattr(na._dask.DaskData, "map", watched)
+    model = na.NestedAtomsModel(**FIT).fit(_zarr_cells(path), groups, sim.X)
+    _assert_same_bits(model, reference)
+    assert seen and all(isinstance(k, KeptCells) for k in seen)
+    assert model.problem_.data._kept is None            # let go at the end of the fit
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    # every batch on one worker only: no task ran away from its rows and fetched them
+    assert all(len(w) == 1 for w in holders[0].values())
+    per_worker = np.bincount([workers.index(w[0]) for w in holders[0].values()],
+                             minlength=len(workers))
+    assert per_worker.sum() == reference.problem_.batches.n_batches
+    assert per_worker.max() - per_worker.min() <= 1
+    if len(workers) == 2:       # the store read every pass (the setting off): the same bits
+        seen.clear()
+        with dask.config.set({"nestedatoms.keep-cells": False}):
+            off = na.NestedAtomsModel(**FIT).fit(_zarr_cells(path), groups, sim.X)
+        assert seen and not any(seen)
+        _assert_same_bits(off, reference)
+
+
+def test_keep_cells_setting(client):
+    import dask
+
+    from nestedatoms._kept_cells import KEEP_FRACTION, _workers_memory, keep_cells
+
+    memory = _workers_memory(client)
+    assert 0 < memory <= na._kept_cells._host_memory()
+    assert keep_cells(int(KEEP_FRACTION * memory), client)
+    assert not keep_cells(int(KEEP_FRACTION * memory) + 1, client)
+    with dask.config.set({"nestedatoms.keep-cells": True}):
+        assert keep_cells(10 * memory, client)
+    with dask.config.set({"nestedatoms.keep-cells": "false"}):
+        assert not keep_cells(1, client)
+    with dask.config.set({"nestedatoms.keep-cells": "sometimes"}), \
+            pytest.raises(ValueError, match="keep-cells"):
+        keep_cells(1, client)
+
+
 def test_a_worker_killed_mid_fit_gives_the_same_bits(cohort, monkeypatch):
     sim, path, groups, reference = cohort
     calls = []

@@ -56,6 +56,7 @@ class DaskData(GroupLayout):
         self.backend = backend
         self.n_threads = n_threads          # the estimator's n_threads, resolved on the worker
         self._blocks = None
+        self._kept = None                   # ``_kept_cells.KeptCells`` once decided, or False
 
     @property
     def order(self) -> np.ndarray:
@@ -64,7 +65,36 @@ class DaskData(GroupLayout):
     def to_caller_order(self, per_cell):
         return per_cell
 
-    def blocks(self):
+    def kept(self):
+        """The batches' rows kept in the workers' memory (``_kept_cells``), or None: decided
+        on the first pass, for a Y read from a store, and kept until ``release_cells``."""
+        if self._kept is None:
+            from ._kept_cells import keep
+
+            blocks = self.store_blocks()
+            readers = all(isinstance(b, _BatchReader) for b in blocks)
+            nbytes = self.n_cells * int(self.Y.shape[1]) * 8
+            self._kept = (readers and keep(blocks, nbytes)) or False
+        return self._kept or None
+
+    def release_cells(self) -> None:
+        """Let the kept cells go (the fit has ended); a later pass keeps them again."""
+        if self._kept:
+            self._kept.release()
+        self._kept = None
+
+    def map(self, func, per_batch=None, *common):
+        """``func(Y_b, *per_batch[b], *common)`` for every batch b on the active scheduler;
+        the results in batch order."""
+        per_batch = per_batch or [() for _ in range(self.plan.n_batches)]
+        kept = self.kept()
+        if kept is not None:
+            from ._kept_cells import map_kept
+
+            return map_kept(kept, _call, func, per_batch, common)
+        return self._map_store(func, per_batch, common)
+
+    def store_blocks(self):
         """Per batch, what its task reads its rows of Y from: a ``_BatchReader`` (the task
         reads the batch's chunks from the store itself), or, when Y's graph carries its data
         (``da.from_array`` of an in-memory array), one dask.delayed of the rows."""
@@ -78,17 +108,15 @@ class DaskData(GroupLayout):
                 self._blocks = list(batched.to_delayed().ravel())
         return self._blocks
 
-    def map(self, func, per_batch=None, *common):
-        """``func(Y_b, *per_batch[b], *common)`` for every batch b on the active scheduler;
-        the results in batch order."""
+    def _map_store(self, func, per_batch, common):
+        """``map`` with every batch's task reading its rows from the store."""
         import dask
 
-        per_batch = per_batch or [() for _ in range(self.plan.n_batches)]
         # the arguments common to all batches (the global factors of a sweep, ~0.3 MB at
         # L = p = 30) are one node of the graph, sent to each worker once, not once per task
         shared = dask.delayed(common, pure=True, traverse=False)
         tasks = [dask.delayed(_call)(func, block, args, shared)
-                 for block, args in zip(self.blocks(), per_batch)]
+                 for block, args in zip(self.store_blocks(), per_batch)]
         return list(dask.compute(*tasks))
 
     def group_slices(self, per_group):
@@ -382,8 +410,10 @@ class WorkerXi:
         data = prob.data
         rho, zeta, inputs = self._require_step()
         parts = []
+        # from the store (a lazy array that holds the kept cells would keep them in the
+        # workers' memory for as long as it lives)
         for block, offsets, rho_b, zeta_b, (_, _, r0, r1) in zip(
-                data.blocks(), data.local_offsets(), data.group_slices(rho),
+                data.store_blocks(), data.local_offsets(), data.group_slices(rho),
                 data.group_slices(zeta), data.plan):
             task = dask.delayed(_call)(_w_cell_step, block, (offsets, rho_b, zeta_b),
                                        (inputs, data.backend, data.n_threads, "probs",

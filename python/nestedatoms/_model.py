@@ -443,6 +443,8 @@ class NestedAtomsModel:
         labels = (np.argmax(st.xi, axis=1) if isinstance(st.xi, np.ndarray)
                   else st.xi.labels(prob))
         self.cell_labels_ = data.to_caller_order(labels)
+        if hasattr(data, "release_cells"):      # cells kept on dask workers: the fit is over
+            data.release_cells()
         self.group_weights_ = expected_stick_weights(st.v_a, st.v_b)[:, 0]
         self.cell_weights_ = expected_stick_weights(st.u_a, st.u_b)
         self.cell_means_ = st.my.copy()
