@@ -91,7 +91,7 @@ class DaskData(GroupLayout):
         if kept is not None:
             from ._kept_cells import map_kept
 
-            return map_kept(kept, _call, func, per_batch, common)
+            return map_kept(kept, _call_each, func, per_batch, common)
         return self._map_store(func, per_batch, common)
 
     def store_blocks(self):
@@ -198,6 +198,12 @@ def _xi_buffer(n: int, L: int) -> np.ndarray:
 def _call(func, block, args, common):
     with _heap_kept():
         return func(block, *args, *common)
+
+
+def _call_each(func, blocks, per_batch, common):
+    """``_call`` for several batches in turn, in one task (``_kept_cells.map_kept``)."""
+    with _heap_kept():
+        return [func(block, *args, *common) for block, args in zip(blocks, per_batch)]
 
 
 # glibc's mallopt parameters (malloc.h)
