@@ -18,14 +18,15 @@ changes nothing in the work per sweep).
 default for the cohort's size unless ``--batch-size``); checks the ELBO traces and global
 factors are bitwise equal, then times ``--sweeps`` sweeps of each from the same state,
 **interleaved** (dask, memory, dask, memory, ...: a shared machine's load hits both) and
-reports the median of the pairs' ratios and best against best.  ``sweeps``: the dask sweep
-alone (no in-memory fit), for scaling with N and workers; with ``--memory-by-batches`` the
-driver also reads the whole Y into memory (8 N p bytes, not the 17 GiB of an in-memory fit at
-10x) and times, interleaved with the dask sweeps, the in-memory sweep over the same batch plan
-(the cell step of each batch on ``--workers`` threads with one reused xi buffer, then the
-other blocks), and checks the statistics are bitwise those of the dask sweep.  Both report
-the time of a map that only reads the batches (read) beside the sweep, and the peak resident
-memory of the driver plus the workers (sum of RSS, sampled).
+reports the median of the pairs' ratios and best against best; ``--split`` then times one round
+of the batched split move on both from the same state and checks the bits. ``sweeps``: the dask
+sweep alone (no in-memory fit), for scaling with N and workers; with ``--memory-by-batches``
+the driver also reads the whole Y into memory (8 N p bytes, not the 17 GiB of an in-memory fit
+at 10x) and times, interleaved with the dask sweeps, the in-memory sweep over the same batch
+plan (the cell step of each batch on ``--workers`` threads with one reused xi buffer, then the
+other blocks), and checks the statistics are bitwise those of the dask sweep. Both report the
+time of a map that only reads the batches (read) beside the sweep, and the peak resident memory
+of the driver plus the workers (sum of RSS, sampled).
 
 ``--keep-cells auto|true|false`` sets dask's ``nestedatoms.keep-cells`` for the run (the
 cells kept in the workers' memory between passes, ``nestedatoms._kept_cells``; ``auto`` keeps
@@ -239,6 +240,7 @@ def compare(args):
                                                                      args.workers)))
             reads.append(_read_once(model_d))
         same = same and all(np.array_equal(getattr(st_d, k), getattr(st_m, k)) for k in names)
+        split = _split_round(args, model_d, model_m, st_d, st_m, names) if args.split else None
         load_after = os.getloadavg()
     finally:
         client.close()
@@ -253,8 +255,41 @@ def compare(args):
                   peak_rss_driver_plus_workers_mb=mem_d.peak_mb),
         memory=dict(threads=args.workers, fit_s=fit_m, sweep_s=[b for _, b in pairs],
                     peak_rss_mb=mem_m.peak_mb),
-        sweep_dask_over_memory=_ratios(pairs),
+        sweep_dask_over_memory=_ratios(pairs), split_round=split,
         load_avg_before=load_before, load_avg_after=load_after)))
+
+
+def _split_round(args, model_d, model_m, st_d, st_m, names):
+    """One round of the batched split move (``moves.split_atoms_batched``) on dask and in
+    memory over the same batches, from the same state: seconds, whether it kept a split, the
+    number of passes over the cells, and whether the states are bitwise equal after it."""
+    from threadpoolctl import threadpool_limits
+
+    import nestedatoms._dask as nd
+    from nestedatoms._backend import get_backend
+    from nestedatoms.moves import split_cell_atoms_batched
+
+    passes = []
+    original = nd.DaskData.map
+
+    def counted(self, *a, **kw):
+        passes.append(1)
+        return original(self, *a, **kw)
+
+    be, out = get_backend("cpp"), {}
+    nd.DaskData.map = counted
+    try:
+        for name, model, st, threads in (("dask", model_d, st_d, 1),
+                                         ("memory", model_m, st_m, args.workers)):
+            with threadpool_limits(limits=1, user_api="blas"):
+                t0 = time.perf_counter()
+                kept = split_cell_atoms_batched(be, model.problem_, st, threads)
+                out[name] = dict(seconds=time.perf_counter() - t0, kept_a_split=bool(kept))
+    finally:
+        nd.DaskData.map = original
+    out["dask"]["passes"] = len(passes)
+    out["same_bits"] = all(np.array_equal(getattr(st_d, k), getattr(st_m, k)) for k in names)
+    return out
 
 
 def sweeps(args):
@@ -336,6 +371,9 @@ def main():
         c.add_argument("--iters", type=int, default=5, help="sweeps of the fit (tol = 0)")
         c.add_argument("--sweeps", type=int, default=4, help="sweeps timed after the fit")
     sub.choices["sweeps"].add_argument("--memory-by-batches", action="store_true")
+    sub.choices["compare"].add_argument(
+        "--split", action="store_true",
+        help="after the timed sweeps, one round of the batched split move on both (timed)")
     args = ap.parse_args()
     import dask
 
