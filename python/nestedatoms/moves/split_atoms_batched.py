@@ -25,7 +25,8 @@ and on any number of workers (model section 7).  One round of the move:
 Acceptance is exact and the trace monotone: the proposal only picks where the sweeps start,
 and the ELBO compared is that of a full state (xi from an exact cell step, every other factor
 refreshed on its statistics).  A try costs ``n_local_sweeps`` cell steps over all the cells
-(``split_atoms`` updates only the atom's cells); a round, 2 more passes per kept split.
+(``split_atoms`` updates only the atom's cells); a round, 2 more passes per kept split.  In
+memory the tries write into a second N x L array (the fit's xi is kept until a split is).
 """
 
 from __future__ import annotations
