@@ -161,6 +161,20 @@ def test_cells_kept_on_their_workers_change_no_bit(cohort, client, monkeypatch):
         _assert_same_bits(off, reference)
 
 
+def test_kept_batches_run_per_worker_thread_in_batch_order():
+    from nestedatoms._kept_cells import _tasks_per_thread
+
+    holders = {"b0": ("w1",), "b1": ("w2",), "b2": ("w1",), "b3": (), "b4": ("w1",),
+               "b5": ("w1", "w2"), "b6": ("w2",)}
+    keys = [f"b{i}" for i in range(7)]
+    tasks = _tasks_per_thread(holders, keys, {"w1": 2, "w2": 1})
+    # w1's batches in batch order, in two runs (two threads); w2's in one; an unheld batch
+    # (its worker died: dask reads it again) alone and anywhere
+    assert sorted((tuple(run), w) for run, w in tasks) == sorted(
+        [((0, 2), "w1"), ((4, 5), "w1"), ((1, 6), "w2"), ((3,), None)])
+    assert sorted(b for run, _ in tasks for b in run) == list(range(7))
+
+
 def test_keep_cells_setting(client):
     import dask
 
