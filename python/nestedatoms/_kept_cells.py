@@ -37,7 +37,7 @@ __all__ = ["KEEP_FRACTION", "CONFIG_KEY", "active_client", "keep_cells", "keep",
 # room for each batch's xi and the scheduler's data, well below distributed's thresholds
 # (spill at 60%, pause at 80%).  A cohort whose cells take a large share of the memory is what
 # the store path is for (10x OneK1K, 2.8 GiB of cells on a 23.5 GiB machine, peaks at 1.3 GB
-# read from the store; kept, it would be 4.1 GB).
+# read from the store; kept, it would be about 4.3 GB).
 KEEP_FRACTION = 0.1
 CONFIG_KEY = "nestedatoms.keep-cells"
 
@@ -106,8 +106,8 @@ def keep_cells(nbytes: int, client) -> bool:
     import dask
 
     setting = dask.config.get(CONFIG_KEY, "auto")
-    if isinstance(setting, str) and setting.lower() in ("true", "false"):
-        setting = setting.lower() == "true"
+    if isinstance(setting, str):        # as written in a YAML file or the environment
+        setting = {"true": True, "false": False}.get(setting.lower(), setting.lower())
     if setting is False:
         return False
     if client is None and not _in_process_scheduler():
