@@ -25,7 +25,8 @@ and on any number of workers (model section 7).  One round of the move:
 Acceptance is exact and the trace monotone: the proposal only picks where the sweeps start,
 and the ELBO compared is that of a full state (xi from an exact cell step, every other factor
 refreshed on its statistics).  A try costs ``n_local_sweeps`` cell steps over all the cells
-(``split_atoms`` updates only the atom's cells); a round, 2 more passes per kept split.  In
+(``split_atoms`` updates only the atom's cells); a round, 2 passes more, and 2 more after
+each kept split.  In
 memory the tries write into a second N x L array (the fit's xi is kept until a split is).
 """
 
@@ -39,7 +40,9 @@ from .._state import Problem, State
 from .._steps import elbo, group_weights, update_cells
 from ._base import gain_ok, refresh_without_cells, restore, snapshot
 
-# Cells of an atom its 2-means sees, about (kmeans_labels runs on at most 20,000 too).
+# About this many of an atom's cells are gathered for its 2-means: 1 MB at p = 30, 8 MB for
+# the 8 atoms a round tries (the one-batch split's kmeans_labels subsamples to 20,000; two
+# centres need far fewer).
 SAMPLE_SIZE = 4096
 
 
