@@ -18,14 +18,21 @@ changes nothing in the work per sweep).
 default for the cohort's size unless ``--batch-size``); checks the ELBO traces and global
 factors are bitwise equal, then times ``--sweeps`` sweeps of each from the same state,
 **interleaved** (dask, memory, dask, memory, ...: a shared machine's load hits both) and
-reports the median of the pairs' ratios and best against best.  ``sweeps``: the dask sweep
-alone (no in-memory fit), for scaling with N and workers; with ``--memory-by-batches`` the
-driver also reads the whole Y into memory (8 N p bytes, not the 17 GiB of an in-memory fit at
-10x) and times, interleaved with the dask sweeps, the in-memory sweep over the same batch plan
-(the cell step of each batch on ``--workers`` threads with one reused xi buffer, then the
-other blocks), and checks the statistics are bitwise those of the dask sweep.  Both report
-the time of a map that only reads the batches (read) beside the sweep, and the peak resident
-memory of the driver plus the workers (sum of RSS, sampled).
+reports the median of the pairs' ratios and best against best; ``--split`` then times one round
+of the batched split move on both from the same state and checks the bits. ``sweeps``: the dask
+sweep alone (no in-memory fit), for scaling with N and workers; with ``--memory-by-batches``
+the driver also reads the whole Y into memory (8 N p bytes, not the 17 GiB of an in-memory fit
+at 10x) and times, interleaved with the dask sweeps, the in-memory sweep over the same batch
+plan (the cell step of each batch on ``--workers`` threads with one reused xi buffer, then the
+other blocks), and checks the statistics are bitwise those of the dask sweep. Both report the
+time of a map that only reads the batches (read) beside the sweep, and the peak resident memory
+of the driver plus the workers (sum of RSS, sampled).
+
+``--keep-cells auto|true|false`` sets dask's ``nestedatoms.keep-cells`` for the run (the
+cells kept in the workers' memory between passes, ``nestedatoms._kept_cells``; ``auto`` keeps
+them when they take at most a tenth of the workers' memory).  Before the timed sweeps the
+cells are kept again (the fit lets them go when it ends), so no timed sweep reads the store
+when they are kept; ``kept`` in the output says whether they were.
 
 ``--allocator glibc`` starts the workers without the nanny's ``MALLOC_TRIM_THRESHOLD_`` (glibc's
 defaults, as the driver has); the default ``nanny`` is dask's setting (docs/scale-out.md).
@@ -188,6 +195,12 @@ def _cluster(workers, allocator="nanny"):
     return cluster, distributed.Client(cluster)
 
 
+def _keep_again(model):
+    """Keep the cells on the workers again before timing (the fit let them go at its end),
+    as a fit's own sweeps have them; whether they are kept."""
+    return model.problem_.data.kept() is not None
+
+
 def _ratios(pairs):
     """Median of the per-pair ratios and best against best, of (numerator, denominator)."""
     return dict(median_ratio=float(np.median([a / b for a, b in pairs])),
@@ -218,6 +231,7 @@ def compare(args):
                 and all(np.array_equal(getattr(model_d.state_, k), getattr(model_m.state_, k))
                         for k in names)
                 and np.array_equal(model_d.cell_labels_, model_m.cell_labels_))
+        kept = _keep_again(model_d)
         load_before = os.getloadavg()
         st_d, st_m = model_d.state_.copy(), model_m.state_.copy()
         pairs, reads = [], []
@@ -226,6 +240,7 @@ def compare(args):
                                                                      args.workers)))
             reads.append(_read_once(model_d))
         same = same and all(np.array_equal(getattr(st_d, k), getattr(st_m, k)) for k in names)
+        split = _split_round(args, model_d, model_m, st_d, st_m, names) if args.split else None
         load_after = os.getloadavg()
     finally:
         client.close()
@@ -235,12 +250,46 @@ def compare(args):
         batch_size=int(model_d.problem_.batch_size),
         n_batches=int(model_d.problem_.batches.n_batches), workers=args.workers,
         allocator=args.allocator, iters=args.iters, same_bits=bool(same),
+        keep_cells=args.keep_cells, kept=kept,
         dask=dict(fit_s=fit_d, sweep_s=[a for a, _ in pairs], read_s=reads,
                   peak_rss_driver_plus_workers_mb=mem_d.peak_mb),
         memory=dict(threads=args.workers, fit_s=fit_m, sweep_s=[b for _, b in pairs],
                     peak_rss_mb=mem_m.peak_mb),
-        sweep_dask_over_memory=_ratios(pairs),
+        sweep_dask_over_memory=_ratios(pairs), split_round=split,
         load_avg_before=load_before, load_avg_after=load_after)))
+
+
+def _split_round(args, model_d, model_m, st_d, st_m, names):
+    """One round of the batched split move (``moves.split_atoms_batched``) on dask and in
+    memory over the same batches, from the same state: seconds, whether it kept a split, the
+    number of passes over the cells, and whether the states are bitwise equal after it."""
+    from threadpoolctl import threadpool_limits
+
+    import nestedatoms._dask as nd
+    from nestedatoms._backend import get_backend
+    from nestedatoms.moves import split_cell_atoms_batched
+
+    passes = []
+    original = nd.DaskData.map
+
+    def counted(self, *a, **kw):
+        passes.append(1)
+        return original(self, *a, **kw)
+
+    be, out = get_backend("cpp"), {}
+    nd.DaskData.map = counted
+    try:
+        for name, model, st, threads in (("dask", model_d, st_d, 1),
+                                         ("memory", model_m, st_m, args.workers)):
+            with threadpool_limits(limits=1, user_api="blas"):
+                t0 = time.perf_counter()
+                kept = split_cell_atoms_batched(be, model.problem_, st, threads)
+                out[name] = dict(seconds=time.perf_counter() - t0, kept_a_split=bool(kept))
+    finally:
+        nd.DaskData.map = original
+    out["dask"]["passes"] = len(passes)
+    out["same_bits"] = all(np.array_equal(getattr(st_d, k), getattr(st_m, k)) for k in names)
+    return out
 
 
 def sweeps(args):
@@ -252,6 +301,7 @@ def sweeps(args):
             t0 = time.perf_counter()
             model = _model(args, n).fit(Y, groups, X)
             fit_s = time.perf_counter() - t0
+            kept = _keep_again(model)
             load_before = os.getloadavg()
             st = model.state_.copy()
             times, reads = [], []
@@ -263,7 +313,8 @@ def sweeps(args):
         result = dict(n_cells=n, n_groups=int(np.unique(groups).size),
                       batch_size=int(model.problem_.batch_size),
                       n_batches=int(model.problem_.batches.n_batches), workers=args.workers,
-                      allocator=args.allocator, iters=args.iters, dask=out)
+                      allocator=args.allocator, iters=args.iters,
+                      keep_cells=args.keep_cells, kept=kept, dask=out)
         if args.memory_by_batches:
             result.update(_against_memory_by_batches(args, model, Y))
         result.update(load_avg_before=load_before, load_avg_after=os.getloadavg())
@@ -315,11 +366,20 @@ def main():
         c.add_argument("--batch-size", type=int, default=None,
                        help="cells per batch (default: the dask default for the cohort)")
         c.add_argument("--allocator", choices=("nanny", "glibc"), default="nanny")
+        c.add_argument("--keep-cells", choices=("auto", "true", "false"), default="auto",
+                       help="dask config nestedatoms.keep-cells for the run")
         c.add_argument("--iters", type=int, default=5, help="sweeps of the fit (tol = 0)")
         c.add_argument("--sweeps", type=int, default=4, help="sweeps timed after the fit")
     sub.choices["sweeps"].add_argument("--memory-by-batches", action="store_true")
+    sub.choices["compare"].add_argument(
+        "--split", action="store_true",
+        help="after the timed sweeps, one round of the batched split move on both (timed)")
     args = ap.parse_args()
-    {"make": make, "compare": compare, "sweeps": sweeps}[args.cmd](args)
+    import dask
+
+    keep = {"auto": "auto", "true": True, "false": False}[getattr(args, "keep_cells", "auto")]
+    with dask.config.set({"nestedatoms.keep-cells": keep}):
+        {"make": make, "compare": compare, "sweeps": sweeps}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,21 @@ def make_problem(kind="nam", seed=0, K=4, L=5, n_groups=6, fixed=False, **model_
     return model._problem(prepare_data(sim.Y, groups, X))
 
 
+def split_on_three_batches(be, prob, st, n_threads=1):
+    """The batched split move (``moves.split_atoms_batched``) on the problem's cells cut into
+    three batches (fewer if there are fewer individuals): the move a fit with several batches
+    runs, for the tests of every move."""
+    import copy
+
+    from nestedatoms._batches import plan_batches
+    from nestedatoms.moves import split_cell_atoms_batched
+
+    prob = copy.copy(prob)
+    prob.batches = plan_batches(prob.offsets, -(-int(prob.offsets[-1]) // 3))
+    assert prob.batches.n_batches == min(3, prob.offsets.shape[0] - 1)
+    return split_cell_atoms_batched(be, prob, st, n_threads)
+
+
 def random_state_for(be, prob, seed=0):
     """A state from a random hard partition (every factor then at its block optimum)."""
     rng = np.random.default_rng(seed)

@@ -10,7 +10,7 @@ from nestedatoms._backend import get_backend
 from nestedatoms._init import state_from_labels
 from nestedatoms._steps import elbo, update_cells, weighted_entropy
 from nestedatoms._batches import batched_entropies_of_sums, in_memory_summary, plan_batches
-from nestedatoms.moves import SINGLE_BATCH_MOVES, merge_cell_atoms, moves_for
+from nestedatoms.moves import merge_cell_atoms, moves_for
 from nestedatoms._data import exact_column_means, prepare_data
 from nestedatoms._state import sample_covariance
 
@@ -117,15 +117,81 @@ def test_several_batches_agree_with_one():
     assert elbo(be, prob, s2) == pytest.approx(elbo(be, one.problem_, s1), rel=1e-12)
 
 
-def test_split_move_only_with_one_batch():
-    sim = _cohort(4)
-    one = _fit(sim, None, 1, max_iter=2)
-    many = _fit(sim, 300, 1, max_iter=2)
-    assert SINGLE_BATCH_MOVES == ("split_cell_atoms",)
-    assert "split_cell_atoms" in {m.name for m in moves_for(one.problem_)}
-    names = {m.name for m in moves_for(many.problem_)}
-    assert "split_cell_atoms" not in names
-    assert {"merge_cell_atoms", "agglomerate_cell_atoms"} <= names
+def _merged_start(seed=1):
+    """Three well separated cell types, started with two of them in one atom."""
+    sim = na.simulate(n_groups=30, cells_per_group=40, n_group_clusters=3, n_cell_clusters=3,
+                      n_group_features=2, n_cell_features=2, lam_x=0.005, lam_y=0.005,
+                      alpha0_x=1e6, random_state=seed)
+    return sim, np.where(sim.cell_truth == 1, 0, sim.cell_truth)
+
+
+def test_split_move_runs_on_batches(monkeypatch):
+    """With several batches the schedule splits atoms by batches (``split_atoms_batched``):
+    a fit started with two cell types in one atom separates them, with the split among its
+    moves and a monotone trace; without the split it stays merged (the test can fail)."""
+    from sklearn.metrics import adjusted_rand_score as ari
+
+    from nestedatoms.moves import BATCHED_MOVES, split_cell_atoms_batched
+
+    sim, start = _merged_start()
+    params = dict(n_group_clusters=6, n_cell_clusters=6, n_init=1, random_state=0)
+
+    def fit(batch_size, **kw):
+        return na.NestedAtomsModel(batch_size=batch_size, **params, **kw).fit(
+            sim.Y, sim.groups, sim.X, init_cell_labels=start, init_group_labels=sim.group_truth)
+
+    many = fit(300)
+    assert many.problem_.batches.n_batches == 4
+    schedule = {m.name: m for m in moves_for(many.problem_)}
+    assert schedule["split_cell_atoms"].attempt is split_cell_atoms_batched
+    assert BATCHED_MOVES == {"split_cell_atoms": split_cell_atoms_batched}
+    assert "split_cell_atoms" in {m["move"] for m in many.moves_}
+    assert ari(sim.cell_truth, many.cell_labels_) == 1.0
+    trace = many.elbo_trace_
+    assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:]))
+    _assert_same_bits(many, fit(300, n_threads=2))
+    # the premise: without the split the batched fit keeps the two types in one atom
+    no_split = tuple(m for m in moves_for(many.problem_) if m.name != "split_cell_atoms")
+    monkeypatch.setattr(na._model, "moves_for", lambda prob: no_split)
+    assert ari(sim.cell_truth, fit(300).cell_labels_) < 0.9
+
+
+def test_batched_split_keeps_the_statistics_exact(monkeypatch):
+    """The move's state is a full one: the statistics are those of its xi, and the ELBO rose;
+    a proposal that does not gain leaves the state as it was, bit for bit."""
+    from nestedatoms.moves import split_cell_atoms_batched
+
+    sim, start = _merged_start(2)
+    model = na.NestedAtomsModel(n_group_clusters=6, n_cell_clusters=6, batch_size=300)
+    data = prepare_data(sim.Y, sim.groups, sim.X)
+    prob = model._problem(data, 300, in_memory_summary(data.Y, plan_batches(data.offsets, 300)))
+    be = get_backend("cpp")
+    st = state_from_labels(be, prob, start[data.order], sim.group_truth)
+    update_cells(be, prob, st)
+    before = elbo(be, prob, st)
+    assert split_cell_atoms_batched(be, prob, st)
+    assert elbo(be, prob, st) > before
+    n, s1, s2 = be.weighted_stats(prob.Y, st.xi, prob.y_centre)
+    np.testing.assert_allclose(st.y_n, n, rtol=1e-9, atol=1e-8)
+    np.testing.assert_allclose(st.y_s1, s1, rtol=1e-9, atol=1e-8)
+    np.testing.assert_allclose(st.y_s2, s2, rtol=1e-9, atol=1e-8)
+    np.testing.assert_allclose(st.N_jl, np.add.reduceat(st.xi, prob.offsets[:-1], axis=0),
+                               rtol=1e-9, atol=1e-8)
+    # at the separated optimum no split gains: every try is undone, bit for bit
+    from nestedatoms.moves import split_atoms_batched
+
+    settled, tries = st.copy(), []
+    original = split_atoms_batched._try_split
+
+    def counted(*args, **kwargs):
+        tries.append(original(*args, **kwargs))
+        return tries[-1]
+
+    monkeypatch.setattr(split_atoms_batched, "_try_split", counted)
+    assert not split_cell_atoms_batched(be, prob, st)
+    assert len(tries) >= 3 and not any(tries)
+    for name in ("xi", "rho", "N_jl", "y_n", "y_s1", "y_s2", "my", "Wy", "u_a", "v_a"):
+        assert np.array_equal(getattr(st, name), getattr(settled, name)), name
 
 
 def test_atom_merges_by_batch_match_the_whole():

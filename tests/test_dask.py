@@ -68,6 +68,131 @@ def test_workers_give_the_in_memory_bits(cohort, client):
     assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:]))
 
 
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory):
+    """Three well separated cell types in a zarr store, and an in-memory problem with the
+    batch plan a dask fit uses, started with two of the types in one atom."""
+    from nestedatoms._batches import in_memory_summary, plan_batches
+    from nestedatoms._data import prepare_data
+
+    sim = na.simulate(n_groups=30, cells_per_group=40, n_group_clusters=3, n_cell_clusters=3,
+                      n_group_features=2, n_cell_features=2, lam_x=0.005, lam_y=0.005,
+                      alpha0_x=1e6, random_state=1)
+    path = tmp_path_factory.mktemp("split") / "cells.zarr"
+    Y, groups = na.write_sorted_zarr(sim.Y, sim.groups, path, chunk_rows=256)
+    model = na.NestedAtomsModel(n_group_clusters=6, n_cell_clusters=6, batch_size=300)
+    data = prepare_data(np.asarray(Y.compute()), groups, sim.X)
+    prob = model._problem(data, 300, in_memory_summary(data.Y, plan_batches(data.offsets, 300)))
+    truth = sim.cell_truth[np.argsort(sim.groups, kind="stable")]
+    start = np.where(truth == 1, 0, truth)
+    return sim, path, groups, model, prob, truth, start
+
+
+def test_split_on_workers_gives_the_in_memory_bits(merged, client):
+    """An atom covering two cell types is split on the workers (``split_atoms_batched``) with
+    the bits of the in-memory move over the same batches, for 1, 2 and 3 workers."""
+    from sklearn.metrics import adjusted_rand_score as ari
+
+    from nestedatoms._backend import get_backend
+    from nestedatoms._dask import prepare_dask_data
+    from nestedatoms._init import state_from_labels
+    from nestedatoms._steps import elbo, update_cells
+    from nestedatoms.moves import split_cell_atoms_batched
+
+    sim, path, groups, model, prob, truth, start = merged
+    data = prepare_dask_data(_zarr_cells(path), groups, sim.X, 300, "cpp", 1)
+    on_dask = model._problem(data, 300, data.summary)
+    assert on_dask.batches.n_batches == prob.batches.n_batches == 4
+    be = get_backend("cpp")
+    st = state_from_labels(be, prob, start, sim.group_truth)
+    st_d = st.copy()
+    st_d.xi = na._dask.WorkerXi(*st.xi.shape)
+    update_cells(be, prob, st)
+    update_cells(be, on_dask, st_d)
+    before = elbo(be, prob, st)
+    assert ari(truth, st.xi.argmax(axis=1)) < 0.9
+    assert split_cell_atoms_batched(be, prob, st)
+    assert split_cell_atoms_batched(be, on_dask, st_d)
+    assert isinstance(st_d.xi, na._dask.WorkerXi)
+    assert elbo(be, prob, st) > before
+    assert ari(truth, st.xi.argmax(axis=1)) == 1.0
+    for name in STATE:
+        assert np.array_equal(np.asarray(getattr(st, name)), np.asarray(getattr(st_d, name))), name
+    assert np.array_equal(st_d.xi.labels(on_dask), st.xi.argmax(axis=1))
+    assert np.array_equal(np.asarray(st_d.xi.probs(on_dask).compute()), st.xi)
+
+
+def test_cells_kept_on_their_workers_change_no_bit(cohort, client, monkeypatch):
+    """The cells fit the workers' memory many times over, so each batch is read once and
+    kept on one worker, the batches spread evenly, and every pass runs where its rows are;
+    the bits are the in-memory fit's, as they are when reading the store every pass."""
+    import dask
+
+    from nestedatoms._kept_cells import KeptCells
+
+    sim, path, groups, reference = cohort
+    seen, holders = [], []
+    original = na._dask.DaskData.map
+
+    def watched(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        seen.append(self._kept)
+        if self._kept:
+            holders[:] = [client.who_has(self._kept.blocks)]
+        return result
+
+    monkeypatch.setattr(na._dask.DaskData, "map", watched)
+    model = na.NestedAtomsModel(**FIT).fit(_zarr_cells(path), groups, sim.X)
+    _assert_same_bits(model, reference)
+    assert seen and all(isinstance(k, KeptCells) for k in seen)
+    assert model.problem_.data._kept is None            # let go at the end of the fit
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    # every batch on one worker only: no task ran away from its rows and fetched them
+    assert all(len(w) == 1 for w in holders[0].values())
+    per_worker = np.bincount([workers.index(w[0]) for w in holders[0].values()],
+                             minlength=len(workers))
+    assert per_worker.sum() == reference.problem_.batches.n_batches
+    assert per_worker.max() - per_worker.min() <= 1
+    if len(workers) == 2:       # the store read every pass (the setting off): the same bits
+        seen.clear()
+        with dask.config.set({"nestedatoms.keep-cells": False}):
+            off = na.NestedAtomsModel(**FIT).fit(_zarr_cells(path), groups, sim.X)
+        assert seen and not any(seen)
+        _assert_same_bits(off, reference)
+
+
+def test_kept_batches_run_per_worker_thread_in_batch_order():
+    from nestedatoms._kept_cells import _tasks_per_thread
+
+    holders = {"b0": ("w1",), "b1": ("w2",), "b2": ("w1",), "b3": (), "b4": ("w1",),
+               "b5": ("w1", "w2"), "b6": ("w2",)}
+    keys = [f"b{i}" for i in range(7)]
+    tasks = _tasks_per_thread(holders, keys, {"w1": 2, "w2": 1})
+    # w1's batches in batch order, in two runs (two threads); w2's in one; an unheld batch
+    # (its worker died: dask reads it again) alone and anywhere
+    assert sorted((tuple(run), w) for run, w in tasks) == sorted(
+        [((0, 2), "w1"), ((4, 5), "w1"), ((1, 6), "w2"), ((3,), None)])
+    assert sorted(b for run, _ in tasks for b in run) == list(range(7))
+
+
+def test_keep_cells_setting(client):
+    import dask
+
+    from nestedatoms._kept_cells import KEEP_FRACTION, _workers_memory, keep_cells
+
+    memory = _workers_memory(client)
+    assert 0 < memory <= na._kept_cells._host_memory()
+    assert keep_cells(int(KEEP_FRACTION * memory), client)
+    assert not keep_cells(int(KEEP_FRACTION * memory) + 1, client)
+    with dask.config.set({"nestedatoms.keep-cells": True}):
+        assert keep_cells(10 * memory, client)
+    with dask.config.set({"nestedatoms.keep-cells": "false"}):
+        assert not keep_cells(1, client)
+    with dask.config.set({"nestedatoms.keep-cells": "sometimes"}), \
+            pytest.raises(ValueError, match="keep-cells"):
+        keep_cells(1, client)
+
+
 def test_a_worker_killed_mid_fit_gives_the_same_bits(cohort, monkeypatch):
     sim, path, groups, reference = cohort
     calls = []

@@ -18,7 +18,7 @@ from nestedatoms.exceptions import InvalidParameterError
 from nestedatoms.moves import (agglomerate_cell_atoms, merge_cell_atoms, sort_clusters,
                                split_cell_atoms)
 
-from conftest import make_problem, random_state_for
+from conftest import make_problem, random_state_for, split_on_three_batches
 
 
 def diag_factor(rng, G, D):
@@ -302,7 +302,7 @@ def test_blocks_raise_the_elbo_under_donor_weights(backend):
 
 
 @pytest.mark.parametrize("move", [merge_cell_atoms, agglomerate_cell_atoms, split_cell_atoms,
-                                  sort_clusters])
+                                  split_on_three_batches, sort_clusters])
 def test_moves_never_lower_the_elbo(backend, move):
     prob = make_problem("cam", seed=3, K=3, L=6, covariance_type="diag")
     st = random_state_for(backend, prob, 3)

@@ -10,7 +10,7 @@ from nestedatoms.moves import (agglomerate_cell_atoms, learn_group_prior_scale,
                                 sort_clusters, split_cell_atoms)
 from nestedatoms._steps import BLOCKS, elbo
 
-from conftest import make_problem, random_state_for
+from conftest import make_problem, random_state_for, split_on_three_batches
 
 KINDS = ["nam", "cam", "flat"]
 
@@ -61,7 +61,8 @@ def test_learning_the_x_prior_width_raises_the_elbo(backend, seed):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("move", [merge_cell_atoms, merge_group_clusters, sort_clusters,
                                   agglomerate_cell_atoms, split_cell_atoms,
-                                  search_group_partition, learn_group_prior_scale])
+                                  split_on_three_batches, search_group_partition,
+                                  learn_group_prior_scale])
 def test_moves_never_lower_the_elbo(backend, kind, move):
     prob = make_problem(kind, seed=3, K=5, L=6)
     st = random_state_for(backend, prob, 3)

@@ -21,7 +21,7 @@ __all__ = ["BatchPlan", "plan_batches", "DEFAULT_DASK_BATCH_SIZE", "dask_batch_s
            "batch_summary", "combine_summaries", "batch_scatter", "summary_covariance",
            "in_memory_summary", "batched_cell_step", "batched_weighted_stats",
            "add_in_order", "weighted_entropy", "entropies_of_sums",
-           "batched_entropies_of_sums", "fold_columns"]
+           "batched_entropies_of_sums", "batched_cell_map", "fold_columns"]
 
 # The default batch size of a dask fit (``dask_batch_size``): at most ~60 MB of float64 cells
 # at p = 30 (and as much for the batch's xi), so a worker holds a few batches in a few hundred
@@ -275,6 +275,26 @@ def batched_entropies_of_sums(be, prob, xi, zeta, column_sets) -> list:
     else:
         parts = xi.entropies_of_sums(prob, zeta, column_sets)
     return [float(add_in_order([p[i] for p in parts])) for i in range(len(column_sets))]
+
+
+def batched_cell_map(be, prob, xi, zeta, func, *args) -> list:
+    """``func(be, Y_b, xi_b, offsets_b, zeta_b, row0, *args)`` for every batch b, in batch
+    order: a move's pass that reads the cells' y with their current xi (on the workers when xi
+    is kept there, ``_dask.WorkerXi``; in memory the batches of ``prob.Y`` and ``xi``).
+
+    ``offsets_b`` are the batch's group offsets from its first cell, ``zeta_b`` its
+    individuals' rows of ``zeta`` (J,) or None, ``row0`` its first cell's row.  ``func`` must
+    be a module-level function (it is sent to the workers), read its arrays only, and be a
+    function of its batch alone: then the results are the same on any number of workers.
+    """
+    if not isinstance(xi, np.ndarray):
+        return xi.map_cells(prob, zeta, func, args)
+    parts = []
+    for b, (g0, g1, r0, r1) in enumerate(prob.batches):
+        z = None if zeta is None else np.ascontiguousarray(zeta[g0:g1])
+        parts.append(func(be, prob.Y[r0:r1], xi[r0:r1],
+                          prob.batches.local_offsets(prob.offsets, b), z, r0, *args))
+    return parts
 
 
 def fold_columns(xi, groups):

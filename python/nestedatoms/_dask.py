@@ -56,6 +56,7 @@ class DaskData(GroupLayout):
         self.backend = backend
         self.n_threads = n_threads          # the estimator's n_threads, resolved on the worker
         self._blocks = None
+        self._kept = None                   # ``_kept_cells.KeptCells`` once decided, or False
 
     @property
     def order(self) -> np.ndarray:
@@ -64,7 +65,36 @@ class DaskData(GroupLayout):
     def to_caller_order(self, per_cell):
         return per_cell
 
-    def blocks(self):
+    def kept(self):
+        """The batches' rows kept in the workers' memory (``_kept_cells``), or None: decided
+        on the first pass, for a Y read from a store, and kept until ``release_cells``."""
+        if self._kept is None:
+            from ._kept_cells import keep
+
+            blocks = self.store_blocks()
+            readers = all(isinstance(b, _BatchReader) for b in blocks)
+            nbytes = self.n_cells * int(self.Y.shape[1]) * 8
+            self._kept = (readers and keep(blocks, nbytes)) or False
+        return self._kept or None
+
+    def release_cells(self) -> None:
+        """Let the kept cells go (the fit has ended); a later pass keeps them again."""
+        if self._kept:
+            self._kept.release()
+        self._kept = None
+
+    def map(self, func, per_batch=None, *common):
+        """``func(Y_b, *per_batch[b], *common)`` for every batch b on the active scheduler;
+        the results in batch order."""
+        per_batch = per_batch or [() for _ in range(self.plan.n_batches)]
+        kept = self.kept()
+        if kept is not None:
+            from ._kept_cells import map_kept
+
+            return map_kept(kept, _call_each, func, per_batch, common)
+        return self._map_store(func, per_batch, common)
+
+    def store_blocks(self):
         """Per batch, what its task reads its rows of Y from: a ``_BatchReader`` (the task
         reads the batch's chunks from the store itself), or, when Y's graph carries its data
         (``da.from_array`` of an in-memory array), one dask.delayed of the rows."""
@@ -78,17 +108,15 @@ class DaskData(GroupLayout):
                 self._blocks = list(batched.to_delayed().ravel())
         return self._blocks
 
-    def map(self, func, per_batch=None, *common):
-        """``func(Y_b, *per_batch[b], *common)`` for every batch b on the active scheduler;
-        the results in batch order."""
+    def _map_store(self, func, per_batch, common):
+        """``map`` with every batch's task reading its rows from the store."""
         import dask
 
-        per_batch = per_batch or [() for _ in range(self.plan.n_batches)]
         # the arguments common to all batches (the global factors of a sweep, ~0.3 MB at
         # L = p = 30) are one node of the graph, sent to each worker once, not once per task
         shared = dask.delayed(common, pure=True, traverse=False)
         tasks = [dask.delayed(_call)(func, block, args, shared)
-                 for block, args in zip(self.blocks(), per_batch)]
+                 for block, args in zip(self.store_blocks(), per_batch)]
         return list(dask.compute(*tasks))
 
     def group_slices(self, per_group):
@@ -170,6 +198,12 @@ def _xi_buffer(n: int, L: int) -> np.ndarray:
 def _call(func, block, args, common):
     with _heap_kept():
         return func(block, *args, *common)
+
+
+def _call_each(func, blocks, per_batch, common):
+    """``_call`` for several batches in turn, in one task (``_kept_cells.map_kept``)."""
+    with _heap_kept():
+        return [func(block, *args, *common) for block, args in zip(blocks, per_batch)]
 
 
 # glibc's mallopt parameters (malloc.h)
@@ -272,9 +306,11 @@ def _apply_ops(xi, ops):
 
 
 def _w_cell_step(Yb, offsets, rho, zeta, inputs, backend, n_threads, want="stats", ops=(),
-                 now_zeta=None, column_sets=()):
-    """The cell step on one batch: its statistics, or (``want``) its labels, its xi, or the
-    entropies of sums of xi's columns (``column_sets``, cells weighted by ``now_zeta``)."""
+                 now_zeta=None, column_sets=(), row0=0, call=None):
+    """The cell step on one batch: its statistics, or (``want``) its labels, its xi, the
+    entropies of sums of xi's columns (``column_sets``, cells weighted by ``now_zeta``), or
+    ``"map"``: ``func(be, Y, xi, offsets, now_zeta, row0, *args)`` of ``call = (func, args)``
+    (``_batches.batched_cell_map``)."""
     from ._backend import get_backend, resolve_n_threads
 
     from ._atoms import family_named
@@ -289,6 +325,9 @@ def _w_cell_step(Yb, offsets, rho, zeta, inputs, backend, n_threads, want="stats
     if want == "stats":
         return stats
     _apply_ops(xi, ops)
+    if want == "map":
+        func, args = call
+        return func(be, Y, xi, offsets, now_zeta, row0, *args)
     if want == "entropies":
         from ._batches import entropies_of_sums
 
@@ -343,14 +382,13 @@ class WorkerXi:
         stats = self._map(prob, "stats", step=step)
         return WorkerXi(*self.shape, step), combine_cell_stats(stats)
 
-    def _map(self, prob, want, step=None, now_zeta=None, column_sets=()):
+    def _map(self, prob, want, step=None, now_zeta=None, column_sets=(), call=None):
         data = prob.data
         rho, zeta, inputs = step or self._require_step()
-        per_batch = list(zip(data.local_offsets(), data.group_slices(rho),
-                             data.group_slices(zeta)))
-        return data.map(_w_cell_step_each,
-                        [(*args, nz) for args, nz in zip(per_batch, data.group_slices(now_zeta))],
-                        inputs, data.backend, data.n_threads, want, self._ops, column_sets)
+        per_batch = zip(data.local_offsets(), data.group_slices(rho), data.group_slices(zeta),
+                        data.group_slices(now_zeta), (int(r0) for _, _, r0, _ in data.plan))
+        return data.map(_w_cell_step_each, list(per_batch), inputs, data.backend,
+                        data.n_threads, want, self._ops, column_sets, call)
 
     def _require_step(self):
         if self._step is None:
@@ -361,6 +399,10 @@ class WorkerXi:
         """Each batch's ``_batches.entropies_of_sums`` of the current xi, in batch order."""
         return self._map(prob, "entropies", now_zeta=now_zeta,
                          column_sets=[list(map(int, c)) for c in column_sets])
+
+    def map_cells(self, prob, now_zeta, func, args) -> list:
+        """``_batches.batched_cell_map`` on the workers: each recomputes its batch's xi."""
+        return self._map(prob, "map", now_zeta=now_zeta, call=(func, tuple(args)))
 
     def labels(self, prob) -> np.ndarray:
         """argmax of each cell's xi (N,), computed by a last map over the batches."""
@@ -374,8 +416,10 @@ class WorkerXi:
         data = prob.data
         rho, zeta, inputs = self._require_step()
         parts = []
+        # from the store (a lazy array that holds the kept cells would keep them in the
+        # workers' memory for as long as it lives)
         for block, offsets, rho_b, zeta_b, (_, _, r0, r1) in zip(
-                data.blocks(), data.local_offsets(), data.group_slices(rho),
+                data.store_blocks(), data.local_offsets(), data.group_slices(rho),
                 data.group_slices(zeta), data.plan):
             task = dask.delayed(_call)(_w_cell_step, block, (offsets, rho_b, zeta_b),
                                        (inputs, data.backend, data.n_threads, "probs",
@@ -385,10 +429,10 @@ class WorkerXi:
         return da.concatenate(parts, axis=0)
 
 
-def _w_cell_step_each(Yb, offsets, rho, zeta, now_zeta, inputs, backend, n_threads, want, ops,
-                      column_sets):
+def _w_cell_step_each(Yb, offsets, rho, zeta, now_zeta, row0, inputs, backend, n_threads, want,
+                      ops, column_sets, call):
     return _w_cell_step(Yb, offsets, rho, zeta, inputs, backend, n_threads, want, ops,
-                        now_zeta, column_sets)
+                        now_zeta, column_sets, row0, call)
 
 
 def initial_state(be, prob, rng):

@@ -113,9 +113,9 @@ class NestedAtomsModel:
         dask array Y one batch up to 262144 cells, else at least 24 batches of 32768 to 262144
         cells, so that they spread evenly over workers (52917 cells for 1.27 M cells;
         ``problem_.batch_size`` is the number used).  Pass the same number to compare a dask
-        fit with an in-memory one bit for bit.  With more than one batch the split of cell
-        atoms is not run, in memory as on dask, so the two stay equal (the merges run batch
-        by batch; docs/scale-out.md).
+        fit with an in-memory one bit for bit.  With more than one batch the merges and the
+        split of cell atoms run batch by batch, in memory as on dask, so the two stay equal
+        (docs/scale-out.md).
 
     Attributes
     ----------
@@ -443,6 +443,8 @@ class NestedAtomsModel:
         labels = (np.argmax(st.xi, axis=1) if isinstance(st.xi, np.ndarray)
                   else st.xi.labels(prob))
         self.cell_labels_ = data.to_caller_order(labels)
+        if hasattr(data, "release_cells"):      # cells kept on dask workers: the fit is over
+            data.release_cells()
         self.group_weights_ = expected_stick_weights(st.v_a, st.v_b)[:, 0]
         self.cell_weights_ = expected_stick_weights(st.u_a, st.u_b)
         self.cell_means_ = st.my.copy()

@@ -13,7 +13,8 @@ One module per move:
 * ``merge_atoms``: fold one cell atom into another.
 * ``sort``: renumber clusters by decreasing size.
 * ``agglomerate``: merge many atoms at once, at the best level of a greedy agglomeration.
-* ``split_atoms``: cut an atom in two by 2-means and let its cells re-choose.
+* ``split_atoms``: cut an atom in two by 2-means and let its cells re-choose;
+  ``split_atoms_batched`` does it with the cells in several batches (in memory or on dask).
 * ``group_search``: search the group partition at fixed cells.
 * ``group_prior_scale``: the x prior's width that maximises the ELBO for the partition reached.
 * ``donor_concentration``: the donors' concentration around their cluster's composition.
@@ -39,12 +40,14 @@ from .merge_groups import merge_group_clusters
 from .group_prior_scale import learn_group_prior_scale
 from .sort import sort_clusters
 from .split_atoms import split_cell_atoms
+from .split_atoms_batched import split_cell_atoms_batched
 
 __all__ = ["Move", "EVERY_SWEEP", "AT_CONVERGENCE", "DEFAULT_MOVES", "move_named", "moves_for",
-           "SINGLE_BATCH_MOVES",
+           "BATCHED_MOVES",
            "sort_clusters", "merge_group_clusters", "merge_cell_atoms", "agglomerate_cell_atoms",
-           "split_cell_atoms", "search_group_partition", "learn_group_prior_scale",
-           "learn_donor_variation", "refresh_without_cells", "optimise_groups",
+           "split_cell_atoms", "split_cell_atoms_batched", "search_group_partition",
+           "learn_group_prior_scale", "learn_donor_variation", "refresh_without_cells",
+           "optimise_groups",
            "adjusted_partition_equal"]
 
 # The default schedule, in the order the moves are tried.  The donor concentration is learned
@@ -63,19 +66,20 @@ DEFAULT_MOVES = (
 )
 
 
-# The moves that need the rows of xi across all cells (the split cuts an atom's cells by
-# 2-means on y and re-runs their cell step).  With more than one batch (``_batches``) they are
-# not run, in memory as on dask, so that both give the same bits (docs/scale-out.md); the
-# merges run batch by batch.
-SINGLE_BATCH_MOVES = ("split_cell_atoms",)
+# The moves whose one-batch version needs the rows of xi of all cells in one place (the split
+# cuts an atom's cells by 2-means on y and re-runs their cell step), and the version that runs
+# with the cells in more than one batch (``_batches``), in memory as on dask, with the same
+# bits (docs/scale-out.md); the merges dispatch on the batches themselves.
+BATCHED_MOVES = {"split_cell_atoms": split_cell_atoms_batched}
 
 
 def moves_for(prob) -> tuple:
-    """The fit's schedule for this problem: every default move with one batch, and without
-    ``SINGLE_BATCH_MOVES`` with more."""
+    """The fit's schedule for this problem: the default moves, with ``BATCHED_MOVES`` in place
+    of their one-batch versions when the plan has more than one batch."""
     if prob.batches.n_batches == 1:
         return DEFAULT_MOVES
-    return tuple(m for m in DEFAULT_MOVES if m.name not in SINGLE_BATCH_MOVES)
+    return tuple(Move(m.name, BATCHED_MOVES[m.name], m.when, m.reads_settled_partition)
+                 if m.name in BATCHED_MOVES else m for m in DEFAULT_MOVES)
 
 
 def move_named(name: str) -> Move:
