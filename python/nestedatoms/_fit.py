@@ -7,11 +7,14 @@ return whether it changed the state.
 
 Interrupts: Ctrl-C (KeyboardInterrupt) may arrive anywhere, e.g. after the cell step has
 rewritten xi but before the statistics derived from it are stored, which would leave the live
-state inconsistent.  So each run keeps a checkpoint of its last complete sweep (copied into
-preallocated buffers, with SIGINT deferred during the copy) and, when interrupted, returns
-that checkpoint instead, marked ``interrupted`` and not converged, after a warning.  This
-costs one extra N x L array and one copy of it per sweep (small next to the cell step), and
-lets the fit stop at once however long a sweep takes.
+state inconsistent.  So each run keeps a checkpoint of its last complete sweep and, when
+interrupted, returns a state built from it instead, marked ``interrupted`` and not converged,
+after a warning.  The checkpoint copies every factor but xi (all of them J-, K- or L-sized,
+copied into preallocated buffers with SIGINT deferred during the copy); xi (N x L, as large as
+Y) is not kept: on an interrupt it is recomputed from the checkpoint's factors by one cell step,
+which also recomputes the statistics derived from it.  The cell step is the exact optimum of
+q(M) given the other factors, so that state's ELBO is at least the checkpoint's.  This lets the
+fit stop at once however long a sweep takes, without a second N x L array (issue 21).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 from ._init import initial_state, relabel_by_size, state_from_labels
 from .moves import AT_CONVERGENCE, move_named
 from ._state import Problem, State
-from ._steps import BLOCKS, elbo, sweep
+from ._steps import BLOCKS, elbo, sweep, update_cells
 # public home: nestedatoms.exceptions; these names are kept for old imports
 from .exceptions import FitInterruptedWarning, NumericalError
 
@@ -109,10 +112,16 @@ def _sigint_deferred():
 
 
 class _Checkpoint:
-    """A copy of the last complete state of a run, refreshed in place after every sweep."""
+    """The factors of the last complete state of a run but xi, refreshed in place after every
+    sweep; ``restored`` rebuilds a complete state from them (see the module docstring).
+
+    An xi that is not an array (kept on dask workers, ``_dask.WorkerXi``) is immutable and
+    small, and is kept by reference: it restores exactly.
+    """
 
     def __init__(self, st: State, value: float):
-        self.state = st.copy()
+        self.state = copy.deepcopy(_without_xi(st))
+        self.xi_kept = not isinstance(st.xi, np.ndarray)
         self.elbo = value
         self.n_iter = 0
 
@@ -120,14 +129,48 @@ class _Checkpoint:
         with _sigint_deferred():
             for name, cur in vars(st).items():
                 old = getattr(self.state, name)
-                if (isinstance(cur, np.ndarray) and isinstance(old, np.ndarray)
+                if name == "xi" and isinstance(cur, np.ndarray):
+                    self.xi_kept = False
+                    self.state.xi = None
+                elif (isinstance(cur, np.ndarray) and isinstance(old, np.ndarray)
                         and old.shape == cur.shape and old.dtype == cur.dtype):
                     np.copyto(old, cur)          # no new allocation in the steady state
                 elif isinstance(cur, np.ndarray):
                     setattr(self.state, name, cur.copy())
                 else:
                     setattr(self.state, name, cur)
+                    if name == "xi":
+                        self.xi_kept = True
             self.elbo, self.n_iter = value, n_iter
+
+    def restored(self, be, prob: Problem, live: State, n_threads: int) -> tuple[State, float]:
+        """(state, ELBO): the checkpoint, with xi recomputed by a cell step unless kept.
+
+        ``live``'s xi (the interrupted run's, in whatever partial state) is reused as the
+        buffer when it is an array of the right shape, so no N x L array is allocated here.
+        SIGINT is deferred meanwhile: a second Ctrl-C cannot leave this half done.
+        """
+        st = self.state
+        if self.xi_kept:
+            return st, self.elbo
+        shape = (prob.Y.shape[0], st.N_jl.shape[1])
+        xi = live.xi
+        if not (isinstance(xi, np.ndarray) and xi.shape == shape and xi.dtype == np.float64
+                and xi.flags.c_contiguous and xi.flags.writeable):
+            xi = np.empty(shape)
+        st.xi = xi
+        with _sigint_deferred():
+            update_cells(be, prob, st, n_threads)
+            value = elbo(be, prob, st)
+        return st, float(value)
+
+
+def _without_xi(st: State) -> State:
+    """A shallow copy of the state with xi left out (None), for copying the rest."""
+    light = copy.copy(st)
+    if isinstance(st.xi, np.ndarray):
+        light.xi = None
+    return light
 
 
 class _Phases:
@@ -265,14 +308,15 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
                 break
             prev = cur
     except KeyboardInterrupt:
-        result.state, result.elbo = checkpoint.state, checkpoint.elbo
+        result.state, result.elbo = checkpoint.restored(be, prob, st, n_threads)
         result.n_iter = checkpoint.n_iter
         del result.trace[checkpoint.n_iter:]
         result.converged, result.interrupted = False, True
         warnings.warn(
             f"fit interrupted (KeyboardInterrupt) after {checkpoint.n_iter} complete sweep(s); "
-            f"keeping the state of the last complete one (ELBO {checkpoint.elbo:.6g}). The "
-            f"model is consistent but not converged (converged_ = False).",
+            f"keeping the state of the last complete one (ELBO {result.elbo:.6g}, its cells "
+            f"updated once more). The model is consistent but not converged "
+            f"(converged_ = False).",
             FitInterruptedWarning, stacklevel=2)
     return result
 
@@ -398,7 +442,8 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
     before each costly move (see ``run_cavi``).
 
     Only the best run keeps its state (the others' ``state`` is set to None as soon as they
-    are beaten, so memory holds at most two N x L states besides the checkpoint).  On
+    are beaten, so memory holds at most two N x L arrays: the best run's xi and the running
+    one's; the checkpoint keeps no xi).  On
     KeyboardInterrupt no further restart starts; the best complete run so far is returned
     with ``converged = False`` and ``interrupted = True`` (an interrupt before any run has a
     complete state propagates).
