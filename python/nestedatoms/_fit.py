@@ -20,6 +20,7 @@ fit stop at once however long a sweep takes, without a second N x L array (issue
 from __future__ import annotations
 
 import copy
+import hashlib
 import signal
 import threading
 import time
@@ -385,6 +386,19 @@ def _with_fixed_concentration(prob: Problem, concentration: float) -> Problem:
 STOP_DUPLICATE_RESTARTS = True
 
 
+def _digest_by_first_appearance(digest, labels: np.ndarray, width: int,
+                                rows: int = 1 << 16) -> None:
+    """Feed ``labels`` (integers in [0, width)) renumbered by first appearance into
+    ``digest``, a slab at a time (no N-sized temporaries besides the labels: this runs while
+    two restarts' xi are held, at the fit's memory peak)."""
+    first = np.full(width, labels.shape[0], dtype=np.int64)
+    for l in np.flatnonzero(np.bincount(labels, minlength=width)):
+        first[l] = int(np.argmax(labels == l))
+    rank = np.argsort(np.argsort(first, kind="stable"), kind="stable").astype(np.int64)
+    for start in range(0, labels.shape[0], rows):
+        digest.update(rank[labels[start:start + rows]].tobytes())
+
+
 class _FinishedPartitions:
     """The partitions finished restarts ended with or settled on along the way (where they
     tried the costly moves), and the best ELBO reached at each."""
@@ -409,16 +423,18 @@ class _FinishedPartitions:
         self.passed = []
 
     def key(self, st: State):
+        """A digest of both partitions, each labelled by first appearance (one key per
+        partition, whatever the atoms' numbering)."""
         if st.xi is None:
             return None
-        from ._init import relabel_by_first_appearance
-
-        groups = relabel_by_first_appearance(st.rho.argmax(axis=1))
         # xi kept on dask workers (``_dask.WorkerXi``): its labels by one map over the batches
         labels = (st.xi.argmax(axis=1) if isinstance(st.xi, np.ndarray)
                   else st.xi.labels(self.prob))
-        cells = relabel_by_first_appearance(labels)
-        return groups.astype(np.int64).tobytes() + b"|" + cells.astype(np.int64).tobytes()
+        digest = hashlib.sha256()
+        _digest_by_first_appearance(digest, st.rho.argmax(axis=1), st.rho.shape[1])
+        digest.update(b"|")
+        _digest_by_first_appearance(digest, labels, st.xi.shape[1])
+        return digest.digest()
 
     def add(self, st: State, value: float) -> None:
         key = self.key(st)
@@ -430,6 +446,27 @@ class _FinishedPartitions:
             return False
         key = self.key(st)
         return key in self.best and value <= self.best[key]
+
+
+def _return_freed_memory() -> None:
+    """Give the C heap's free memory back to the OS (glibc's ``malloc_trim``; elsewhere
+    nothing).  A run's temporaries of up to tens of MB (slabs, the split move's rows) come
+    from the heap once glibc raises its mmap threshold, and stay resident after they are
+    freed; the next restart's xi then adds to them at the fit's memory peak (~80 MB at
+    OneK1K's size, issue 21)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):    # not glibc (musl has no malloc_trim)
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
 
 
 def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, random_state,
@@ -471,6 +508,10 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
             phase = None if on_phase is None else (lambda name, r=r: on_phase(r, name))
             run = run_cavi(be, prob, st, max_iter, tol, n_threads, moves=moves, callback=cb,
                            on_phase=phase, duplicate=finished)
+            # only ``run`` may hold the state now: a run that loses frees its xi before the
+            # next start allocates one (else three N x L arrays at once)
+            del st
+            _return_freed_memory()
             if finished is not None and run.converged and not run.stopped_as_duplicate:
                 finished.add(run.state, run.elbo)
             if finished is not None:

@@ -22,21 +22,33 @@ __all__ = ["kmeans_labels", "state_from_labels", "initial_state"]
 
 _MAX_KMEANS_POINTS = 20000
 _VQ_CHUNK = 65536
+_STATS_ROWS = 32768
 
 
 def kmeans_labels(Z: np.ndarray, k: int, rng: np.random.Generator, n_iter: int = 25,
-                  max_points: int = _MAX_KMEANS_POINTS) -> np.ndarray:
-    """k-means++ then Lloyd on (a subsample of) Z; labels for every row, renumbered by size."""
-    n = Z.shape[0]
+                  max_points: int = _MAX_KMEANS_POINTS, rows: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """k-means++ then Lloyd on (a subsample of) Z; labels for every row, renumbered by size.
+
+    ``rows``: cluster ``Z[rows]`` instead (the same labels) without gathering a copy of it.
+    """
+    n = Z.shape[0] if rows is None else rows.shape[0]
     k = int(min(k, n))
     if k <= 1:
         return np.zeros(n, dtype=np.int64)
-    sub = Z if n <= max_points else Z[kmeans_sample(n, max_points, rng)]
+
+    def take(idx):
+        return Z[idx] if rows is None else Z[rows[idx]]
+
+    if n <= max_points:
+        sub = Z if rows is None else Z[rows]
+    else:
+        sub = take(kmeans_sample(n, max_points, rng))
     ref, centres = kmeans_centres(sub, k, rng, n_iter)
     labels = np.empty(n, dtype=np.int64)
     for start in range(0, n, _VQ_CHUNK):      # a chunk at a time: no N x p copy of Z
-        labels[start:start + _VQ_CHUNK] = nearest_centre(Z[start:start + _VQ_CHUNK], ref,
-                                                         centres)
+        labels[start:start + _VQ_CHUNK] = nearest_centre(
+            take(slice(start, start + _VQ_CHUNK)), ref, centres)
     return relabel_by_size(labels)
 
 
@@ -143,14 +155,17 @@ def label_stats(be, Y: np.ndarray, labels: np.ndarray, width: int, weights, cent
     s2 = np.zeros((width,) + family.atom_shape(D))
     order = np.argsort(labels, kind="stable")          # each label's rows in row order
     bounds = np.concatenate(([0], np.cumsum(np.bincount(labels, minlength=width))))
+    # a slab of each label's rows at a time: a gathered copy of a large cluster's rows would
+    # add to the fit's memory peak (a later restart starts while the best one's xi is kept)
     for l in range(width):
-        rows = order[bounds[l]:bounds[l + 1]]
-        if rows.size == 0:
-            continue
-        w = (np.ones((rows.size, 1)) if weights is None
-             else np.ascontiguousarray(weights[rows])[:, None])
-        n_l, s1_l, s2_l = stats(np.ascontiguousarray(Y[rows]), w, centre)
-        n[l], s1[l], s2[l] = n_l[0], s1_l[0], s2_l[0]
+        for start in range(bounds[l], bounds[l + 1], _STATS_ROWS):
+            rows = order[start:min(start + _STATS_ROWS, bounds[l + 1])]
+            w = (np.ones((rows.size, 1)) if weights is None
+                 else np.ascontiguousarray(weights[rows])[:, None])
+            n_l, s1_l, s2_l = stats(np.ascontiguousarray(Y[rows]), w, centre)
+            n[l] += n_l[0]
+            s1[l] += s1_l[0]
+            s2[l] += s2_l[0]
     return n, s1, s2
 
 
@@ -159,7 +174,6 @@ def state_from_labels(be, prob: Problem, cell_labels: np.ndarray,
     """A complete state whose local factors are the given hard partition (sorted layout)."""
     K, L = prob.K, prob.L
     cell_labels = np.asarray(cell_labels)
-    xi = one_hot(cell_labels, L)
     rho = one_hot(np.asarray(group_labels), K)
     N_jl = label_counts(cell_labels, prob.offsets, L)
     zeta = composition_weights(prob.data.group_sizes, prob.donor_concentration)
@@ -171,6 +185,9 @@ def state_from_labels(be, prob: Problem, cell_labels: np.ndarray,
              for _, _, r0, r1 in prob.batches]
     y_stats = parts[0] if len(parts) == 1 else tuple(
         add_in_order([p[i] for p in parts]) for i in range(3))
+    # xi (N x L) last, once the temporaries above are freed: a later restart starts while the
+    # best one's xi is kept, and this is then the fit's memory peak
+    xi = one_hot(cell_labels, L)
     return state_from_stats(be, prob, xi, rho, N_jl, y_stats)
 
 
