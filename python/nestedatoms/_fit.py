@@ -448,6 +448,50 @@ class _FinishedPartitions:
         return key in self.best and value <= self.best[key]
 
 
+class _PackedXi:
+    """The xi of the best finished restart while later restarts run: its nonzero entries and
+    a bit mask of where they are, restored exactly by ``unpacked``.
+
+    A converged xi is sparse (the cell step stores responsibilities below e^-600 of a cell's
+    largest as 0; most cells have one or two nonzero entries), so this holds a few percent of
+    its 8 N L bytes: the later restarts' xi does not come on top of a second N x L array (the
+    fit's memory peak, and on virtual machines that back memory on first touch, seconds).
+    """
+
+    def __init__(self, xi: np.ndarray):
+        self.shape = xi.shape
+        mask = xi != 0.0
+        self.values = xi[mask]
+        self.bits = np.packbits(mask, axis=None)
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.nbytes + self.bits.nbytes
+
+    def unpacked(self) -> np.ndarray:
+        mask = np.unpackbits(self.bits, count=int(np.prod(self.shape))).view(bool)
+        xi = np.zeros(self.shape)
+        xi[mask.reshape(self.shape)] = self.values
+        return xi
+
+
+# pack only where it saves most of the array (a dense xi early in a fit would not)
+_PACK_IF_NONZERO_BELOW = 0.5
+
+
+def _pack_xi(st: State | None) -> None:
+    """Keep the state's xi packed (``_PackedXi``) when it is a sparse enough array."""
+    if st is None or not isinstance(st.xi, np.ndarray) or st.xi.size == 0:
+        return
+    if np.count_nonzero(st.xi) < _PACK_IF_NONZERO_BELOW * st.xi.size:
+        st.xi = _PackedXi(st.xi)
+
+
+def _unpack_xi(st: State | None) -> None:
+    if st is not None and isinstance(st.xi, _PackedXi):
+        st.xi = st.xi.unpacked()
+
+
 def _return_freed_memory() -> None:
     """Give the C heap's free memory back to the OS (glibc's ``malloc_trim``; elsewhere
     nothing).  A run's temporaries of up to tens of MB (slabs, the split move's rows) come
@@ -479,8 +523,9 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
     before each costly move (see ``run_cavi``).
 
     Only the best run keeps its state (the others' ``state`` is set to None as soon as they
-    are beaten, so memory holds at most two N x L arrays: the best run's xi and the running
-    one's; the checkpoint keeps no xi).  On
+    are beaten), and while later restarts run it keeps its xi packed (``_PackedXi``: the
+    nonzero entries of a sparse xi), so memory holds one N x L array, the running restart's
+    (the checkpoint keeps no xi).  On
     KeyboardInterrupt no further restart starts; the best complete run so far is returned
     with ``converged = False`` and ``interrupted = True`` (an interrupt before any run has a
     complete state propagates).
@@ -530,6 +575,9 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
             if run.interrupted:
                 interrupted = True
                 break
+            if r + 1 < n_init:
+                _pack_xi(best.state)
+            _return_freed_memory()
     except (ValueError, np.linalg.LinAlgError) as exc:
         if _is_singular_posterior(exc):
             raise _explain_singular(exc) from exc
@@ -543,6 +591,9 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
             f"{n_init}; keeping the best complete run (ELBO {best.elbo:.6g}). The model is "
             f"consistent but not converged (converged_ = False).",
             FitInterruptedWarning, stacklevel=2)
+    if best is not None:
+        with _sigint_deferred():
+            _unpack_xi(best.state)
     if interrupted:
         # The search over restarts was cut short, so the fit as a whole has not converged.
         best.converged, best.interrupted = False, True
