@@ -20,6 +20,7 @@ fit stop at once however long a sweep takes, without a second N x L array (issue
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import signal
 import threading
@@ -496,21 +497,26 @@ def _return_freed_memory() -> None:
     """Give the C heap's free memory back to the OS (glibc's ``malloc_trim``; elsewhere
     nothing).  A run's temporaries of up to tens of MB (slabs, the split move's rows) come
     from the heap once glibc raises its mmap threshold, and stay resident after they are
-    freed; the next restart's xi then adds to them at the fit's memory peak (~80 MB at
-    OneK1K's size, issue 21)."""
+    freed; the next restart's arrays then add to them at the fit's memory peak (issue 21)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
     import ctypes
-    import ctypes.util
     import sys
 
     if not sys.platform.startswith("linux"):
-        return
+        return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):    # not glibc (musl has no malloc_trim)
-        return
+        trim = ctypes.CDLL(None).malloc_trim     # libc is loaded already: no library search
+    except (OSError, AttributeError):            # not glibc (musl has no malloc_trim)
+        return None
     trim.argtypes = [ctypes.c_size_t]
-    trim(0)
+    trim.restype = ctypes.c_int
+    return trim
 
 
 def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, random_state,
