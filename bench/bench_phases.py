@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import time
 
 import numpy as np
+
+from bench_common import peak_rss_mb
 
 
 def _digest(labels) -> str:
@@ -59,7 +62,8 @@ def main():
     model.fit(Y, groups, X)
     fit_s = time.perf_counter() - t0
     print(json.dumps(dict(
-        fit_s=fit_s, elbo=float(model.elbo_), n_iter=int(model.n_iter_),
+        fit_s=fit_s, elbo=float(model.elbo_), peak_rss_mb=peak_rss_mb(),
+        load_average=[round(x, 2) for x in os.getloadavg()], n_iter=int(model.n_iter_),
         best_restart=int(model.best_restart_),
         group_partition=_digest(model.group_labels_), cell_partition=_digest(model.cell_labels_),
         n_group_clusters=int(np.unique(model.group_labels_).size),

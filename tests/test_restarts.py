@@ -93,3 +93,47 @@ def test_a_settled_point_counts_for_later_restarts_only():
     finished.passing(st, -10.0)
     finished.run_done(completed=True)
     assert finished(st, -10.0) and not finished(st, -9.0)
+
+
+def test_the_best_restart_keeps_its_xi_packed_meanwhile_and_gets_it_back_exactly(monkeypatch):
+    """While later restarts run, the best one's xi is kept as its nonzero entries (issue 21:
+    one N x L array in memory, not two); the fit returns it as it was, bit for bit.  Packing
+    pays where clusters are well separated, so that most responsibilities are exactly 0 (the
+    cell step stores those below e^-600 of a cell's largest as 0): 30 features here (on the
+    published toy design's 2, xi is dense and stays an array)."""
+    sim = na.simulate(n_cell_features=30, n_group_features=10, n_groups=20,
+                      cells_per_group=100, random_state=0)
+    model = na.NestedAtomsModel(random_state=0)
+    prob = model._problem(prepare_data(sim.Y, sim.groups, sim.X))
+    seen = []
+    real_run = _fit.run_cavi
+
+    def run_and_look(be, prob, st, *args, **kwargs):
+        seen.append([r.state.xi for r in kept if r.state is not None])
+        run = real_run(be, prob, st, *args, **kwargs)
+        kept.append(run)
+        finals[id(run)] = run.state.xi.copy()
+        return run
+
+    kept, finals = [], {}
+    monkeypatch.setattr(_fit, "run_cavi", run_and_look)
+    best, runs = _fit.fit_restarts(get_backend("cpp"), prob, 3, 500, 1e-6, 0, 1,
+                                   moves=DEFAULT_MOVES)
+    # each later restart ran while the best so far held a packed xi, far smaller than xi
+    for held in seen[1:]:
+        assert len(held) == 1
+        packed = held[0]
+        assert isinstance(packed, _fit._PackedXi)
+        assert packed.nbytes < 0.5 * 8 * np.prod(packed.shape)
+    assert isinstance(best.state.xi, np.ndarray) and best.state.xi.flags.writeable
+    np.testing.assert_array_equal(best.state.xi, finals[id(best)])
+
+
+def test_packing_xi_is_exact_on_any_values():
+    rng = np.random.default_rng(0)
+    xi = rng.random((257, 7))
+    xi[xi < 0.8] = 0.0
+    xi[0, 0] = 5e-324                      # the smallest subnormal is kept, not dropped
+    packed = _fit._PackedXi(xi)
+    np.testing.assert_array_equal(packed.unpacked(), xi)
+    assert packed.unpacked().dtype == np.float64

@@ -285,13 +285,13 @@ def _w_start_stats(Yb, offsets, zeta, ref, centres, rank, L, centre, backend, fa
     """The statistics of the k-means start on one batch (as ``_init.state_from_labels``)."""
     from ._atoms import family_named
     from ._backend import get_backend
-    from ._init import nearest_centre, one_hot
+    from ._init import label_counts, label_stats, nearest_centre
 
     Y = _as_cells(Yb)
-    xi = one_hot(rank[nearest_centre(Y, ref, centres)], L)
-    N_jl = np.add.reduceat(xi, offsets[:-1], axis=0)
-    w = xi if zeta is None else xi * np.repeat(zeta, np.diff(offsets))[:, None]
-    return N_jl, family_named(family).stats(get_backend(backend), Y, w, centre)
+    labels = rank[nearest_centre(Y, ref, centres)]
+    w = None if zeta is None else np.repeat(zeta, np.diff(offsets))
+    return label_counts(labels, offsets, L), label_stats(
+        get_backend(backend), Y, labels, L, w, centre, family_named(family))
 
 
 def _apply_ops(xi, ops):

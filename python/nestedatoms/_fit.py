@@ -7,16 +7,21 @@ return whether it changed the state.
 
 Interrupts: Ctrl-C (KeyboardInterrupt) may arrive anywhere, e.g. after the cell step has
 rewritten xi but before the statistics derived from it are stored, which would leave the live
-state inconsistent.  So each run keeps a checkpoint of its last complete sweep (copied into
-preallocated buffers, with SIGINT deferred during the copy) and, when interrupted, returns
-that checkpoint instead, marked ``interrupted`` and not converged, after a warning.  This
-costs one extra N x L array and one copy of it per sweep (small next to the cell step), and
-lets the fit stop at once however long a sweep takes.
+state inconsistent.  So each run keeps a checkpoint of its last complete sweep and, when
+interrupted, returns a state built from it instead, marked ``interrupted`` and not converged,
+after a warning.  The checkpoint copies every factor but xi (all of them J-, K- or L-sized,
+copied into preallocated buffers with SIGINT deferred during the copy); xi (N x L, as large as
+Y) is not kept: on an interrupt it is recomputed from the checkpoint's factors by one cell step,
+which also recomputes the statistics derived from it.  The cell step is the exact optimum of
+q(M) given the other factors, so that state's ELBO is at least the checkpoint's.  This lets the
+fit stop at once however long a sweep takes, without a second N x L array (issue 21).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import signal
 import threading
 import time
@@ -30,7 +35,7 @@ import numpy as np
 from ._init import initial_state, relabel_by_size, state_from_labels
 from .moves import AT_CONVERGENCE, move_named
 from ._state import Problem, State
-from ._steps import BLOCKS, elbo, sweep
+from ._steps import BLOCKS, elbo, sweep, update_cells
 # public home: nestedatoms.exceptions; these names are kept for old imports
 from .exceptions import FitInterruptedWarning, NumericalError
 
@@ -109,10 +114,16 @@ def _sigint_deferred():
 
 
 class _Checkpoint:
-    """A copy of the last complete state of a run, refreshed in place after every sweep."""
+    """The factors of the last complete state of a run but xi, refreshed in place after every
+    sweep; ``restored`` rebuilds a complete state from them (see the module docstring).
+
+    An xi that is not an array (kept on dask workers, ``_dask.WorkerXi``) is immutable and
+    small, and is kept by reference: it restores exactly.
+    """
 
     def __init__(self, st: State, value: float):
-        self.state = st.copy()
+        self.state = copy.deepcopy(_without_xi(st))
+        self.xi_kept = not isinstance(st.xi, np.ndarray)
         self.elbo = value
         self.n_iter = 0
 
@@ -120,14 +131,48 @@ class _Checkpoint:
         with _sigint_deferred():
             for name, cur in vars(st).items():
                 old = getattr(self.state, name)
-                if (isinstance(cur, np.ndarray) and isinstance(old, np.ndarray)
+                if name == "xi" and isinstance(cur, np.ndarray):
+                    self.xi_kept = False
+                    self.state.xi = None
+                elif (isinstance(cur, np.ndarray) and isinstance(old, np.ndarray)
                         and old.shape == cur.shape and old.dtype == cur.dtype):
                     np.copyto(old, cur)          # no new allocation in the steady state
                 elif isinstance(cur, np.ndarray):
                     setattr(self.state, name, cur.copy())
                 else:
                     setattr(self.state, name, cur)
+                    if name == "xi":
+                        self.xi_kept = True
             self.elbo, self.n_iter = value, n_iter
+
+    def restored(self, be, prob: Problem, live: State, n_threads: int) -> tuple[State, float]:
+        """(state, ELBO): the checkpoint, with xi recomputed by a cell step unless kept.
+
+        ``live``'s xi (the interrupted run's, in whatever partial state) is reused as the
+        buffer when it is an array of the right shape, so no N x L array is allocated here.
+        SIGINT is deferred meanwhile: a second Ctrl-C cannot leave this half done.
+        """
+        st = self.state
+        if self.xi_kept:
+            return st, self.elbo
+        shape = (prob.Y.shape[0], st.N_jl.shape[1])
+        xi = live.xi
+        if not (isinstance(xi, np.ndarray) and xi.shape == shape and xi.dtype == np.float64
+                and xi.flags.c_contiguous and xi.flags.writeable):
+            xi = np.empty(shape)
+        st.xi = xi
+        with _sigint_deferred():
+            update_cells(be, prob, st, n_threads)
+            value = elbo(be, prob, st)
+        return st, float(value)
+
+
+def _without_xi(st: State) -> State:
+    """A shallow copy of the state with xi left out (None), for copying the rest."""
+    light = copy.copy(st)
+    if isinstance(st.xi, np.ndarray):
+        light.xi = None
+    return light
 
 
 class _Phases:
@@ -265,14 +310,15 @@ def run_cavi(be, prob: Problem, st: State, max_iter: int, tol: float, n_threads:
                 break
             prev = cur
     except KeyboardInterrupt:
-        result.state, result.elbo = checkpoint.state, checkpoint.elbo
+        result.state, result.elbo = checkpoint.restored(be, prob, st, n_threads)
         result.n_iter = checkpoint.n_iter
         del result.trace[checkpoint.n_iter:]
         result.converged, result.interrupted = False, True
         warnings.warn(
             f"fit interrupted (KeyboardInterrupt) after {checkpoint.n_iter} complete sweep(s); "
-            f"keeping the state of the last complete one (ELBO {checkpoint.elbo:.6g}). The "
-            f"model is consistent but not converged (converged_ = False).",
+            f"keeping the state of the last complete one (ELBO {result.elbo:.6g}, its cells "
+            f"updated once more). The model is consistent but not converged "
+            f"(converged_ = False).",
             FitInterruptedWarning, stacklevel=2)
     return result
 
@@ -341,6 +387,19 @@ def _with_fixed_concentration(prob: Problem, concentration: float) -> Problem:
 STOP_DUPLICATE_RESTARTS = True
 
 
+def _digest_by_first_appearance(digest, labels: np.ndarray, width: int,
+                                rows: int = 1 << 16) -> None:
+    """Feed ``labels`` (integers in [0, width)) renumbered by first appearance into
+    ``digest``, a slab at a time (no N-sized temporaries besides the labels: this runs while
+    two restarts' xi are held, at the fit's memory peak)."""
+    first = np.full(width, labels.shape[0], dtype=np.int64)
+    for l in np.flatnonzero(np.bincount(labels, minlength=width)):
+        first[l] = int(np.argmax(labels == l))
+    rank = np.argsort(np.argsort(first, kind="stable"), kind="stable").astype(np.int64)
+    for start in range(0, labels.shape[0], rows):
+        digest.update(rank[labels[start:start + rows]].tobytes())
+
+
 class _FinishedPartitions:
     """The partitions finished restarts ended with or settled on along the way (where they
     tried the costly moves), and the best ELBO reached at each."""
@@ -365,16 +424,18 @@ class _FinishedPartitions:
         self.passed = []
 
     def key(self, st: State):
+        """A digest of both partitions, each labelled by first appearance (one key per
+        partition, whatever the atoms' numbering)."""
         if st.xi is None:
             return None
-        from ._init import relabel_by_first_appearance
-
-        groups = relabel_by_first_appearance(st.rho.argmax(axis=1))
         # xi kept on dask workers (``_dask.WorkerXi``): its labels by one map over the batches
         labels = (st.xi.argmax(axis=1) if isinstance(st.xi, np.ndarray)
                   else st.xi.labels(self.prob))
-        cells = relabel_by_first_appearance(labels)
-        return groups.astype(np.int64).tobytes() + b"|" + cells.astype(np.int64).tobytes()
+        digest = hashlib.sha256()
+        _digest_by_first_appearance(digest, st.rho.argmax(axis=1), st.rho.shape[1])
+        digest.update(b"|")
+        _digest_by_first_appearance(digest, labels, st.xi.shape[1])
+        return digest.digest()
 
     def add(self, st: State, value: float) -> None:
         key = self.key(st)
@@ -388,6 +449,76 @@ class _FinishedPartitions:
         return key in self.best and value <= self.best[key]
 
 
+class _PackedXi:
+    """The xi of the best finished restart while later restarts run: its nonzero entries and
+    a bit mask of where they are, restored exactly by ``unpacked``.
+
+    A converged xi is sparse (the cell step stores responsibilities below e^-600 of a cell's
+    largest as 0; most cells have one or two nonzero entries), so this holds a few percent of
+    its 8 N L bytes: the later restarts' xi does not come on top of a second N x L array (the
+    fit's memory peak, and on virtual machines that back memory on first touch, seconds).
+    """
+
+    def __init__(self, xi: np.ndarray):
+        self.shape = xi.shape
+        mask = xi != 0.0
+        self.values = xi[mask]
+        self.bits = np.packbits(mask, axis=None)
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.nbytes + self.bits.nbytes
+
+    def unpacked(self) -> np.ndarray:
+        mask = np.unpackbits(self.bits, count=int(np.prod(self.shape))).view(bool)
+        xi = np.zeros(self.shape)
+        xi[mask.reshape(self.shape)] = self.values
+        return xi
+
+
+# pack only where it saves most of the array (a dense xi early in a fit would not)
+_PACK_IF_NONZERO_BELOW = 0.5
+
+
+def _pack_xi(st: State | None) -> None:
+    """Keep the state's xi packed (``_PackedXi``) when it is a sparse enough array."""
+    if st is None or not isinstance(st.xi, np.ndarray) or st.xi.size == 0:
+        return
+    if np.count_nonzero(st.xi) < _PACK_IF_NONZERO_BELOW * st.xi.size:
+        st.xi = _PackedXi(st.xi)
+
+
+def _unpack_xi(st: State | None) -> None:
+    if st is not None and isinstance(st.xi, _PackedXi):
+        st.xi = st.xi.unpacked()
+
+
+def _return_freed_memory() -> None:
+    """Give the C heap's free memory back to the OS (glibc's ``malloc_trim``; elsewhere
+    nothing).  A run's temporaries of up to tens of MB (slabs, the split move's rows) come
+    from the heap once glibc raises its mmap threshold, and stay resident after they are
+    freed; the next restart's arrays then add to them at the fit's memory peak (issue 21)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL(None).malloc_trim     # libc is loaded already: no library search
+    except (OSError, AttributeError):            # not glibc (musl has no malloc_trim)
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
 def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, random_state,
                  n_threads: int = 1, moves=(), init_state=None, callback=None,
                  on_phase=None):
@@ -398,7 +529,9 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
     before each costly move (see ``run_cavi``).
 
     Only the best run keeps its state (the others' ``state`` is set to None as soon as they
-    are beaten, so memory holds at most two N x L states besides the checkpoint).  On
+    are beaten), and while later restarts run it keeps its xi packed (``_PackedXi``: the
+    nonzero entries of a sparse xi), so memory holds one N x L array, the running restart's
+    (the checkpoint keeps no xi).  On
     KeyboardInterrupt no further restart starts; the best complete run so far is returned
     with ``converged = False`` and ``interrupted = True`` (an interrupt before any run has a
     complete state propagates).
@@ -426,6 +559,10 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
             phase = None if on_phase is None else (lambda name, r=r: on_phase(r, name))
             run = run_cavi(be, prob, st, max_iter, tol, n_threads, moves=moves, callback=cb,
                            on_phase=phase, duplicate=finished)
+            # only ``run`` may hold the state now: a run that loses frees its xi before the
+            # next start allocates one (else three N x L arrays at once)
+            del st
+            _return_freed_memory()
             if finished is not None and run.converged and not run.stopped_as_duplicate:
                 finished.add(run.state, run.elbo)
             if finished is not None:
@@ -444,6 +581,9 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
             if run.interrupted:
                 interrupted = True
                 break
+            if r + 1 < n_init:
+                _pack_xi(best.state)
+            _return_freed_memory()
     except (ValueError, np.linalg.LinAlgError) as exc:
         if _is_singular_posterior(exc):
             raise _explain_singular(exc) from exc
@@ -457,6 +597,9 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
             f"{n_init}; keeping the best complete run (ELBO {best.elbo:.6g}). The model is "
             f"consistent but not converged (converged_ = False).",
             FitInterruptedWarning, stacklevel=2)
+    if best is not None:
+        with _sigint_deferred():
+            _unpack_xi(best.state)
     if interrupted:
         # The search over restarts was cut short, so the fit as a whole has not converged.
         best.converged, best.interrupted = False, True

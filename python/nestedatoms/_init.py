@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from ._atoms import y_family
-from ._batches import batched_weighted_stats
+from ._batches import add_in_order
 from ._state import Problem, State
 from ._steps import GLOBAL_BLOCKS, composition_weights
 
@@ -22,21 +22,33 @@ __all__ = ["kmeans_labels", "state_from_labels", "initial_state"]
 
 _MAX_KMEANS_POINTS = 20000
 _VQ_CHUNK = 65536
+_STATS_ROWS = 32768
 
 
 def kmeans_labels(Z: np.ndarray, k: int, rng: np.random.Generator, n_iter: int = 25,
-                  max_points: int = _MAX_KMEANS_POINTS) -> np.ndarray:
-    """k-means++ then Lloyd on (a subsample of) Z; labels for every row, renumbered by size."""
-    n = Z.shape[0]
+                  max_points: int = _MAX_KMEANS_POINTS, rows: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """k-means++ then Lloyd on (a subsample of) Z; labels for every row, renumbered by size.
+
+    ``rows``: cluster ``Z[rows]`` instead (the same labels) without gathering a copy of it.
+    """
+    n = Z.shape[0] if rows is None else rows.shape[0]
     k = int(min(k, n))
     if k <= 1:
         return np.zeros(n, dtype=np.int64)
-    sub = Z if n <= max_points else Z[kmeans_sample(n, max_points, rng)]
+
+    def take(idx):
+        return Z[idx] if rows is None else Z[rows[idx]]
+
+    if n <= max_points:
+        sub = Z if rows is None else Z[rows]
+    else:
+        sub = take(kmeans_sample(n, max_points, rng))
     ref, centres = kmeans_centres(sub, k, rng, n_iter)
     labels = np.empty(n, dtype=np.int64)
     for start in range(0, n, _VQ_CHUNK):      # a chunk at a time: no N x p copy of Z
-        labels[start:start + _VQ_CHUNK] = nearest_centre(Z[start:start + _VQ_CHUNK], ref,
-                                                         centres)
+        labels[start:start + _VQ_CHUNK] = nearest_centre(
+            take(slice(start, start + _VQ_CHUNK)), ref, centres)
     return relabel_by_size(labels)
 
 
@@ -79,10 +91,16 @@ def kmeans_centres(sub: np.ndarray, k: int, rng: np.random.Generator, n_iter: in
 
 def _cluster_means(Z: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """One Lloyd update as scipy's kmeans2 makes it: each centre the mean of its rows, summed
-    in row order (np.add.at), an empty cluster's centre left where it was."""
-    sums = np.zeros_like(centres)
-    np.add.at(sums, labels, Z)
-    counts = np.bincount(labels, minlength=centres.shape[0])
+    in row order, an empty cluster's centre left where it was.
+
+    A column at a time by np.bincount, which adds in row order as np.add.at does (the same
+    sums bit for bit) at a fraction of its cost (np.add.at was most of the split move's
+    2-means on 20,000 rows)."""
+    k = centres.shape[0]
+    sums = np.empty_like(centres)
+    for d in range(Z.shape[1]):
+        sums[:, d] = np.bincount(labels, weights=Z[:, d], minlength=k)
+    counts = np.bincount(labels, minlength=k)
     out = centres.copy()
     has = counts > 0
     out[has] = sums[has] / counts[has, None]
@@ -118,17 +136,58 @@ def one_hot(labels: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
+def label_counts(labels: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
+    """(J, width): how many cells of each group (cells ``offsets[j]:offsets[j + 1]``) carry
+    each label, as float64 (the N_jl of a hard partition; exact integers)."""
+    cell_group = np.repeat(np.arange(offsets.size - 1), np.diff(offsets))
+    counts = np.bincount(cell_group * width + labels, minlength=(offsets.size - 1) * width)
+    return counts.reshape(offsets.size - 1, width).astype(np.float64)
+
+
+def label_stats(be, Y: np.ndarray, labels: np.ndarray, width: int, weights, centre,
+                family):
+    """(n, s1, s2) of a hard partition of the rows of Y (rows weighted by ``weights`` (N,) or
+    1), about ``centre``: the weighted statistics of its one-hot responsibilities, computed
+    label by label on each label's rows (N D^2 work, not N L D^2)."""
+    stats = family.fn(be, "stats")
+    D = Y.shape[1]
+    n, s1 = np.zeros(width), np.zeros((width, D))
+    s2 = np.zeros((width,) + family.atom_shape(D))
+    order = np.argsort(labels, kind="stable")          # each label's rows in row order
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(labels, minlength=width))))
+    # a slab of each label's rows at a time: a gathered copy of a large cluster's rows would
+    # add to the fit's memory peak (a later restart starts while the best one's xi is kept)
+    for l in range(width):
+        for start in range(bounds[l], bounds[l + 1], _STATS_ROWS):
+            rows = order[start:min(start + _STATS_ROWS, bounds[l + 1])]
+            w = (np.ones((rows.size, 1)) if weights is None
+                 else np.ascontiguousarray(weights[rows])[:, None])
+            n_l, s1_l, s2_l = stats(np.ascontiguousarray(Y[rows]), w, centre)
+            n[l] += n_l[0]
+            s1[l] += s1_l[0]
+            s2[l] += s2_l[0]
+    return n, s1, s2
+
+
 def state_from_labels(be, prob: Problem, cell_labels: np.ndarray,
                       group_labels: np.ndarray) -> State:
     """A complete state whose local factors are the given hard partition (sorted layout)."""
     K, L = prob.K, prob.L
-    xi = one_hot(np.asarray(cell_labels), L)
+    cell_labels = np.asarray(cell_labels)
     rho = one_hot(np.asarray(group_labels), K)
-    N_jl = np.add.reduceat(xi, prob.offsets[:-1], axis=0)
+    N_jl = label_counts(cell_labels, prob.offsets, L)
     zeta = composition_weights(prob.data.group_sizes, prob.donor_concentration)
-    w = xi if zeta is None else xi * np.repeat(zeta, prob.data.group_sizes)[:, None]
-    y_stats = batched_weighted_stats(be, prob.Y, w, prob.y_centre, prob.batches,
-                                     y_family(prob))
+    w = None if zeta is None else np.repeat(zeta, prob.data.group_sizes)
+    family = y_family(prob)
+    # batch by batch, added in batch order (as the dask start, ``_dask.initial_state``)
+    parts = [label_stats(be, prob.Y[r0:r1], cell_labels[r0:r1], L,
+                         None if w is None else w[r0:r1], prob.y_centre, family)
+             for _, _, r0, r1 in prob.batches]
+    y_stats = parts[0] if len(parts) == 1 else tuple(
+        add_in_order([p[i] for p in parts]) for i in range(3))
+    # xi (N x L) last, once the temporaries above are freed: a later restart starts while the
+    # best one's xi is kept, and this is then the fit's memory peak
+    xi = one_hot(cell_labels, L)
     return state_from_stats(be, prob, xi, rho, N_jl, y_stats)
 
 
@@ -195,6 +254,6 @@ def group_feature_views(prob: Problem, N_jl: np.ndarray) -> list:
 def initial_state(be, prob: Problem, rng: np.random.Generator) -> State:
     """The default start: k-means++ on cells, then on group features."""
     cell_labels = kmeans_labels(prob.Y, prob.L, rng)
-    N_jl = np.add.reduceat(one_hot(cell_labels, prob.L), prob.offsets[:-1], axis=0)
+    N_jl = label_counts(cell_labels, prob.offsets, prob.L)
     group_labels = kmeans_labels(group_features(prob, N_jl), prob.K, rng)
     return state_from_labels(be, prob, cell_labels, group_labels)

@@ -73,10 +73,28 @@ def _robust_covariance(Z: np.ndarray, cov: np.ndarray | None = None) -> np.ndarr
     return np.diag(diag) + 1e-6 * scale * np.eye(D)
 
 
+_COVARIANCE_ROWS = 1 << 16
+
+
 def sample_covariance(Z: np.ndarray) -> np.ndarray:
-    """np.cov of the rows of Z about exact means: a constant column then has exactly zero
-    variance at any magnitude."""
-    return np.atleast_2d(np.cov(Z - exact_column_means(Z), rowvar=False))
+    """The sample covariance (np.cov's) of the rows of Z about exact means: a constant column
+    then has exactly zero variance at any magnitude.
+
+    Slab by slab of rows, each centred and added to the scatter in order: np.cov of the
+    centred Z made two N x D copies of it (Y at OneK1K is 305 MB, and on this project's
+    machines first touching that much new memory costs seconds).  BLAS on one thread, so the
+    sums over rows do not depend on the thread count (as ``_batches.batch_scatter``).
+    """
+    from threadpoolctl import threadpool_limits
+
+    means = exact_column_means(Z)
+    n, D = Z.shape
+    scatter = np.zeros((D, D))
+    with threadpool_limits(limits=1, user_api="blas"):
+        for start in range(0, n, _COVARIANCE_ROWS):
+            C = Z[start:start + _COVARIANCE_ROWS] - means
+            scatter += C.T @ C
+    return scatter / (n - 1)
 
 
 # How much narrower than its share of the volume each individual cluster is expected to be

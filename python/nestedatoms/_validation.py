@@ -259,8 +259,8 @@ def available_memory_bytes() -> int | None:
 def estimate_fit_bytes(n_cells: int, p: int, L: int, n_init: int, backend: str) -> dict:
     """The dominant allocations of a fit, in bytes, by item (model section 3: xi is N x L).
 
-    * the state's xi (sorted layout), and the checkpoint of the last complete sweep that
-      lets an interrupted fit keep a consistent model;
+    * the state's xi (sorted layout; the checkpoint that lets an interrupted fit keep a
+      consistent model holds no copy of it, see ``_fit``);
     * the best earlier restart's xi while the next one runs (n_init > 1);
     * ``cell_probs_``, the caller-ordered copy the estimator returns;
     * scratch of the cell step: one N x L buffer for the C++ core, about five for NumPy
@@ -271,7 +271,6 @@ def estimate_fit_bytes(n_cells: int, p: int, L: int, n_init: int, backend: str) 
     nl = 8 * int(n_cells) * int(L)
     items = {
         "state xi": nl,
-        "checkpoint xi": nl,
         "best restart xi": nl if n_init > 1 else 0,
         "cell_probs_": nl,
         "cell-step scratch": (1 if backend == "cpp" else 5) * nl,

@@ -92,13 +92,13 @@ def split_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1, max_atoms
         if rows.size < min_cells:
             continue
         tried += 1
-        halves = kmeans_labels(prob.Y[rows], 2, np.random.default_rng(l))
+        halves = kmeans_labels(prob.Y, 2, np.random.default_rng(l), rows=rows)
         if halves.min() == halves.max():
             continue
         target = int(empty[0])
         before = elbo(be, prob, st)
         saved = snapshot(st)
-        saved_rows = st.xi[rows].copy()
+        saved_rows = st.xi[rows]      # a copy already (fancy indexing)
         _move_mass(be, prob, st, rows[halves == 1], l, target)
         refresh_without_cells(be, prob, st, n_threads)
         for _ in range(n_local_sweeps):
