@@ -65,7 +65,8 @@ class RunResult:
 
     ``state`` is None for a restart that lost to a better one (each state holds an N x L
     array; only the best is kept).  ``interrupted``: stopped by KeyboardInterrupt, in which
-    case ``state`` is the last complete sweep and ``converged`` is False.
+    case ``state`` holds the last complete sweep's factors with q(M) recomputed from them by one
+    cell step (an ELBO no lower) and ``converged`` is False.
     """
 
     state: State | None
