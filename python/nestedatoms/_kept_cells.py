@@ -206,7 +206,7 @@ def map_kept(kept: KeptCells, call_each, func, per_batch, common) -> list:
     holders = client.who_has(kept.blocks)
     # the arguments common to all batches (the global factors of a sweep) go to every worker
     # once, not with every task
-    shared, = client.scatter([common], broadcast=True, hash=False)
+    shared = _broadcast(client, common)
     runs = _tasks_per_thread(holders, [b.key for b in kept.blocks], kept.threads)
     futures = [client.submit(call_each, func, [kept.blocks[b] for b in run],
                              [per_batch[b] for b in run], shared, pure=False, **_near(worker))
@@ -216,3 +216,22 @@ def map_kept(kept: KeptCells, call_each, func, per_batch, common) -> list:
         for b, result in zip(run, results):
             out[b] = result
     return out
+
+
+# A scatter is not a task: dask does not retry it when a worker dies while it runs (the
+# connection to that worker is reset).  The dead worker is then gone from the cluster, so a
+# second broadcast reaches the live ones; the tasks placed on the dead one run elsewhere.
+_BROADCAST_TRIES = 3
+
+
+def _broadcast(client, value):
+    """``value`` on every worker (one future), tried again if a worker dies meanwhile."""
+    from distributed.comm.core import CommClosedError
+
+    for attempt in range(_BROADCAST_TRIES):
+        try:
+            shared, = client.scatter([value], broadcast=True, hash=False)
+            return shared
+        except (CommClosedError, OSError):
+            if attempt == _BROADCAST_TRIES - 1:
+                raise
