@@ -365,29 +365,3 @@ def test_task_heap_guard_nests_and_restores(monkeypatch):
     assert np.array_equal(plain[0], guarded[0])
     assert all(np.array_equal(a, b) for a, b in zip(plain[1], guarded[1]))
 
-
-class _FlakyClient:
-    """A client whose broadcast fails ``failures`` times, as when a worker dies mid-scatter."""
-
-    def __init__(self, failures):
-        self.failures, self.calls = failures, 0
-
-    def scatter(self, values, broadcast, hash):
-        from distributed.comm.core import CommClosedError
-
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise CommClosedError("in <TCP (closed) ConnectionPool.update_data>: reset by peer")
-        return [("future", values[0])]
-
-
-def test_a_broadcast_cut_by_a_dying_worker_is_sent_again():
-    from distributed.comm.core import CommClosedError
-
-    from nestedatoms._kept_cells import _BROADCAST_TRIES, _broadcast
-
-    client = _FlakyClient(failures=1)
-    assert _broadcast(client, "globals") == ("future", "globals")
-    assert client.calls == 2
-    with pytest.raises(CommClosedError):
-        _broadcast(_FlakyClient(failures=_BROADCAST_TRIES), "globals")

@@ -206,7 +206,7 @@ def map_kept(kept: KeptCells, call_each, func, per_batch, common) -> list:
     holders = client.who_has(kept.blocks)
     # the arguments common to all batches (the global factors of a sweep) go to every worker
     # once, not with every task
-    shared = _broadcast(client, common)
+    shared = _shared(client, common)
     runs = _tasks_per_thread(holders, [b.key for b in kept.blocks], kept.threads)
     futures = [client.submit(call_each, func, [kept.blocks[b] for b in run],
                              [per_batch[b] for b in run], shared, pure=False, **_near(worker))
@@ -218,20 +218,15 @@ def map_kept(kept: KeptCells, call_each, func, per_batch, common) -> list:
     return out
 
 
-# A scatter is not a task: dask does not retry it when a worker dies while it runs (the
-# connection to that worker is reset).  The dead worker is then gone from the cluster, so a
-# second broadcast reaches the live ones; the tasks placed on the dead one run elsewhere.
-_BROADCAST_TRIES = 3
+
+def _shared(client, value):
+    """``value`` as one future that tasks on every worker read (fetched once per worker).
+
+    A task, not a scatter: dask does not retry a scatter when a worker dies while it runs (it
+    raised a closed connection or waited forever in the worker-killed test), while a task
+    whose worker dies is run again elsewhere from its spec, which holds ``value``."""
+    return client.submit(_identity, value, pure=False)
 
 
-def _broadcast(client, value):
-    """``value`` on every worker (one future), tried again if a worker dies meanwhile."""
-    from distributed.comm.core import CommClosedError
-
-    for attempt in range(_BROADCAST_TRIES):
-        try:
-            shared, = client.scatter([value], broadcast=True, hash=False)
-            return shared
-        except (CommClosedError, OSError):
-            if attempt == _BROADCAST_TRIES - 1:
-                raise
+def _identity(value):
+    return value
