@@ -16,7 +16,7 @@ from .._group_ascent import (apply_group_factors, cell_level_elbo, concentration
                              group_ascent)
 from .._init import one_hot
 from .._state import Problem, State
-from .._steps import best_group_prior_scale, elbo, update_y_atoms
+from .._steps import best_group_prior_scales, elbo, update_y_atoms
 from ._base import MIN_RELATIVE_GAIN, gain_ok, restore, snapshot
 
 
@@ -124,14 +124,12 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
                                n_threads, max_iter=50, tol=1e-5)
         widths = [start_width] * n
         if learns_width:
-            probe = snapshot(saved)
-            again = []
-            for i, result in enumerate(results):
-                probe.rho, probe.group_prior_scale = result["rho"], start_width
-                width = best_group_prior_scale(be, prob, probe)
-                if width != start_width:
-                    widths[i] = width
-                    again.append(i)
+            # every candidate's own width, in one vectorised search over all of them
+            learned = best_group_prior_scales(be, prob, [r["rho"] for r in results],
+                                              [start_width] * n)
+            again = [i for i in range(n) if float(learned[i]) != start_width]
+            for i in again:
+                widths[i] = float(learned[i])
             redone = group_ascent(be, prob, st, [results[i]["rho"] for i in again],
                                   [widths[i] for i in again],
                                   [concentration_factors(results[i]) for i in again],
