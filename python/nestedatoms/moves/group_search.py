@@ -10,6 +10,9 @@ width, and the best is kept with it.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import numpy as np
 
 from .._group_ascent import (apply_group_factors, cell_level_elbo, concentration_factors,
@@ -47,8 +50,6 @@ def _group_candidates(feature_views, K: int, max_clusters: int, n_seeds: int):
     (it would score the same).  The joint view's list is kept whole, so that without x (one
     view) the search is exactly what it was before the other views were added.
     """
-    from .._init import kmeans_labels
-
     J = feature_views[0].shape[0]
     out, seen = [], set()
     for v, feats in enumerate(feature_views):
@@ -56,9 +57,35 @@ def _group_candidates(feature_views, K: int, max_clusters: int, n_seeds: int):
             seeds = 1 if k == 1 else n_seeds
             for s in range(seeds):
                 # fixed seeds: the move is a deterministic function of the state
-                labels = kmeans_labels(feats, k, np.random.default_rng(1000 * k + s + 100 * v))
+                labels = _kmeans_labels_cached(feats, k, 1000 * k + s + 100 * v)
                 _append_new_partition(out, seen, labels, always=v == 0)
     return out
+
+
+# k-means partitions by (features, k, seed), the most recent first out: the view of x alone
+# does not change during a fit, and its ~30 k-means were redone by every search (one per
+# restart and more after moves; k-means was a third of the published toy design's search).
+_KMEANS_CACHE: OrderedDict = OrderedDict()
+_KMEANS_CACHE_SIZE = 1024
+
+
+def _kmeans_labels_cached(feats: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """``kmeans_labels(feats, k, default_rng(seed))``, computed once per content of feats."""
+    from .._init import kmeans_labels
+
+    feats = np.ascontiguousarray(feats)
+    key = (hashlib.blake2b(feats.tobytes(), digest_size=16).digest(), feats.shape,
+           str(feats.dtype), int(k), int(seed))
+    labels = _KMEANS_CACHE.get(key)
+    if labels is None:
+        labels = kmeans_labels(feats, k, np.random.default_rng(seed))
+        labels.flags.writeable = False
+        _KMEANS_CACHE[key] = labels
+        while len(_KMEANS_CACHE) > _KMEANS_CACHE_SIZE:
+            _KMEANS_CACHE.popitem(last=False)
+    else:
+        _KMEANS_CACHE.move_to_end(key)
+    return labels
 
 
 def _append_new_partition(partitions: list, seen: set, labels: np.ndarray,
