@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "special.hpp"
 
@@ -53,13 +52,10 @@ double log_wishart_norm_one(double logdet_W, double nu, Index D) {
     return -0.5 * nu * logdet_W - 0.5 * nu * Dd * kLog2 - 0.25 * Dd * (Dd - 1.0) * kLogPi - s;
 }
 
-// Whether atom g's W is bit for bit atom g - 1's.  Empty atoms all sit exactly at the prior (a
-// merge or a k-means start leaves most of L = 30 empty on small data), and their O(D^3)
-// factorisations were most of the ELBO's and the cell step's set-up there; a factorisation
-// of the same bits gives the same bits, so reusing the previous atom's changes no result.
+// Whether atom g's W is bit for bit atom g - 1's (repeats_previous): the O(D^3) factorisations
+// of the empty atoms were most of the ELBO's and the cell step's set-up on small data.
 bool same_as_previous(const double* W, Index g, Index D) {
-    return g > 0 && std::memcmp(W + g * D * D, W + (g - 1) * D * D,
-                                static_cast<size_t>(D * D) * sizeof(double)) == 0;
+    return repeats_previous(g, {{W, D * D}});
 }
 
 std::vector<double> logdets(const NWView& q, const std::string& name_W) {
@@ -161,13 +157,19 @@ void unpack_stats(const Eigen::Ref<const RowMat>& S, Index D, double* n, double*
 void expected_logdet(const NWView& q, double* out) {
     check_dof(q);
     const auto ld = logdets(q, "W");
-    for (Index g = 0; g < q.G; ++g) out[g] = elogdet_one(ld[g], q.nu[g], q.D);
+    for (Index g = 0; g < q.G; ++g)
+        out[g] = repeats_previous(g, {{q.nu, 1}, {q.W, q.D * q.D}})
+                     ? out[g - 1]
+                     : elogdet_one(ld[g], q.nu[g], q.D);
 }
 
 void log_wishart_norm(const NWView& q, double* out) {
     check_dof(q);
     const auto ld = logdets(q, "W");
-    for (Index g = 0; g < q.G; ++g) out[g] = log_wishart_norm_one(ld[g], q.nu[g], q.D);
+    for (Index g = 0; g < q.G; ++g)
+        out[g] = repeats_previous(g, {{q.nu, 1}, {q.W, q.D * q.D}})
+                     ? out[g - 1]
+                     : log_wishart_norm_one(ld[g], q.nu[g], q.D);
 }
 
 void expected_loglik(const double* Z, Index n, const NWView& q, double* out) {
@@ -250,15 +252,25 @@ void nw_posterior(const double* n, const double* s1, const double* s2, Index G,
     check_prior(prior);
     const Index D = prior.D;
     const CMapRowMat W0inv(prior.W0inv, D, D);
-    const Mat W0 = spd_inverse(checked_llt(W0inv, "W0inv"), D);
+    const Eigen::LLT<Mat> W0inv_llt = checked_llt(W0inv, "W0inv");
+    Mat W0;  // the prior's W, formed when the first empty atom needs it
     const CMapVec m0(prior.m0, D), c(centre, D);
     const Vec m0c = m0 - c;
     for (Index g = 0; g < G; ++g) {
         MapVec mg(m + g * D, D);
         MapRowMat Wg(W + g * D * D, D, D);
+        if (repeats_previous(g, {{n, 1}, {s1, D}, {s2, D * D}})) {
+            // the same statistics: the same posterior (the empty atoms after a merge)
+            mg = CMapVec(m + (g - 1) * D, D);
+            lam[g] = lam[g - 1];
+            Wg = CMapRowMat(W + (g - 1) * D * D, D, D);
+            nu[g] = nu[g - 1];
+            continue;
+        }
         if (n[g] <= 0.0) {
             // An empty cluster gets exactly the prior; never divide by n = 0 (SPEC 5.7).  (A NaN
             // count falls through and is refused by the Cholesky check below.)
+            if (W0.size() == 0) W0 = spd_inverse(W0inv_llt, D);
             mg = m0;
             lam[g] = prior.lam0;
             Wg = W0;
@@ -289,16 +301,19 @@ double nw_loglik_from_stats(const double* n, const double* s1, const double* s2,
     const auto ld = logdets(q, "W");
     const CMapVec c(centre, D);
     double total = 0.0;
+    double elogdet = 0.0, quad = 0.0;  // atom g's, or the previous atom's where g repeats it
     for (Index g = 0; g < q.G; ++g) {
-        const double elogdet = elogdet_one(ld[g], q.nu[g], D);
-        const CMapRowMat Wg = matrix_of(q.W, g, D);
-        const CMapRowMat s2g(s2 + g * D * D, D, D);
-        const CMapVec s1g(s1 + g * D, D);
-        const Vec mc = CMapVec(q.m + g * D, D) - c;
-        const Vec Wmc = Wg * mc;
-        // sum_i w_i (z_i - m)' W (z_i - m) = tr(s2 W) - 2 s1' W mc + n mc' W mc, mc = m - c
-        const double quad = (s2g.array() * Wg.array()).sum() - 2.0 * s1g.dot(Wmc) +
-                            n[g] * mc.dot(Wmc);
+        if (!repeats_previous(g, {{n, 1}, {q.nu, 1}, {q.m, D}, {s1, D}, {q.W, D * D},
+                                  {s2, D * D}})) {
+            elogdet = elogdet_one(ld[g], q.nu[g], D);
+            const CMapRowMat Wg = matrix_of(q.W, g, D);
+            const CMapRowMat s2g(s2 + g * D * D, D, D);
+            const CMapVec s1g(s1 + g * D, D);
+            const Vec mc = CMapVec(q.m + g * D, D) - c;
+            const Vec Wmc = Wg * mc;
+            // sum_i w_i (z_i - m)' W (z_i - m) = tr(s2 W) - 2 s1' W mc + n mc' W mc, mc = m - c
+            quad = (s2g.array() * Wg.array()).sum() - 2.0 * s1g.dot(Wmc) + n[g] * mc.dot(Wmc);
+        }
         total += 0.5 * (n[g] * (elogdet - Dd / q.lam[g] - Dd * kLog2Pi) - q.nu[g] * quad);
     }
     return total;
@@ -317,15 +332,19 @@ double nw_prior_term(const NWView& q, const NWPrior& prior) {
     const auto ld = logdets(q, "W");
     const CMapVec m0(prior.m0, D);
     double total = 0.0;
+    // atom g's figures, or the previous atom's where g repeats it
+    double elogdet = 0.0, quad = 0.0, trace = 0.0;
     for (Index g = 0; g < q.G; ++g) {
-        const double elogdet = elogdet_one(ld[g], q.nu[g], D);
-        const CMapRowMat Wg = matrix_of(q.W, g, D);
-        const Vec dm = CMapVec(q.m + g * D, D) - m0;
-        const double quad = dm.dot(Wg * dm);
+        if (!repeats_previous(g, {{q.nu, 1}, {q.m, D}, {q.W, D * D}})) {
+            elogdet = elogdet_one(ld[g], q.nu[g], D);
+            const CMapRowMat Wg = matrix_of(q.W, g, D);
+            const Vec dm = CMapVec(q.m + g * D, D) - m0;
+            quad = dm.dot(Wg * dm);
+            trace = (W0inv.array() * Wg.array()).sum();
+        }
         total += 0.5 * (Dd * std::log(prior.lam0 / (2.0 * kPi)) + elogdet -
                         Dd * prior.lam0 / q.lam[g] - prior.lam0 * q.nu[g] * quad) +
-                 log_b0 + 0.5 * (prior.nu0 - Dd - 1.0) * elogdet -
-                 0.5 * q.nu[g] * (W0inv.array() * Wg.array()).sum();
+                 log_b0 + 0.5 * (prior.nu0 - Dd - 1.0) * elogdet - 0.5 * q.nu[g] * trace;
     }
     return total;
 }
@@ -337,10 +356,14 @@ double nw_entropy(const NWView& q) {
     const double Dd = static_cast<double>(D);
     const auto ld = logdets(q, "W");
     double total = 0.0;
+    double elogdet = 0.0, log_norm = 0.0;  // atom g's, or the previous atom's where g repeats it
     for (Index g = 0; g < q.G; ++g) {
-        const double elogdet = elogdet_one(ld[g], q.nu[g], D);
-        const double h_wishart = -log_wishart_norm_one(ld[g], q.nu[g], D) -
-                                 0.5 * (q.nu[g] - Dd - 1.0) * elogdet + 0.5 * q.nu[g] * Dd;
+        if (!repeats_previous(g, {{q.nu, 1}, {q.W, D * D}})) {
+            elogdet = elogdet_one(ld[g], q.nu[g], D);
+            log_norm = log_wishart_norm_one(ld[g], q.nu[g], D);
+        }
+        const double h_wishart = -log_norm - 0.5 * (q.nu[g] - Dd - 1.0) * elogdet +
+                                 0.5 * q.nu[g] * Dd;
         total += -0.5 * elogdet - 0.5 * Dd * std::log(q.lam[g] / (2.0 * kPi)) + 0.5 * Dd +
                  h_wishart;
     }
@@ -367,6 +390,10 @@ void nw_scores(const double* n, const double* s1, const double* s2, Index G, con
     for (Index g = 0; g < G; ++g) {
         if (n[g] <= 0.0) {      // the posterior is the prior (NaN falls through to the check)
             out[g] = 0.0;
+            continue;
+        }
+        if (repeats_previous(g, {{n, 1}, {s1, D}, {s2, D * D}})) {
+            out[g] = out[g - 1];
             continue;
         }
         const CMapVec s1g(s1 + g * D, D);
