@@ -67,13 +67,6 @@ std::vector<double> logdets(const NWView& q, const std::string& name_W) {
     return out;
 }
 
-// Inverse of a symmetric positive-definite matrix through its Cholesky factor, made exactly
-// symmetric (the solve is not), so that later factorisations see a symmetric matrix.
-Mat spd_inverse(const Eigen::LLT<Mat>& llt, Index D) {
-    Mat inv = llt.solve(Mat::Identity(D, D));
-    return 0.5 * (inv + inv.transpose());
-}
-
 }  // namespace
 
 GaussianAtoms prepare_atoms(const NWView& q, const std::string& name_W) {
@@ -252,7 +245,7 @@ void nw_posterior(const double* n, const double* s1, const double* s2, Index G,
     check_prior(prior);
     const Index D = prior.D;
     const CMapRowMat W0inv(prior.W0inv, D, D);
-    const Eigen::LLT<Mat> W0inv_llt = checked_llt(W0inv, "W0inv");
+    const Cholesky W0inv_llt = checked_llt(W0inv, "W0inv");
     Mat W0;  // the prior's W, formed when the first empty atom needs it
     const CMapVec m0(prior.m0, D), c(centre, D);
     const Vec m0c = m0 - c;
@@ -270,7 +263,7 @@ void nw_posterior(const double* n, const double* s1, const double* s2, Index G,
         if (n[g] <= 0.0) {
             // An empty cluster gets exactly the prior; never divide by n = 0 (SPEC 5.7).  (A NaN
             // count falls through and is refused by the Cholesky check below.)
-            if (W0.size() == 0) W0 = spd_inverse(W0inv_llt, D);
+            if (W0.size() == 0) W0 = spd_inverse(W0inv_llt);
             mg = m0;
             lam[g] = prior.lam0;
             Wg = W0;
@@ -288,7 +281,7 @@ void nw_posterior(const double* n, const double* s1, const double* s2, Index G,
         lam[g] = prior.lam0 + n[g];
         mg = c + (prior.lam0 * m0c + s1g) / lam[g];
         nu[g] = prior.nu0 + n[g];
-        Wg = spd_inverse(checked_llt(Winv, "posterior W^-1 of atom " + std::to_string(g)), D);
+        Wg = spd_inverse(checked_llt(Winv, "posterior W^-1 of atom " + std::to_string(g)));
     }
 }
 
