@@ -207,41 +207,38 @@ FeatureMap feature_map(const CellStepInput& in) {
     return {packed_size(in.p) + in.p + 1, &packed_features, &unpack_stats};
 }
 
-RowMat logit_coefficients(const CellStepInput& in) {
-    if (in.diagonal) {
-        const NWView& q = in.atoms;
-        return diag_coefficients(DiagView{q.m, q.lam, q.W, q.nu, q.G, q.D}, in.centre);
-    }
-    return loglik_coefficients(prepare_atoms(in.atoms, "W"), in.atoms, in.centre);
-}
-
-// The atoms' coefficients with repeats folded: atoms whose coefficient columns are bit for bit
-// equal (the empty atoms, all exactly at the prior: 26 of L = 30 on small data) share one
-// column of the logits product, whose result is then expanded per cell.  A column is what the
-// product would give that atom, so the logits are those of the full product with the shape
-// of the distinct one; with no repeats it is the full product.
+// The atoms with repeats folded: atoms whose parameters (m, lam, W, nu) are bit for bit an
+// earlier atom's (the empty atoms, all exactly at the prior: 26 of L = 30 on small data) are of
+// its kind, have the same coefficients and share its column of the logits product, whose result
+// is then expanded per cell.  Only the first atom of each kind is factorised and given
+// coefficients (the set-up of a small step), each as it would be alone, so the logits are those
+// of the full product with the shape of the distinct one; with no repeats it is the full product.
 struct DistinctAtoms {
     RowMat A;                       // (F, n_distinct): the first atom of each kind, in atom order
     std::vector<Index> column_of;   // (L,): atom l's column of A
 };
 
-DistinctAtoms distinct_atoms(const RowMat& A_full) {
-    const Index F = A_full.rows(), L = A_full.cols();
-    const Mat by_atom = A_full;     // column-major: each atom's coefficients contiguous
+DistinctAtoms distinct_atoms(const CellStepInput& in) {
+    const NWView& q = in.atoms;
+    const Index L = q.G, D = q.D, w_size = in.diagonal ? D : D * D;
+    auto same = [&](const double* a, Index l, Index k, Index size) {
+        return std::memcmp(a + l * size, a + k * size, static_cast<size_t>(size) * sizeof(double)) == 0;
+    };
     DistinctAtoms out;
     out.column_of.resize(static_cast<size_t>(L));
-    std::vector<Index> first;       // the first atom of each distinct column
+    std::vector<Index> first;       // the first atom of each kind
     for (Index l = 0; l < L; ++l) {
         size_t k = 0;
         while (k < first.size() &&
-               std::memcmp(by_atom.col(l).data(), by_atom.col(first[k]).data(),
-                           static_cast<size_t>(F) * sizeof(double)) != 0)
+               !(same(q.lam, l, first[k], 1) && same(q.nu, l, first[k], 1) &&
+                 same(q.m, l, first[k], D) && same(q.W, l, first[k], w_size)))
             ++k;
         if (k == first.size()) first.push_back(l);
         out.column_of[static_cast<size_t>(l)] = static_cast<Index>(k);
     }
-    out.A.resize(F, static_cast<Index>(first.size()));
-    for (size_t k = 0; k < first.size(); ++k) out.A.col(static_cast<Index>(k)) = by_atom.col(first[k]);
+    out.A = in.diagonal
+                ? diag_coefficients(DiagView{q.m, q.lam, q.W, q.nu, q.G, q.D}, in.centre, first)
+                : loglik_coefficients(prepare_atoms(q, "W", first), q, in.centre);
     return out;
 }
 
@@ -254,7 +251,7 @@ struct LogitTerms {
     DistinctAtoms atoms;
     RowMat bias;
     explicit LogitTerms(const CellStepInput& in)
-        : atoms(distinct_atoms(logit_coefficients(in))),
+        : atoms(distinct_atoms(in)),
           bias(in.J, in.L) {
         if (in.K > 0)
             bias.noalias() = CMapRowMat(in.rho, in.J, in.K) *

@@ -47,20 +47,22 @@ inline double log_gamma_norm(double W, double nu) {
 
 }  // namespace
 
-RowMat diag_coefficients(const DiagView& q, const double* centre) {
+RowMat diag_coefficients(const DiagView& q, const double* centre,
+                         const std::vector<Index>& which) {
     check_atoms(q);
-    const Index D = q.D, G = q.G;
+    const Index D = q.D, G = static_cast<Index>(which.size());
     RowMat A(2 * D + 1, G);
     for (Index g = 0; g < G; ++g) {
-        const double psi = digamma(0.5 * q.nu[g]);
+        const Index l = which[static_cast<size_t>(g)];  // column g is atom l
+        const double psi = digamma(0.5 * q.nu[l]);
         double constant = 0.0;
         for (Index d = 0; d < D; ++d) {
-            const double W = q.W[g * D + d];
-            const double Q = q.nu[g] * W;
-            const double mc = q.m[g * D + d] - centre[d];
+            const double W = q.W[l * D + d];
+            const double Q = q.nu[l] * W;
+            const double mc = q.m[l * D + d] - centre[d];
             A(d, g) = -0.5 * Q;
             A(D + d, g) = Q * mc;
-            constant += elog_tau(psi, W) - kLog2Pi - 1.0 / q.lam[g] - Q * mc * mc;
+            constant += elog_tau(psi, W) - kLog2Pi - 1.0 / q.lam[l] - Q * mc * mc;
         }
         A(2 * D, g) = 0.5 * constant;
     }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "special.hpp"
 
@@ -69,30 +70,42 @@ std::vector<double> logdets(const NWView& q, const std::string& name_W) {
 
 }  // namespace
 
-GaussianAtoms prepare_atoms(const NWView& q, const std::string& name_W) {
+GaussianAtoms prepare_atoms(const NWView& q, const std::string& name_W,
+                            const std::vector<Index>& which) {
     check_lam(q);
     check_dof(q);
+    const Index D = q.D;
     GaussianAtoms atoms;
-    atoms.G = q.G;
-    atoms.D = q.D;
+    atoms.G = static_cast<Index>(which.size());
+    atoms.D = D;
     atoms.m = q.m;
     atoms.lam = q.lam;
     atoms.nu = q.nu;
-    atoms.U.resize(static_cast<size_t>(q.G));
-    atoms.constant.resize(q.G);
+    atoms.index = which;
+    atoms.U.resize(which.size());
+    atoms.constant.resize(atoms.G);
     double logdet_W = 0.0;
-    for (Index g = 0; g < q.G; ++g) {
-        if (same_as_previous(q.W, g, q.D)) {
+    for (Index g = 0; g < atoms.G; ++g) {
+        const Index l = which[static_cast<size_t>(g)];
+        // the previous prepared atom's factorisation where its W is the same bits
+        if (g > 0 && std::memcmp(q.W + l * D * D, q.W + which[static_cast<size_t>(g - 1)] * D * D,
+                                 static_cast<size_t>(D * D) * sizeof(double)) == 0) {
             atoms.U[g] = atoms.U[g - 1];
         } else {
-            auto llt = checked_llt(matrix_of(q.W, g, q.D), atom_name(name_W, g));
+            auto llt = checked_llt(matrix_of(q.W, l, D), atom_name(name_W, l));
             atoms.U[g] = llt.matrixL();
             logdet_W = logdet_from_llt(llt);
         }
-        const double elogdet = elogdet_one(logdet_W, q.nu[g], q.D);
-        atoms.constant[g] = 0.5 * elogdet - 0.5 * static_cast<double>(q.D) * kLog2Pi;
+        const double elogdet = elogdet_one(logdet_W, q.nu[l], D);
+        atoms.constant[g] = 0.5 * elogdet - 0.5 * static_cast<double>(D) * kLog2Pi;
     }
     return atoms;
+}
+
+GaussianAtoms prepare_atoms(const NWView& q, const std::string& name_W) {
+    std::vector<Index> all(static_cast<size_t>(q.G));
+    for (Index g = 0; g < q.G; ++g) all[static_cast<size_t>(g)] = g;
+    return prepare_atoms(q, name_W, all);
 }
 
 void loglik_block(const GaussianAtoms& atoms, const Eigen::Ref<const RowMat>& Z,
@@ -102,22 +115,24 @@ void loglik_block(const GaussianAtoms& atoms, const Eigen::Ref<const RowMat>& Z,
     auto dv = diff.topRows(n);
     auto pv = proj.topRows(n);
     for (Index g = 0; g < atoms.G; ++g) {
-        const Eigen::Map<const Eigen::RowVectorXd> mg(atoms.m + g * D, D);
+        const Index l = atoms.index[static_cast<size_t>(g)];
+        const Eigen::Map<const Eigen::RowVectorXd> mg(atoms.m + l * D, D);
         dv = Z.rowwise() - mg;
         pv.noalias() = dv * atoms.U[g];
-        const double c = atoms.constant[g], trace_term = Dd / atoms.lam[g], nu = atoms.nu[g];
+        const double c = atoms.constant[g], trace_term = Dd / atoms.lam[l], nu = atoms.nu[l];
         for (Index i = 0; i < n; ++i)
             out(i, g) = c - 0.5 * (trace_term + nu * pv.row(i).squaredNorm());
     }
 }
 
 RowMat loglik_coefficients(const GaussianAtoms& atoms, const NWView& q, const double* centre) {
-    const Index p = q.D, L = q.G, P = packed_size(p), F = P + p + 1;
+    const Index p = q.D, P = packed_size(p), F = P + p + 1;
     const double Dd = static_cast<double>(p);
-    RowMat A(F, L);
+    RowMat A(F, atoms.G);
     Mat Q(p, p);
     Vec mc(p);
-    for (Index l = 0; l < L; ++l) {
+    for (Index g = 0; g < atoms.G; ++g) {
+        const Index l = atoms.index[static_cast<size_t>(g)];  // column g is the view's atom l
         const double* W = q.W + l * p * p;
         // Lower triangle, as the Cholesky factorisation that validated W reads it.
         for (Index d = 0; d < p; ++d)
@@ -126,11 +141,11 @@ RowMat loglik_coefficients(const GaussianAtoms& atoms, const NWView& q, const do
         const Vec Qmc = Q * mc;
         Index k = 0;
         for (Index d = 0; d < p; ++d) {
-            A(k++, l) = -0.5 * Q(d, d);
-            for (Index e = d + 1; e < p; ++e) A(k++, l) = -Q(d, e);
+            A(k++, g) = -0.5 * Q(d, d);
+            for (Index e = d + 1; e < p; ++e) A(k++, g) = -Q(d, e);
         }
-        for (Index d = 0; d < p; ++d) A(P + d, l) = Qmc[d];
-        A(P + p, l) = atoms.constant[l] - 0.5 * Dd / q.lam[l] - 0.5 * mc.dot(Qmc);
+        for (Index d = 0; d < p; ++d) A(P + d, g) = Qmc[d];
+        A(P + p, g) = atoms.constant[g] - 0.5 * Dd / q.lam[l] - 0.5 * mc.dot(Qmc);
     }
     return A;
 }
