@@ -60,62 +60,68 @@ inline bool repeats_previous(Index g, std::initializer_list<PerAtom> inputs) {
 // ~64 the blocked algorithm is the faster.
 constexpr Index kUnblockedCholesky = 64;
 
+// Factorises A in place into its lower Cholesky factor L, A = L L' (zeros above the diagonal),
+// reading only A's lower triangle, so a matrix that is not symmetric is silently treated as its
+// lower half; callers pass matrices that are symmetric by construction (or symmetrised) and
+// `what` names the matrix in the error raised when the factorisation breaks down (not positive
+// definite, or not finite).
+inline void cholesky_in_place(Mat& A, const std::string& what) {
+    const Index n = A.rows();
+    if (n > kUnblockedCholesky) {
+        Eigen::LLT<Mat> llt(A);
+        if (llt.info() != Eigen::Success) fail(what + " is not symmetric positive definite");
+        A = llt.matrixL();
+    } else {
+        // column k of L: (A(k:, k) - L(k:, :k) L(k, :k)') / L(k, k), one matrix-vector product
+        for (Index k = 0; k < n; ++k) {
+            const double d = A(k, k) - A.row(k).head(k).squaredNorm();
+            if (!(d > 0.0)) fail(what + " is not symmetric positive definite");
+            const double r = std::sqrt(d);
+            A(k, k) = r;
+            const Index m = n - k - 1;
+            if (m > 0) {
+                A.col(k).tail(m).noalias() -= A.bottomLeftCorner(m, k) * A.row(k).head(k).transpose();
+                A.col(k).tail(m) /= r;
+            }
+        }
+        A.triangularView<Eigen::StrictlyUpper>().setZero();
+    }
+    const auto diag = A.diagonal();
+    for (Index d = 0; d < diag.size(); ++d)
+        if (!(diag[d] > 0.0) || !std::isfinite(diag[d]))
+            fail(what + " is not symmetric positive definite");
+}
+
 // The lower Cholesky factor L of a symmetric positive-definite matrix A = L L' (zeros above the
-// diagonal), from A's lower triangle.
+// diagonal).
 struct Cholesky {
     Mat L;
     const Mat& matrixL() const { return L; }
 };
 
-// Lower Cholesky factor of a symmetric positive-definite matrix.  Only the lower triangle is
-// read, so a matrix that is not symmetric would be silently treated as its lower half; callers
-// pass matrices that are symmetric by construction (or symmetrised) and `what` names the matrix
-// in the error raised when the factorisation breaks down (not positive definite, or not finite).
+// cholesky_in_place on a copy of A.
 inline Cholesky checked_llt(const Eigen::Ref<const Mat>& A, const std::string& what) {
-    const Index n = A.rows();
-    Cholesky f;
-    if (n > kUnblockedCholesky) {
-        Eigen::LLT<Mat> llt(A);
-        if (llt.info() != Eigen::Success) fail(what + " is not symmetric positive definite");
-        f.L = llt.matrixL();
-    } else {
-        // column k of L: (A(k:, k) - L(k:, :k) L(k, :k)') / L(k, k), one matrix-vector product
-        f.L = A.triangularView<Eigen::Lower>();
-        Mat& L = f.L;
-        for (Index k = 0; k < n; ++k) {
-            const double d = L(k, k) - L.row(k).head(k).squaredNorm();
-            if (!(d > 0.0)) fail(what + " is not symmetric positive definite");
-            const double r = std::sqrt(d);
-            L(k, k) = r;
-            const Index m = n - k - 1;
-            if (m > 0) {
-                L.col(k).tail(m).noalias() -= L.bottomLeftCorner(m, k) * L.row(k).head(k).transpose();
-                L.col(k).tail(m) /= r;
-            }
-        }
-    }
-    const auto diag = f.L.diagonal();
-    for (Index d = 0; d < diag.size(); ++d)
-        if (!(diag[d] > 0.0) || !std::isfinite(diag[d]))
-            fail(what + " is not symmetric positive definite");
+    Cholesky f{A};
+    cholesky_in_place(f.L, what);
     return f;
 }
 
-// log|A| from the Cholesky factor: 2 sum log L_dd (never an explicit determinant, SPEC 7).
-inline double logdet_from_llt(const Cholesky& llt) {
-    const auto diag = llt.L.diagonal();
+// log|A| from its Cholesky factor: 2 sum log L_dd (never an explicit determinant, SPEC 7).
+inline double logdet_of_factor(const Mat& L) {
     double s = 0.0;
-    for (Index d = 0; d < diag.size(); ++d) s += std::log(diag[d]);
+    for (Index d = 0; d < L.rows(); ++d) s += std::log(L(d, d));
     return 2.0 * s;
 }
 
-// A^-1 = L^-T L^-1 from A's Cholesky factor, made exactly symmetric (the product is not, to
+inline double logdet_from_llt(const Cholesky& llt) { return logdet_of_factor(llt.L); }
+
+// A^-1 = L^-T L^-1 from A's Cholesky factor L, made exactly symmetric (the product is not, to
 // rounding), so that later factorisations see a symmetric matrix.  L^-1 is formed row by row
 // (it is lower triangular): a third of the flops of solving L L' X = I for X, which took three
 // quarters of a posterior update at D = 50.
-inline Mat spd_inverse(const Cholesky& llt) {
-    const Index n = llt.L.rows();
-    const RowMat L = llt.L;
+inline Mat spd_inverse(const Mat& L_factor) {
+    const Index n = L_factor.rows();
+    const RowMat L = L_factor;
     RowMat Linv = RowMat::Zero(n, n);
     for (Index i = 0; i < n; ++i) {
         // row i of L^-1: (e_i - L(i, :i) L^-1(:i, :)) / L(i, i), nonzero in its first i + 1 columns
@@ -126,5 +132,7 @@ inline Mat spd_inverse(const Cholesky& llt) {
     const Mat inv = Linv.transpose() * Linv;
     return 0.5 * (inv + inv.transpose());
 }
+
+inline Mat spd_inverse(const Cholesky& llt) { return spd_inverse(llt.L); }
 
 }  // namespace nam
