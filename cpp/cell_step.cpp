@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <vector>
 
@@ -27,11 +28,50 @@ struct Chunk {
 };
 
 // Per-thread scratch, allocated before the parallel region so nothing in it allocates.
+// ``distinct`` holds a block's logits of the distinct atoms (DistinctAtoms), ``gathered`` and
+// ``partial`` the nonzero columns of its weights and their statistics (add_statistics).
 struct Scratch {
-    RowMat Phi, logits;
+    RowMat Phi, logits, distinct, gathered, partial;
     Eigen::RowVectorXd expo;
-    Scratch(Index rows, Index F, Index L) : Phi(rows, F), logits(rows, L), expo(L) {}
+    std::vector<char> used;       // (L,) whether a column of the block's weights is nonzero
+    std::vector<Index> nonzero;   // the nonzero columns, ascending
+    Scratch(Index rows, Index F, Index L, Index n_distinct)
+        : Phi(rows, F), logits(rows, L), distinct(rows, n_distinct), gathered(rows, L),
+          partial(L, F), expo(L), used(static_cast<size_t>(L)),
+          nonzero(static_cast<size_t>(L)) {}
 };
+
+// The statistics of one block, stats (L x F) += w' Phi for the block's weights w (nb x L),
+// over the columns of w that hold a nonzero only (``sc.used`` marks them): a column of zeros
+// adds exactly nothing, and on small data most of L = 30 atoms are empty, their
+// responsibilities exactly 0 (kLogTiny) for nearly every cell.  With every column in use this
+// is the one product it always was.  Clears ``sc.used``.
+template <class Weights, class Features>
+void add_statistics(MapRowMat& stats, const Weights& w, const Features& Phi, Scratch& sc) {
+    const Index nb = w.rows(), L = w.cols();
+    Index n_used = 0;
+    for (Index l = 0; l < L; ++l) {
+        if (sc.used[static_cast<size_t>(l)]) sc.nonzero[static_cast<size_t>(n_used++)] = l;
+        sc.used[static_cast<size_t>(l)] = 0;
+    }
+    if (n_used == L) {
+        stats.noalias() += w.transpose() * Phi;
+        return;
+    }
+    if (n_used == 0) return;
+    auto gathered = sc.gathered.topLeftCorner(nb, n_used);
+    for (Index k = 0; k < n_used; ++k) gathered.col(k) = w.col(sc.nonzero[static_cast<size_t>(k)]);
+    auto partial = sc.partial.topRows(n_used);
+    partial.noalias() = gathered.transpose() * Phi;
+    for (Index k = 0; k < n_used; ++k) stats.row(sc.nonzero[static_cast<size_t>(k)]) += partial.row(k);
+}
+
+// Marks the nonzero entries of one row of weights in ``used``.
+template <class Row>
+void mark_used(const Row& row, std::vector<char>& used) {
+    for (Index l = 0; l < row.size(); ++l)
+        if (row[l] != 0.0) used[static_cast<size_t>(l)] = 1;
+}
 
 // Subnormal numbers make x86 floating-point units take microcode assists (~100x slower per
 // operation), and a fit's xi is mostly tiny numbers: besides cutting them (kLogTiny), the threads
@@ -167,28 +207,73 @@ FeatureMap feature_map(const CellStepInput& in) {
     return {packed_size(in.p) + in.p + 1, &packed_features, &unpack_stats};
 }
 
-RowMat logit_coefficients(const CellStepInput& in) {
-    if (in.diagonal) {
-        const NWView& q = in.atoms;
-        return diag_coefficients(DiagView{q.m, q.lam, q.W, q.nu, q.G, q.D}, in.centre);
+// The atoms with repeats folded: atoms whose parameters (m, lam, W, nu) are bit for bit an
+// earlier atom's (the empty atoms, all exactly at the prior: 26 of L = 30 on small data) are of
+// its kind, have the same coefficients and share its column of the logits product, whose result
+// is then expanded per cell.  Only the first atom of each kind is factorised and given
+// coefficients (the set-up of a small step), each as it would be alone, so the logits are those
+// of the full product with the shape of the distinct one; with no repeats it is the full product.
+struct DistinctAtoms {
+    RowMat A;                       // (F, n_distinct): the first atom of each kind, in atom order
+    std::vector<Index> column_of;   // (L,): atom l's column of A
+};
+
+DistinctAtoms distinct_atoms(const CellStepInput& in) {
+    const NWView& q = in.atoms;
+    const Index L = q.G, D = q.D, w_size = in.diagonal ? D : D * D;
+    auto same = [&](const double* a, Index l, Index k, Index size) {
+        return std::memcmp(a + l * size, a + k * size, static_cast<size_t>(size) * sizeof(double)) == 0;
+    };
+    DistinctAtoms out;
+    out.column_of.resize(static_cast<size_t>(L));
+    std::vector<Index> first;       // the first atom of each kind
+    for (Index l = 0; l < L; ++l) {
+        size_t k = 0;
+        while (k < first.size() &&
+               !(same(q.lam, l, first[k], 1) && same(q.nu, l, first[k], 1) &&
+                 same(q.m, l, first[k], D) && same(q.W, l, first[k], w_size)))
+            ++k;
+        if (k == first.size()) first.push_back(l);
+        out.column_of[static_cast<size_t>(l)] = static_cast<Index>(k);
     }
-    return loglik_coefficients(prepare_atoms(in.atoms, "W"), in.atoms, in.centre);
+    out.A = in.diagonal
+                ? diag_coefficients(DiagView{q.m, q.lam, q.W, q.nu, q.G, q.D}, in.centre, first)
+                : loglik_coefficients(prepare_atoms(q, "W", first), q, in.centre);
+    return out;
 }
 
-// What the logits of a cell step are made of: A (F x L), the coefficients of the expected
-// log-likelihood in the features, and bias (J x L) = rho @ E log omega', the prior part,
-// which depends only on the group.  Building them checks the atoms (Cholesky of W, or W > 0),
-// so a cell step fails here, before its parallel region and before any output is written.
+// What the logits of a cell step are made of: the coefficients of the expected
+// log-likelihood in the features (DistinctAtoms), and bias (J x L) = rho @ E log omega', the
+// prior part, which depends only on the group.  Building them checks the atoms (Cholesky of W,
+// or W > 0), so a cell step fails here, before its parallel region and before any output is
+// written.
 struct LogitTerms {
-    RowMat A, bias;
+    DistinctAtoms atoms;
+    RowMat bias;
     explicit LogitTerms(const CellStepInput& in)
-        : A(logit_coefficients(in)),
+        : atoms(distinct_atoms(in)),
           bias(in.J, in.L) {
         if (in.K > 0)
             bias.noalias() = CMapRowMat(in.rho, in.J, in.K) *
                              CMapRowMat(in.elog_omega, in.L, in.K).transpose();
         else
             bias.setZero();
+    }
+    Index n_distinct() const { return atoms.A.cols(); }
+
+    // Logits of one block of features into ``sc.distinct``, one column per distinct atom.
+    template <class Features>
+    void block_products(const Features& Phi, Scratch& sc) const {
+        sc.distinct.topRows(Phi.rows()).noalias() = Phi * atoms.A;
+    }
+
+    // Row i of the block's logits, expanded to the L atoms, plus group j's bias, into ``row``.
+    template <class Row>
+    void expand(Index i, Index j, const Scratch& sc, Row&& row) const {
+        const double* d = sc.distinct.row(i).data();
+        const double* b = bias.row(j).data();
+        for (Index l = 0; l < row.size(); ++l)
+            row[l] = d[atoms.column_of[static_cast<size_t>(l)]] + b[l];
     }
 };
 
@@ -205,7 +290,6 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
     // Everything that can fail (Cholesky of W, value checks) happens here, before the parallel
     // region and before any output is written.
     const LogitTerms terms(in);
-    const RowMat &A = terms.A, &bias = terms.bias;
 
     auto group_of = [&](Index cell) {  // upper_bound over offsets: empty groups are skipped
         return static_cast<Index>(std::upper_bound(in.offsets, in.offsets + J + 1,
@@ -225,7 +309,8 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
         {static_cast<Index>(resolve_threads(n_threads)), n_chunks, worth_threads}));
     std::vector<Scratch> scratch;
     scratch.reserve(static_cast<size_t>(threads));
-    for (int t = 0; t < threads; ++t) scratch.emplace_back(std::min(N, kCellBlock), F, L);
+    for (int t = 0; t < threads; ++t)
+        scratch.emplace_back(std::min(N, kCellBlock), F, L, terms.n_distinct());
 
     // An exception must never leave an OpenMP region (that is std::terminate): every throwing
     // call inside it is wrapped, the first exception is kept and rethrown after the region.
@@ -258,8 +343,8 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
         auto Phi = sc.Phi.topRows(nb);
         for (Index i = 0; i < nb; ++i)
             features.fill(in.Y + (start + i) * p, in.centre, p, Phi.row(i).data());
+        terms.block_products(Phi, sc);
         auto logits = sc.logits.topRows(nb);
-        logits.noalias() = Phi * A;
 
         // xi is written straight into the caller's array and read back from there for the sums.
         MapRowMat xi(out.xi + start * L, nb, L);
@@ -269,10 +354,11 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
             const Index cell = start + i;
             while (in.offsets[j + 1] <= cell) ++j;
             auto row = logits.row(i);
-            row += bias.row(j);
+            terms.expand(i, j, sc, row);
             const Normalised q = normalise_logits(row, sc.expo);
             auto xrow = xi.row(i);
             xrow = sc.expo / q.sum;  // elementwise: identical whatever the alignment
+            mark_used(xrow, sc.used);
             ch.Nrows.row(j - ch.first_group) += xrow;
             if (in.group_weight) {
                 // weighted statistics: scale the cell's features (its logits are done)
@@ -285,7 +371,7 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
         }
         ch.dense[0] += entropy;
         MapRowMat stats(ch.dense.data() + 1, L, F);
-        stats.noalias() += xi.transpose() * Phi;
+        add_statistics(stats, xi, Phi, sc);
     };
 
     {
@@ -331,7 +417,6 @@ double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n
     const FeatureMap features = feature_map(in);
     const Index F = features.F;
     const LogitTerms terms(in);
-    const RowMat &A = terms.A, &bias = terms.bias;
     MapRowMat dN(out.dN_jl, J, L);
     dN.setZero();
     std::vector<double> total(static_cast<size_t>(1 + L * F), 0.0);
@@ -358,14 +443,14 @@ double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n
             auto Phi = sc.Phi.topRows(nb);
             for (Index i = 0; i < nb; ++i)
                 features.fill(in.Y + rows[start + i] * p, in.centre, p, Phi.row(i).data());
+            terms.block_products(Phi, sc);
             auto logits = sc.logits.topRows(nb);
-            logits.noalias() = Phi * A;
             auto d = delta.topRows(nb);
             double entropy_change = 0.0;
             for (Index i = 0; i < nb; ++i) {
                 const Index j = group[static_cast<size_t>(start + i)];
                 auto row = logits.row(i);
-                row += bias.row(j);
+                terms.expand(i, j, sc, row);
                 const Normalised q = normalise_logits(row, sc.expo);  // as the cell step
                 double* xrow = out.xi + rows[start + i] * L;
                 double old_entropy = 0.0;
@@ -376,6 +461,7 @@ double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n
                     d(i, l) = x - xrow[l];
                     xrow[l] = x;
                 }
+                mark_used(d.row(i), sc.used);
                 ch.Nrows.row(j - ch.first_group) += d.row(i);
                 const double w = in.group_weight ? in.group_weight[j] : 1.0;
                 entropy_change += w * (new_entropy - old_entropy);
@@ -383,14 +469,14 @@ double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n
             }
             ch.dense[0] += entropy_change;
             MapRowMat stats(ch.dense.data() + 1, L, F);
-            stats.noalias() += d.transpose() * Phi;
+            add_statistics(stats, d, Phi, sc);
         };
 
 #ifdef NESTEDATOMS_OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
         {
-            Scratch sc(std::min(n_rows, kCellBlock), F, L);
+            Scratch sc(std::min(n_rows, kCellBlock), F, L, terms.n_distinct());
             RowMat delta(std::min(n_rows, kCellBlock), L);
             const FlushDenormals flush;
             plan.run(

@@ -47,20 +47,22 @@ inline double log_gamma_norm(double W, double nu) {
 
 }  // namespace
 
-RowMat diag_coefficients(const DiagView& q, const double* centre) {
+RowMat diag_coefficients(const DiagView& q, const double* centre,
+                         const std::vector<Index>& which) {
     check_atoms(q);
-    const Index D = q.D, G = q.G;
+    const Index D = q.D, G = static_cast<Index>(which.size());
     RowMat A(2 * D + 1, G);
     for (Index g = 0; g < G; ++g) {
-        const double psi = digamma(0.5 * q.nu[g]);
+        const Index l = which[static_cast<size_t>(g)];  // column g is atom l
+        const double psi = digamma(0.5 * q.nu[l]);
         double constant = 0.0;
         for (Index d = 0; d < D; ++d) {
-            const double W = q.W[g * D + d];
-            const double Q = q.nu[g] * W;
-            const double mc = q.m[g * D + d] - centre[d];
+            const double W = q.W[l * D + d];
+            const double Q = q.nu[l] * W;
+            const double mc = q.m[l * D + d] - centre[d];
             A(d, g) = -0.5 * Q;
             A(D + d, g) = Q * mc;
-            constant += elog_tau(psi, W) - kLog2Pi - 1.0 / q.lam[g] - Q * mc * mc;
+            constant += elog_tau(psi, W) - kLog2Pi - 1.0 / q.lam[l] - Q * mc * mc;
         }
         A(2 * D, g) = 0.5 * constant;
     }
@@ -160,14 +162,18 @@ double diag_loglik_from_stats(const double* n, const double* s1, const double* s
     const Index D = q.D;
     const double Dd = static_cast<double>(D);
     double total = 0.0;
+    double elog = 0.0, quad = 0.0;  // atom g's, or the previous atom's where g repeats it
     for (Index g = 0; g < q.G; ++g) {
-        const double psi = digamma(0.5 * q.nu[g]);
-        double elog = 0.0, quad = 0.0;
-        for (Index d = 0; d < D; ++d) {
-            const double W = q.W[g * D + d];
-            const double mc = q.m[g * D + d] - centre[d];
-            elog += elog_tau(psi, W);
-            quad += W * (s2[g * D + d] - 2.0 * s1[g * D + d] * mc + n[g] * mc * mc);
+        if (!repeats_previous(g, {{n, 1}, {q.nu, 1}, {q.m, D}, {q.W, D}, {s1, D}, {s2, D}})) {
+            const double psi = digamma(0.5 * q.nu[g]);
+            elog = 0.0;
+            quad = 0.0;
+            for (Index d = 0; d < D; ++d) {
+                const double W = q.W[g * D + d];
+                const double mc = q.m[g * D + d] - centre[d];
+                elog += elog_tau(psi, W);
+                quad += W * (s2[g * D + d] - 2.0 * s1[g * D + d] * mc + n[g] * mc * mc);
+            }
         }
         total += 0.5 * (n[g] * (elog - Dd / q.lam[g] - Dd * kLog2Pi) - q.nu[g] * quad);
     }
@@ -185,17 +191,22 @@ double diag_prior_term(const DiagView& q, const DiagPrior& prior) {
     double log_b0 = 0.0;  // sum_d log B_W(W0_d, nu0), W0_d = 1 / W0inv_d
     for (Index d = 0; d < D; ++d) log_b0 += log_gamma_norm(1.0 / prior.W0inv[d], prior.nu0);
     double total = 0.0;
+    // atom g's sums, or the previous atom's where g repeats it
+    double sum_elog = 0.0, sum_quad = 0.0;
     for (Index g = 0; g < q.G; ++g) {
-        const double* W = q.W + g * D;
-        const double* m = q.m + g * D;
-        const double psi = digamma(0.5 * q.nu[g]);
-        double sum_log_W = 0.0, sum_quad = 0.0;
-        for (Index d = 0; d < D; ++d) {
-            const double dm = m[d] - prior.m0[d];
-            sum_log_W += std::log(W[d]);
-            sum_quad += W[d] * (prior.lam0 * dm * dm + prior.W0inv[d]);
+        if (!repeats_previous(g, {{q.nu, 1}, {q.m, D}, {q.W, D}})) {
+            const double* W = q.W + g * D;
+            const double* m = q.m + g * D;
+            const double psi = digamma(0.5 * q.nu[g]);
+            double sum_log_W = 0.0;
+            sum_quad = 0.0;
+            for (Index d = 0; d < D; ++d) {
+                const double dm = m[d] - prior.m0[d];
+                sum_log_W += std::log(W[d]);
+                sum_quad += W[d] * (prior.lam0 * dm * dm + prior.W0inv[d]);
+            }
+            sum_elog = Dd * (psi + kLog2) + sum_log_W;
         }
-        const double sum_elog = Dd * (psi + kLog2) + sum_log_W;
         total += 0.5 * Dd * (std::log(prior.lam0 / (2.0 * kPi)) - prior.lam0 / q.lam[g]) +
                  log_b0 + 0.5 * (prior.nu0 - 1.0) * sum_elog - 0.5 * q.nu[g] * sum_quad;
     }
@@ -207,15 +218,19 @@ double diag_entropy(const DiagView& q) {
     const Index D = q.D;
     const double Dd = static_cast<double>(D);
     double total = 0.0;
+    // atom g's figures, or the previous atom's where g repeats it
+    double sum_elog = 0.0, minus_log_b = 0.0;
     for (Index g = 0; g < q.G; ++g) {
-        const double* W = q.W + g * D;
         const double nu = q.nu[g];
-        double sum_log_W = 0.0;
-        for (Index d = 0; d < D; ++d) sum_log_W += std::log(W[d]);
-        const double sum_elog = Dd * (digamma(0.5 * nu) + kLog2) + sum_log_W;
-        // per d: -1/2 e - 1/2 log(lam / 2 pi) + 1/2 + H_W, H_W = -log B_W(W, nu) - (nu - 2)/2 e
-        // + nu/2 and -log B_W(W, nu) = nu/2 log(2 W) + lgamma(nu / 2)
-        const double minus_log_b = 0.5 * nu * (Dd * kLog2 + sum_log_W) + Dd * lgamma(0.5 * nu);
+        if (!repeats_previous(g, {{q.nu, 1}, {q.W, D}})) {
+            const double* W = q.W + g * D;
+            double sum_log_W = 0.0;
+            for (Index d = 0; d < D; ++d) sum_log_W += std::log(W[d]);
+            sum_elog = Dd * (digamma(0.5 * nu) + kLog2) + sum_log_W;
+            // per d: -1/2 e - 1/2 log(lam / 2 pi) + 1/2 + H_W, H_W = -log B_W(W, nu)
+            // - (nu - 2)/2 e + nu/2 and -log B_W(W, nu) = nu/2 log(2 W) + lgamma(nu / 2)
+            minus_log_b = 0.5 * nu * (Dd * kLog2 + sum_log_W) + Dd * lgamma(0.5 * nu);
+        }
         total += -0.5 * (nu - 1.0) * sum_elog +
                  Dd * (-0.5 * std::log(q.lam[g] / (2.0 * kPi)) + 0.5 + 0.5 * nu) + minus_log_b;
     }
@@ -228,6 +243,10 @@ void diag_scores(const double* n, const double* s1, const double* s2, Index G,
     std::vector<double> m(static_cast<size_t>(D)), W(static_cast<size_t>(D));
     double lam = 0.0, nu = 0.0;
     for (Index g = 0; g < G; ++g) {
+        if (repeats_previous(g, {{n, 1}, {s1, D}, {s2, D}})) {
+            out[g] = out[g - 1];  // the same statistics: the same score (empty atoms' pairs)
+            continue;
+        }
         diag_posterior(n + g, s1 + g * D, s2 + g * D, 1, centre, prior, m.data(), &lam,
                        W.data(), &nu);
         const DiagView v{m.data(), &lam, W.data(), &nu, 1, D};

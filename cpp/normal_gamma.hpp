@@ -10,6 +10,8 @@
 // std::invalid_argument naming the argument and the atom; shapes are checked by the caller.
 #pragma once
 
+#include <vector>
+
 #include "common.hpp"
 
 namespace nam {
@@ -46,8 +48,8 @@ inline void diag_features(const double* z, const double* centre, Index D, double
 
 // A (F x G): ell_g(z) = phi(z) A[:, g], with -Q/2 on the squares, Q mc on the linear terms and
 // the constant 1/2 sum_d (E log tau_d - log 2 pi - 1/lam - Q_d mc_d^2), Q = nu W, mc = m - c.
-// Validates the atoms.
-RowMat diag_coefficients(const DiagView& q, const double* centre);
+// Validates the atoms.  One column per atom of ``which`` (the cell step's one atom of each kind).
+RowMat diag_coefficients(const DiagView& q, const double* centre, const std::vector<Index>& which);
 
 // Unpacks statistics in the feature form (G x F) into n (G), s1 (G x D), s2 (G x D).
 void unpack_diag_stats(const Eigen::Ref<const RowMat>& S, Index D, double* n, double* s1,

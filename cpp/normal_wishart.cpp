@@ -53,13 +53,36 @@ double log_wishart_norm_one(double logdet_W, double nu, Index D) {
     return -0.5 * nu * logdet_W - 0.5 * nu * Dd * kLog2 - 0.25 * Dd * (Dd - 1.0) * kLogPi - s;
 }
 
-// Whether atom g's W is bit for bit atom g - 1's.  Empty atoms all sit exactly at the prior (a
-// merge or a k-means start leaves most of L = 30 empty on small data), and their O(D^3)
-// factorisations were most of the ELBO's and the cell step's set-up there; a factorisation
-// of the same bits gives the same bits, so reusing the previous atom's changes no result.
+// Whether atom g's W is bit for bit atom g - 1's (repeats_previous): the O(D^3) factorisations
+// of the empty atoms were most of the ELBO's and the cell step's set-up on small data.
 bool same_as_previous(const double* W, Index g, Index D) {
-    return g > 0 && std::memcmp(W + g * D * D, W + (g - 1) * D * D,
-                                static_cast<size_t>(D * D) * sizeof(double)) == 0;
+    return repeats_previous(g, {{W, D * D}});
+}
+
+// The lower triangle of the posterior's W^-1 (SPEC 5.7) from one atom's statistics (n > 0),
+// into ``Winv`` (its upper triangle is left as it was: the factorisation reads the lower):
+// W0^-1 + C + shrink (xbar - m0)(xbar - m0)', C = s2 - s1 xbar' the scatter about the weighted
+// mean and shrink = lam0 n / (lam0 + n), each entry the mean of (i, j) and (j, i) (C is
+// symmetric only to rounding).  One pass with no temporaries: at D = 50 the matrix expressions
+// it replaces (five passes, four allocations) cost more than the Cholesky factorisation.
+// ``xbar_c`` (the weighted mean minus the centre) and ``diff`` (xbar - m0) are scratch of D.
+void posterior_Winv_lower(double n, const double* s1, const double* s2, const Vec& m0c,
+                          const double* W0inv, double lam0, Index D, Vec& xbar_c, Vec& diff,
+                          Mat& Winv) {
+    for (Index d = 0; d < D; ++d) {
+        xbar_c[d] = s1[d] / n;
+        diff[d] = xbar_c[d] - m0c[d];
+    }
+    const double shrink = lam0 * n / (lam0 + n);
+    for (Index i = 0; i < D; ++i) {
+        for (Index j = 0; j <= i; ++j) {
+            const double x_ij = W0inv[i * D + j] + (s2[i * D + j] - s1[i] * xbar_c[j]) +
+                                shrink * diff[i] * diff[j];
+            const double x_ji = W0inv[j * D + i] + (s2[j * D + i] - s1[j] * xbar_c[i]) +
+                                shrink * diff[j] * diff[i];
+            Winv(i, j) = 0.5 * (x_ij + x_ji);
+        }
+    }
 }
 
 std::vector<double> logdets(const NWView& q, const std::string& name_W) {
@@ -71,39 +94,44 @@ std::vector<double> logdets(const NWView& q, const std::string& name_W) {
     return out;
 }
 
-// Inverse of a symmetric positive-definite matrix through its Cholesky factor, made exactly
-// symmetric (the solve is not), so that later factorisations see a symmetric matrix.
-Mat spd_inverse(const Eigen::LLT<Mat>& llt, Index D) {
-    Mat inv = llt.solve(Mat::Identity(D, D));
-    return 0.5 * (inv + inv.transpose());
-}
-
 }  // namespace
 
-GaussianAtoms prepare_atoms(const NWView& q, const std::string& name_W) {
+GaussianAtoms prepare_atoms(const NWView& q, const std::string& name_W,
+                            const std::vector<Index>& which) {
     check_lam(q);
     check_dof(q);
+    const Index D = q.D;
     GaussianAtoms atoms;
-    atoms.G = q.G;
-    atoms.D = q.D;
+    atoms.G = static_cast<Index>(which.size());
+    atoms.D = D;
     atoms.m = q.m;
     atoms.lam = q.lam;
     atoms.nu = q.nu;
-    atoms.U.resize(static_cast<size_t>(q.G));
-    atoms.constant.resize(q.G);
+    atoms.index = which;
+    atoms.U.resize(which.size());
+    atoms.constant.resize(atoms.G);
     double logdet_W = 0.0;
-    for (Index g = 0; g < q.G; ++g) {
-        if (same_as_previous(q.W, g, q.D)) {
+    for (Index g = 0; g < atoms.G; ++g) {
+        const Index l = which[static_cast<size_t>(g)];
+        // the previous prepared atom's factorisation where its W is the same bits
+        if (g > 0 && std::memcmp(q.W + l * D * D, q.W + which[static_cast<size_t>(g - 1)] * D * D,
+                                 static_cast<size_t>(D * D) * sizeof(double)) == 0) {
             atoms.U[g] = atoms.U[g - 1];
         } else {
-            auto llt = checked_llt(matrix_of(q.W, g, q.D), atom_name(name_W, g));
+            auto llt = checked_llt(matrix_of(q.W, l, D), atom_name(name_W, l));
             atoms.U[g] = llt.matrixL();
             logdet_W = logdet_from_llt(llt);
         }
-        const double elogdet = elogdet_one(logdet_W, q.nu[g], q.D);
-        atoms.constant[g] = 0.5 * elogdet - 0.5 * static_cast<double>(q.D) * kLog2Pi;
+        const double elogdet = elogdet_one(logdet_W, q.nu[l], D);
+        atoms.constant[g] = 0.5 * elogdet - 0.5 * static_cast<double>(D) * kLog2Pi;
     }
     return atoms;
+}
+
+GaussianAtoms prepare_atoms(const NWView& q, const std::string& name_W) {
+    std::vector<Index> all(static_cast<size_t>(q.G));
+    for (Index g = 0; g < q.G; ++g) all[static_cast<size_t>(g)] = g;
+    return prepare_atoms(q, name_W, all);
 }
 
 void loglik_block(const GaussianAtoms& atoms, const Eigen::Ref<const RowMat>& Z,
@@ -113,22 +141,24 @@ void loglik_block(const GaussianAtoms& atoms, const Eigen::Ref<const RowMat>& Z,
     auto dv = diff.topRows(n);
     auto pv = proj.topRows(n);
     for (Index g = 0; g < atoms.G; ++g) {
-        const Eigen::Map<const Eigen::RowVectorXd> mg(atoms.m + g * D, D);
+        const Index l = atoms.index[static_cast<size_t>(g)];
+        const Eigen::Map<const Eigen::RowVectorXd> mg(atoms.m + l * D, D);
         dv = Z.rowwise() - mg;
         pv.noalias() = dv * atoms.U[g];
-        const double c = atoms.constant[g], trace_term = Dd / atoms.lam[g], nu = atoms.nu[g];
+        const double c = atoms.constant[g], trace_term = Dd / atoms.lam[l], nu = atoms.nu[l];
         for (Index i = 0; i < n; ++i)
             out(i, g) = c - 0.5 * (trace_term + nu * pv.row(i).squaredNorm());
     }
 }
 
 RowMat loglik_coefficients(const GaussianAtoms& atoms, const NWView& q, const double* centre) {
-    const Index p = q.D, L = q.G, P = packed_size(p), F = P + p + 1;
+    const Index p = q.D, P = packed_size(p), F = P + p + 1;
     const double Dd = static_cast<double>(p);
-    RowMat A(F, L);
+    RowMat A(F, atoms.G);
     Mat Q(p, p);
     Vec mc(p);
-    for (Index l = 0; l < L; ++l) {
+    for (Index g = 0; g < atoms.G; ++g) {
+        const Index l = atoms.index[static_cast<size_t>(g)];  // column g is the view's atom l
         const double* W = q.W + l * p * p;
         // Lower triangle, as the Cholesky factorisation that validated W reads it.
         for (Index d = 0; d < p; ++d)
@@ -137,11 +167,11 @@ RowMat loglik_coefficients(const GaussianAtoms& atoms, const NWView& q, const do
         const Vec Qmc = Q * mc;
         Index k = 0;
         for (Index d = 0; d < p; ++d) {
-            A(k++, l) = -0.5 * Q(d, d);
-            for (Index e = d + 1; e < p; ++e) A(k++, l) = -Q(d, e);
+            A(k++, g) = -0.5 * Q(d, d);
+            for (Index e = d + 1; e < p; ++e) A(k++, g) = -Q(d, e);
         }
-        for (Index d = 0; d < p; ++d) A(P + d, l) = Qmc[d];
-        A(P + p, l) = atoms.constant[l] - 0.5 * Dd / q.lam[l] - 0.5 * mc.dot(Qmc);
+        for (Index d = 0; d < p; ++d) A(P + d, g) = Qmc[d];
+        A(P + p, g) = atoms.constant[g] - 0.5 * Dd / q.lam[l] - 0.5 * mc.dot(Qmc);
     }
     return A;
 }
@@ -161,13 +191,19 @@ void unpack_stats(const Eigen::Ref<const RowMat>& S, Index D, double* n, double*
 void expected_logdet(const NWView& q, double* out) {
     check_dof(q);
     const auto ld = logdets(q, "W");
-    for (Index g = 0; g < q.G; ++g) out[g] = elogdet_one(ld[g], q.nu[g], q.D);
+    for (Index g = 0; g < q.G; ++g)
+        out[g] = repeats_previous(g, {{q.nu, 1}, {q.W, q.D * q.D}})
+                     ? out[g - 1]
+                     : elogdet_one(ld[g], q.nu[g], q.D);
 }
 
 void log_wishart_norm(const NWView& q, double* out) {
     check_dof(q);
     const auto ld = logdets(q, "W");
-    for (Index g = 0; g < q.G; ++g) out[g] = log_wishart_norm_one(ld[g], q.nu[g], q.D);
+    for (Index g = 0; g < q.G; ++g)
+        out[g] = repeats_previous(g, {{q.nu, 1}, {q.W, q.D * q.D}})
+                     ? out[g - 1]
+                     : log_wishart_norm_one(ld[g], q.nu[g], q.D);
 }
 
 void expected_loglik(const double* Z, Index n, const NWView& q, double* out) {
@@ -250,33 +286,40 @@ void nw_posterior(const double* n, const double* s1, const double* s2, Index G,
     check_prior(prior);
     const Index D = prior.D;
     const CMapRowMat W0inv(prior.W0inv, D, D);
-    const Mat W0 = spd_inverse(checked_llt(W0inv, "W0inv"), D);
+    const Cholesky W0inv_llt = checked_llt(W0inv, "W0inv");
+    Mat W0;  // the prior's W, formed when the first empty atom needs it
     const CMapVec m0(prior.m0, D), c(centre, D);
     const Vec m0c = m0 - c;
+    Vec xbar_c(D), diff(D);
+    Mat Winv(D, D);
     for (Index g = 0; g < G; ++g) {
         MapVec mg(m + g * D, D);
         MapRowMat Wg(W + g * D * D, D, D);
+        if (repeats_previous(g, {{n, 1}, {s1, D}, {s2, D * D}})) {
+            // the same statistics: the same posterior (the empty atoms after a merge)
+            mg = CMapVec(m + (g - 1) * D, D);
+            lam[g] = lam[g - 1];
+            Wg = CMapRowMat(W + (g - 1) * D * D, D, D);
+            nu[g] = nu[g - 1];
+            continue;
+        }
         if (n[g] <= 0.0) {
             // An empty cluster gets exactly the prior; never divide by n = 0 (SPEC 5.7).  (A NaN
             // count falls through and is refused by the Cholesky check below.)
+            if (W0.size() == 0) W0 = spd_inverse(W0inv_llt);
             mg = m0;
             lam[g] = prior.lam0;
             Wg = W0;
             nu[g] = prior.nu0;
             continue;
         }
-        const CMapVec s1g(s1 + g * D, D);
-        const CMapRowMat s2g(s2 + g * D * D, D, D);
-        const Vec xbar_c = s1g / n[g];                         // weighted mean, centred
-        const Mat C = s2g - s1g * xbar_c.transpose();          // scatter about the weighted mean
-        const Vec diff = xbar_c - m0c;                         // xbar - m0
-        const double shrink = prior.lam0 * n[g] / (prior.lam0 + n[g]);
-        Mat Winv = W0inv + C + shrink * diff * diff.transpose();
-        Winv = 0.5 * (Winv + Winv.transpose());
+        posterior_Winv_lower(n[g], s1 + g * D, s2 + g * D * D, m0c, prior.W0inv, prior.lam0,
+                             D, xbar_c, diff, Winv);
+        cholesky_in_place(Winv, "posterior W^-1 of atom " + std::to_string(g));
         lam[g] = prior.lam0 + n[g];
-        mg = c + (prior.lam0 * m0c + s1g) / lam[g];
+        mg = c + (prior.lam0 * m0c + CMapVec(s1 + g * D, D)) / lam[g];
         nu[g] = prior.nu0 + n[g];
-        Wg = spd_inverse(checked_llt(Winv, "posterior W^-1 of atom " + std::to_string(g)), D);
+        Wg = spd_inverse(Winv);
     }
 }
 
@@ -289,16 +332,19 @@ double nw_loglik_from_stats(const double* n, const double* s1, const double* s2,
     const auto ld = logdets(q, "W");
     const CMapVec c(centre, D);
     double total = 0.0;
+    double elogdet = 0.0, quad = 0.0;  // atom g's, or the previous atom's where g repeats it
     for (Index g = 0; g < q.G; ++g) {
-        const double elogdet = elogdet_one(ld[g], q.nu[g], D);
-        const CMapRowMat Wg = matrix_of(q.W, g, D);
-        const CMapRowMat s2g(s2 + g * D * D, D, D);
-        const CMapVec s1g(s1 + g * D, D);
-        const Vec mc = CMapVec(q.m + g * D, D) - c;
-        const Vec Wmc = Wg * mc;
-        // sum_i w_i (z_i - m)' W (z_i - m) = tr(s2 W) - 2 s1' W mc + n mc' W mc, mc = m - c
-        const double quad = (s2g.array() * Wg.array()).sum() - 2.0 * s1g.dot(Wmc) +
-                            n[g] * mc.dot(Wmc);
+        if (!repeats_previous(g, {{n, 1}, {q.nu, 1}, {q.m, D}, {s1, D}, {q.W, D * D},
+                                  {s2, D * D}})) {
+            elogdet = elogdet_one(ld[g], q.nu[g], D);
+            const CMapRowMat Wg = matrix_of(q.W, g, D);
+            const CMapRowMat s2g(s2 + g * D * D, D, D);
+            const CMapVec s1g(s1 + g * D, D);
+            const Vec mc = CMapVec(q.m + g * D, D) - c;
+            const Vec Wmc = Wg * mc;
+            // sum_i w_i (z_i - m)' W (z_i - m) = tr(s2 W) - 2 s1' W mc + n mc' W mc, mc = m - c
+            quad = (s2g.array() * Wg.array()).sum() - 2.0 * s1g.dot(Wmc) + n[g] * mc.dot(Wmc);
+        }
         total += 0.5 * (n[g] * (elogdet - Dd / q.lam[g] - Dd * kLog2Pi) - q.nu[g] * quad);
     }
     return total;
@@ -317,15 +363,19 @@ double nw_prior_term(const NWView& q, const NWPrior& prior) {
     const auto ld = logdets(q, "W");
     const CMapVec m0(prior.m0, D);
     double total = 0.0;
+    // atom g's figures, or the previous atom's where g repeats it
+    double elogdet = 0.0, quad = 0.0, trace = 0.0;
     for (Index g = 0; g < q.G; ++g) {
-        const double elogdet = elogdet_one(ld[g], q.nu[g], D);
-        const CMapRowMat Wg = matrix_of(q.W, g, D);
-        const Vec dm = CMapVec(q.m + g * D, D) - m0;
-        const double quad = dm.dot(Wg * dm);
+        if (!repeats_previous(g, {{q.nu, 1}, {q.m, D}, {q.W, D * D}})) {
+            elogdet = elogdet_one(ld[g], q.nu[g], D);
+            const CMapRowMat Wg = matrix_of(q.W, g, D);
+            const Vec dm = CMapVec(q.m + g * D, D) - m0;
+            quad = dm.dot(Wg * dm);
+            trace = (W0inv.array() * Wg.array()).sum();
+        }
         total += 0.5 * (Dd * std::log(prior.lam0 / (2.0 * kPi)) + elogdet -
                         Dd * prior.lam0 / q.lam[g] - prior.lam0 * q.nu[g] * quad) +
-                 log_b0 + 0.5 * (prior.nu0 - Dd - 1.0) * elogdet -
-                 0.5 * q.nu[g] * (W0inv.array() * Wg.array()).sum();
+                 log_b0 + 0.5 * (prior.nu0 - Dd - 1.0) * elogdet - 0.5 * q.nu[g] * trace;
     }
     return total;
 }
@@ -337,10 +387,14 @@ double nw_entropy(const NWView& q) {
     const double Dd = static_cast<double>(D);
     const auto ld = logdets(q, "W");
     double total = 0.0;
+    double elogdet = 0.0, log_norm = 0.0;  // atom g's, or the previous atom's where g repeats it
     for (Index g = 0; g < q.G; ++g) {
-        const double elogdet = elogdet_one(ld[g], q.nu[g], D);
-        const double h_wishart = -log_wishart_norm_one(ld[g], q.nu[g], D) -
-                                 0.5 * (q.nu[g] - Dd - 1.0) * elogdet + 0.5 * q.nu[g] * Dd;
+        if (!repeats_previous(g, {{q.nu, 1}, {q.W, D * D}})) {
+            elogdet = elogdet_one(ld[g], q.nu[g], D);
+            log_norm = log_wishart_norm_one(ld[g], q.nu[g], D);
+        }
+        const double h_wishart = -log_norm - 0.5 * (q.nu[g] - Dd - 1.0) * elogdet +
+                                 0.5 * q.nu[g] * Dd;
         total += -0.5 * elogdet - 0.5 * Dd * std::log(q.lam[g] / (2.0 * kPi)) + 0.5 * Dd +
                  h_wishart;
     }
@@ -364,21 +418,21 @@ void nw_scores(const double* n, const double* s1, const double* s2, Index G, con
         log_wishart_norm_one(-logdet_from_llt(checked_llt(W0inv, "W0inv")), prior.nu0, D);
     const CMapVec m0(prior.m0, D), c(centre, D);
     const Vec m0c = m0 - c;
+    Vec xbar_c(D), diff(D);
+    Mat Winv(D, D);
     for (Index g = 0; g < G; ++g) {
         if (n[g] <= 0.0) {      // the posterior is the prior (NaN falls through to the check)
             out[g] = 0.0;
             continue;
         }
-        const CMapVec s1g(s1 + g * D, D);
-        const CMapRowMat s2g(s2 + g * D * D, D, D);
-        const Vec xbar_c = s1g / n[g];
-        const Mat C = s2g - s1g * xbar_c.transpose();
-        const Vec diff = xbar_c - m0c;
-        const double shrink = prior.lam0 * n[g] / (prior.lam0 + n[g]);
-        Mat Winv = W0inv + C + shrink * diff * diff.transpose();
-        Winv = 0.5 * (Winv + Winv.transpose());
-        const double logdet_W = -logdet_from_llt(
-            checked_llt(Winv, "posterior W^-1 of atom " + std::to_string(g)));
+        if (repeats_previous(g, {{n, 1}, {s1, D}, {s2, D * D}})) {
+            out[g] = out[g - 1];
+            continue;
+        }
+        posterior_Winv_lower(n[g], s1 + g * D, s2 + g * D * D, m0c, prior.W0inv, prior.lam0,
+                             D, xbar_c, diff, Winv);
+        cholesky_in_place(Winv, "posterior W^-1 of atom " + std::to_string(g));
+        const double logdet_W = -logdet_of_factor(Winv);
         const double lam = prior.lam0 + n[g], nu = prior.nu0 + n[g];
         out[g] = -0.5 * n[g] * Dd * kLog2Pi - log_wishart_norm_one(logdet_W, nu, D) + log_b0 +
                  0.5 * Dd * std::log(prior.lam0 / lam);

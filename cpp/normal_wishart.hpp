@@ -39,16 +39,21 @@ struct NWPrior {
 // factor U_g of W_g (W = U U', so (z - m)' W (z - m) = |(z - m)' U|^2 and a block of cells is one
 // matrix product) and the constant 1/2 E log|Lambda_g| - D/2 log 2 pi.
 struct GaussianAtoms {
-    Index G = 0;
+    Index G = 0;                // atoms prepared
     Index D = 0;
-    const double* m = nullptr;
+    const double* m = nullptr;  // the view's arrays: prepared atom g is the view's atom index[g]
     const double* lam = nullptr;
     const double* nu = nullptr;
+    std::vector<Index> index;
     std::vector<Mat> U;
     Vec constant;
 };
 
 GaussianAtoms prepare_atoms(const NWView& q, const std::string& name_W);
+// The view's atoms ``which`` only (every atom's lam and nu are still checked): the cell step
+// prepares one atom of each kind where the others repeat it bit for bit.
+GaussianAtoms prepare_atoms(const NWView& q, const std::string& name_W,
+                            const std::vector<Index>& which);
 
 // ell_g(z) for the rows of the block Z (n x D) into out (n x G).  `diff` and `proj` are caller
 // scratch of at least n x D, so the hot loop never allocates.
@@ -80,7 +85,7 @@ inline void packed_features(const double* z, const double* centre, Index D, doub
     row[P + D] = 1.0;
 }
 
-// A (F x G) of the atoms (prepared by prepare_atoms from the same view).
+// A (F x G), one column per prepared atom (prepared by prepare_atoms from the same view).
 RowMat loglik_coefficients(const GaussianAtoms& atoms, const NWView& q, const double* centre);
 
 // Unpacks statistics in the packed feature form (G x F) into n (G), s1 (G x D) and s2 (G x D x D),

@@ -302,7 +302,9 @@ def test_gamma_and_categorical_terms_match_reference(core):
 # ------------------------------------------------------------------------------------------------
 # Normal-Wishart
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("D,G", [(1, 1), (1, 4), (3, 2), (6, 5)])
+# D = 50 and 70: either side of the core's switch from its unblocked Cholesky loop to Eigen's
+# blocked one (kUnblockedCholesky = 64)
+@pytest.mark.parametrize("D,G", [(1, 1), (1, 4), (3, 2), (6, 5), (50, 3), (70, 2)])
 def test_normal_wishart_functions_match_reference(core, D, G):
     rng = np.random.default_rng(D * 100 + G)
     m, lam, W, nu = random_atoms(rng, G, D, spread=3.0, shift=2.0)
@@ -338,6 +340,21 @@ def test_normal_wishart_functions_match_reference(core, D, G):
     close(core.nw_prior_term(m, lam, W, nu, m0, lam0, W0inv, nu0),
           ref.nw_prior_term(m, lam, W, nu, m0, lam0, W0inv, nu0))
     close(core.nw_entropy(m, lam, W, nu), ref.nw_entropy(m, lam, W, nu))
+
+
+@pytest.mark.parametrize("D", [3, 50, 70])
+@pytest.mark.parametrize("where", ["diagonal", "last", "nan"])
+def test_a_matrix_that_is_not_positive_definite_is_refused_by_both_factorisations(core, D, where):
+    rng = np.random.default_rng(D)
+    W = random_spd(rng, 2, D, scale=1.0)
+    if where == "diagonal":
+        W[1, 0, 0] = -1.0                      # fails at the first column
+    elif where == "last":
+        W[1] -= 2.0 * np.linalg.eigvalsh(W[1])[-1] * np.outer(np.ones(D), np.ones(D)) / D
+    else:
+        W[1, D - 1, 0] = W[1, 0, D - 1] = np.nan
+    with pytest.raises(ValueError, match=r"W\[1\] is not symmetric positive definite"):
+        core.expected_logdet(W, np.full(2, D + 2.0))
 
 
 def test_inputs_are_not_copied_or_modified(core):
