@@ -114,7 +114,7 @@ def adjusted_partition_equal(a: np.ndarray, b: np.ndarray) -> bool:
 
 def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
                            max_clusters: int = 10, n_seeds: int = 3,
-                           max_rounds: int = 5) -> bool:
+                           max_rounds: int = 5, elbo_now: float | None = None) -> bool:
     """Search the group partition at fixed cells; keep the best one if the ELBO rises.
 
     Candidates: the current partition, k-means partitions for k = 1..min(K, J, max_clusters)
@@ -134,7 +134,7 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
 
     if prob.K < 2 or prob.data.n_groups < 2:
         return False
-    before = elbo(be, prob, st)
+    before = elbo(be, prob, st) if elbo_now is None else elbo_now
     saved = snapshot(st)
     learns_width = prob.has_x and prob.learn_group_prior_scale
     # the terms the cells fix, once: each candidate's ELBO is this plus its group-level part
