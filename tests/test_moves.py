@@ -275,3 +275,31 @@ def test_the_default_schedule_is_a_list_of_named_move_objects():
         move_named("teleport")
     with pytest.raises(ValueError, match="when must be one of"):
         Move("x", lambda *a: False, when="sometimes")
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_moves_told_the_elbo_decide_as_moves_that_evaluate_it(seed):
+    """The fit hands the moves marked ``knows_elbo`` the ELBO it has at hand instead of their
+    evaluating it again; that is the same number, so every fit is bit for bit the one whose
+    moves evaluate it themselves (every restart's trace, moves log and state)."""
+    import dataclasses
+
+    from nestedatoms import _fit
+    from nestedatoms._backend import get_backend
+    from nestedatoms.moves import DEFAULT_MOVES
+
+    sim = na.simulate(random_state=seed)
+    model = na.NestedAtomsModel(random_state=seed)
+    prob = model._problem(prepare_data(sim.Y, sim.groups, sim.X))
+    told = [m for m in DEFAULT_MOVES if m.knows_elbo]
+    assert {m.name for m in told} >= {"merge_cell_atoms", "split_cell_atoms",
+                                      "search_group_partition"}
+    evaluating = tuple(dataclasses.replace(m, knows_elbo=False) for m in DEFAULT_MOVES)
+    fits = [_fit.fit_restarts(get_backend("cpp"), prob, 3, 500, 1e-6, seed, 1, moves=moves)
+            for moves in (DEFAULT_MOVES, evaluating)]
+    (best_a, runs_a), (best_b, runs_b) = fits
+    assert [r.trace for r in runs_a] == [r.trace for r in runs_b]
+    assert [r.moves for r in runs_a] == [r.moves for r in runs_b]
+    assert any(m["move"] == "merge_cell_atoms" for r in runs_a for m in r.moves)
+    np.testing.assert_array_equal(best_a.state.xi, best_b.state.xi)
+    np.testing.assert_array_equal(best_a.state.rho, best_b.state.rho)

@@ -11,7 +11,8 @@ from sklearn.metrics import adjusted_rand_score as ari
 
 import nestedatoms as na
 from nestedatoms._backend import get_backend
-from nestedatoms._steps import (_x_bound_at_scale, _XBoundCurve, best_group_prior_scale, elbo,
+from nestedatoms._steps import (_x_bound_at_scale, _XBoundCurves, best_group_prior_scale,
+                                best_group_prior_scales, elbo,
                                 update_x_atoms)
 
 from conftest import make_problem, random_state_for
@@ -42,19 +43,41 @@ def test_closed_form_moves_with_the_elbo(backend, log_f):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_width_searchs_curve_is_the_closed_form(backend, seed):
     """The width search evaluates the closed form through one eigendecomposition per cluster
-    (``_XBoundCurve``); it must give the Normal-Wishart posterior's value at every width, for
-    soft and hard q(S) (empty clusters, one-member clusters with no scatter)."""
+    (``_XBoundCurves``, several candidates at once); it must give each candidate's
+    Normal-Wishart posterior value at every width, for soft and hard q(S) (empty clusters,
+    one-member clusters with no scatter)."""
     prob = make_problem("nam", seed=seed, learn_group_prior_scale=True)
     rng = np.random.default_rng(seed)
     J = prob.data.n_groups
-    for rho in (rng.dirichlet(np.full(prob.K, 0.4), size=J),
-                np.eye(prob.K)[rng.integers(0, 2, J)],
-                np.eye(prob.K)[np.arange(J) % prob.K]):
+    rhos = [rng.dirichlet(np.full(prob.K, 0.4), size=J),
+            np.eye(prob.K)[rng.integers(0, 2, J)],
+            np.eye(prob.K)[np.arange(J) % prob.K]]
+    curves = _XBoundCurves(prob, backend.weighted_stats(prob.X, np.hstack(rhos), prob.x_centre),
+                           len(rhos))
+    grid = np.array([-8.0, -2.5, -0.3, 0.0])
+    on_grid = curves(np.tile(grid, (len(rhos), 1)))
+    for c, rho in enumerate(rhos):
         stats = backend.weighted_stats(prob.X, np.ascontiguousarray(rho), prob.x_centre)
-        curve = _XBoundCurve(prob, stats)
-        for log_f in (-8.0, -2.5, -0.3, 0.0):
-            assert curve(log_f) == pytest.approx(_x_bound_at_scale(backend, prob, stats, log_f),
-                                                 rel=1e-10)
+        for g, log_f in enumerate(grid):
+            expected = _x_bound_at_scale(backend, prob, stats, log_f)
+            assert on_grid[c, g] == pytest.approx(expected, rel=1e-10)
+            one_each = curves(np.full(len(rhos), log_f))
+            assert one_each[c] == pytest.approx(expected, rel=1e-10)
+
+
+def test_widths_of_several_candidates_are_each_candidates_own(backend):
+    """The group search learns the widths of all its candidates in one call; each must be
+    the width learned for that candidate alone."""
+    prob = make_problem("nam", seed=3, learn_group_prior_scale=True)
+    rng = np.random.default_rng(3)
+    J = prob.data.n_groups
+    states = [random_state_for(backend, prob, s) for s in range(4)]
+    states[1].rho = np.ascontiguousarray(np.eye(prob.K)[rng.integers(0, 3, J)])
+    states[2].group_prior_scale = 0.01
+    together = best_group_prior_scales(backend, prob, [s.rho for s in states],
+                                       [s.group_prior_scale for s in states])
+    for st, f in zip(states, together):
+        assert f == pytest.approx(best_group_prior_scale(backend, prob, st), rel=1e-9)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

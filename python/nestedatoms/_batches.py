@@ -172,10 +172,10 @@ def batch_scatter(Yb: np.ndarray, means: np.ndarray):
     BLAS on one thread: a threaded BLAS may cut the sum over rows differently for different
     thread counts, and a dask worker's BLAS thread count is not the driver's.
     """
-    from threadpoolctl import threadpool_limits
+    from ._blas import blas_threads
 
     Z = Yb - means
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blas_threads(1):
         return Z.sum(axis=0), Z.T @ Z
 
 

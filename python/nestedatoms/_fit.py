@@ -210,7 +210,7 @@ class _Phases:
         if self.on_phase is not None and move.when == AT_CONVERGENCE:
             self.on_phase(name)     # the costly moves can take a while: say which one runs
         start = time.perf_counter()
-        fired = bool(move(be, prob, st, n_threads))
+        fired = bool(move(be, prob, st, n_threads, elbo_now=before))
         self.timings[f"move:{name}"] += time.perf_counter() - start
         if not fired:
             return False, before
@@ -494,14 +494,21 @@ def _unpack_xi(st: State | None) -> None:
         st.xi = st.xi.unpacked()
 
 
-def _return_freed_memory() -> None:
+def _return_freed_memory(prob: Problem) -> None:
     """Give the C heap's free memory back to the OS (glibc's ``malloc_trim``; elsewhere
     nothing).  A run's temporaries of up to tens of MB (slabs, the split move's rows) come
     from the heap once glibc raises its mmap threshold, and stay resident after they are
-    freed; the next restart's arrays then add to them at the fit's memory peak (issue 21)."""
+    freed; the next restart's arrays then add to them at the fit's memory peak (issue 21).
+    A fit whose xi is below ``_TRIM_FROM_BYTES`` has no such temporaries, and the trim's walk
+    of the heap (~0.3 ms) would be a percent of its time."""
+    if 8 * prob.data.n_cells * prob.L < _TRIM_FROM_BYTES:
+        return
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+_TRIM_FROM_BYTES = 32 << 20
 
 
 @functools.lru_cache(maxsize=1)
@@ -563,7 +570,7 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
             # only ``run`` may hold the state now: a run that loses frees its xi before the
             # next start allocates one (else three N x L arrays at once)
             del st
-            _return_freed_memory()
+            _return_freed_memory(prob)
             if finished is not None and run.converged and not run.stopped_as_duplicate:
                 finished.add(run.state, run.elbo)
             if finished is not None:
@@ -584,7 +591,7 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
                 break
             if r + 1 < n_init:
                 _pack_xi(best.state)
-            _return_freed_memory()
+            _return_freed_memory(prob)
     except (ValueError, np.linalg.LinAlgError) as exc:
         if _is_singular_posterior(exc):
             raise _explain_singular(exc) from exc

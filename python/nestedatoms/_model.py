@@ -410,12 +410,11 @@ class NestedAtomsModel:
             f"continue with model.resume().", ConvergenceWarning, stacklevel=3)
 
     def _blas_limits(self, n_threads):
-        from threadpoolctl import threadpool_limits
+        from ._blas import blas_threads
 
         # The C++ core parallelises itself: keep BLAS to one thread so nothing
         # oversubscribes; the NumPy backend gets its threads through BLAS instead.
-        blas_threads = 1 if self.backend == "cpp" else n_threads
-        return threadpool_limits(limits=blas_threads, user_api="blas")
+        return blas_threads(1 if self.backend == "cpp" else n_threads)
 
     def _progress(self, n_init, max_iter=None):
         """verbose >= 1: a tqdm bar per restart; verbose >= 2: also print every sweep's ELBO."""

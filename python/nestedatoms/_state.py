@@ -85,12 +85,12 @@ def sample_covariance(Z: np.ndarray) -> np.ndarray:
     machines first touching that much new memory costs seconds).  BLAS on one thread, so the
     sums over rows do not depend on the thread count (as ``_batches.batch_scatter``).
     """
-    from threadpoolctl import threadpool_limits
+    from ._blas import blas_threads
 
     means = exact_column_means(Z)
     n, D = Z.shape
     scatter = np.zeros((D, D))
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blas_threads(1):
         for start in range(0, n, _COVARIANCE_ROWS):
             C = Z[start:start + _COVARIANCE_ROWS] - means
             scatter += C.T @ C

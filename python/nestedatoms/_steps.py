@@ -287,10 +287,14 @@ def _occupied_stats(stats):
     return n[keep], np.ascontiguousarray(s1[keep]), np.ascontiguousarray(s2[keep])
 
 
-class _XBoundCurve:
-    """``_x_bound_at_scale`` as a function of log f for fixed statistics, each evaluation a few
-    vector operations (the width search evaluates it ~25 times per partition, and the group
-    search scores ~100 partitions per call).
+_NEGLIGIBLE_MASS = 1e-12
+
+
+class _XBoundCurves:
+    """``_x_bound_at_scale`` as a function of log f for fixed statistics, for C candidate
+    partitions at once: each evaluation is a few vector operations over all their clusters (the
+    width search evaluates it ~50 times per partition, and the group search scores ~100
+    partitions per call; one partition at a time, the Python calls cost most of a small fit).
 
     Per occupied cluster the posterior scale is W^-1(f) = f W0^-1 + C + c(f) d d' with C the
     scatter about the cluster's mean, d its mean minus m0 and c(f) = f lam0 n / (f lam0 + n).
@@ -298,11 +302,30 @@ class _XBoundCurve:
     log|W0^-1| + sum_i log(f + mu_i) + log(1 + c(f) sum_i z_i^2 / (f + mu_i)), z = Q' R^-1 d
     (the determinant lemma): the same value as the Normal-Wishart posterior's, without a matrix
     per evaluation.
+
+    ``stats``: (n, s1, s2) of the candidates' clusters side by side, candidate c's K clusters at
+    [c K, (c + 1) K) (``weighted_stats`` of the candidates' rho side by side).
+
+    A cluster adds O(n) to the curve (its posterior tends to its prior), so clusters holding
+    less than ``_NEGLIGIBLE_MASS`` individuals are left out: together they move the curve by
+    less than ~1e-10 nats, far below the width's own tolerance, while a group ascent's soft
+    rho leaves every one of the K = 30 clusters some mass (~1e-20 and below) and they were
+    four fifths of the search's clusters.
     """
 
-    def __init__(self, prob: Problem, stats):
+    def __init__(self, prob: Problem, stats, n_candidates: int):
         p = prob.x_prior
-        n, s1, s2 = _occupied_stats(stats)
+        n_all = stats[0]
+        owner = np.repeat(np.arange(n_candidates), n_all.shape[0] // n_candidates)
+        keep = n_all > _NEGLIGIBLE_MASS
+        n = n_all[keep]
+        s1, s2 = np.ascontiguousarray(stats[1][keep]), np.ascontiguousarray(stats[2][keep])
+        owner = owner[keep]
+        # sums over each candidate's clusters as one product: member[c, t] = 1 if t is c's
+        self.member = np.zeros((n_candidates, owner.size))
+        self.member[owner, np.arange(owner.size)] = 1.0
+        self.owner = owner
+        self.counts = self.member.sum(axis=1)
         mean = s1 / n[:, None]                               # about the centre
         C = s2 - s1[:, :, None] * mean[:, None, :]
         d = mean - (p.m0 - prob.x_centre)
@@ -314,51 +337,84 @@ class _XBoundCurve:
         self.n, self.nu = n, p.nu0 + n
         self.logdet_W0inv = 2.0 * float(np.sum(np.log(np.diag(R))))
         self.lam0, self.nu0, self.D = p.lam0, p.nu0, p.dim
+        self.n_candidates = n_candidates
 
-    def __call__(self, log_f: float) -> float:
-        # ndarray methods, not np.sum & co.: on arrays of a few clusters the dispatch of the
-        # numpy functions cost more than the arithmetic
-        f = math.exp(log_f)
-        shifted = self.mu + f
-        lam = self.n + f * self.lam0
-        rank_one = (self.z2 / shifted).sum(axis=1)
-        rank_one *= (f * self.lam0) * self.n / lam
+    def __call__(self, log_f) -> np.ndarray:
+        """The curve of each candidate at its log f: ``log_f`` (C,) or (C, G), the same shape
+        back; -inf where a posterior is numerically singular."""
+        log_f = np.asarray(log_f, dtype=float)
+        grid = log_f.reshape(self.n_candidates, -1)              # (C, G)
+        f = np.exp(grid)[self.owner]                              # (T, G), per cluster
+        shifted = self.mu[:, None, :] + f[:, :, None]             # (T, G, D)
+        lam = self.n[:, None] + f * self.lam0                     # (T, G)
+        rank_one = (self.z2[:, None, :] / shifted).sum(axis=2)
+        rank_one *= (f * self.lam0) * self.n[:, None] / lam
         rank_one += 1.0
-        if shifted.min() <= 0.0 or rank_one.min() <= 0.0:
-            return -math.inf        # a numerically singular posterior scores nothing
-        logdet_Winv = np.log(shifted).sum(axis=1)
-        logdet_Winv += np.log(rank_one)
-        logdet_Winv += self.logdet_W0inv
-        posterior = float(-0.5 * (self.nu @ logdet_Winv) - 0.5 * self.D * np.log(lam).sum())
-        prior = (-0.5 * self.nu0 * (self.logdet_W0inv + self.D * log_f)
-                 - 0.5 * self.D * math.log(self.lam0 * f))
-        return posterior - self.n.shape[0] * prior
+        singular = (shifted.min(axis=2) <= 0.0) | (rank_one <= 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            logdet_Winv = np.log(shifted).sum(axis=2) + np.log(rank_one) + self.logdet_W0inv
+            cluster = -0.5 * self.nu[:, None] * logdet_Winv - 0.5 * self.D * np.log(lam)
+        singular |= ~np.isfinite(cluster)
+        posterior = self.member @ np.where(singular, 0.0, cluster)
+        prior = (-0.5 * self.nu0 * (self.logdet_W0inv + self.D * grid)
+                 - 0.5 * self.D * np.log(self.lam0 * np.exp(grid)))
+        value = posterior - self.counts[:, None] * prior
+        value[(self.member @ singular) > 0] = -np.inf
+        return value.reshape(log_f.shape)
+
+
+# The width search: a grid over [_LOG_SCALE_MIN, _LOG_SCALE_MAX], then a golden-section search
+# between the best grid point's neighbours down to _WIDTH_XTOL in log f.
+_WIDTH_GRID_STEP = 0.25
+_WIDTH_XTOL = 1e-3
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def best_group_prior_scales(be, prob: Problem, rhos, currents) -> np.ndarray:
+    """``best_group_prior_scale`` for C candidate q(S) at once: (C,) widths, candidate c's
+    maximising the ELBO over f in [e^-8, 1] with its rho held and q(theta^x) at its optimum.
+
+    Every candidate's curve is evaluated on a grid of log f (step 1/4), and the best grid
+    point's bracket is narrowed by golden sections, all candidates in the same vector
+    operations; the grid's ends and each candidate's ``currents[c]`` (even outside the bounds,
+    e.g. from a file) are candidates too, so the ELBO cannot fall below that of the current f.
+    A grid first, unlike a local search from the middle, finds the best of several local
+    maxima to within a grid step.
+    """
+    C = len(rhos)
+    curves = _XBoundCurves(prob, be.weighted_stats(prob.X, np.ascontiguousarray(np.hstack(rhos)),
+                                                   prob.x_centre), C)
+    low, high = _LOG_SCALE_MIN, _LOG_SCALE_MAX
+    grid = np.arange(low, high + 0.5 * _WIDTH_GRID_STEP, _WIDTH_GRID_STEP)
+    on_grid = curves(np.broadcast_to(grid, (C, grid.size)))
+    best = np.argmax(on_grid, axis=1)               # the first of equal values
+    a = grid[np.maximum(best - 1, 0)]
+    b = grid[np.minimum(best + 1, grid.size - 1)]
+    # golden sections, vectorised over the candidates: keep the better inner point's side
+    x1, x2 = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
+    v1, v2 = curves(x1), curves(x2)
+    while np.max(b - a) > _WIDTH_XTOL:
+        left = v1 >= v2                              # the maximum lies in [a, x2]
+        b = np.where(left, x2, b)
+        a = np.where(left, a, x1)
+        x1_new = np.where(left, b - _GOLDEN * (b - a), x2)
+        x2_new = np.where(left, x1, a + _GOLDEN * (b - a))
+        x1, x2 = x1_new, x2_new
+        fresh = curves(np.where(left, x1, x2))
+        v1, v2 = np.where(left, fresh, v2), np.where(left, v1, fresh)
+    refined = np.where(v1 >= v2, x1, x2)
+    current = np.array([np.log(c) if c > 0 else -np.inf for c in currents], dtype=float)
+    # candidates in order (first of equal values wins): refined, the ends, the current width
+    options = np.column_stack([refined, np.full(C, low), np.full(C, high),
+                               np.where(np.isfinite(current), current, low)])
+    values = np.column_stack([curves(options[:, k]) for k in range(options.shape[1])])
+    return np.exp(options[np.arange(C), np.argmax(values, axis=1)])
 
 
 def best_group_prior_scale(be, prob: Problem, st: State) -> float:
     """A maximiser of the ELBO over f in [e^-8, 1] (see ``_LOG_SCALE_MAX``), q(S) held and
-    q(theta^x) at its optimum.
-
-    A bounded Brent search on log f; both ends and the current f (even outside the bounds,
-    e.g. from a file) are candidates too (Brent never evaluates the ends), so the ELBO cannot
-    fall below that of the current f.
-    """
-    from scipy.optimize import minimize_scalar
-
-    # rho-weighted and fixed here
-    curve = _XBoundCurve(prob, be.weighted_stats(prob.X, st.rho, prob.x_centre))
-
-    def loss(log_f):
-        return -curve(log_f)
-
-    low, high = _LOG_SCALE_MIN, _LOG_SCALE_MAX
-    res = minimize_scalar(loss, bounds=(low, high), method="bounded", options={"xatol": 1e-3})
-    candidates = [float(res.x), low, high]
-    current = float(np.log(st.group_prior_scale)) if st.group_prior_scale > 0 else -np.inf
-    if np.isfinite(current):
-        candidates.append(current)
-    best = min(candidates, key=loss)
-    return float(np.exp(best))
+    q(theta^x) at its optimum (``best_group_prior_scales`` for the one state)."""
+    return float(best_group_prior_scales(be, prob, [st.rho], [st.group_prior_scale])[0])
 
 
 def update_x_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> None:

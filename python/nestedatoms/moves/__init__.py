@@ -55,11 +55,11 @@ __all__ = ["Move", "EVERY_SWEEP", "AT_CONVERGENCE", "DEFAULT_MOVES", "move_named
 # convergence where two groups were still merged, it read their difference as donor variation
 # and kept them merged (NAM-exact data, 2 of 7 settings).
 DEFAULT_MOVES = (
-    Move("merge_cell_atoms", merge_cell_atoms, EVERY_SWEEP),
-    Move("sort_clusters", sort_clusters, EVERY_SWEEP),
-    Move("agglomerate_cell_atoms", agglomerate_cell_atoms, AT_CONVERGENCE),
-    Move("split_cell_atoms", split_cell_atoms, AT_CONVERGENCE),
-    Move("search_group_partition", search_group_partition, AT_CONVERGENCE),
+    Move("merge_cell_atoms", merge_cell_atoms, EVERY_SWEEP, knows_elbo=True),
+    Move("sort_clusters", sort_clusters, EVERY_SWEEP, knows_elbo=True),
+    Move("agglomerate_cell_atoms", agglomerate_cell_atoms, AT_CONVERGENCE, knows_elbo=True),
+    Move("split_cell_atoms", split_cell_atoms, AT_CONVERGENCE, knows_elbo=True),
+    Move("search_group_partition", search_group_partition, AT_CONVERGENCE, knows_elbo=True),
     Move("learn_group_prior_scale", learn_group_prior_scale, AT_CONVERGENCE),
     Move("learn_donor_variation", learn_donor_variation, AT_CONVERGENCE,
          reads_settled_partition=True),

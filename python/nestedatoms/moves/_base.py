@@ -45,18 +45,28 @@ class Move:
         before the sweeps have refined it; it is tried again when they settle.  Such a
         move changes the state at most ``_fit.MAX_SETTLED_READINGS`` times in a run, so a
         cycle between two partitions and two objectives cannot keep the run from converging.
+    knows_elbo : bool, default False
+        ``attempt`` also takes ``elbo_now=``, the ELBO of the state it is given, which the
+        fit has at hand after every sweep and move; it then does not evaluate it again (on
+        small data one ELBO costs about as much as a cheap move's proposal).  Called
+        without it, the attempt evaluates the ELBO itself.
     """
 
     name: str
     attempt: Callable[..., bool]
     when: str = EVERY_SWEEP
     reads_settled_partition: bool = False
+    knows_elbo: bool = False
 
     def __post_init__(self):
         if self.when not in _WHEN:
             raise ValueError(f"Move.when must be one of {_WHEN}, got {self.when!r}.")
 
-    def __call__(self, be, prob: Problem, st: State, n_threads: int = 1) -> bool:
+    def __call__(self, be, prob: Problem, st: State, n_threads: int = 1,
+                 elbo_now: float | None = None) -> bool:
+        """Try the move; ``elbo_now``: the ELBO of ``st`` when the caller has it."""
+        if self.knows_elbo and elbo_now is not None:
+            return bool(self.attempt(be, prob, st, n_threads, elbo_now=elbo_now))
         return bool(self.attempt(be, prob, st, n_threads))
 
 

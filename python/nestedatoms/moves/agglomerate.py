@@ -48,8 +48,10 @@ def _agglomeration(be, prob: Problem, st: State):
     return levels
 
 
-def agglomerate_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> bool:
-    """Merge many atoms at once: the best level of a greedy agglomeration, if the ELBO rises.
+def agglomerate_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
+                           elbo_now: float | None = None) -> bool:
+    """Merge many atoms at once: the best level of a greedy agglomeration, if the ELBO rises
+    (``elbo_now``: the ELBO of ``st``, when the caller has it; ``Move.knows_elbo``).
 
     Where clusters overlap heavily and the cells are many, a start with many atoms cuts each
     true cluster into pieces; merging any two pieces fits worse than keeping them, so pairwise
@@ -63,7 +65,7 @@ def agglomerate_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1) -> 
     levels = _agglomeration(be, prob, st)
     if len(levels) < 2:          # one merge at most: merge_cell_atoms' job
         return False
-    before = elbo(be, prob, st)
+    before = elbo(be, prob, st) if elbo_now is None else elbo_now
     saved = snapshot(st)
     if prob.batches.n_batches > 1:
         entropy_change = _entropy_change_by_batch(be, prob, st, levels, before, n_threads)

@@ -10,13 +10,16 @@ width, and the best is kept with it.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import numpy as np
 
 from .._group_ascent import (apply_group_factors, cell_level_elbo, concentration_factors,
                              group_ascent)
 from .._init import one_hot
 from .._state import Problem, State
-from .._steps import best_group_prior_scale, elbo, update_y_atoms
+from .._steps import best_group_prior_scales, elbo, update_y_atoms
 from ._base import MIN_RELATIVE_GAIN, gain_ok, restore, snapshot
 
 
@@ -47,8 +50,6 @@ def _group_candidates(feature_views, K: int, max_clusters: int, n_seeds: int):
     (it would score the same).  The joint view's list is kept whole, so that without x (one
     view) the search is exactly what it was before the other views were added.
     """
-    from .._init import kmeans_labels
-
     J = feature_views[0].shape[0]
     out, seen = [], set()
     for v, feats in enumerate(feature_views):
@@ -56,9 +57,35 @@ def _group_candidates(feature_views, K: int, max_clusters: int, n_seeds: int):
             seeds = 1 if k == 1 else n_seeds
             for s in range(seeds):
                 # fixed seeds: the move is a deterministic function of the state
-                labels = kmeans_labels(feats, k, np.random.default_rng(1000 * k + s + 100 * v))
+                labels = _kmeans_labels_cached(feats, k, 1000 * k + s + 100 * v)
                 _append_new_partition(out, seen, labels, always=v == 0)
     return out
+
+
+# k-means partitions by (features, k, seed), the most recent first out: the view of x alone
+# does not change during a fit, and its ~30 k-means were redone by every search (one per
+# restart and more after moves; k-means was a third of the published toy design's search).
+_KMEANS_CACHE: OrderedDict = OrderedDict()
+_KMEANS_CACHE_SIZE = 1024
+
+
+def _kmeans_labels_cached(feats: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """``kmeans_labels(feats, k, default_rng(seed))``, computed once per content of feats."""
+    from .._init import kmeans_labels
+
+    feats = np.ascontiguousarray(feats)
+    key = (hashlib.blake2b(feats.tobytes(), digest_size=16).digest(), feats.shape,
+           str(feats.dtype), int(k), int(seed))
+    labels = _KMEANS_CACHE.get(key)
+    if labels is None:
+        labels = kmeans_labels(feats, k, np.random.default_rng(seed))
+        labels.flags.writeable = False
+        _KMEANS_CACHE[key] = labels
+        while len(_KMEANS_CACHE) > _KMEANS_CACHE_SIZE:
+            _KMEANS_CACHE.popitem(last=False)
+    else:
+        _KMEANS_CACHE.move_to_end(key)
+    return labels
 
 
 def _append_new_partition(partitions: list, seen: set, labels: np.ndarray,
@@ -87,7 +114,7 @@ def adjusted_partition_equal(a: np.ndarray, b: np.ndarray) -> bool:
 
 def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
                            max_clusters: int = 10, n_seeds: int = 3,
-                           max_rounds: int = 5) -> bool:
+                           max_rounds: int = 5, elbo_now: float | None = None) -> bool:
     """Search the group partition at fixed cells; keep the best one if the ELBO rises.
 
     Candidates: the current partition, k-means partitions for k = 1..min(K, J, max_clusters)
@@ -107,7 +134,7 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
 
     if prob.K < 2 or prob.data.n_groups < 2:
         return False
-    before = elbo(be, prob, st)
+    before = elbo(be, prob, st) if elbo_now is None else elbo_now
     saved = snapshot(st)
     learns_width = prob.has_x and prob.learn_group_prior_scale
     # the terms the cells fix, once: each candidate's ELBO is this plus its group-level part
@@ -124,14 +151,12 @@ def search_group_partition(be, prob: Problem, st: State, n_threads: int = 1,
                                n_threads, max_iter=50, tol=1e-5)
         widths = [start_width] * n
         if learns_width:
-            probe = snapshot(saved)
-            again = []
-            for i, result in enumerate(results):
-                probe.rho, probe.group_prior_scale = result["rho"], start_width
-                width = best_group_prior_scale(be, prob, probe)
-                if width != start_width:
-                    widths[i] = width
-                    again.append(i)
+            # every candidate's own width, in one vectorised search over all of them
+            learned = best_group_prior_scales(be, prob, [r["rho"] for r in results],
+                                              [start_width] * n)
+            again = [i for i in range(n) if float(learned[i]) != start_width]
+            for i in again:
+                widths[i] = float(learned[i])
             redone = group_ascent(be, prob, st, [results[i]["rho"] for i in again],
                                   [widths[i] for i in again],
                                   [concentration_factors(results[i]) for i in again],

@@ -139,13 +139,14 @@ class _MergeProposals:
 
 
 def merge_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1,
-                     max_pairs: int = 5) -> bool:
-    """Try folding atom l2 into l1 for the most promising pairs; keep every gain found."""
+                     max_pairs: int = 5, elbo_now: float | None = None) -> bool:
+    """Try folding atom l2 into l1 for the most promising pairs; keep every gain found.
+    ``elbo_now``: the ELBO of ``st``, when the caller has it (``Move.knows_elbo``)."""
     if prob.batches.n_batches > 1:
         return _merge_cell_atoms_by_batch(be, prob, st, n_threads, max_pairs)
     changed = False
     scores = _AtomScores(be, prob, st)
-    before = elbo(be, prob, st)
+    before = elbo(be, prob, st) if elbo_now is None else elbo_now
     while True:  # ends: every accepted merge empties one more atom
         proposals = _MergeProposals(be, prob, st, n_threads, scores)
         accepted = False

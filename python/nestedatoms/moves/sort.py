@@ -13,15 +13,17 @@ from .._steps import GLOBAL_BLOCKS, elbo
 from ._base import gain_ok, restore, snapshot
 
 
-def sort_clusters(be, prob: Problem, st: State, n_threads: int = 1) -> bool:
-    """Renumber group clusters and cell atoms by decreasing expected size; keep if ELBO rises."""
+def sort_clusters(be, prob: Problem, st: State, n_threads: int = 1,
+                  elbo_now: float | None = None) -> bool:
+    """Renumber group clusters and cell atoms by decreasing expected size; keep if ELBO rises.
+    ``elbo_now``: the ELBO of ``st``, when the caller has it (``Move.knows_elbo``)."""
     g_perm = np.argsort(-_sizes(st.rho.sum(axis=0)), kind="stable")
     c_perm = np.argsort(-_sizes(st.y_n), kind="stable")
     identity_g = np.array_equal(g_perm, np.arange(g_perm.size))
     identity_c = np.array_equal(c_perm, np.arange(c_perm.size))
     if identity_g and identity_c:
         return False
-    before = elbo(be, prob, st)
+    before = elbo(be, prob, st) if elbo_now is None else elbo_now
     saved = snapshot(st)
     st.rho = np.ascontiguousarray(st.rho[:, g_perm])
     if prob.has_x:

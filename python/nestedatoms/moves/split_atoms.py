@@ -66,8 +66,10 @@ def _confident_labels(xi: np.ndarray, rows: int = 1 << 16) -> np.ndarray:
 
 
 def split_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1, max_atoms: int = 8,
-                     n_local_sweeps: int = 3, min_cells: int | None = None) -> bool:
-    """Try splitting the largest atoms in two; keep each split that raises the ELBO.
+                     n_local_sweeps: int = 3, min_cells: int | None = None,
+                     elbo_now: float | None = None) -> bool:
+    """Try splitting the largest atoms in two; keep each split that raises the ELBO
+    (``elbo_now``: the ELBO of ``st``, when the caller has it; ``Move.knows_elbo``).
 
     The cells mostly assigned to atom l are cut by 2-means; one half moves (with its xi mass)
     to an empty atom, and the cells of the atom then get ``n_local_sweeps`` exact updates of
@@ -82,6 +84,8 @@ def split_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1, max_atoms
     labels = _confident_labels(st.xi)
     changed = False
     tried = 0
+    # the ELBO of the state each try starts from: a rejected try puts the state back exactly
+    current = elbo(be, prob, st) if elbo_now is None else elbo_now
     for l in [int(l) for l in np.argsort(-st.y_n, kind="stable")]:
         if tried >= max_atoms:
             break
@@ -96,7 +100,6 @@ def split_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1, max_atoms
         if halves.min() == halves.max():
             continue
         target = int(empty[0])
-        before = elbo(be, prob, st)
         saved = snapshot(st)
         saved_rows = st.xi[rows]      # a copy already (fancy indexing)
         _move_mass(be, prob, st, rows[halves == 1], l, target)
@@ -104,8 +107,10 @@ def split_cell_atoms(be, prob: Problem, st: State, n_threads: int = 1, max_atoms
         for _ in range(n_local_sweeps):
             _local_cell_sweep(be, prob, st, rows, n_threads)
             refresh_without_cells(be, prob, st, n_threads)
-        if gain_ok(elbo(be, prob, st), before):
+        after = elbo(be, prob, st)
+        if gain_ok(after, current):
             changed = True
+            current = after
             labels[rows] = _confident_labels(st.xi[rows])
             continue
         restore(st, saved)
