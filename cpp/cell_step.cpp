@@ -310,7 +310,7 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
     std::vector<Scratch> scratch;
     scratch.reserve(static_cast<size_t>(threads));
     for (int t = 0; t < threads; ++t)
-        scratch.emplace_back(std::min(N, kCellBlock), F, L, terms.n_distinct());
+        scratch.emplace_back(std::min(N, kCellRows), F, L, terms.n_distinct());
 
     // An exception must never leave an OpenMP region (that is std::terminate): every throwing
     // call inside it is wrapped, the first exception is kept and rethrown after the region.
@@ -340,38 +340,42 @@ double cell_step(const CellStepInput& in, const CellStepOutput& out, int n_threa
     auto process_block = [&](Index b, Chunk& ch, Scratch& sc) {
         const Index start = b * kCellBlock;
         const Index nb = std::min(kCellBlock, N - start);
-        auto Phi = sc.Phi.topRows(nb);
-        for (Index i = 0; i < nb; ++i)
-            features.fill(in.Y + (start + i) * p, in.centre, p, Phi.row(i).data());
-        terms.block_products(Phi, sc);
-        auto logits = sc.logits.topRows(nb);
-
-        // xi is written straight into the caller's array and read back from there for the sums.
-        MapRowMat xi(out.xi + start * L, nb, L);
+        MapRowMat stats(ch.dense.data() + 1, L, F);
         double entropy = 0.0;
         Index j = group_of(start);
-        for (Index i = 0; i < nb; ++i) {
-            const Index cell = start + i;
-            while (in.offsets[j + 1] <= cell) ++j;
-            auto row = logits.row(i);
-            terms.expand(i, j, sc, row);
-            const Normalised q = normalise_logits(row, sc.expo);
-            auto xrow = xi.row(i);
-            xrow = sc.expo / q.sum;  // elementwise: identical whatever the alignment
-            mark_used(xrow, sc.used);
-            ch.Nrows.row(j - ch.first_group) += xrow;
-            if (in.group_weight) {
-                // weighted statistics: scale the cell's features (its logits are done)
-                const double w = in.group_weight[j];
-                entropy += w * q.entropy;
-                Phi.row(i) *= w;
-            } else {
-                entropy += q.entropy;
+        for (Index first = start; first < start + nb; first += kCellRows) {  // sub-blocks
+            const Index nr = std::min(kCellRows, start + nb - first);
+            auto Phi = sc.Phi.topRows(nr);
+            for (Index i = 0; i < nr; ++i)
+                features.fill(in.Y + (first + i) * p, in.centre, p, Phi.row(i).data());
+            terms.block_products(Phi, sc);
+            auto logits = sc.logits.topRows(nr);
+
+            // xi is written straight into the caller's array and read back from there for the
+            // sums.
+            MapRowMat xi(out.xi + first * L, nr, L);
+            for (Index i = 0; i < nr; ++i) {
+                const Index cell = first + i;
+                while (in.offsets[j + 1] <= cell) ++j;
+                auto row = logits.row(i);
+                terms.expand(i, j, sc, row);
+                const Normalised q = normalise_logits(row, sc.expo);
+                auto xrow = xi.row(i);
+                xrow = sc.expo / q.sum;  // elementwise: identical whatever the alignment
+                mark_used(xrow, sc.used);
+                ch.Nrows.row(j - ch.first_group) += xrow;
+                if (in.group_weight) {
+                    // weighted statistics: scale the cell's features (its logits are done)
+                    const double w = in.group_weight[j];
+                    entropy += w * q.entropy;
+                    Phi.row(i) *= w;
+                } else {
+                    entropy += q.entropy;
+                }
             }
+            add_statistics(stats, xi, Phi, sc);
         }
         ch.dense[0] += entropy;
-        MapRowMat stats(ch.dense.data() + 1, L, F);
-        add_statistics(stats, xi, Phi, sc);
     };
 
     {
@@ -440,44 +444,47 @@ double cell_step_rows(const CellStepInput& in, const std::int64_t* rows, Index n
         auto process_block = [&](Index b, Chunk& ch, Scratch& sc, RowMat& delta) {
             const Index start = b * kCellBlock;
             const Index nb = std::min(kCellBlock, n_rows - start);
-            auto Phi = sc.Phi.topRows(nb);
-            for (Index i = 0; i < nb; ++i)
-                features.fill(in.Y + rows[start + i] * p, in.centre, p, Phi.row(i).data());
-            terms.block_products(Phi, sc);
-            auto logits = sc.logits.topRows(nb);
-            auto d = delta.topRows(nb);
+            MapRowMat stats(ch.dense.data() + 1, L, F);
             double entropy_change = 0.0;
-            for (Index i = 0; i < nb; ++i) {
-                const Index j = group[static_cast<size_t>(start + i)];
-                auto row = logits.row(i);
-                terms.expand(i, j, sc, row);
-                const Normalised q = normalise_logits(row, sc.expo);  // as the cell step
-                double* xrow = out.xi + rows[start + i] * L;
-                double old_entropy = 0.0;
-                for (Index l = 0; l < L; ++l) old_entropy += entr(xrow[l]);
-                const double new_entropy = q.entropy;
-                for (Index l = 0; l < L; ++l) {
-                    const double x = sc.expo[l] / q.sum;
-                    d(i, l) = x - xrow[l];
-                    xrow[l] = x;
+            for (Index first = start; first < start + nb; first += kCellRows) {  // sub-blocks
+                const Index nr = std::min(kCellRows, start + nb - first);
+                auto Phi = sc.Phi.topRows(nr);
+                for (Index i = 0; i < nr; ++i)
+                    features.fill(in.Y + rows[first + i] * p, in.centre, p, Phi.row(i).data());
+                terms.block_products(Phi, sc);
+                auto logits = sc.logits.topRows(nr);
+                auto d = delta.topRows(nr);
+                for (Index i = 0; i < nr; ++i) {
+                    const Index j = group[static_cast<size_t>(first + i)];
+                    auto row = logits.row(i);
+                    terms.expand(i, j, sc, row);
+                    const Normalised q = normalise_logits(row, sc.expo);  // as the cell step
+                    double* xrow = out.xi + rows[first + i] * L;
+                    double old_entropy = 0.0;
+                    for (Index l = 0; l < L; ++l) old_entropy += entr(xrow[l]);
+                    const double new_entropy = q.entropy;
+                    for (Index l = 0; l < L; ++l) {
+                        const double x = sc.expo[l] / q.sum;
+                        d(i, l) = x - xrow[l];
+                        xrow[l] = x;
+                    }
+                    mark_used(d.row(i), sc.used);
+                    ch.Nrows.row(j - ch.first_group) += d.row(i);
+                    const double w = in.group_weight ? in.group_weight[j] : 1.0;
+                    entropy_change += w * (new_entropy - old_entropy);
+                    if (in.group_weight) Phi.row(i) *= w;
                 }
-                mark_used(d.row(i), sc.used);
-                ch.Nrows.row(j - ch.first_group) += d.row(i);
-                const double w = in.group_weight ? in.group_weight[j] : 1.0;
-                entropy_change += w * (new_entropy - old_entropy);
-                if (in.group_weight) Phi.row(i) *= w;
+                add_statistics(stats, d, Phi, sc);
             }
             ch.dense[0] += entropy_change;
-            MapRowMat stats(ch.dense.data() + 1, L, F);
-            add_statistics(stats, d, Phi, sc);
         };
 
 #ifdef NESTEDATOMS_OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
         {
-            Scratch sc(std::min(n_rows, kCellBlock), F, L, terms.n_distinct());
-            RowMat delta(std::min(n_rows, kCellBlock), L);
+            Scratch sc(std::min(n_rows, kCellRows), F, L, terms.n_distinct());
+            RowMat delta(std::min(n_rows, kCellRows), L);
             const FlushDenormals flush;
             plan.run(
                 stop, [&](Index b, Chunk& ch) { process_block(b, ch, sc, delta); },
