@@ -364,9 +364,12 @@ class _XBoundCurves:
 
 
 # The width search: a grid over [_LOG_SCALE_MIN, _LOG_SCALE_MAX], then a golden-section search
-# between the best grid point's neighbours down to _WIDTH_XTOL in log f.
+# between the best grid point's neighbours down to _WIDTH_XTOL in log f.  The ELBO is flat at
+# its maximum only to second order and its curvature grows with J: at 982 individuals a width
+# 1e-3 off its optimum (Brent's tolerance before) cost 1e-6 nats of the fit's ELBO; 1e-7 costs
+# none a double can show, for ~20 more vectorised evaluations.
 _WIDTH_GRID_STEP = 0.25
-_WIDTH_XTOL = 1e-3
+_WIDTH_XTOL = 1e-7
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
