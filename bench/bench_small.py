@@ -17,8 +17,13 @@ decides the time.  JSON on stdout.
   interleaved, best of ``--repeat``; the defaults' restarts differ (ours 3, scikit-learn's
   1), so the ratio is also given like against like (1 and 1, 3 and 3).
 
+* ``kernels``: the core's per-atom kernels and cell steps on the fitted flat mixture of
+  ``pbmc68k_reduced`` (one restart; L = 30 atoms, most of them empty at the prior), each the
+  best of ``--repeat`` hot calls: what empty and repeated atoms still cost (issue 21).
+
     python bench/bench_small.py --what toy --seeds 0 1 2
     python bench/bench_small.py --what pbmc --repeat 3
+    python bench/bench_small.py --what kernels --repeat 50
 """
 
 from __future__ import annotations
@@ -145,15 +150,76 @@ def pbmc(repeat, threads):
     return result
 
 
+def _best_us(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return round(1e6 * min(times), 1)
+
+
+def kernels(repeat, threads):
+    """The core's kernels on the fitted flat mixture of pbmc68k_reduced, in microseconds."""
+    import scanpy as sc
+
+    import nestedatoms as na
+    from nestedatoms._backend import core_module, get_backend
+    from nestedatoms._steps import _elog_omega
+
+    core = core_module()
+    Y = np.ascontiguousarray(sc.datasets.pbmc68k_reduced().obsm["X_pca"], dtype=np.float64)
+    model = na.NestedAtomsModel(random_state=0, n_threads=threads, n_init=1).fit(Y)
+    prob, st = model.problem_, model.state_
+    atoms, pr = (st.my, st.lamy, st.Wy, st.nuy), prob.y_prior
+    prior = (pr.m0, pr.lam0, pr.W0inv, pr.nu0)
+    stats = (st.y_n, st.y_s1, st.y_s2)
+    elog_omega = _elog_omega(get_backend("cpp"), st)
+    xi = st.xi.copy()
+
+    def cells(n):
+        return (np.ascontiguousarray(prob.Y[:n]), np.array([0, n], dtype=np.int64), st.rho,
+                elog_omega, *atoms, prob.y_centre, np.ascontiguousarray(xi[:n]), threads)
+
+    rows = np.arange(0, Y.shape[0], 3, dtype=np.int64)
+    all_cells, eight_cells = cells(Y.shape[0]), cells(8)
+    # the first merge round's pair scores: 30 occupied atoms (as from the k-means start; here
+    # random labels), every pair's summed statistics
+    labels = np.random.default_rng(0).integers(30, size=Y.shape[0])
+    start_stats = core.weighted_stats(prob.Y, np.eye(30)[labels], prob.y_centre)
+    pairs = np.triu_indices(30, k=1)
+    pair_stats = tuple(np.ascontiguousarray(a[pairs[0]] + a[pairs[1]]) for a in start_stats)
+    out = {"cells": int(Y.shape[0]), "p": int(Y.shape[1]), "L": int(st.y_n.shape[0]),
+           "occupied": int((st.y_n > 0.5).sum()), "threads": threads, "us": {
+        "cell_step": _best_us(lambda: core.cell_step(*all_cells), repeat),
+        "cell_step_8_cells": _best_us(lambda: core.cell_step(*eight_cells), repeat),
+        f"cell_step_rows_{rows.size}": _best_us(lambda: core.cell_step_rows(
+            prob.Y, prob.offsets, rows, st.rho, elog_omega, *atoms, prob.y_centre, xi,
+            threads), repeat),
+        "nw_posterior": _best_us(lambda: core.nw_posterior(*stats, prob.y_centre, *prior),
+                                 repeat),
+        "nw_scores": _best_us(lambda: core.nw_scores(*stats, prob.y_centre, *prior), repeat),
+        "nw_scores_435_pairs": _best_us(lambda: core.nw_scores(*pair_stats, prob.y_centre,
+                                                               *prior), repeat),
+        "nw_entropy": _best_us(lambda: core.nw_entropy(*atoms), repeat),
+        "nw_prior_term": _best_us(lambda: core.nw_prior_term(*atoms, *prior), repeat),
+        "nw_loglik_from_stats": _best_us(lambda: core.nw_loglik_from_stats(
+            *stats, prob.y_centre, *atoms), repeat),
+    }}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--what", choices=["toy", "pbmc"], required=True)
+    ap.add_argument("--what", choices=["toy", "pbmc", "kernels"], required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     if args.what == "toy":
         print(json.dumps({"toy": toy(args.seeds, args.threads)}))
+    elif args.what == "kernels":
+        print(json.dumps({"kernels": kernels(args.repeat, args.threads)}))
     else:
         print(json.dumps({"pbmc": pbmc(args.repeat, args.threads)}))
 
