@@ -105,11 +105,11 @@ def test_interrupt_in_a_later_restart_keeps_the_best_complete_run(sim, monkeypat
     n_calls = {"init": 0}
     real_init = _fit.initial_state
 
-    def init_with_interrupt(be, prob, rng):
+    def init_with_interrupt(be, prob, rng, **kw):
         n_calls["init"] += 1
         if n_calls["init"] == 3:
             raise KeyboardInterrupt
-        return real_init(be, prob, rng)
+        return real_init(be, prob, rng, **kw)
 
     monkeypatch.setattr(_fit, "initial_state", init_with_interrupt)
     kw = {**FAST, "n_init": 4, "max_iter": 10, "tol": 0}
@@ -125,7 +125,7 @@ def test_interrupt_in_a_later_restart_keeps_the_best_complete_run(sim, monkeypat
 
 
 def test_interrupt_before_any_complete_state_propagates(sim, monkeypatch):
-    def init_with_interrupt(be, prob, rng):
+    def init_with_interrupt(be, prob, rng, **kw):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(_fit, "initial_state", init_with_interrupt)

@@ -460,9 +460,10 @@ class _PackedXi:
     fit's memory peak, and on virtual machines that back memory on first touch, seconds).
     """
 
-    def __init__(self, xi: np.ndarray):
+    def __init__(self, xi: np.ndarray, mask: np.ndarray | None = None):
+        """``mask``: ``xi != 0`` when the caller has it."""
         self.shape = xi.shape
-        mask = xi != 0.0
+        mask = xi != 0.0 if mask is None else mask
         self.values = xi[mask]
         self.bits = np.packbits(mask, axis=None)
 
@@ -481,12 +482,27 @@ class _PackedXi:
 _PACK_IF_NONZERO_BELOW = 0.5
 
 
-def _pack_xi(st: State | None) -> None:
-    """Keep the state's xi packed (``_PackedXi``) when it is a sparse enough array."""
+def _pack_xi(st: State | None) -> np.ndarray | None:
+    """Keep the state's xi packed (``_PackedXi``) when it is a sparse enough array; returns
+    the array it replaced (for ``_reusable_xi``), else None."""
     if st is None or not isinstance(st.xi, np.ndarray) or st.xi.size == 0:
-        return
-    if np.count_nonzero(st.xi) < _PACK_IF_NONZERO_BELOW * st.xi.size:
-        st.xi = _PackedXi(st.xi)
+        return None
+    mask = st.xi != 0.0
+    if np.count_nonzero(mask) < _PACK_IF_NONZERO_BELOW * st.xi.size:
+        replaced = st.xi
+        st.xi = _PackedXi(replaced, mask)
+        return replaced
+    return None
+
+
+def _reusable_xi(xi, prob: Problem) -> np.ndarray | None:
+    """``xi`` (of a state about to be dropped) if a default start can write its own xi into
+    it (``initial_state``'s ``xi_buffer``): an (N, L) float64 array that owns its memory."""
+    if (isinstance(xi, np.ndarray) and xi.base is None and xi.dtype == np.float64
+            and xi.flags.c_contiguous and xi.flags.writeable
+            and xi.shape == (prob.data.n_cells, prob.L)):
+        return xi
+    return None
 
 
 def _unpack_xi(st: State | None) -> None:
@@ -552,16 +568,20 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
     A restart whose sweeps settle on a partition an earlier restart ended with, at an ELBO
     no higher, stops there (``STOP_DUPLICATE_RESTARTS``; ``stopped_as_duplicate``).
     """
-    make_state = init_state or initial_state
     rngs, seeds = restart_rngs(random_state, n_init)
     runs = []
     best = None
     interrupted = False
     finished = _FinishedPartitions(prob) if STOP_DUPLICATE_RESTARTS else None
+    spare = None     # an N x L array no state holds any more: the next default start's xi
     try:
         for r, (rng, seed) in enumerate(zip(rngs, seeds)):
             start = time.perf_counter()
-            st = make_state(be, prob, rng)
+            if init_state is None:
+                st = initial_state(be, prob, rng, xi_buffer=spare)
+            else:
+                st = init_state(be, prob, rng)
+            spare = None
             init_seconds = time.perf_counter() - start
             cb = None if callback is None else (lambda it, value, r=r: callback(r, it, value))
             phase = None if on_phase is None else (lambda name, r=r: on_phase(r, name))
@@ -583,14 +603,19 @@ def fit_restarts(be, prob: Problem, n_init: int, max_iter: int, tol: float, rand
             if best is None or run.elbo > best.elbo:
                 beaten, best = best, run     # best first: an interrupt here keeps a state
                 if beaten is not None:
+                    spare = _reusable_xi(beaten.state.xi, prob)
                     beaten.state = None
             else:
+                spare = _reusable_xi(run.state.xi, prob)
                 run.state = None
             if run.interrupted:
                 interrupted = True
                 break
             if r + 1 < n_init:
-                _pack_xi(best.state)
+                packed_away = _pack_xi(best.state)
+                spare = _reusable_xi(packed_away, prob) if spare is None else spare
+            else:
+                spare = None
             _return_freed_memory(prob)
     except (ValueError, np.linalg.LinAlgError) as exc:
         if _is_singular_posterior(exc):
