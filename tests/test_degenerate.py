@@ -177,3 +177,21 @@ def test_other_dtypes_fit_as_their_float64_values(base, dtype):
     as_float = fit(Yd.astype(np.float64), groups, Xd.astype(np.float64))
     np.testing.assert_array_equal(model.cell_probs_, as_float.cell_probs_)
     assert model.elbo_ == as_float.elbo_
+
+
+def test_a_numerically_singular_posterior_scale_is_explained_not_returned():
+    """A fuzz draw: 25 identical cells at ~1e8 under prior='reference' (made for standardised
+    data).  The posterior scale matrix is the prior's plus a rank-one term 1e16 times larger,
+    singular in float64: its inverse came out with a negative variance (or, with other
+    rounding, failed in LAPACK).  The fit must say what to change, not return it."""
+    from nestedatoms.exceptions import NumericalError
+
+    Y = np.tile([-2.91037691e7, -7.20560016e7, -1.32003027e8, 5.89271946e7], (25, 1))
+    groups = np.array([2, 5, 3, 4] + [0] * 9 + [1] * 12)
+    X = np.array([[3.1e-4], [-1.6e-3], [-8.7e-4], [6.4e-4], [2.0e-4], [3.3e-5]])
+    model = na.NestedAtomsModel(
+        n_group_clusters=1, n_cell_clusters=1, n_init=1, max_iter=1, tol=0.0, random_state=0,
+        prior="reference", cell_prior={"degrees_of_freedom_prior": 4.0,
+                                       "mean_precision_prior": 1.0, "covariance_prior": 1.0})
+    with pytest.raises(NumericalError, match="Standardise Y"):
+        model.fit(Y, groups, X)

@@ -447,10 +447,11 @@ class NestedAtomsModel:
         self.group_weights_ = expected_stick_weights(st.v_a, st.v_b)[:, 0]
         self.cell_weights_ = expected_stick_weights(st.u_a, st.u_b)
         self.cell_means_ = st.my.copy()
-        self.cell_covariances_ = y_family(prob).expected_covariances(st.Wy, st.nuy)
+        self.cell_covariances_ = _sound_covariances(y_family(prob).expected_covariances,
+                                                    st.Wy, st.nuy)
         if prob.has_x:
             self.group_means_ = st.mx.copy()
-            self.group_covariances_ = _expected_covariances(st.Wx, st.nux)
+            self.group_covariances_ = _sound_covariances(_expected_covariances, st.Wx, st.nux)
             self.group_prior_scale_ = float(st.group_prior_scale)
         else:
             self.group_means_ = None
@@ -743,6 +744,24 @@ def _series(values, index, name):
 def _expected_covariances(W, nu):
     """E[Sigma] = E[Lambda^-1] = W^-1 / (nu - D - 1) (finite for nu > D + 1)."""
     return FULL.expected_covariances(W, nu)
+
+
+def _sound_covariances(expected, W, nu):
+    """``expected(W, nu)`` (E[Sigma] per cluster), or a NumericalError that says what to
+    change where a W is numerically singular: its inverse then fails, or comes out with a
+    variance <= 0 or infinite (a fuzz draw: 25 identical cells at ~1e8 under
+    prior='reference', made for standardised data, gave a covariance with a negative
+    variance).  NaN, where the expectation is infinite (few degrees of freedom), is kept."""
+    from ._fit import _explain_singular
+
+    try:
+        cov = expected(W, nu)
+    except np.linalg.LinAlgError as exc:
+        raise _explain_singular(exc) from exc
+    variances = cov if cov.ndim == 2 else np.diagonal(cov, axis1=1, axis2=2)
+    if np.any(variances <= 0.0) or np.any(np.isinf(variances)):
+        raise _explain_singular(ValueError("the expected covariance has a variance <= 0"))
+    return cov
 
 
 def _same(a, b):
