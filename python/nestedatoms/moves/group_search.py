@@ -11,6 +11,7 @@ width, and the best is kept with it.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -67,6 +68,7 @@ def _group_candidates(feature_views, K: int, max_clusters: int, n_seeds: int):
 # restart and more after moves; k-means was a third of the published toy design's search).
 _KMEANS_CACHE: OrderedDict = OrderedDict()
 _KMEANS_CACHE_SIZE = 1024
+_KMEANS_CACHE_LOCK = threading.Lock()     # fits may run in several threads at once
 
 
 def _kmeans_labels_cached(feats: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -76,15 +78,17 @@ def _kmeans_labels_cached(feats: np.ndarray, k: int, seed: int) -> np.ndarray:
     feats = np.ascontiguousarray(feats)
     key = (hashlib.blake2b(feats.tobytes(), digest_size=16).digest(), feats.shape,
            str(feats.dtype), int(k), int(seed))
-    labels = _KMEANS_CACHE.get(key)
-    if labels is None:
-        labels = kmeans_labels(feats, k, np.random.default_rng(seed))
-        labels.flags.writeable = False
+    with _KMEANS_CACHE_LOCK:
+        labels = _KMEANS_CACHE.get(key)
+        if labels is not None:
+            _KMEANS_CACHE.move_to_end(key)
+            return labels
+    labels = kmeans_labels(feats, k, np.random.default_rng(seed))   # outside the lock
+    labels.flags.writeable = False
+    with _KMEANS_CACHE_LOCK:
         _KMEANS_CACHE[key] = labels
         while len(_KMEANS_CACHE) > _KMEANS_CACHE_SIZE:
             _KMEANS_CACHE.popitem(last=False)
-    else:
-        _KMEANS_CACHE.move_to_end(key)
     return labels
 
 
